@@ -1,0 +1,267 @@
+//! From a folder of JSONL streams to a [`Summary`]: a pure function of the files, so a summary
+//! computed during a run and one recomputed later by `coordinator analyze` are the same.
+//!
+//! Layout read: `<dir>/nodes/<node>/<trial>/{<tenant>.jsonl, agent.jsonl, host.jsonl}`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::SharingMode;
+use crate::events::{read_stream, Event, ReadError, StreamKind, TrialState};
+use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
+
+/// Version of the summary.json layout.
+pub const SUMMARY_SCHEMA_VERSION: &str = "1.0";
+
+/// The results of one experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Layout version of this document.
+    pub schema_version: String,
+    /// Experiment name, from the stream headers.
+    pub experiment: String,
+    /// True if any number here comes from a simulated engine.
+    pub simulated: bool,
+    /// The metric definitions used.
+    pub definitions: Definitions,
+    /// Per node.
+    pub nodes: Vec<NodeSummary>,
+    /// Damaged lines, missing streams and other things a reader must know.
+    pub warnings: Vec<String>,
+}
+
+/// One node's trials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeSummary {
+    /// Node name.
+    pub node: String,
+    /// Trials in the order they ran.
+    pub trials: Vec<TrialSummary>,
+}
+
+/// One trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialSummary {
+    /// Trial name.
+    pub trial: String,
+    /// Sharing mode.
+    pub mode: SharingMode,
+    /// `finished`, `invalid`, `stopped`, or `incomplete` when no end was recorded.
+    pub state: String,
+    /// Why the trial is not valid, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// Per tenant, in name order.
+    pub tenants: Vec<TenantSummary>,
+    /// Σ output tokens / (latest done − earliest sent) over all tenants; `None` without data.
+    pub aggregate_output_tokens_per_s: Option<f64>,
+    /// As above, with prompt tokens added.
+    pub aggregate_total_tokens_per_s: Option<f64>,
+}
+
+/// One tenant in one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantSummary {
+    /// Tenant name.
+    pub tenant: String,
+    /// Model name.
+    pub model: String,
+    /// Engine kind.
+    pub engine: String,
+    /// Whether the engine was simulated.
+    pub simulated: bool,
+    /// Arrival process.
+    pub arrival: String,
+    /// Offered rate of an open-loop process.
+    pub offered_rate: Option<f64>,
+    /// The measurements.
+    #[serde(flatten)]
+    pub metrics: TenantMetrics,
+}
+
+/// Why a folder could not be analysed at all.
+#[derive(Debug, thiserror::Error)]
+pub enum AnalysisError {
+    /// No `nodes/` folder.
+    #[error("{} holds no nodes/ folder: is it an experiment folder?", .0.display())]
+    NotAnExperiment(PathBuf),
+    /// A folder could not be listed.
+    #[error("cannot list {}: {source}", path.display())]
+    List {
+        /// The folder.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A stream is unreadable as a whole.
+    #[error(transparent)]
+    Read(#[from] ReadError),
+}
+
+/// Analyses the experiment folder `dir`.
+pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
+    let nodes_dir = dir.join("nodes");
+    if !nodes_dir.is_dir() {
+        return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
+    }
+    let mut summary = Summary {
+        schema_version: SUMMARY_SCHEMA_VERSION.into(),
+        experiment: String::new(),
+        simulated: false,
+        definitions: Definitions::default(),
+        nodes: Vec::new(),
+        warnings: Vec::new(),
+    };
+    for node_dir in sorted_dirs(&nodes_dir)? {
+        let node = file_name(&node_dir);
+        let mut trials = Vec::new();
+        for trial_dir in trial_dirs_in_run_order(&node_dir)? {
+            trials.push(analyze_trial(&trial_dir, &mut summary)?);
+        }
+        summary.nodes.push(NodeSummary { node, trials });
+    }
+    Ok(summary)
+}
+
+fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary, AnalysisError> {
+    let trial = file_name(trial_dir);
+    let mut state = "incomplete".to_owned();
+    let mut reason = None;
+    let mut mode = None;
+    let agent_path = trial_dir.join("agent.jsonl");
+    if agent_path.is_file() {
+        let agent = read_stream(&agent_path)?;
+        summary.warnings.extend(agent.warnings);
+        mode = Some(agent.header.mode);
+        for line in &agent.events {
+            match &line.event {
+                Event::Trial(t) if t.state != TrialState::Started => {
+                    state = serde_json::to_value(t.state)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                        .unwrap_or_default();
+                    reason = t.reason.clone();
+                }
+                Event::Warning(w) => summary.warnings.push(format!("{trial}: {}", w.message)),
+                _ => {}
+            }
+        }
+    } else {
+        summary.warnings.push(format!(
+            "{}: agent.jsonl is missing; trial state unknown",
+            trial_dir.display()
+        ));
+    }
+    let mut tenants = Vec::new();
+    let mut merged_window: Option<(u64, u64)> = None;
+    let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
+    for path in jsonl_files(trial_dir)? {
+        let stream = read_stream(&path)?;
+        summary.warnings.extend(stream.warnings.iter().cloned());
+        let header = &stream.header;
+        if header.stream != StreamKind::Tenant {
+            continue;
+        }
+        let Some(tenant) = header.tenant.clone() else {
+            summary.warnings.push(format!(
+                "{}:1: tenant stream without tenant description; skipped",
+                path.display()
+            ));
+            continue;
+        };
+        summary.experiment.clone_from(&header.experiment);
+        summary.simulated |= header.simulated;
+        mode.get_or_insert(header.mode);
+        let mut acc = TenantAccumulator::default();
+        for line in &stream.events {
+            match &line.event {
+                Event::Request(r) => acc.request(r),
+                Event::Phase(p) => acc.phase(p.phase, p.at_ns),
+                _ => {}
+            }
+        }
+        if let Some((start, end)) = acc.window_ns() {
+            merged_window =
+                Some(merged_window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
+        }
+        let metrics = acc.finish();
+        output_tokens += metrics.output_tokens;
+        total_tokens += metrics.output_tokens + metrics.prompt_tokens;
+        if metrics.completed == 0 {
+            summary.warnings.push(format!(
+                "{trial}/{}: no completed measured request",
+                tenant.name
+            ));
+        }
+        tenants.push(TenantSummary {
+            tenant: tenant.name,
+            model: tenant.model,
+            engine: tenant.engine,
+            simulated: header.simulated,
+            arrival: tenant.arrival,
+            offered_rate: tenant.offered_rate,
+            metrics,
+        });
+    }
+    let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
+    let per_s = |tokens: u64| window_s.filter(|_| tokens > 0).map(|w| tokens as f64 / w);
+    Ok(TrialSummary {
+        trial,
+        mode: mode.unwrap_or(SharingMode::Solo),
+        state,
+        reason,
+        tenants,
+        aggregate_output_tokens_per_s: per_s(output_tokens),
+        aggregate_total_tokens_per_s: per_s(total_tokens),
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn list(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+    let entries = std::fs::read_dir(dir).map_err(|source| AnalysisError::List {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    Ok(paths)
+}
+
+fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+    Ok(list(dir)?.into_iter().filter(|p| p.is_dir()).collect())
+}
+
+/// Tenant streams of a trial, in name order (`agent.jsonl` and `host.jsonl` are read apart).
+fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+    Ok(list(dir)?
+        .into_iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .filter(|p| !matches!(file_name(p).as_str(), "agent.jsonl" | "host.jsonl"))
+        .collect())
+}
+
+/// Trials ordered as they ran: by the zero time and first event time of their agent stream,
+/// falling back to name order.
+fn trial_dirs_in_run_order(node_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+    let mut keyed: BTreeMap<(u64, String), PathBuf> = BTreeMap::new();
+    for dir in sorted_dirs(node_dir)? {
+        let started = read_stream(&dir.join("agent.jsonl"))
+            .ok()
+            .and_then(|s| {
+                s.events.iter().find_map(|l| match &l.event {
+                    Event::Trial(t) => Some(t.at_ns),
+                    _ => None,
+                })
+            })
+            .unwrap_or(u64::MAX);
+        keyed.insert((started, file_name(&dir)), dir);
+    }
+    Ok(keyed.into_values().collect())
+}

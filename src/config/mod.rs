@@ -1,0 +1,347 @@
+//! The experiment configuration: YAML text in, a validated [`Experiment`] out.
+//!
+//! Parsing is strict: unknown keys are errors. Validation reports every problem at once, each
+//! with its YAML path (`nodes[0].tenants[1].port`), so a user fixes a file in one pass.
+//! [`Experiment`] holds only checked values; code that takes one needs no further checks.
+
+mod error;
+mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use error::{ConfigError, Problem};
+
+/// A validated experiment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experiment {
+    /// Name, used in folder names; `[A-Za-z0-9_.-]+`.
+    pub name: String,
+    /// Where experiment folders are created.
+    pub output_dir: PathBuf,
+    /// Seed of every random choice (arrivals, prompts, simulated timing).
+    pub seed: u64,
+    /// How nodes are brought up.
+    pub launcher: LauncherKind,
+    /// Workloads by name.
+    pub workloads: BTreeMap<String, Workload>,
+    /// Nodes, in file order.
+    pub nodes: Vec<Node>,
+}
+
+/// How nodes are brought up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LauncherKind {
+    /// An agent spawned on this machine, on loopback.
+    Local,
+}
+
+/// Which OpenAI API a workload calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Api {
+    /// `/v1/chat/completions`.
+    Chat,
+    /// `/v1/completions`.
+    Completions,
+}
+
+/// How load is generated for a tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Workload {
+    /// API called.
+    pub api: Api,
+    /// Whether responses stream (SSE); without streaming there is no TTFT, TPOT or ITL.
+    pub stream: bool,
+    /// When requests are sent.
+    pub arrival: Arrival,
+    /// Prompt and output lengths.
+    pub data: SyntheticData,
+    /// Time from start during which requests are sent but not measured.
+    pub warmup: Duration,
+    /// Length of the measured phase.
+    pub duration: Duration,
+    /// Stop sending after this many requests (warmup included), if reached before `duration`.
+    pub max_requests: Option<u64>,
+    /// How long in-flight requests may run on after the last send before they are cancelled.
+    pub drain_timeout: Duration,
+    /// Ask the engine to ignore end-of-sequence so the asked output length is delivered.
+    pub ignore_eos: bool,
+}
+
+/// An arrival process.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Arrival {
+    /// Evenly spaced sends at `rate` per second (open loop).
+    Constant {
+        /// Requests per second, > 0.
+        rate: f64,
+    },
+    /// Exponential gaps with mean `1/rate` (open loop).
+    Poisson {
+        /// Requests per second, > 0.
+        rate: f64,
+    },
+    /// `n` requests always in flight (closed loop).
+    Concurrency {
+        /// Concurrent requests, ≥ 1.
+        n: u32,
+    },
+}
+
+impl Arrival {
+    /// The rate the process offers, for open-loop processes.
+    pub fn offered_rate(&self) -> Option<f64> {
+        match *self {
+            Arrival::Constant { rate } | Arrival::Poisson { rate } => Some(rate),
+            Arrival::Concurrency { .. } => None,
+        }
+    }
+
+    /// Short name, as written into event headers.
+    pub fn describe(&self) -> String {
+        match *self {
+            Arrival::Constant { rate } => format!("constant {rate}/s"),
+            Arrival::Poisson { rate } => format!("poisson {rate}/s"),
+            Arrival::Concurrency { n } => format!("concurrency {n}"),
+        }
+    }
+}
+
+/// Synthetic prompts: lengths in tokens drawn per request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SyntheticData {
+    /// Prompt length.
+    pub prompt_tokens: LengthDist,
+    /// Requested output length (`max_tokens`).
+    pub output_tokens: LengthDist,
+}
+
+/// A distribution of token counts; every draw lies in `[1, 1_000_000]`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LengthDist {
+    /// Always the same.
+    Fixed(u32),
+    /// Normal, rounded and clamped to `[min, max]`.
+    Normal {
+        /// Mean.
+        mean: f64,
+        /// Standard deviation, ≥ 0.
+        stddev: f64,
+        /// Lower clamp.
+        min: u32,
+        /// Upper clamp.
+        max: u32,
+    },
+    /// Uniform over `[min, max]`.
+    Uniform {
+        /// Smallest value.
+        min: u32,
+        /// Largest value.
+        max: u32,
+    },
+}
+
+/// One node: a machine with one agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Node {
+    /// Unique name.
+    pub name: String,
+    /// SkyPilot accelerator spec (e.g. `H100:1`); unused by the local launcher.
+    pub accelerators: Option<String>,
+    /// Trials in the order they run.
+    pub trials: Vec<TrialKind>,
+    /// How simulated tenants on this node's one simulated GPU slow each other down.
+    pub sim_gpu: SimGpu,
+    /// Tenants, in file order (also the order engines start in).
+    pub tenants: Vec<Tenant>,
+}
+
+/// What a `trials:` entry asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrialKind {
+    /// Each tenant alone on the GPU, one trial per tenant, for slowdown baselines.
+    Solo,
+    /// All tenants at once under MPS.
+    Mps,
+    /// All tenants at once under default CUDA time-slicing.
+    Timeslice,
+}
+
+/// How tenants share the GPU during one trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharingMode {
+    /// One tenant alone.
+    Solo,
+    /// NVIDIA MPS: kernels of several processes run at once.
+    Mps,
+    /// Time-slicing: the GPU switches between processes.
+    Timeslice,
+}
+
+/// One trial as it will run: a name (its folder), a mode and the tenants in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trial {
+    /// Folder name: `solo-<tenant>`, `mps` or `timeslice`.
+    pub name: String,
+    /// How the tenants share the GPU.
+    pub mode: SharingMode,
+    /// Indices into [`Node::tenants`].
+    pub tenants: Vec<usize>,
+}
+
+impl Node {
+    /// The trials this node runs, in order, with `solo` expanded to one trial per tenant.
+    pub fn trials(&self) -> Vec<Trial> {
+        let mut out = Vec::new();
+        for kind in &self.trials {
+            match kind {
+                TrialKind::Solo => {
+                    out.extend(self.tenants.iter().enumerate().map(|(i, t)| Trial {
+                        name: format!("solo-{}", t.name),
+                        mode: SharingMode::Solo,
+                        tenants: vec![i],
+                    }))
+                }
+                TrialKind::Mps => out.push(Trial {
+                    name: "mps".into(),
+                    mode: SharingMode::Mps,
+                    tenants: (0..self.tenants.len()).collect(),
+                }),
+                TrialKind::Timeslice => out.push(Trial {
+                    name: "timeslice".into(),
+                    mode: SharingMode::Timeslice,
+                    tenants: (0..self.tenants.len()).collect(),
+                }),
+            }
+        }
+        out
+    }
+}
+
+/// The simulated GPU's interference model.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimGpu {
+    /// Under MPS, each other busy tenant stretches a step by this fraction.
+    pub mps_interference: f64,
+}
+
+/// One tenant: a model behind an engine, with a workload.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    /// Unique name on the node; the stream file is `<name>.jsonl`.
+    pub name: String,
+    /// The engine serving it.
+    pub engine: Engine,
+    /// Name of its workload in [`Experiment::workloads`].
+    pub workload: String,
+    /// Loopback port for engines the agent starts; `None` picks a free one.
+    pub port: Option<u16>,
+}
+
+/// An engine serving one tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Engine {
+    /// The built-in simulated engine, run by the agent.
+    Simulated {
+        /// Model name it answers to.
+        model: String,
+        /// Its timing model.
+        timing: SimTiming,
+        /// Faults it injects, for testing the measuring side.
+        faults: SimFaults,
+    },
+    /// An OpenAI-compatible server that is already running.
+    External {
+        /// Base URL, e.g. `http://127.0.0.1:8000`.
+        url: String,
+        /// Model name sent in requests.
+        model: String,
+        /// Environment variable holding the API key, if one is needed.
+        api_key_env: Option<String>,
+    },
+}
+
+impl Engine {
+    /// The model name requests carry.
+    pub fn model(&self) -> &str {
+        match self {
+            Engine::Simulated { model, .. } | Engine::External { model, .. } => model,
+        }
+    }
+
+    /// Whether the engine's tokens are simulated.
+    pub fn is_simulated(&self) -> bool {
+        matches!(self, Engine::Simulated { .. })
+    }
+
+    /// Engine kind as written in configs and event headers.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Engine::Simulated { .. } => "simulated",
+            Engine::External { .. } => "external",
+        }
+    }
+}
+
+/// Timing model of the simulated engine (one iteration of continuous batching):
+/// `step = (decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt
+/// tokens) × interference`, and every running sequence emits one token per step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SimTiming {
+    /// Most sequences decoded at once; the rest queue.
+    pub max_batch: u32,
+    /// Prefill cost per prompt token of newly admitted requests.
+    pub prefill_us_per_token: f64,
+    /// Fixed cost of one decode step.
+    pub decode_step_us: f64,
+    /// Added cost per running sequence.
+    pub decode_step_us_per_seq: f64,
+}
+
+impl Default for SimTiming {
+    fn default() -> Self {
+        Self {
+            max_batch: 64,
+            prefill_us_per_token: 20.0,
+            decode_step_us: 8_000.0,
+            decode_step_us_per_seq: 150.0,
+        }
+    }
+}
+
+/// Per-request fault probabilities of the simulated engine.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct SimFaults {
+    /// Answer HTTP 500 instead of a stream.
+    pub http_error: f64,
+    /// Send a chunk that is not JSON midway through the stream.
+    pub malformed_chunk: f64,
+    /// Close the connection midway through the stream.
+    pub drop_connection: f64,
+}
+
+impl Experiment {
+    /// Parses and validates YAML text. `origin` names the text in messages (usually its path).
+    pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
+        validate::parse_and_validate(text, origin)
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            origin: origin.clone(),
+            message: e.to_string(),
+        })?;
+        Self::from_yaml(&text, &origin)
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&Node> {
+        self.nodes.iter().find(|n| n.name == name)
+    }
+}

@@ -1,0 +1,110 @@
+//! Serde mirror of the experiment YAML. Nothing here is checked beyond types: [`super::validate`]
+//! turns it into an [`super::Experiment`]. Fields are flat (no tagged enums) so that every unknown
+//! key is seen and reported with its path, not swallowed by serde's content buffering.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+pub struct RawExperiment {
+    pub name: Option<String>,
+    pub output_dir: Option<String>,
+    pub seed: Option<u64>,
+    pub launcher: Option<RawLauncher>,
+    pub workloads: Option<BTreeMap<String, RawWorkload>>,
+    pub nodes: Option<Vec<RawNode>>,
+}
+
+/// `launcher:`.
+#[derive(Debug, Deserialize)]
+pub struct RawLauncher {
+    pub kind: Option<String>,
+}
+
+/// One entry of `workloads:`.
+#[derive(Debug, Deserialize)]
+pub struct RawWorkload {
+    pub api: Option<String>,
+    pub stream: Option<bool>,
+    pub arrival: Option<RawArrival>,
+    pub data: Option<RawData>,
+    pub warmup: Option<String>,
+    pub duration: Option<String>,
+    pub max_requests: Option<u64>,
+    pub drain_timeout: Option<String>,
+    pub ignore_eos: Option<bool>,
+}
+
+/// `arrival:` of a workload.
+#[derive(Debug, Deserialize)]
+pub struct RawArrival {
+    pub kind: Option<String>,
+    pub rate: Option<f64>,
+    pub n: Option<i64>,
+}
+
+/// `data:` of a workload.
+#[derive(Debug, Deserialize)]
+pub struct RawData {
+    pub kind: Option<String>,
+    /// A number, `{mean, stddev, min?, max?}` or `{min, max}`; read by hand in validation
+    /// because serde's untagged enums hide which key was wrong.
+    pub prompt_tokens: Option<serde_yaml::Value>,
+    /// As `prompt_tokens`.
+    pub output_tokens: Option<serde_yaml::Value>,
+}
+
+/// One entry of `nodes:`.
+#[derive(Debug, Deserialize)]
+pub struct RawNode {
+    pub name: Option<String>,
+    pub accelerators: Option<String>,
+    pub trials: Option<Vec<String>>,
+    pub sim_gpu: Option<RawSimGpu>,
+    pub tenants: Option<Vec<RawTenant>>,
+}
+
+/// `sim_gpu:` of a node: how simulated tenants slow each other down.
+#[derive(Debug, Deserialize)]
+pub struct RawSimGpu {
+    pub mps_interference: Option<f64>,
+}
+
+/// One tenant of a node.
+#[derive(Debug, Deserialize)]
+pub struct RawTenant {
+    pub name: Option<String>,
+    pub engine: Option<RawEngine>,
+    pub workload: Option<String>,
+    pub port: Option<i64>,
+}
+
+/// `engine:` of a tenant.
+#[derive(Debug, Deserialize)]
+pub struct RawEngine {
+    pub kind: Option<String>,
+    pub model: Option<String>,
+    pub url: Option<String>,
+    pub api_key_env: Option<String>,
+    pub timing: Option<RawSimTiming>,
+    pub faults: Option<RawSimFaults>,
+}
+
+/// `timing:` of a simulated engine.
+#[derive(Debug, Deserialize)]
+pub struct RawSimTiming {
+    pub max_batch: Option<i64>,
+    pub prefill_us_per_token: Option<f64>,
+    pub decode_step_us: Option<f64>,
+    pub decode_step_us_per_seq: Option<f64>,
+}
+
+/// `faults:` of a simulated engine: probabilities per request, seeded.
+#[derive(Debug, Deserialize)]
+pub struct RawSimFaults {
+    pub http_error: Option<f64>,
+    pub malformed_chunk: Option<f64>,
+    pub drop_connection: Option<f64>,
+}

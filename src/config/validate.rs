@@ -1,0 +1,735 @@
+//! Raw YAML → [`Experiment`]: every problem collected with its path, none fatal until the end.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::raw::*;
+use super::*;
+
+/// Default warmup when a workload gives none.
+const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
+/// Default time in-flight requests may run on after the last send.
+const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// Largest token count a length may ask for.
+const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
+/// Characters allowed in names that become file and folder names.
+fn is_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+pub(super) fn parse_and_validate(text: &str, origin: &str) -> Result<Experiment, ConfigError> {
+    let mut problems = Vec::new();
+    let mut unknown = Vec::new();
+    let raw: Option<RawExperiment> = {
+        let de = serde_yaml::Deserializer::from_str(text);
+        let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(yaml_path(&path));
+        let de = serde_ignored::Deserializer::new(de, &mut on_unknown);
+        match serde_path_to_error::deserialize(de) {
+            Ok(raw) => Some(raw),
+            Err(e) => {
+                let path = e.path().to_string();
+                problems.push(Problem {
+                    path: if path == "." { String::new() } else { path },
+                    message: e.into_inner().to_string(),
+                });
+                None
+            }
+        }
+    };
+    for path in unknown {
+        problems.push(Problem {
+            message: "unknown key (check its spelling and place in the file)".into(),
+            path,
+        });
+    }
+    let mut checker = Checker { problems };
+    let experiment = raw.and_then(|raw| checker.experiment(raw));
+    match experiment {
+        Some(e) if checker.problems.is_empty() => Ok(e),
+        _ => Err(ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems: checker.problems,
+        }),
+    }
+}
+
+/// Writes a serde_ignored path as `a.b[0].c`.
+fn yaml_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path as P;
+    match path {
+        P::Root => String::new(),
+        P::Seq { parent, index } => format!("{}[{index}]", yaml_path(parent)),
+        P::Map { parent, key } => join(&yaml_path(parent), key),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            yaml_path(parent)
+        }
+    }
+}
+
+fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Collects problems while building typed values; a builder returns `None` when its part is
+/// unusable, after recording why.
+struct Checker {
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, path: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            path: path.to_owned(),
+            message: message.into(),
+        });
+    }
+
+    fn required<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
+        if value.is_none() {
+            self.problem(path, "required key is missing");
+        }
+        value
+    }
+
+    fn name(&mut self, value: Option<String>, path: &str) -> Option<String> {
+        let name = self.required(value, path)?;
+        if name.is_empty() || !name.chars().all(is_name_char) {
+            self.problem(
+                path,
+                format!("{name:?} is not a valid name: use letters, digits, '-', '_' or '.'"),
+            );
+            return None;
+        }
+        Some(name)
+    }
+
+    fn duration(&mut self, value: Option<String>, path: &str) -> Option<Duration> {
+        let text = value?;
+        match humantime::parse_duration(&text) {
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("{text:?} is not a duration ({e}); write e.g. 30s, 500ms or 2m"),
+                );
+                None
+            }
+        }
+    }
+
+    fn experiment(&mut self, raw: RawExperiment) -> Option<Experiment> {
+        let name = self.name(raw.name, "name");
+        let launcher = match raw.launcher.and_then(|l| l.kind).as_deref() {
+            None | Some("local") => Some(LauncherKind::Local),
+            Some(other) => {
+                self.problem(
+                    "launcher.kind",
+                    format!("launcher {other:?} is not available yet; this version runs `local`"),
+                );
+                None
+            }
+        };
+        let raw_workloads = self
+            .required(raw.workloads, "workloads")
+            .unwrap_or_default();
+        // Tenants are checked against every defined name, so a workload with its own problems
+        // does not also make each tenant that uses it look wrong.
+        let workload_names: Vec<String> = raw_workloads.keys().cloned().collect();
+        let mut workloads = BTreeMap::new();
+        for (key, w) in raw_workloads {
+            let path = format!("workloads.{key}");
+            if !key.chars().all(is_name_char) {
+                self.problem(&path, "workload names use letters, digits, '-', '_' or '.'");
+            }
+            if let Some(w) = self.workload(w, &path) {
+                workloads.insert(key, w);
+            }
+        }
+        let raw_nodes = self.required(raw.nodes, "nodes").unwrap_or_default();
+        if raw_nodes.is_empty() {
+            self.problem("nodes", "at least one node is needed");
+        }
+        let mut nodes = Vec::new();
+        let mut node_names = HashMap::new();
+        for (i, n) in raw_nodes.into_iter().enumerate() {
+            let path = format!("nodes[{i}]");
+            if let Some(node) = self.node(n, &path, &workload_names) {
+                if let Some(first) = node_names.insert(node.name.clone(), i) {
+                    self.problem(
+                        &format!("{path}.name"),
+                        format!(
+                            "node name {:?} is already used by nodes[{first}]",
+                            node.name
+                        ),
+                    );
+                }
+                nodes.push(node);
+            }
+        }
+        Some(Experiment {
+            name: name?,
+            output_dir: PathBuf::from(raw.output_dir.unwrap_or_else(|| "runs".into())),
+            seed: raw.seed.unwrap_or(0),
+            launcher: launcher?,
+            workloads,
+            nodes,
+        })
+    }
+
+    fn workload(&mut self, raw: RawWorkload, path: &str) -> Option<Workload> {
+        let api = match raw.api.as_deref() {
+            None | Some("chat") => Some(Api::Chat),
+            Some("completions") => Some(Api::Completions),
+            Some(other) => {
+                self.problem(
+                    &join(path, "api"),
+                    format!("{other:?} is not an API: use chat or completions"),
+                );
+                None
+            }
+        };
+        let arrival = self
+            .required(raw.arrival, &join(path, "arrival"))
+            .and_then(|a| self.arrival(a, &join(path, "arrival")));
+        let data = self
+            .required(raw.data, &join(path, "data"))
+            .and_then(|d| self.data(d, &join(path, "data")));
+        let warmup = self
+            .duration(raw.warmup, &join(path, "warmup"))
+            .unwrap_or(DEFAULT_WARMUP);
+        let duration_path = join(path, "duration");
+        let duration = self
+            .required(raw.duration, &duration_path)
+            .and_then(|d| self.duration(Some(d), &duration_path));
+        if duration == Some(Duration::ZERO) {
+            self.problem(
+                &duration_path,
+                "the measured phase must last longer than 0s",
+            );
+        }
+        let drain_timeout = self
+            .duration(raw.drain_timeout, &join(path, "drain_timeout"))
+            .unwrap_or(DEFAULT_DRAIN);
+        if raw.max_requests == Some(0) {
+            self.problem(&join(path, "max_requests"), "must be at least 1");
+        }
+        Some(Workload {
+            api: api?,
+            stream: raw.stream.unwrap_or(true),
+            arrival: arrival?,
+            data: data?,
+            warmup,
+            duration: duration?,
+            max_requests: raw.max_requests,
+            drain_timeout,
+            ignore_eos: raw.ignore_eos.unwrap_or(true),
+        })
+    }
+
+    fn arrival(&mut self, raw: RawArrival, path: &str) -> Option<Arrival> {
+        let kind_path = join(path, "kind");
+        let kind = self.required(raw.kind, &kind_path)?;
+        let rate = |c: &mut Self| -> Option<f64> {
+            if raw.n.is_some() {
+                c.problem(
+                    &join(path, "n"),
+                    format!("`n` does not apply to {kind} arrivals; use `rate`"),
+                );
+            }
+            let rate = c.required(raw.rate, &join(path, "rate"))?;
+            if !(rate.is_finite() && rate > 0.0) {
+                c.problem(
+                    &join(path, "rate"),
+                    format!("rate must be > 0 requests/s, got {rate}"),
+                );
+                return None;
+            }
+            Some(rate)
+        };
+        match kind.as_str() {
+            "constant" => rate(self).map(|rate| Arrival::Constant { rate }),
+            "poisson" => rate(self).map(|rate| Arrival::Poisson { rate }),
+            "concurrency" => {
+                if raw.rate.is_some() {
+                    self.problem(
+                        &join(path, "rate"),
+                        "`rate` does not apply to concurrency; use `n`",
+                    );
+                }
+                let n = self.required(raw.n, &join(path, "n"))?;
+                match u32::try_from(n) {
+                    Ok(n) if n >= 1 => Some(Arrival::Concurrency { n }),
+                    _ => {
+                        self.problem(
+                            &join(path, "n"),
+                            format!("n must be ≥ 1 concurrent requests, got {n}"),
+                        );
+                        None
+                    }
+                }
+            }
+            other => {
+                self.problem(
+                    &kind_path,
+                    format!(
+                        "{other:?} is not an arrival kind: use constant, poisson or concurrency"
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn data(&mut self, raw: RawData, path: &str) -> Option<SyntheticData> {
+        match raw.kind.as_deref() {
+            None | Some("synthetic") => {}
+            Some(other) => {
+                self.problem(
+                    &join(path, "kind"),
+                    format!("data kind {other:?} is not available yet; use synthetic"),
+                );
+                return None;
+            }
+        }
+        let prompt_path = join(path, "prompt_tokens");
+        let output_path = join(path, "output_tokens");
+        let prompt = self
+            .required(raw.prompt_tokens, &prompt_path)
+            .and_then(|v| self.length(&v, &prompt_path));
+        let output = self
+            .required(raw.output_tokens, &output_path)
+            .and_then(|v| self.length(&v, &output_path));
+        Some(SyntheticData {
+            prompt_tokens: prompt?,
+            output_tokens: output?,
+        })
+    }
+
+    fn length(&mut self, value: &serde_yaml::Value, path: &str) -> Option<LengthDist> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Dist {
+            mean: Option<f64>,
+            stddev: Option<f64>,
+            min: Option<i64>,
+            max: Option<i64>,
+        }
+        let in_range = |c: &mut Self, v: i64, at: &str| -> Option<u32> {
+            if (1..=MAX_TOKENS_PER_LENGTH).contains(&v) {
+                u32::try_from(v).ok()
+            } else {
+                c.problem(
+                    at,
+                    format!("token count must be in 1..={MAX_TOKENS_PER_LENGTH}, got {v}"),
+                );
+                None
+            }
+        };
+        if let Some(n) = value.as_i64() {
+            return in_range(self, n, path).map(LengthDist::Fixed);
+        }
+        let dist: Dist = match serde_yaml::from_value(value.clone()) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(
+                    path,
+                    format!("{e}; write a number, {{mean, stddev, min, max}} or {{min, max}}"),
+                );
+                return None;
+            }
+        };
+        let min = dist.min.map(|v| in_range(self, v, &join(path, "min")));
+        let max = dist.max.map(|v| in_range(self, v, &join(path, "max")));
+        let (min, max) = (
+            min.unwrap_or(Some(1))?,
+            max.unwrap_or(Some(MAX_TOKENS_PER_LENGTH as u32))?,
+        );
+        if min > max {
+            self.problem(path, format!("min {min} is larger than max {max}"));
+            return None;
+        }
+        match (dist.mean, dist.stddev) {
+            (Some(mean), stddev) => {
+                let stddev = stddev.unwrap_or(0.0);
+                if !(mean.is_finite() && mean >= 1.0) || !(stddev.is_finite() && stddev >= 0.0) {
+                    self.problem(
+                        path,
+                        format!("need mean ≥ 1 and stddev ≥ 0, got mean {mean}, stddev {stddev}"),
+                    );
+                    return None;
+                }
+                Some(LengthDist::Normal {
+                    mean,
+                    stddev,
+                    min,
+                    max,
+                })
+            }
+            (None, Some(_)) => {
+                self.problem(path, "stddev needs a mean");
+                None
+            }
+            (None, None) if dist.min.is_some() && dist.max.is_some() => {
+                Some(LengthDist::Uniform { min, max })
+            }
+            (None, None) => {
+                self.problem(
+                    path,
+                    "give a number, {mean, stddev, min, max} or {min, max}",
+                );
+                None
+            }
+        }
+    }
+
+    fn node(&mut self, raw: RawNode, path: &str, workloads: &[String]) -> Option<Node> {
+        let name = self.name(raw.name, &join(path, "name"));
+        let trials = self.trials(raw.trials, &join(path, "trials"));
+        let sim_gpu = SimGpu {
+            mps_interference: raw.sim_gpu.and_then(|g| g.mps_interference).unwrap_or(0.35),
+        };
+        if !(sim_gpu.mps_interference.is_finite() && sim_gpu.mps_interference >= 0.0) {
+            self.problem(
+                &join(path, "sim_gpu.mps_interference"),
+                "must be a number ≥ 0",
+            );
+        }
+        let raw_tenants = self
+            .required(raw.tenants, &join(path, "tenants"))
+            .unwrap_or_default();
+        if raw_tenants.is_empty() {
+            self.problem(&join(path, "tenants"), "a node needs at least one tenant");
+        }
+        let mut tenants: Vec<Tenant> = Vec::new();
+        let mut names: HashMap<String, usize> = HashMap::new();
+        let mut ports: HashMap<u16, usize> = HashMap::new();
+        for (i, t) in raw_tenants.into_iter().enumerate() {
+            let tpath = format!("{path}.tenants[{i}]");
+            let Some(tenant) = self.tenant(t, &tpath, workloads) else {
+                continue;
+            };
+            if let Some(first) = names.insert(tenant.name.clone(), i) {
+                self.problem(
+                    &join(&tpath, "name"),
+                    format!(
+                        "tenant name {:?} is already used by {path}.tenants[{first}]",
+                        tenant.name
+                    ),
+                );
+            }
+            if let Some(port) = tenant.port {
+                if let Some(first) = ports.insert(port, i) {
+                    self.problem(
+                        &join(&tpath, "port"),
+                        format!("port {port} is already used by {path}.tenants[{first}]; give each engine its own port"),
+                    );
+                }
+            }
+            tenants.push(tenant);
+        }
+        Some(Node {
+            name: name?,
+            accelerators: raw.accelerators,
+            trials: trials?,
+            sim_gpu,
+            tenants,
+        })
+    }
+
+    fn trials(&mut self, raw: Option<Vec<String>>, path: &str) -> Option<Vec<TrialKind>> {
+        let Some(raw) = raw else {
+            return Some(vec![TrialKind::Mps]);
+        };
+        if raw.is_empty() {
+            self.problem(path, "list at least one trial: solo, mps or timeslice");
+            return None;
+        }
+        let mut out = Vec::new();
+        for (i, t) in raw.iter().enumerate() {
+            let kind = match t.as_str() {
+                "solo" => TrialKind::Solo,
+                "mps" => TrialKind::Mps,
+                "timeslice" => TrialKind::Timeslice,
+                other => {
+                    self.problem(
+                        &format!("{path}[{i}]"),
+                        format!("{other:?} is not a trial: use solo, mps or timeslice"),
+                    );
+                    continue;
+                }
+            };
+            if out.contains(&kind) {
+                self.problem(
+                    &format!("{path}[{i}]"),
+                    format!("trial {t:?} is listed twice"),
+                );
+            }
+            out.push(kind);
+        }
+        Some(out)
+    }
+
+    fn tenant(&mut self, raw: RawTenant, path: &str, workloads: &[String]) -> Option<Tenant> {
+        let name = self.name(raw.name, &join(path, "name"));
+        let workload_path = join(path, "workload");
+        let workload = self.required(raw.workload, &workload_path);
+        if let Some(w) = &workload {
+            if !workloads.contains(w) {
+                self.problem(
+                    &workload_path,
+                    format!("no workload named {w:?}; defined: {}", workloads.join(", ")),
+                );
+            }
+        }
+        let port = match raw.port {
+            None => Some(None),
+            Some(p) => match u16::try_from(p) {
+                Ok(p) if p >= 1024 => Some(Some(p)),
+                _ => {
+                    self.problem(
+                        &join(path, "port"),
+                        format!("port must be in 1024..=65535, got {p}"),
+                    );
+                    None
+                }
+            },
+        };
+        let engine = self
+            .required(raw.engine, &join(path, "engine"))
+            .and_then(|e| self.engine(e, &join(path, "engine")));
+        if matches!(engine, Some(Engine::External { .. })) && matches!(port, Some(Some(_))) {
+            self.problem(
+                &join(path, "port"),
+                "an external engine's port is part of its url",
+            );
+        }
+        Some(Tenant {
+            name: name?,
+            engine: engine?,
+            workload: workload?,
+            port: port?,
+        })
+    }
+
+    fn engine(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
+        let kind = self.required(raw.kind, &join(path, "kind"))?;
+        match kind.as_str() {
+            "simulated" => {
+                for (set, key) in [
+                    (raw.url.is_some(), "url"),
+                    (raw.api_key_env.is_some(), "api_key_env"),
+                ] {
+                    if set {
+                        self.problem(
+                            &join(path, key),
+                            format!("`{key}` does not apply to a simulated engine"),
+                        );
+                    }
+                }
+                let timing = raw.timing.map_or(Some(SimTiming::default()), |t| {
+                    self.timing(t, &join(path, "timing"))
+                });
+                let faults = raw.faults.map_or(Some(SimFaults::default()), |f| {
+                    self.faults(f, &join(path, "faults"))
+                });
+                Some(Engine::Simulated {
+                    model: raw.model.unwrap_or_else(|| "sim-model".into()),
+                    timing: timing?,
+                    faults: faults?,
+                })
+            }
+            "external" => {
+                for (set, key) in [
+                    (raw.timing.is_some(), "timing"),
+                    (raw.faults.is_some(), "faults"),
+                ] {
+                    if set {
+                        self.problem(
+                            &join(path, key),
+                            format!("`{key}` applies only to a simulated engine"),
+                        );
+                    }
+                }
+                let url = self.required(raw.url, &join(path, "url"))?;
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    self.problem(
+                        &join(path, "url"),
+                        format!("{url:?} must start with http:// or https://"),
+                    );
+                    return None;
+                }
+                let model = self.required(raw.model, &join(path, "model"))?;
+                Some(Engine::External {
+                    url: url.trim_end_matches('/').to_owned(),
+                    model,
+                    api_key_env: raw.api_key_env,
+                })
+            }
+            "vllm" => {
+                self.problem(
+                    &join(path, "kind"),
+                    "vllm engines are not supported by this version yet; use simulated or external",
+                );
+                None
+            }
+            other => {
+                self.problem(
+                    &join(path, "kind"),
+                    format!("{other:?} is not an engine kind: use simulated or external"),
+                );
+                None
+            }
+        }
+    }
+
+    fn timing(&mut self, raw: RawSimTiming, path: &str) -> Option<SimTiming> {
+        let d = SimTiming::default();
+        let max_batch = match raw.max_batch {
+            None => Some(d.max_batch),
+            Some(b) => match u32::try_from(b) {
+                Ok(b) if (1..=4096).contains(&b) => Some(b),
+                _ => {
+                    self.problem(
+                        &join(path, "max_batch"),
+                        format!("must be in 1..=4096, got {b}"),
+                    );
+                    None
+                }
+            },
+        };
+        let mut micros = |value: Option<f64>, default: f64, key: &str| -> Option<f64> {
+            let v = value.unwrap_or(default);
+            if v.is_finite() && (0.0..=10_000_000.0).contains(&v) {
+                Some(v)
+            } else {
+                self.problem(
+                    &join(path, key),
+                    format!("must be in 0..=10000000 µs, got {v}"),
+                );
+                None
+            }
+        };
+        let prefill = micros(
+            raw.prefill_us_per_token,
+            d.prefill_us_per_token,
+            "prefill_us_per_token",
+        );
+        let step = micros(raw.decode_step_us, d.decode_step_us, "decode_step_us");
+        let per_seq = micros(
+            raw.decode_step_us_per_seq,
+            d.decode_step_us_per_seq,
+            "decode_step_us_per_seq",
+        );
+        Some(SimTiming {
+            max_batch: max_batch?,
+            prefill_us_per_token: prefill?,
+            decode_step_us: step?,
+            decode_step_us_per_seq: per_seq?,
+        })
+    }
+
+    fn faults(&mut self, raw: RawSimFaults, path: &str) -> Option<SimFaults> {
+        let mut p = |value: Option<f64>, key: &str| -> Option<f64> {
+            let v = value.unwrap_or(0.0);
+            if (0.0..=1.0).contains(&v) {
+                Some(v)
+            } else {
+                self.problem(
+                    &join(path, key),
+                    format!("a probability must be in 0..=1, got {v}"),
+                );
+                None
+            }
+        };
+        let faults = SimFaults {
+            http_error: p(raw.http_error, "http_error")?,
+            malformed_chunk: p(raw.malformed_chunk, "malformed_chunk")?,
+            drop_connection: p(raw.drop_connection, "drop_connection")?,
+        };
+        if faults.http_error + faults.malformed_chunk + faults.drop_connection > 1.0 {
+            self.problem(path, "fault probabilities sum over 1");
+            return None;
+        }
+        Some(faults)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+name: t
+workloads:
+  w: {arrival: {kind: poisson, rate: 4}, data: {prompt_tokens: 32, output_tokens: {mean: 16, stddev: 4, min: 2, max: 30}}, duration: 5s}
+nodes:
+  - name: n
+    trials: [solo, mps]
+    tenants:
+      - {name: a, engine: {kind: simulated}, workload: w}
+      - {name: b, engine: {kind: simulated}, workload: w, port: 18001}
+"#;
+
+    #[test]
+    fn a_good_config_resolves_its_trials() {
+        let e = Experiment::from_yaml(GOOD, "good.yaml").expect("valid");
+        let node = e.node("n").expect("node n");
+        let names: Vec<String> = node.trials().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, ["solo-a", "solo-b", "mps"]);
+        assert_eq!(e.workloads["w"].warmup, DEFAULT_WARMUP);
+        assert!(matches!(
+            e.workloads["w"].data.output_tokens,
+            LengthDist::Normal {
+                min: 2,
+                max: 30,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn every_problem_is_listed_with_its_path() {
+        let bad = r#"
+name: t
+colour: blue
+workloads:
+  w: {arrival: {kind: poisson, rate: -1}, data: {prompt_tokens: 32, output_tokens: {mean: 3, sigma: 1}}, duration: 5s}
+nodes:
+  - name: n
+    tenants:
+      - {name: a, engine: {kind: simulated}, workload: w, port: 18001}
+      - {name: b, engine: {kind: simulated}, workload: missing, port: 18001}
+"#;
+        let err = Experiment::from_yaml(bad, "bad.yaml").expect_err("invalid");
+        let paths: Vec<&str> = err.problems().iter().map(|p| p.path.as_str()).collect();
+        for expected in [
+            "colour",
+            "workloads.w.arrival.rate",
+            "workloads.w.data.output_tokens",
+            "nodes[0].tenants[1].workload",
+            "nodes[0].tenants[1].port",
+        ] {
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
+        }
+        assert!(
+            err.to_string().starts_with("bad.yaml: 5 problem(s)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn type_errors_name_their_path() {
+        let err = Experiment::from_yaml("name: t\nseed: many\n", "x.yaml").expect_err("invalid");
+        assert_eq!(err.problems()[0].path, "seed");
+    }
+}

@@ -1,0 +1,291 @@
+//! The typed events of the JSONL format.
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Api, SharingMode};
+
+/// One line of a stream: its sequence number and its event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Line {
+    /// Index of the line in its file; the header is 0.
+    pub seq: u64,
+    /// The event.
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Every kind of event, tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    /// First line of every file.
+    Header(Header),
+    /// A finished (completed or failed) request.
+    Request(RequestEvent),
+    /// The load generator changed phase.
+    Phase(PhaseEvent),
+    /// A trial started, finished, or was marked invalid or stopped.
+    Trial(TrialEvent),
+    /// An engine changed state.
+    Engine(EngineEvent),
+    /// Something a reader of the results must know.
+    Warning(WarningEvent),
+    /// A sample of the host.
+    HostSample(HostSample),
+}
+
+/// What stream a file holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StreamKind {
+    /// Request events of one tenant.
+    Tenant,
+    /// Agent lifecycle events.
+    Agent,
+    /// Host samples.
+    Host,
+}
+
+/// The header line.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Header {
+    /// `"MAJOR.MINOR"` of the schema.
+    pub schema_version: String,
+    /// Version of the agent that wrote the file.
+    pub tool_version: String,
+    /// Experiment name.
+    pub experiment: String,
+    /// Run id given by the coordinator.
+    pub run_id: String,
+    /// Node name.
+    pub node: String,
+    /// Trial name (its folder).
+    pub trial: String,
+    /// How tenants shared the GPU in this trial.
+    pub mode: SharingMode,
+    /// What the file holds.
+    pub stream: StreamKind,
+    /// UTC wall-clock nanoseconds of the run's monotonic zero.
+    pub zero_wall_ns: u64,
+    /// Whether anything in this stream comes from a simulated engine or GPU.
+    pub simulated: bool,
+    /// For tenant streams: who the tenant is and what load it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<TenantHeader>,
+}
+
+/// Tenant description in a tenant stream's header.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantHeader {
+    /// Tenant name.
+    pub name: String,
+    /// Model name sent in requests.
+    pub model: String,
+    /// Engine kind: `simulated` or `external`.
+    pub engine: String,
+    /// Workload name.
+    pub workload: String,
+    /// API called.
+    pub api: Api,
+    /// Arrival process, described.
+    pub arrival: String,
+    /// Offered request rate of an open-loop arrival process.
+    pub offered_rate: Option<f64>,
+    /// Whether responses were streamed.
+    pub streaming: bool,
+}
+
+/// Which phase a request was scheduled in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Not measured.
+    Warmup,
+    /// Measured.
+    Measure,
+    /// Sending stopped; in-flight requests finish.
+    Drain,
+    /// Load generation ended.
+    Done,
+}
+
+/// Where token counts came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenSource {
+    /// The server's `usage`.
+    Usage,
+    /// Counted by the client (one per content chunk) because the server gave no usage.
+    Counted,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Could not connect or send.
+    Connect,
+    /// The server answered with a non-success HTTP status.
+    HttpStatus,
+    /// The connection closed before the stream ended.
+    StreamDropped,
+    /// A chunk was not valid SSE or JSON.
+    MalformedChunk,
+    /// The request passed its deadline.
+    Timeout,
+    /// The run was stopped or the drain timeout passed while it was in flight.
+    Cancelled,
+}
+
+impl ErrorKind {
+    /// The snake_case name, as in JSON.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::HttpStatus => "http_status",
+            ErrorKind::StreamDropped => "stream_dropped",
+            ErrorKind::MalformedChunk => "malformed_chunk",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A failure with its reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestError {
+    /// Class of failure.
+    pub kind: ErrorKind,
+    /// What happened, in words (e.g. the HTTP body's first line).
+    pub message: String,
+}
+
+/// One request, from schedule to end of stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RequestEvent {
+    /// Unique id within the run (`<tenant>-<n>`); sent as `x-request-id`.
+    pub id: String,
+    /// Phase it was scheduled in.
+    pub phase: Phase,
+    /// When the arrival process wanted it sent.
+    pub scheduled_ns: u64,
+    /// Just before the request was handed to the HTTP client.
+    pub sent_ns: u64,
+    /// Arrival of the first chunk with non-empty generated text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_token_ns: Option<u64>,
+    /// Arrival of the last chunk with generated text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_token_ns: Option<u64>,
+    /// End of the response (`[DONE]`, end of body, or failure).
+    pub done_ns: u64,
+    /// Gaps between consecutive content-chunk arrivals after the first, in µs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub chunk_gaps_us: Vec<u64>,
+    /// Output length asked for (`max_tokens`).
+    pub max_tokens: u32,
+    /// Prompt tokens, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
+    /// Output tokens delivered, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_tokens: Option<u32>,
+    /// Where the token counts came from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_source: Option<TokenSource>,
+    /// HTTP status, when a response started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// Closed loop only: how long the request waited for a free slot before `scheduled_ns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot_wait_ns: Option<u64>,
+    /// Set when the request failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RequestError>,
+}
+
+/// A phase change of the load generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PhaseEvent {
+    /// Phase entered.
+    pub phase: Phase,
+    /// When.
+    pub at_ns: u64,
+}
+
+/// State of a trial.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialState {
+    /// Engines are starting.
+    Started,
+    /// Ran to the end; results are valid.
+    Finished,
+    /// Something went wrong (e.g. an engine died); results must not be trusted.
+    Invalid,
+    /// Stopped on request before its end.
+    Stopped,
+}
+
+/// A trial's state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrialEvent {
+    /// When.
+    pub at_ns: u64,
+    /// New state.
+    pub state: TrialState,
+    /// Why, for `invalid` and `stopped`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// State of an engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineState {
+    /// Being started.
+    Starting,
+    /// Answering health checks.
+    Ready,
+    /// Being stopped.
+    Stopping,
+    /// Gone, on purpose or not.
+    Exited,
+    /// Failed to start or become healthy.
+    Failed,
+}
+
+/// An engine's state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineEvent {
+    /// When.
+    pub at_ns: u64,
+    /// Tenant served.
+    pub tenant: String,
+    /// New state.
+    pub state: EngineState,
+    /// Base URL, exit status or error, as fits.
+    pub detail: String,
+}
+
+/// A warning.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WarningEvent {
+    /// When.
+    pub at_ns: u64,
+    /// What a reader must know.
+    pub message: String,
+}
+
+/// One host sample.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HostSample {
+    /// When.
+    pub at_ns: u64,
+    /// CPU use over all cores since the last sample, 0–100.
+    pub cpu_percent: f32,
+    /// Memory in use.
+    pub memory_used_bytes: u64,
+    /// Total memory.
+    pub memory_total_bytes: u64,
+}

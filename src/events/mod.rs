@@ -1,0 +1,40 @@
+//! The JSONL event format: what the agent writes and every analysis reads.
+//!
+//! # Files
+//! One file per stream, under `<trial>/` of a node's folder: `<tenant>.jsonl` (request events of
+//! one tenant), `agent.jsonl` (trial, engine and phase lifecycle, warnings) and `host.jsonl`
+//! (host samples).
+//!
+//! # Lines
+//! Every line is one JSON object ending in `\n`, with a `seq` (the line's index in its file, the
+//! header being 0) and a `type`:
+//!
+//! - `header` (line 0 only): `schema_version` (`"MAJOR.MINOR"`), `tool_version`, `experiment`,
+//!   `run_id`, `node`, `trial`, `mode` (`solo|mps|timeslice`), `stream` (`tenant|agent|host`),
+//!   `zero_wall_ns` (UTC wall-clock nanoseconds of the run's monotonic zero), `simulated`
+//!   (whether anything in the stream comes from the simulated engine) and, for tenant streams,
+//!   `tenant` (name, model, engine kind, workload, API, arrival, offered rate, streaming).
+//! - `request`: one finished request, see [`RequestEvent`].
+//! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`.
+//! - `trial`, `engine`, `warning`, `host_sample`: lifecycle and samples, see [`Event`].
+//!
+//! All times are nanoseconds on the node's monotonic clock since the run's zero (`*_ns`), so
+//! differences between any two times of one node are exact; `chunk_gaps_us` are microseconds.
+//!
+//! # Compatibility
+//! A reader accepts any minor version of its major and ignores fields it does not know; a newer
+//! major is refused with a message naming the file. Writers flush whole lines; a reader skips a
+//! truncated or malformed line with a warning naming `file:line`.
+
+mod event;
+mod reader;
+mod writer;
+
+pub use event::*;
+pub use reader::{read_stream, ReadError, StreamContents};
+pub use writer::EventWriter;
+
+/// Major version of the schema: bumped when a reader of the old version would misread a file.
+pub const SCHEMA_MAJOR: u32 = 1;
+/// Full schema version written into headers.
+pub const SCHEMA_VERSION: &str = "1.0";

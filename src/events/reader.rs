@@ -1,0 +1,127 @@
+//! Reads a stream back, tolerating damage: bad lines are skipped and reported, never fatal.
+
+use std::path::{Path, PathBuf};
+
+use super::{Event, Header, Line, SCHEMA_MAJOR};
+
+/// A stream as read: its header, its events and what had to be skipped.
+#[derive(Debug, Clone)]
+pub struct StreamContents {
+    /// Line 0.
+    pub header: Header,
+    /// Every readable event after the header, in file order.
+    pub events: Vec<Line>,
+    /// One message per skipped line, each naming `file:line`.
+    pub warnings: Vec<String>,
+}
+
+/// Why a stream could not be read at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The file could not be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Line 1 is missing or is not a header.
+    #[error("{}:1: {message}", path.display())]
+    NoHeader {
+        /// The file.
+        path: PathBuf,
+        /// What was found instead.
+        message: String,
+    },
+    /// The file was written by a newer, incompatible schema.
+    #[error("{}:1: schema version {found} is newer than this reader's major version {SCHEMA_MAJOR}; upgrade multitenant to read it", path.display())]
+    NewerSchema {
+        /// The file.
+        path: PathBuf,
+        /// The version in the file.
+        found: String,
+    },
+}
+
+/// Reads the stream at `path`.
+pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
+    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
+        path: path.to_owned(),
+        source,
+    })?;
+    let shown = path.display();
+    let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
+    let mut lines = bytes[..complete_len].split(|&b| b == b'\n').enumerate();
+    let header = match lines.next() {
+        Some((_, first)) if !first.is_empty() => match serde_json::from_slice::<Line>(first) {
+            Ok(Line {
+                event: Event::Header(h),
+                ..
+            }) => h,
+            Ok(other) => {
+                return Err(ReadError::NoHeader {
+                    path: path.to_owned(),
+                    message: format!("expected a header line, found a {:?} event", other.event),
+                })
+            }
+            Err(e) => {
+                return Err(ReadError::NoHeader {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })
+            }
+        },
+        _ => {
+            return Err(ReadError::NoHeader {
+                path: path.to_owned(),
+                message: "the file has no complete first line".into(),
+            })
+        }
+    };
+    let major = header
+        .schema_version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u32>().ok());
+    if major.is_none_or(|m| m > SCHEMA_MAJOR) {
+        return Err(ReadError::NewerSchema {
+            path: path.to_owned(),
+            found: header.schema_version,
+        });
+    }
+    let mut events = Vec::new();
+    let mut warnings = Vec::new();
+    for (index, raw) in lines {
+        if raw.is_empty() {
+            continue;
+        }
+        let line_no = index + 1;
+        match serde_json::from_slice::<Line>(raw) {
+            Ok(line) if line.seq == index as u64 => events.push(line),
+            Ok(line) => warnings.push(format!(
+                "{shown}:{line_no}: seq {} where {index} was expected; line skipped",
+                line.seq
+            )),
+            Err(e) => warnings.push(format!(
+                "{shown}:{line_no}: not a valid event ({e}); line skipped"
+            )),
+        }
+    }
+    if complete_len < bytes.len() {
+        let line_no = bytes[..complete_len]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1;
+        warnings.push(format!(
+            "{shown}:{line_no}: truncated last line ({} bytes without a newline) skipped",
+            bytes.len() - complete_len
+        ));
+    }
+    Ok(StreamContents {
+        header,
+        events,
+        warnings,
+    })
+}

@@ -1,0 +1,21 @@
+//! `multitenant`: the shared vocabulary of the agent and the coordinator.
+//!
+//! This crate owns what both sides must agree on and nothing that runs: no tokio runtime and no
+//! process spawning live here.
+//!
+//! - [`config`]: the experiment YAML, parsed strictly and validated into an [`config::Experiment`].
+//! - [`events`]: the JSONL event format (the spec is in that module's docs), its writer and reader.
+//! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
+//! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
+//! - [`auth`]: the bearer token both sides of the gRPC API use.
+//! - [`proto`]: the generated gRPC types of `proto/multitenant/v1`.
+
+pub mod analysis;
+pub mod auth;
+pub mod config;
+pub mod events;
+pub mod metrics;
+pub mod proto;
+
+/// Version of this build, written into every JSONL header and summary.
+pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,159 @@
+//! A latency histogram in microseconds and its printed percentiles.
+
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+
+/// Largest latency recorded exactly: one hour. Longer values are clamped to it.
+const MAX_US: u64 = 3_600_000_000;
+
+/// Latencies in µs, 1 µs to 1 h, 3 significant digits. Min, max and mean are kept exactly
+/// beside the histogram, whose buckets are 0.1% wide.
+#[derive(Debug, Clone)]
+pub struct LatencyHistogram {
+    hist: Histogram<u64>,
+    min_us: u64,
+    max_us: u64,
+    sum_us: u128,
+}
+
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl LatencyHistogram {
+    /// An empty histogram.
+    pub fn new() -> Self {
+        // Bounds and precision are constants that hdrhistogram accepts.
+        #[allow(clippy::unwrap_used)]
+        Self {
+            hist: Histogram::new_with_bounds(1, MAX_US, 3).unwrap(),
+            min_us: u64::MAX,
+            max_us: 0,
+            sum_us: 0,
+        }
+    }
+
+    /// Records a latency in nanoseconds (rounded to the nearest µs, at least 1 µs).
+    pub fn record_ns(&mut self, ns: u64) {
+        self.record_us((ns + 500) / 1_000);
+    }
+
+    /// Records a latency in microseconds (at least 1 µs).
+    pub fn record_us(&mut self, us: u64) {
+        let us = us.clamp(1, MAX_US);
+        self.hist.saturating_record(us);
+        self.min_us = self.min_us.min(us);
+        self.max_us = self.max_us.max(us);
+        self.sum_us += u128::from(us);
+    }
+
+    /// Adds every value of `other`.
+    pub fn merge(&mut self, other: &LatencyHistogram) {
+        // Same bounds by construction, so adding cannot fail.
+        #[allow(clippy::unwrap_used)]
+        self.hist.add(&other.hist).unwrap();
+        self.min_us = self.min_us.min(other.min_us);
+        self.max_us = self.max_us.max(other.max_us);
+        self.sum_us += other.sum_us;
+    }
+
+    /// Number of values.
+    pub fn len(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// True when nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.hist.is_empty()
+    }
+
+    /// The distribution in milliseconds, or `None` when empty.
+    pub fn percentiles(&self) -> Option<Percentiles> {
+        if self.hist.is_empty() {
+            return None;
+        }
+        let ms = |us: u64| round3(us as f64 / 1_000.0);
+        // Bucket edges can pass the exact extremes; keep percentiles inside them.
+        let q = |q: f64| {
+            ms(self
+                .hist
+                .value_at_quantile(q)
+                .clamp(self.min_us, self.max_us))
+        };
+        Some(Percentiles {
+            count: self.hist.len(),
+            mean: round3(self.sum_us as f64 / self.hist.len() as f64 / 1_000.0),
+            stddev: round3(self.hist.stdev() / 1_000.0),
+            min: ms(self.min_us),
+            p50: q(0.50),
+            p90: q(0.90),
+            p95: q(0.95),
+            p99: q(0.99),
+            p999: q(0.999),
+            max: ms(self.max_us),
+        })
+    }
+}
+
+/// A distribution in milliseconds, rounded to 1 µs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Number of values.
+    pub count: u64,
+    /// Mean.
+    pub mean: f64,
+    /// Standard deviation.
+    pub stddev: f64,
+    /// Smallest.
+    pub min: f64,
+    /// Median.
+    pub p50: f64,
+    /// 90th percentile.
+    pub p90: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// 99.9th percentile.
+    pub p999: f64,
+    /// Largest.
+    pub max: f64,
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1_000.0).round() / 1_000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_follow_the_recorded_values() {
+        let mut h = LatencyHistogram::new();
+        assert!(h.percentiles().is_none(), "no data must not become zeros");
+        for ms in 1..=100u64 {
+            h.record_ns(ms * 1_000_000);
+        }
+        let p = h.percentiles().expect("data");
+        assert_eq!(p.count, 100);
+        assert_eq!(p.min, 1.0);
+        assert!((p.p50 - 50.0).abs() < 0.05, "{p:?}");
+        assert!((p.p99 - 99.0).abs() < 0.1, "{p:?}");
+        assert!((p.max - 100.0).abs() < 0.1, "{p:?}");
+        assert!((p.mean - 50.5).abs() < 0.05, "{p:?}");
+    }
+
+    #[test]
+    fn merged_histograms_hold_both_sets() {
+        let mut a = LatencyHistogram::new();
+        let mut b = LatencyHistogram::new();
+        a.record_us(1_000);
+        b.record_us(3_000);
+        a.merge(&b);
+        let p = a.percentiles().expect("data");
+        assert_eq!((p.count, p.min, p.max), (2, 1.0, 3.0));
+    }
+}

@@ -1,0 +1,11 @@
+//! Metric definitions of DESIGN.md §6, computed on HDR histograms.
+//!
+//! Latencies are recorded in microseconds with 3 significant digits; histograms merge across
+//! tenants and nodes, percentiles are never averaged. A metric with no samples is `None`, never
+//! zero.
+
+mod histogram;
+mod tenant;
+
+pub use histogram::{LatencyHistogram, Percentiles};
+pub use tenant::{Definitions, TenantAccumulator, TenantMetrics, Throughput};

@@ -1,0 +1,288 @@
+//! Per-tenant metrics of one trial, from its request and phase events.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::{LatencyHistogram, Percentiles};
+use crate::events::{Phase, RequestEvent, TokenSource};
+
+/// The names of the definitions used, written beside the numbers (DESIGN.md §6).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Definitions {
+    /// TTFT.
+    pub ttft: String,
+    /// TPOT.
+    pub tpot: String,
+    /// ITL.
+    pub itl: String,
+    /// End-to-end latency.
+    pub e2e: String,
+    /// Throughput window.
+    pub window: String,
+    /// Aggregate node throughput.
+    pub aggregate: String,
+}
+
+impl Default for Definitions {
+    fn default() -> Self {
+        Self {
+            ttft: "first_content_chunk_arrival - sent".into(),
+            tpot: "(last_content_chunk_arrival - first_content_chunk_arrival) / (output_tokens - 1), per request, output_tokens >= 2".into(),
+            itl: "gap between consecutive content chunk arrivals, per chunk".into(),
+            e2e: "last_content_chunk_arrival - sent".into(),
+            window: "first sent to last done of measure-phase requests".into(),
+            aggregate: "sum of tenants' output tokens / (latest done - earliest sent over all tenants)".into(),
+        }
+    }
+}
+
+/// Tokens and requests per second over a window.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Window length in seconds.
+    pub window_s: f64,
+    /// Completed requests per second.
+    pub requests_per_s: f64,
+    /// Output tokens per second.
+    pub output_tokens_per_s: f64,
+    /// Prompt plus output tokens per second.
+    pub total_tokens_per_s: f64,
+}
+
+/// Everything measured for one tenant in one trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantMetrics {
+    /// Measure-phase requests sent.
+    pub sent: u64,
+    /// Of those, completed.
+    pub completed: u64,
+    /// Of those, failed.
+    pub failed: u64,
+    /// Failures by kind.
+    pub errors: BTreeMap<String, u64>,
+    /// failed / sent.
+    pub error_rate: Option<f64>,
+    /// Completed requests that delivered fewer tokens than asked for.
+    pub short_outputs: u64,
+    /// Σ output tokens of completed requests.
+    pub output_tokens: u64,
+    /// Σ prompt tokens of completed requests.
+    pub prompt_tokens: u64,
+    /// `usage`, `counted`, `mixed`, or `none`.
+    pub token_source: String,
+    /// Sends per second during the measure phase.
+    pub achieved_rate: Option<f64>,
+    /// Throughput over the window; `None` without completed requests.
+    pub throughput: Option<Throughput>,
+    /// Time to first token, ms.
+    pub ttft_ms: Option<Percentiles>,
+    /// Time per output token, ms.
+    pub tpot_ms: Option<Percentiles>,
+    /// Inter-chunk latency, ms.
+    pub itl_ms: Option<Percentiles>,
+    /// End-to-end latency, ms.
+    pub e2e_ms: Option<Percentiles>,
+    /// sent − scheduled, ms: how late the load generator was.
+    pub schedule_lag_ms: Option<Percentiles>,
+    /// Closed loop: wait for a free slot, ms.
+    pub slot_wait_ms: Option<Percentiles>,
+}
+
+/// Collects a tenant's events, then computes [`TenantMetrics`]. Histograms are public so
+/// callers can merge them across tenants and nodes.
+#[derive(Debug, Default, Clone)]
+pub struct TenantAccumulator {
+    /// TTFT, µs.
+    pub ttft: LatencyHistogram,
+    /// TPOT, µs.
+    pub tpot: LatencyHistogram,
+    /// ITL, µs.
+    pub itl: LatencyHistogram,
+    /// E2E, µs.
+    pub e2e: LatencyHistogram,
+    /// Schedule lag, µs.
+    pub lag: LatencyHistogram,
+    /// Slot wait, µs.
+    pub slot_wait: LatencyHistogram,
+    sent: u64,
+    completed: u64,
+    errors: BTreeMap<String, u64>,
+    short_outputs: u64,
+    output_tokens: u64,
+    prompt_tokens: u64,
+    usage_counts: u64,
+    counted_counts: u64,
+    /// Earliest `sent_ns` of a measure-phase request.
+    pub first_sent_ns: Option<u64>,
+    /// Latest `done_ns` of a measure-phase request.
+    pub last_done_ns: Option<u64>,
+    measure_start_ns: Option<u64>,
+    measure_end_ns: Option<u64>,
+}
+
+impl TenantAccumulator {
+    /// Takes a phase change; the measure phase runs from `measure` to the next phase.
+    pub fn phase(&mut self, phase: Phase, at_ns: u64) {
+        match phase {
+            Phase::Measure => self.measure_start_ns = Some(at_ns),
+            Phase::Drain | Phase::Done if self.measure_start_ns.is_some() => {
+                self.measure_end_ns.get_or_insert(at_ns);
+            }
+            _ => {}
+        }
+    }
+
+    /// Takes one request; requests outside the measure phase are ignored.
+    pub fn request(&mut self, r: &RequestEvent) {
+        if r.phase != Phase::Measure {
+            return;
+        }
+        self.sent += 1;
+        self.lag.record_ns(r.sent_ns.saturating_sub(r.scheduled_ns));
+        if let Some(wait) = r.slot_wait_ns {
+            self.slot_wait.record_ns(wait);
+        }
+        self.first_sent_ns = Some(self.first_sent_ns.map_or(r.sent_ns, |t| t.min(r.sent_ns)));
+        self.last_done_ns = Some(self.last_done_ns.map_or(r.done_ns, |t| t.max(r.done_ns)));
+        if let Some(err) = &r.error {
+            *self.errors.entry(err.kind.as_str().to_owned()).or_default() += 1;
+            return;
+        }
+        self.completed += 1;
+        let output = r.output_tokens.unwrap_or(0);
+        self.output_tokens += u64::from(output);
+        self.prompt_tokens += u64::from(r.prompt_tokens.unwrap_or(0));
+        if output < r.max_tokens {
+            self.short_outputs += 1;
+        }
+        match r.token_source {
+            Some(TokenSource::Usage) => self.usage_counts += 1,
+            Some(TokenSource::Counted) => self.counted_counts += 1,
+            None => {}
+        }
+        if let (Some(first), Some(last)) = (r.first_token_ns, r.last_token_ns) {
+            self.ttft.record_ns(first.saturating_sub(r.sent_ns));
+            self.e2e.record_ns(last.saturating_sub(r.sent_ns));
+            if output >= 2 {
+                self.tpot.record_ns((last - first) / u64::from(output - 1));
+            }
+        } else {
+            self.e2e.record_ns(r.done_ns.saturating_sub(r.sent_ns));
+        }
+        for &gap in &r.chunk_gaps_us {
+            self.itl.record_us(gap);
+        }
+    }
+
+    /// The window (ns) over which throughput is computed, if any request was measured.
+    pub fn window_ns(&self) -> Option<(u64, u64)> {
+        Some((self.first_sent_ns?, self.last_done_ns?))
+    }
+
+    /// Computes the metrics.
+    pub fn finish(&self) -> TenantMetrics {
+        let failed = self.sent - self.completed;
+        let throughput = match self.window_ns() {
+            Some((start, end)) if end > start && self.completed > 0 => {
+                let window_s = (end - start) as f64 / 1e9;
+                Some(Throughput {
+                    window_s,
+                    requests_per_s: self.completed as f64 / window_s,
+                    output_tokens_per_s: self.output_tokens as f64 / window_s,
+                    total_tokens_per_s: (self.output_tokens + self.prompt_tokens) as f64 / window_s,
+                })
+            }
+            _ => None,
+        };
+        let achieved_rate = match (self.measure_start_ns, self.measure_end_ns) {
+            (Some(start), Some(end)) if end > start => {
+                Some(self.sent as f64 / ((end - start) as f64 / 1e9))
+            }
+            _ => None,
+        };
+        let token_source = match (self.usage_counts, self.counted_counts) {
+            (0, 0) => "none",
+            (_, 0) => "usage",
+            (0, _) => "counted",
+            _ => "mixed",
+        };
+        TenantMetrics {
+            sent: self.sent,
+            completed: self.completed,
+            failed,
+            errors: self.errors.clone(),
+            error_rate: (self.sent > 0).then(|| failed as f64 / self.sent as f64),
+            short_outputs: self.short_outputs,
+            output_tokens: self.output_tokens,
+            prompt_tokens: self.prompt_tokens,
+            token_source: token_source.into(),
+            achieved_rate,
+            throughput,
+            ttft_ms: self.ttft.percentiles(),
+            tpot_ms: self.tpot.percentiles(),
+            itl_ms: self.itl.percentiles(),
+            e2e_ms: self.e2e.percentiles(),
+            schedule_lag_ms: self.lag.percentiles(),
+            slot_wait_ms: self.slot_wait.percentiles(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{ErrorKind, RequestError};
+
+    fn request(sent_ms: u64, first_ms: u64, last_ms: u64, tokens: u32) -> RequestEvent {
+        RequestEvent {
+            id: format!("r{sent_ms}"),
+            phase: Phase::Measure,
+            scheduled_ns: sent_ms * 1_000_000,
+            sent_ns: sent_ms * 1_000_000,
+            first_token_ns: Some(first_ms * 1_000_000),
+            last_token_ns: Some(last_ms * 1_000_000),
+            done_ns: last_ms * 1_000_000 + 100_000,
+            chunk_gaps_us: vec![],
+            max_tokens: tokens,
+            prompt_tokens: Some(10),
+            output_tokens: Some(tokens),
+            token_source: Some(TokenSource::Usage),
+            status: Some(200),
+            slot_wait_ns: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn definitions_hold_on_a_hand_computed_case() {
+        let mut acc = TenantAccumulator::default();
+        acc.phase(Phase::Measure, 0);
+        // TTFT 20 ms, TPOT (120-20)/10 = 10 ms, E2E 120 ms.
+        acc.request(&request(0, 20, 120, 11));
+        // TTFT 40 ms, TPOT (540-80)/10 = 46 ms, E2E 500 ms.
+        acc.request(&request(40, 80, 540, 11));
+        let mut failed = request(100, 0, 0, 11);
+        failed.error = Some(RequestError {
+            kind: ErrorKind::HttpStatus,
+            message: "500".into(),
+        });
+        acc.request(&failed);
+        let mut warm = request(0, 1, 2, 3);
+        warm.phase = Phase::Warmup;
+        acc.request(&warm);
+        acc.phase(Phase::Drain, 1_000_000_000);
+        let m = acc.finish();
+        assert_eq!((m.sent, m.completed, m.failed), (3, 2, 1));
+        assert_eq!(m.errors["http_status"], 1);
+        let ttft = m.ttft_ms.expect("ttft");
+        assert_eq!((ttft.min, ttft.max), (20.0, 40.0));
+        let tpot = m.tpot_ms.expect("tpot");
+        assert_eq!((tpot.min, tpot.max), (10.0, 46.0));
+        assert_eq!(m.achieved_rate, Some(3.0));
+        let t = m.throughput.expect("throughput");
+        // Window: first sent 0 ms to last done 540.1 ms; 22 output tokens.
+        assert!((t.window_s - 0.5401).abs() < 1e-9);
+        assert!((t.output_tokens_per_s - 22.0 / 0.5401).abs() < 1e-6);
+    }
+}
