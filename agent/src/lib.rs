@@ -1,1 +1,108 @@
-//! placeholder
+//! The multitenant agent: one per GPU node.
+//!
+//! - [`server`]: the authenticated gRPC API.
+//! - [`run`]: runs and trials: engines up, load on, streams recorded, engines down.
+//! - [`engine`]: the simulated engine (a real OpenAI-compatible server) and external engines.
+//! - [`loadgen`]: arrivals, synthetic prompts, the streaming client and its SSE parser.
+//! - [`recorder`]: the JSONL files on disk and the resumable reading behind `StreamEvents`.
+//! - [`host`], [`gpu`]: node sampling and GPU discovery.
+//! - [`clock`]: the run's monotonic clock.
+
+pub mod cli;
+pub mod clock;
+pub mod engine;
+pub mod gpu;
+pub mod host;
+pub mod loadgen;
+pub mod recorder;
+pub mod run;
+pub mod server;
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use multitenant::auth::{BearerToken, TOKEN_ENV};
+use tokio_util::sync::CancellationToken;
+
+use engine::sim_gpu::SimGpu;
+use engine::simulated::{SimEngine, SimEngineConfig};
+
+/// Reads the token from `token_file`, or else from the environment.
+pub fn load_token(token_file: Option<&Path>) -> anyhow::Result<BearerToken> {
+    let secret = match token_file {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("reading the token file {}", path.display()))?
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned(),
+        None => std::env::var(TOKEN_ENV)
+            .with_context(|| format!("no token: set {TOKEN_ENV} or pass --token-file; the agent never serves without one"))?,
+    };
+    BearerToken::new(&secret).context("the agent token is not acceptable")
+}
+
+fn require_loopback(addr: SocketAddr) -> anyhow::Result<()> {
+    if !addr.ip().is_loopback() {
+        bail!("refusing to listen on {addr}: this version has no TLS, so it listens on loopback only (e.g. 127.0.0.1:7777)");
+    }
+    Ok(())
+}
+
+/// `agent serve`: serves until `shutdown`, then stops every run and waits for their records.
+/// Prints `listening on <addr>` on stdout once bound, for whoever started it.
+pub async fn serve(
+    listen: SocketAddr,
+    data_dir: PathBuf,
+    token: BearerToken,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    require_loopback(listen)?;
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let gpu = gpu::GpuStatus::probe();
+    eprintln!("{}", gpu.describe());
+    let runs = Arc::new(run::RunManager::new(data_dir, gpu));
+    let addr = listener.local_addr()?;
+    let mut stdout = std::io::stdout();
+    writeln!(stdout, "listening on {addr}")?;
+    stdout.flush()?;
+    let served = server::serve(listener, runs.clone(), token, shutdown.clone()).await;
+    runs.shutdown().await;
+    served.context("the gRPC server failed")
+}
+
+/// `agent sim-engine`: serves the simulated engine until `shutdown`.
+pub async fn sim_engine(
+    listen: SocketAddr,
+    model: String,
+    seed: u64,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    require_loopback(listen)?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("binding {listen}"))?;
+    let config = SimEngineConfig {
+        model,
+        timing: multitenant::config::SimTiming::default(),
+        faults: multitenant::config::SimFaults::default(),
+        seed,
+        record_truth: false,
+    };
+    let gpu = Arc::new(SimGpu::new(multitenant::config::SharingMode::Solo, 0.0));
+    let engine = SimEngine::start(listener, config, gpu)?;
+    println!(
+        "simulated engine (SIMULATED timings) on {}",
+        engine.base_url()
+    );
+    shutdown.cancelled().await;
+    engine.stop().await;
+    Ok(())
+}

@@ -131,6 +131,8 @@ pub enum ErrorKind {
     StreamDropped,
     /// A chunk was not valid SSE or JSON.
     MalformedChunk,
+    /// The server reported an error inside the stream.
+    ServerError,
     /// The request passed its deadline.
     Timeout,
     /// The run was stopped or the drain timeout passed while it was in flight.
@@ -145,6 +147,7 @@ impl ErrorKind {
             ErrorKind::HttpStatus => "http_status",
             ErrorKind::StreamDropped => "stream_dropped",
             ErrorKind::MalformedChunk => "malformed_chunk",
+            ErrorKind::ServerError => "server_error",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Cancelled => "cancelled",
         }
@@ -163,7 +166,7 @@ pub struct RequestError {
 /// One request, from schedule to end of stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RequestEvent {
-    /// Unique id within the run (`<tenant>-<n>`); sent as `x-request-id`.
+    /// Unique id within its stream (`<tenant>-<n>`); sent as `x-request-id`.
     pub id: String,
     /// Phase it was scheduled in.
     pub phase: Phase,
@@ -196,9 +199,6 @@ pub struct RequestEvent {
     /// HTTP status, when a response started.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<u16>,
-    /// Closed loop only: how long the request waited for a free slot before `scheduled_ns`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub slot_wait_ns: Option<u64>,
     /// Set when the request failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RequestError>,

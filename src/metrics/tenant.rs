@@ -85,8 +85,6 @@ pub struct TenantMetrics {
     pub e2e_ms: Option<Percentiles>,
     /// sent − scheduled, ms: how late the load generator was.
     pub schedule_lag_ms: Option<Percentiles>,
-    /// Closed loop: wait for a free slot, ms.
-    pub slot_wait_ms: Option<Percentiles>,
 }
 
 /// Collects a tenant's events, then computes [`TenantMetrics`]. Histograms are public so
@@ -103,8 +101,6 @@ pub struct TenantAccumulator {
     pub e2e: LatencyHistogram,
     /// Schedule lag, µs.
     pub lag: LatencyHistogram,
-    /// Slot wait, µs.
-    pub slot_wait: LatencyHistogram,
     sent: u64,
     completed: u64,
     errors: BTreeMap<String, u64>,
@@ -140,9 +136,6 @@ impl TenantAccumulator {
         }
         self.sent += 1;
         self.lag.record_ns(r.sent_ns.saturating_sub(r.scheduled_ns));
-        if let Some(wait) = r.slot_wait_ns {
-            self.slot_wait.record_ns(wait);
-        }
         self.first_sent_ns = Some(self.first_sent_ns.map_or(r.sent_ns, |t| t.min(r.sent_ns)));
         self.last_done_ns = Some(self.last_done_ns.map_or(r.done_ns, |t| t.max(r.done_ns)));
         if let Some(err) = &r.error {
@@ -224,7 +217,6 @@ impl TenantAccumulator {
             itl_ms: self.itl.percentiles(),
             e2e_ms: self.e2e.percentiles(),
             schedule_lag_ms: self.lag.percentiles(),
-            slot_wait_ms: self.slot_wait.percentiles(),
         }
     }
 }
@@ -249,7 +241,6 @@ mod tests {
             output_tokens: Some(tokens),
             token_source: Some(TokenSource::Usage),
             status: Some(200),
-            slot_wait_ns: None,
             error: None,
         }
     }

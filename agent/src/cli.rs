@@ -1,0 +1,45 @@
+//! Command line of the `agent` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The multitenant agent: runs engines and load on a GPU node and records what happens.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve the gRPC API to a coordinator. The token comes from MULTITENANT_AGENT_TOKEN or
+    /// --token-file, never from a flag (flags show in `ps`).
+    Serve {
+        /// Address to listen on; loopback only in this version (TLS is not there yet).
+        #[arg(long, default_value = "127.0.0.1:7777")]
+        listen: SocketAddr,
+        /// Folder that receives one subfolder per run.
+        #[arg(long, default_value = "agent-data")]
+        data_dir: PathBuf,
+        /// File holding the bearer token (first line).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
+    /// Run the built-in simulated engine alone, e.g. to point an `external` tenant at it.
+    SimEngine {
+        /// Address to listen on (loopback only).
+        #[arg(long, default_value = "127.0.0.1:8000")]
+        listen: SocketAddr,
+        /// Model name to serve.
+        #[arg(long, default_value = "sim-model")]
+        model: String,
+        /// Seed of its draws.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+}

@@ -1,0 +1,542 @@
+//! The built-in simulated engine: a real OpenAI-compatible HTTP server with a known timing model.
+//!
+//! Routes: `POST /v1/completions` and `POST /v1/chat/completions` (SSE streaming with a final
+//! `usage` chunk when `stream_options.include_usage` is set, or one JSON body), `GET /v1/models`,
+//! `GET /health`. Prompt tokens are whitespace-separated words. Every response carries
+//! `x-multitenant-simulated: true`, and the model list says the model is simulated.
+//!
+//! Output length is `max_tokens` under `ignore_eos`, else a draw in `1..=max_tokens`. Faults
+//! (HTTP 500, a malformed chunk, a dropped connection) are drawn per request. Every draw comes
+//! from the engine seed and the request id, so a request gets the same answer whatever the
+//! order requests arrive in.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use multitenant::config::{SimFaults, SimTiming};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+
+use super::sim_gpu::SimGpu;
+use super::sim_scheduler::{self, Admission};
+
+/// Header that marks every response as simulated.
+pub const SIMULATED_HEADER: &str = "x-multitenant-simulated";
+
+/// How a simulated engine behaves.
+#[derive(Debug, Clone)]
+pub struct SimEngineConfig {
+    /// Model name it serves; requests for another model get 404, as from vLLM.
+    pub model: String,
+    /// Timing model.
+    pub timing: SimTiming,
+    /// Fault probabilities.
+    pub faults: SimFaults,
+    /// Seed of every draw.
+    pub seed: u64,
+    /// Keep each request's true token emission instants (for tests and `truth`).
+    pub record_truth: bool,
+}
+
+/// What really happened to one request inside the engine.
+#[derive(Debug, Clone)]
+pub struct TokenTruth {
+    /// When the handler got the parsed request.
+    pub received: Instant,
+    /// When each token was handed to the response, in order.
+    pub emitted: Vec<Instant>,
+}
+
+/// A running simulated engine.
+pub struct SimEngine {
+    addr: SocketAddr,
+    truth: Arc<Mutex<HashMap<String, TokenTruth>>>,
+    cancel: CancellationToken,
+    server: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
+}
+
+struct AppState {
+    model: String,
+    model_json: String,
+    faults: SimFaults,
+    seed: u64,
+    admissions: mpsc::UnboundedSender<Admission>,
+    truth: Option<Arc<Mutex<HashMap<String, TokenTruth>>>>,
+    next_id: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fault {
+    HttpError,
+    MalformedChunk,
+    DropConnection,
+}
+
+impl SimEngine {
+    /// Serves on `listener` (already bound) on the shared `gpu`.
+    pub fn start(
+        listener: tokio::net::TcpListener,
+        config: SimEngineConfig,
+        gpu: Arc<SimGpu>,
+    ) -> std::io::Result<Self> {
+        let addr = listener.local_addr()?;
+        let cancel = CancellationToken::new();
+        let (admissions, admitted) = mpsc::unbounded_channel();
+        let scheduler = tokio::spawn(sim_scheduler::run(
+            config.timing,
+            gpu,
+            admitted,
+            cancel.clone(),
+        ));
+        let truth = Arc::new(Mutex::new(HashMap::new()));
+        let state = Arc::new(AppState {
+            model_json: serde_json::to_string(&config.model).unwrap_or_else(|_| "\"sim\"".into()),
+            model: config.model,
+            faults: config.faults,
+            seed: config.seed,
+            admissions,
+            truth: config.record_truth.then(|| truth.clone()),
+            next_id: AtomicU64::new(0),
+        });
+        let app = Router::new()
+            .route("/health", get(|| async { StatusCode::OK }))
+            .route("/v1/models", get(models))
+            .route("/v1/completions", post(|s, h, b| generate(s, h, b, false)))
+            .route(
+                "/v1/chat/completions",
+                post(|s, h, b| generate(s, h, b, true)),
+            )
+            .with_state(state);
+        let shutdown = cancel.clone();
+        let server = tokio::spawn(async move {
+            let serve = axum::serve(listener, app)
+                .with_graceful_shutdown(async move { shutdown.cancelled().await });
+            if let Err(e) = serve.await {
+                tracing::warn!("simulated engine on {addr} stopped with an error: {e}");
+            }
+        });
+        Ok(Self {
+            addr,
+            truth,
+            cancel,
+            server,
+            scheduler,
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The ground truth of request `id`, if recording was asked for.
+    pub fn truth(&self, id: &str) -> Option<TokenTruth> {
+        self.truth
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Stops serving: open streams end, the scheduler stops.
+    pub async fn stop(self) {
+        self.cancel.cancel();
+        let _ = self.scheduler.await;
+        // Graceful shutdown waits for open connections; their streams end once the scheduler
+        // is gone, so this returns promptly.
+        let _ = self.server.await;
+    }
+}
+
+async fn models(State(state): State<Arc<AppState>>) -> Response {
+    let body = format!(
+        r#"{{"object":"list","data":[{{"id":{},"object":"model","owned_by":"multitenant-simulated"}}]}}"#,
+        state.model_json
+    );
+    json_response(StatusCode::OK, body)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [
+            ("content-type", "application/json"),
+            (SIMULATED_HEADER, "true"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    let message = serde_json::to_string(message).unwrap_or_else(|_| "\"error\"".into());
+    json_response(
+        status,
+        format!(r#"{{"error":{{"message":{message},"type":"invalid_request_error"}}}}"#),
+    )
+}
+
+/// Parsed request fields the simulation uses.
+struct GenerateRequest {
+    prompt_tokens: u32,
+    max_tokens: u32,
+    ignore_eos: bool,
+    stream: bool,
+    include_usage: bool,
+}
+
+fn parse_request(
+    body: &[u8],
+    chat: bool,
+    model: &str,
+) -> Result<GenerateRequest, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let v: Value =
+        serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
+    match v.get("model").and_then(Value::as_str) {
+        Some(m) if m == model => {}
+        Some(m) => {
+            return Err((
+                StatusCode::NOT_FOUND,
+                format!("The model `{m}` does not exist."),
+            ))
+        }
+        None => return Err(bad("`model` is required".into())),
+    }
+    let text = if chat {
+        let messages = v
+            .get("messages")
+            .and_then(Value::as_array)
+            .ok_or_else(|| bad("`messages` must be a list".into()))?;
+        messages
+            .iter()
+            .filter_map(|m| m.get("content").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join(" ")
+    } else {
+        v.get("prompt")
+            .and_then(Value::as_str)
+            .ok_or_else(|| bad("`prompt` must be a string".into()))?
+            .to_owned()
+    };
+    let max_tokens = match v
+        .get("max_tokens")
+        .or_else(|| v.get("max_completion_tokens"))
+    {
+        None => 16,
+        Some(n) => n
+            .as_u64()
+            .filter(|&n| n >= 1)
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| bad(format!("max_tokens must be a positive integer, got {n}")))?,
+    };
+    let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    Ok(GenerateRequest {
+        prompt_tokens: u32::try_from(text.split_whitespace().count())
+            .unwrap_or(u32::MAX)
+            .max(1),
+        max_tokens,
+        ignore_eos: v
+            .get("ignore_eos")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        stream,
+        include_usage: stream
+            && v.pointer("/stream_options/include_usage")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+    })
+}
+
+/// A uniform draw in `[0, 1)` from the seed, the request id and a salt (splitmix64).
+fn draw(seed: u64, id: &str, salt: u64) -> f64 {
+    let mut x = seed ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for b in id.bytes() {
+        x = (x ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3);
+    }
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^= x >> 31;
+    (x >> 11) as f64 / (1u64 << 53) as f64
+}
+
+fn pick_fault(faults: &SimFaults, u: f64) -> Option<Fault> {
+    let mut edge = faults.http_error;
+    if u < edge {
+        return Some(Fault::HttpError);
+    }
+    edge += faults.malformed_chunk;
+    if u < edge {
+        return Some(Fault::MalformedChunk);
+    }
+    edge += faults.drop_connection;
+    (u < edge).then_some(Fault::DropConnection)
+}
+
+async fn generate(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Bytes,
+    chat: bool,
+) -> Response {
+    let received = Instant::now();
+    let req = match parse_request(&body, chat, &state.model) {
+        Ok(r) => r,
+        Err((status, message)) => return error_response(status, &message),
+    };
+    let id = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("sim-{}", state.next_id.fetch_add(1, Ordering::Relaxed)));
+    let fault = pick_fault(&state.faults, draw(state.seed, &id, 1));
+    if fault == Some(Fault::HttpError) {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "simulated internal error (fault injection)",
+        );
+    }
+    let output_tokens = if req.ignore_eos {
+        req.max_tokens
+    } else {
+        1 + (draw(state.seed, &id, 2) * f64::from(req.max_tokens)) as u32
+    }
+    .min(req.max_tokens);
+    let (tokens_tx, tokens_rx) = mpsc::unbounded_channel();
+    let admission = Admission {
+        prompt_tokens: req.prompt_tokens,
+        output_tokens,
+        tokens: tokens_tx,
+    };
+    if state.admissions.send(admission).is_err() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "engine is shutting down");
+    }
+    let stream_id = format!("cmpl-{id}");
+    let response = Responder {
+        chat,
+        model_json: state.model_json.clone(),
+        id_json: serde_json::to_string(&stream_id).unwrap_or_default(),
+        created: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+        prompt_tokens: req.prompt_tokens,
+        output_tokens,
+        stopped_early: output_tokens < req.max_tokens,
+    };
+    let truth = state.truth.clone().map(|log| (log, id, received));
+    if req.stream {
+        let (body_tx, body_rx) = mpsc::channel(64);
+        tokio::spawn(response.stream(tokens_rx, body_tx, req.include_usage, fault, truth));
+        let body = Body::from_stream(ReceiverStream::new(body_rx));
+        (
+            [
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+                (SIMULATED_HEADER, "true"),
+            ],
+            body,
+        )
+            .into_response()
+    } else {
+        response.whole(tokens_rx, truth).await
+    }
+}
+
+type TruthSlot = Option<(Arc<Mutex<HashMap<String, TokenTruth>>>, String, Instant)>;
+
+/// Formats one request's response.
+struct Responder {
+    chat: bool,
+    model_json: String,
+    id_json: String,
+    created: u64,
+    prompt_tokens: u32,
+    output_tokens: u32,
+    /// True when the draw ended the output before `max_tokens` (an end-of-sequence).
+    stopped_early: bool,
+}
+
+impl Responder {
+    fn chunk(&self, choice: &str) -> Bytes {
+        let object = if self.chat {
+            "chat.completion.chunk"
+        } else {
+            "text_completion"
+        };
+        Bytes::from(format!(
+            "data: {{\"id\":{},\"object\":\"{object}\",\"created\":{},\"model\":{},\"system_fingerprint\":\"multitenant-simulated\",\"choices\":[{choice}]}}\n\n",
+            self.id_json, self.created, self.model_json
+        ))
+    }
+
+    fn token_choice(&self, index: u32, finish: Option<&str>) -> String {
+        let finish = finish.map_or("null".to_owned(), |f| format!("\"{f}\""));
+        let word = format!(" tok{index}");
+        if self.chat {
+            format!(
+                "{{\"index\":0,\"delta\":{{\"content\":\"{word}\"}},\"finish_reason\":{finish}}}"
+            )
+        } else {
+            format!("{{\"index\":0,\"text\":\"{word}\",\"finish_reason\":{finish}}}")
+        }
+    }
+
+    fn usage_json(&self) -> String {
+        format!(
+            "{{\"prompt_tokens\":{},\"completion_tokens\":{},\"total_tokens\":{}}}",
+            self.prompt_tokens,
+            self.output_tokens,
+            self.prompt_tokens + self.output_tokens
+        )
+    }
+
+    fn finish_reason(&self) -> &'static str {
+        if self.stopped_early {
+            "stop"
+        } else {
+            "length"
+        }
+    }
+
+    async fn stream(
+        self,
+        mut tokens: mpsc::UnboundedReceiver<Instant>,
+        body: mpsc::Sender<Result<Bytes, std::io::Error>>,
+        include_usage: bool,
+        fault: Option<Fault>,
+        truth: TruthSlot,
+    ) {
+        let mut emitted = Vec::with_capacity(self.output_tokens as usize);
+        if self.chat {
+            let role = "{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}";
+            if body.send(Ok(self.chunk(role))).await.is_err() {
+                return;
+            }
+        }
+        let midpoint = self.output_tokens / 2;
+        let mut index = 0;
+        while let Some(at) = tokens.recv().await {
+            index += 1;
+            if index > midpoint && fault == Some(Fault::MalformedChunk) {
+                let _ = body
+                    .send(Ok(Bytes::from_static(b"data: {\"choices\":[{\"text\"\n\n")))
+                    .await;
+                return;
+            }
+            if index > midpoint && fault == Some(Fault::DropConnection) {
+                let _ = body
+                    .send(Err(std::io::Error::other("simulated dropped connection")))
+                    .await;
+                return;
+            }
+            let finish = (index == self.output_tokens).then(|| self.finish_reason());
+            if body
+                .send(Ok(self.chunk(&self.token_choice(index, finish))))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            emitted.push(at);
+        }
+        if let Some((log, id, received)) = truth {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, TokenTruth { received, emitted });
+        }
+        if include_usage {
+            let usage = format!(
+                "data: {{\"id\":{},\"object\":\"{}\",\"created\":{},\"model\":{},\"choices\":[],\"usage\":{}}}\n\n",
+                self.id_json,
+                if self.chat { "chat.completion.chunk" } else { "text_completion" },
+                self.created,
+                self.model_json,
+                self.usage_json()
+            );
+            if body.send(Ok(Bytes::from(usage))).await.is_err() {
+                return;
+            }
+        }
+        let _ = body.send(Ok(Bytes::from_static(b"data: [DONE]\n\n"))).await;
+    }
+
+    async fn whole(
+        self,
+        mut tokens: mpsc::UnboundedReceiver<Instant>,
+        truth: TruthSlot,
+    ) -> Response {
+        let mut emitted = Vec::with_capacity(self.output_tokens as usize);
+        while let Some(at) = tokens.recv().await {
+            emitted.push(at);
+        }
+        let text: String = (1..=emitted.len()).map(|i| format!(" tok{i}")).collect();
+        if let Some((log, id, received)) = truth {
+            log.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(id, TokenTruth { received, emitted });
+        }
+        let text = serde_json::to_string(&text).unwrap_or_default();
+        let finish = self.finish_reason();
+        let choice = if self.chat {
+            format!("{{\"index\":0,\"message\":{{\"role\":\"assistant\",\"content\":{text}}},\"finish_reason\":\"{finish}\"}}")
+        } else {
+            format!("{{\"index\":0,\"text\":{text},\"finish_reason\":\"{finish}\"}}")
+        };
+        let object = if self.chat {
+            "chat.completion"
+        } else {
+            "text_completion"
+        };
+        json_response(
+            StatusCode::OK,
+            format!(
+                "{{\"id\":{},\"object\":\"{object}\",\"created\":{},\"model\":{},\"choices\":[{choice}],\"usage\":{}}}",
+                self.id_json,
+                self.created,
+                self.model_json,
+                self.usage_json()
+            ),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn draws_are_uniform_and_depend_on_the_request_id() {
+        let draws: Vec<f64> = (0..10_000).map(|i| draw(7, &format!("r{i}"), 1)).collect();
+        let mean = draws.iter().sum::<f64>() / draws.len() as f64;
+        assert!((mean - 0.5).abs() < 0.02, "mean {mean}");
+        assert!(draws.iter().all(|d| (0.0..1.0).contains(d)));
+        assert_eq!(draw(7, "a", 1), draw(7, "a", 1));
+        assert_ne!(draw(7, "a", 1), draw(8, "a", 1));
+    }
+
+    #[test]
+    fn faults_are_picked_by_their_probability_bands() {
+        let f = SimFaults {
+            http_error: 0.1,
+            malformed_chunk: 0.2,
+            drop_connection: 0.3,
+        };
+        assert_eq!(pick_fault(&f, 0.05), Some(Fault::HttpError));
+        assert_eq!(pick_fault(&f, 0.25), Some(Fault::MalformedChunk));
+        assert_eq!(pick_fault(&f, 0.55), Some(Fault::DropConnection));
+        assert_eq!(pick_fault(&f, 0.65), None);
+    }
+}

@@ -1,0 +1,338 @@
+//! One request to an OpenAI-compatible server, timed on the run clock.
+//!
+//! `sent` is read just before the request is handed to the HTTP client; each network read of
+//! the body is timestamped once, on arrival, and every SSE event completed by that read gets its
+//! time. The first token is the first event carrying non-empty text (role-only and empty deltas
+//! do not count). Every failure becomes a [`RequestError`] with its reason; nothing is thrown.
+
+use futures_util::StreamExt;
+use multitenant::config::Api;
+use multitenant::events::{ErrorKind, RequestError, TokenSource};
+use serde::Deserialize;
+use serde_json::json;
+
+use super::prompts::Prompt;
+use super::sse::SseParser;
+use crate::clock::RunClock;
+
+/// Where and how a tenant's requests go.
+#[derive(Debug, Clone)]
+pub struct Target {
+    /// Base URL, e.g. `http://127.0.0.1:8000`.
+    pub base_url: String,
+    /// API called.
+    pub api: Api,
+    /// Model name.
+    pub model: String,
+    /// Bearer key for the server, if it needs one.
+    pub api_key: Option<String>,
+    /// Stream the response.
+    pub stream: bool,
+    /// Ask the server to ignore end-of-sequence.
+    pub ignore_eos: bool,
+}
+
+/// What one request measured.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Measured {
+    /// Just before the send.
+    pub sent_ns: u64,
+    /// First content chunk.
+    pub first_token_ns: Option<u64>,
+    /// Last content chunk.
+    pub last_token_ns: Option<u64>,
+    /// End of response or failure.
+    pub done_ns: u64,
+    /// Gaps between content chunks, µs.
+    pub chunk_gaps_us: Vec<u64>,
+    /// Prompt tokens.
+    pub prompt_tokens: Option<u32>,
+    /// Output tokens.
+    pub output_tokens: Option<u32>,
+    /// Source of the counts.
+    pub token_source: Option<TokenSource>,
+    /// HTTP status.
+    pub status: Option<u16>,
+    /// Failure, if any.
+    pub error: Option<RequestError>,
+}
+
+#[derive(Deserialize)]
+struct Chunk {
+    #[serde(default)]
+    choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct Choice {
+    #[serde(default)]
+    text: Option<String>,
+    #[serde(default)]
+    delta: Option<Delta>,
+    #[serde(default)]
+    message: Option<Delta>,
+}
+
+#[derive(Deserialize)]
+struct Delta {
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    reasoning_content: Option<String>,
+    #[serde(default)]
+    reasoning: Option<String>,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+struct Usage {
+    prompt_tokens: Option<u32>,
+    completion_tokens: Option<u32>,
+}
+
+impl Chunk {
+    /// Whether the first choice carries generated text (or reasoning text).
+    fn has_content(&self) -> bool {
+        self.choices.first().is_some_and(|c| {
+            let delta = c.delta.as_ref().or(c.message.as_ref());
+            let texts = [
+                c.text.as_deref(),
+                delta.and_then(|d| d.content.as_deref()),
+                delta.and_then(|d| d.reasoning_content.as_deref()),
+                delta.and_then(|d| d.reasoning.as_deref()),
+            ];
+            texts.into_iter().flatten().any(|t| !t.is_empty())
+        })
+    }
+}
+
+fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<String>) {
+    m.done_ns = clock.now_ns();
+    m.error = Some(RequestError {
+        kind,
+        message: message.into(),
+    });
+}
+
+/// Sends `prompt` as request `id` and measures it. Never fails: errors are in the result.
+pub async fn execute(
+    http: &reqwest::Client,
+    target: &Target,
+    id: &str,
+    prompt: &Prompt,
+    clock: &RunClock,
+) -> Measured {
+    let (path, mut body) = match target.api {
+        Api::Completions => (
+            "/v1/completions",
+            json!({"model": target.model, "prompt": prompt.text}),
+        ),
+        Api::Chat => (
+            "/v1/chat/completions",
+            json!({"model": target.model, "messages": [{"role": "user", "content": prompt.text}]}),
+        ),
+    };
+    body["max_tokens"] = json!(prompt.max_tokens);
+    body["stream"] = json!(target.stream);
+    if target.ignore_eos {
+        body["ignore_eos"] = json!(true);
+    }
+    if target.stream {
+        body["stream_options"] = json!({"include_usage": true});
+    }
+    let mut request = http
+        .post(format!("{}{path}", target.base_url))
+        .header("x-request-id", id)
+        .json(&body);
+    if let Some(key) = &target.api_key {
+        request = request.bearer_auth(key);
+    }
+    let mut m = Measured {
+        sent_ns: clock.now_ns(),
+        ..Measured::default()
+    };
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            fail(
+                &mut m,
+                clock,
+                ErrorKind::Connect,
+                format!("sending to {}{path}: {e}", target.base_url),
+            );
+            return m;
+        }
+    };
+    let status = response.status();
+    m.status = Some(status.as_u16());
+    if !status.is_success() {
+        let text = response.text().await.unwrap_or_default();
+        let first_line = text
+            .lines()
+            .next()
+            .unwrap_or("")
+            .chars()
+            .take(300)
+            .collect::<String>();
+        fail(
+            &mut m,
+            clock,
+            ErrorKind::HttpStatus,
+            format!("HTTP {status}: {first_line}"),
+        );
+        return m;
+    }
+    if target.stream {
+        read_stream(response, &mut m, clock).await;
+    } else {
+        read_whole(response, &mut m, clock).await;
+    }
+    m
+}
+
+async fn read_stream(response: reqwest::Response, m: &mut Measured, clock: &RunClock) {
+    let mut body = response.bytes_stream();
+    let mut parser = SseParser::default();
+    let mut chunk_times: Vec<u64> = Vec::new();
+    let mut usage: Option<Usage> = None;
+    let mut saw_done = false;
+    while let Some(read) = body.next().await {
+        let at = clock.now_ns();
+        let bytes = match read {
+            Ok(b) => b,
+            Err(e) => {
+                finish_counts(m, &chunk_times, usage);
+                fail(
+                    m,
+                    clock,
+                    ErrorKind::StreamDropped,
+                    format!("after {} chunks: {e}", chunk_times.len()),
+                );
+                return;
+            }
+        };
+        let events = match parser.feed(&bytes) {
+            Ok(events) => events,
+            Err(e) => {
+                finish_counts(m, &chunk_times, usage);
+                fail(m, clock, ErrorKind::MalformedChunk, e.to_string());
+                return;
+            }
+        };
+        for data in events {
+            if data == "[DONE]" {
+                saw_done = true;
+                continue;
+            }
+            let chunk: Chunk = match serde_json::from_str(&data) {
+                Ok(c) => c,
+                Err(e) => {
+                    finish_counts(m, &chunk_times, usage);
+                    let shown: String = data.chars().take(120).collect();
+                    fail(
+                        m,
+                        clock,
+                        ErrorKind::MalformedChunk,
+                        format!("chunk {} is not JSON ({e}): {shown}", chunk_times.len() + 1),
+                    );
+                    return;
+                }
+            };
+            if let Some(err) = chunk.error {
+                finish_counts(m, &chunk_times, usage);
+                fail(
+                    m,
+                    clock,
+                    ErrorKind::ServerError,
+                    err.to_string().chars().take(300).collect::<String>(),
+                );
+                return;
+            }
+            if chunk.has_content() {
+                chunk_times.push(at);
+            }
+            if chunk.usage.is_some() {
+                usage = chunk.usage;
+            }
+        }
+    }
+    m.done_ns = clock.now_ns();
+    finish_counts(m, &chunk_times, usage);
+    if !saw_done {
+        let reason = if parser.has_partial_event() {
+            "stream ended inside an event"
+        } else {
+            "stream ended without [DONE]"
+        };
+        fail(
+            m,
+            clock,
+            ErrorKind::StreamDropped,
+            format!("{reason} after {} chunks", chunk_times.len()),
+        );
+    }
+}
+
+fn finish_counts(m: &mut Measured, chunk_times: &[u64], usage: Option<Usage>) {
+    m.first_token_ns = chunk_times.first().copied();
+    m.last_token_ns = chunk_times.last().copied();
+    m.chunk_gaps_us = chunk_times
+        .windows(2)
+        .map(|w| (w[1] - w[0] + 500) / 1_000)
+        .collect();
+    apply_usage(
+        m,
+        usage,
+        u32::try_from(chunk_times.len()).unwrap_or(u32::MAX),
+    );
+}
+
+fn apply_usage(m: &mut Measured, usage: Option<Usage>, counted: u32) {
+    match usage.and_then(|u| u.completion_tokens.map(|c| (u.prompt_tokens, c))) {
+        Some((prompt, completion)) => {
+            m.prompt_tokens = prompt;
+            m.output_tokens = Some(completion);
+            m.token_source = Some(TokenSource::Usage);
+        }
+        None => {
+            m.output_tokens = Some(counted);
+            m.token_source = Some(TokenSource::Counted);
+        }
+    }
+}
+
+async fn read_whole(response: reqwest::Response, m: &mut Measured, clock: &RunClock) {
+    let bytes = match response.bytes().await {
+        Ok(b) => b,
+        Err(e) => {
+            return fail(
+                m,
+                clock,
+                ErrorKind::StreamDropped,
+                format!("reading the body: {e}"),
+            )
+        }
+    };
+    m.done_ns = clock.now_ns();
+    match serde_json::from_slice::<Chunk>(&bytes) {
+        Ok(chunk) if chunk.error.is_none() => {
+            let counted = u32::from(chunk.has_content());
+            apply_usage(m, chunk.usage, counted);
+        }
+        Ok(chunk) => fail(
+            m,
+            clock,
+            ErrorKind::ServerError,
+            chunk.error.map(|e| e.to_string()).unwrap_or_default(),
+        ),
+        Err(e) => fail(
+            m,
+            clock,
+            ErrorKind::MalformedChunk,
+            format!("body is not a completion ({e})"),
+        ),
+    }
+}

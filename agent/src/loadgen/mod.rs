@@ -1,0 +1,239 @@
+//! The load generator of one tenant: arrivals, requests, phases and their events.
+//!
+//! Phases: `warmup` from the start, `measure` from `start + warmup` for `duration`, then
+//! `drain` (no more sends; in-flight requests may finish for `drain_timeout`, then they are
+//! cancelled and recorded as such) and `done`. A request belongs to the phase its *scheduled*
+//! time falls in. Sending stops at the end of `measure`, at `max_requests`, or when the run is
+//! cancelled, whichever comes first.
+
+pub mod client;
+pub mod prompts;
+pub mod schedule;
+pub mod sse;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use multitenant::config::{Arrival, Workload};
+use multitenant::events::{ErrorKind, Event, Phase, PhaseEvent, RequestError, RequestEvent};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::RunClock;
+use crate::recorder::StreamFile;
+use client::{Measured, Target};
+use prompts::PromptFactory;
+use schedule::ArrivalSchedule;
+
+/// Everything needed to load one tenant.
+pub struct TenantLoad {
+    /// Tenant name; request ids are `<tenant>-<n>`.
+    pub tenant: String,
+    /// Where requests go.
+    pub target: Target,
+    /// What load to generate.
+    pub workload: Workload,
+    /// Seed of arrivals and prompts.
+    pub seed: u64,
+    /// The run clock.
+    pub clock: RunClock,
+    /// The tenant's event stream.
+    pub stream: Arc<StreamFile>,
+}
+
+/// What a load run did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoadReport {
+    /// Requests sent, all phases.
+    pub sent: u64,
+    /// Events that could not be written (the stream's first error is logged).
+    pub write_errors: u64,
+}
+
+struct Shared {
+    load: TenantLoad,
+    http: reqwest::Client,
+    prompts: PromptFactory,
+    claimed: AtomicU64,
+    write_errors: AtomicU64,
+    warmup_end_ns: u64,
+    /// Cancelled when sending must stop.
+    stop: CancellationToken,
+    /// Cancelled when in-flight requests must be abandoned.
+    abort: CancellationToken,
+}
+
+impl Shared {
+    /// Takes the next request index, or stops sending once `max_requests` are out.
+    fn claim(&self) -> Option<u64> {
+        let index = self.claimed.fetch_add(1, Ordering::SeqCst);
+        if self
+            .load
+            .workload
+            .max_requests
+            .is_some_and(|max| index >= max)
+        {
+            self.stop.cancel();
+            return None;
+        }
+        Some(index)
+    }
+
+    fn write(&self, event: Event) {
+        if let Err(e) = self.load.stream.append(&event) {
+            if self.write_errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::error!("tenant {}: cannot record events: {e}", self.load.tenant);
+            }
+        }
+    }
+
+    fn write_phase(&self, phase: Phase, at_ns: u64) {
+        self.write(Event::Phase(PhaseEvent { phase, at_ns }));
+    }
+
+    async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) {
+        let id = format!("{}-{index:06}", self.load.tenant);
+        let prompt = self.prompts.prompt(index);
+        let clock = &self.load.clock;
+        let before_send = clock.now_ns();
+        let measured = tokio::select! {
+            m = client::execute(&self.http, &self.load.target, &id, &prompt, clock) => m,
+            () = self.abort.cancelled() => Measured {
+                sent_ns: before_send,
+                done_ns: clock.now_ns(),
+                error: Some(RequestError {
+                    kind: ErrorKind::Cancelled,
+                    message: "in flight when the run stopped or the drain timeout passed".into(),
+                }),
+                ..Measured::default()
+            },
+        };
+        let phase = if scheduled_ns < self.warmup_end_ns {
+            Phase::Warmup
+        } else {
+            Phase::Measure
+        };
+        self.write(Event::Request(RequestEvent {
+            id,
+            phase,
+            scheduled_ns,
+            sent_ns: measured.sent_ns,
+            first_token_ns: measured.first_token_ns,
+            last_token_ns: measured.last_token_ns,
+            done_ns: measured.done_ns,
+            chunk_gaps_us: measured.chunk_gaps_us,
+            max_tokens: prompt.max_tokens,
+            prompt_tokens: measured.prompt_tokens,
+            output_tokens: measured.output_tokens,
+            token_source: measured.token_source,
+            status: measured.status,
+            error: measured.error,
+        }));
+    }
+}
+
+fn ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Runs `load` to its end (or until `cancel`), recording every request and phase change.
+pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationToken) -> LoadReport {
+    let clock = load.clock;
+    let start_ns = clock.now_ns();
+    let warmup_end_ns = start_ns + ns(load.workload.warmup);
+    let measure_end_ns = warmup_end_ns + ns(load.workload.duration);
+    let drain_timeout = load.workload.drain_timeout;
+    let arrival = load.workload.arrival;
+    let shared = Arc::new(Shared {
+        prompts: PromptFactory::new(load.workload.data, load.seed),
+        load,
+        http,
+        claimed: AtomicU64::new(0),
+        write_errors: AtomicU64::new(0),
+        warmup_end_ns,
+        stop: cancel.child_token(),
+        abort: cancel.child_token(),
+    });
+    let tracker = TaskTracker::new();
+    if warmup_end_ns > start_ns {
+        shared.write_phase(Phase::Warmup, start_ns);
+    }
+    if let Arrival::Concurrency { n } = arrival {
+        for _ in 0..n {
+            tracker.spawn(closed_loop_worker(shared.clone(), measure_end_ns));
+        }
+    } else if let Some(schedule) = ArrivalSchedule::new(&arrival, shared.load.seed) {
+        tracker.spawn(open_loop(
+            shared.clone(),
+            schedule,
+            start_ns,
+            measure_end_ns,
+            tracker.clone(),
+        ));
+    }
+    let stop = shared.stop.clone();
+    tokio::select! {
+        () = tokio::time::sleep_until(clock.instant_at(warmup_end_ns).into()) => {
+            shared.write_phase(Phase::Measure, warmup_end_ns);
+        }
+        () = stop.cancelled() => {}
+    }
+    tokio::select! {
+        () = tokio::time::sleep_until(clock.instant_at(measure_end_ns).into()) => {}
+        () = stop.cancelled() => {}
+    }
+    stop.cancel();
+    shared.write_phase(Phase::Drain, clock.now_ns().min(measure_end_ns));
+    tracker.close();
+    tokio::select! {
+        () = tracker.wait() => {}
+        () = tokio::time::sleep(drain_timeout) => {
+            shared.abort.cancel();
+            tracker.wait().await;
+        }
+    }
+    shared.write_phase(Phase::Done, clock.now_ns());
+    let sent = shared.claimed.load(Ordering::SeqCst);
+    LoadReport {
+        sent: shared
+            .load
+            .workload
+            .max_requests
+            .map_or(sent, |max| sent.min(max)),
+        write_errors: shared.write_errors.load(Ordering::Relaxed),
+    }
+}
+
+async fn open_loop(
+    shared: Arc<Shared>,
+    schedule: ArrivalSchedule,
+    start_ns: u64,
+    end_ns: u64,
+    tracker: TaskTracker,
+) {
+    let clock = shared.load.clock;
+    for offset in schedule {
+        let at_ns = start_ns + ns(offset);
+        if at_ns >= end_ns {
+            return;
+        }
+        tokio::select! {
+            () = tokio::time::sleep_until(clock.instant_at(at_ns).into()) => {}
+            () = shared.stop.cancelled() => return,
+        }
+        let Some(index) = shared.claim() else { return };
+        tracker.spawn(shared.clone().request(index, at_ns));
+    }
+}
+
+async fn closed_loop_worker(shared: Arc<Shared>, end_ns: u64) {
+    loop {
+        let now = shared.load.clock.now_ns();
+        if shared.stop.is_cancelled() || now >= end_ns {
+            return;
+        }
+        let Some(index) = shared.claim() else { return };
+        shared.clone().request(index, now).await;
+    }
+}

@@ -1,0 +1,52 @@
+//! `agent`: parse the command line, wire shutdown to SIGINT/SIGTERM, run, report.
+
+use std::process::ExitCode;
+
+use agent::cli::{Cli, Command};
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(stop_on_signal(shutdown.clone()));
+    let result = match cli.command {
+        Command::Serve {
+            listen,
+            data_dir,
+            token_file,
+        } => match agent::load_token(token_file.as_deref()) {
+            Ok(token) => agent::serve(listen, data_dir, token, shutdown).await,
+            Err(e) => Err(e),
+        },
+        Command::SimEngine {
+            listen,
+            model,
+            seed,
+        } => agent::sim_engine(listen, model, seed, shutdown).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("agent: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}

@@ -1,0 +1,470 @@
+//! Runs: one node's trials of an experiment, executed by the agent, recorded to disk.
+//!
+//! A run owns its folder `<data_dir>/<run_id>/` and its streams. Trials run one after another;
+//! inside a trial, engines start one at a time (each must answer its health check before the
+//! next starts), then every tenant's load runs at once, then engines stop and streams close.
+//! A trial whose engine fails is marked `invalid` and the run goes on to the next trial.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use multitenant::config::{Experiment, Node, Trial};
+use multitenant::events::{
+    EngineEvent, EngineState, Event, Header, StreamKind, TenantHeader, TrialEvent, TrialState,
+    WarningEvent, SCHEMA_VERSION,
+};
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::RunClock;
+use crate::engine::sim_gpu::SimGpu;
+use crate::engine::{name_hash, RunningEngine};
+use crate::gpu::GpuStatus;
+use crate::host;
+use crate::loadgen::{self, client::Target, TenantLoad};
+use crate::recorder::{RunStreams, StreamFile};
+
+/// How long an engine may take to answer its health check.
+const ENGINE_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
+/// Host sampling interval.
+const HOST_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Trials are running.
+    Running,
+    /// Every trial ran (some may be invalid; their agent streams say why).
+    Finished,
+    /// The run could not go on.
+    Failed(String),
+    /// Stopped on request.
+    Stopped,
+}
+
+impl RunState {
+    /// The name used on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+            RunState::Failed(_) => "failed",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One run.
+pub struct Run {
+    /// Id chosen by the coordinator.
+    pub id: String,
+    /// Trial names, in order.
+    pub trials: Vec<String>,
+    /// The run's stream files.
+    pub streams: Arc<RunStreams>,
+    config_sha256: String,
+    state: watch::Sender<RunState>,
+    cancel: CancellationToken,
+}
+
+impl Run {
+    /// The current state.
+    pub fn state(&self) -> RunState {
+        self.state.borrow().clone()
+    }
+
+    /// Asks the run to stop; returns at once.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    fn set_state(&self, state: RunState) {
+        self.state.send_replace(state);
+        self.streams.poke();
+    }
+}
+
+/// Why a run was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The run id is taken by a run with another config.
+    #[error("run {0} already exists with a different config")]
+    Conflict(String),
+    /// The agent is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// The run folder could not be made.
+    #[error("cannot create the run folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// All runs of this agent.
+pub struct RunManager {
+    data_dir: PathBuf,
+    gpu: GpuStatus,
+    http: reqwest::Client,
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl RunManager {
+    /// Runs will live under `data_dir`.
+    pub fn new(data_dir: PathBuf, gpu: GpuStatus) -> Self {
+        Self {
+            data_dir,
+            gpu,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(4096)
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_default(),
+            runs: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// What the agent knows of its GPUs.
+    pub fn gpu(&self) -> &GpuStatus {
+        &self.gpu
+    }
+
+    /// The run `id`, if this agent has it.
+    pub fn get(&self, id: &str) -> Option<Arc<Run>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Starts node `node` of `config_yaml` as run `run_id`; idempotent for the same config.
+    /// Returns the run and whether it already existed.
+    pub fn start(
+        &self,
+        run_id: &str,
+        config_yaml: &str,
+        node: &str,
+    ) -> Result<(Arc<Run>, bool), StartError> {
+        if run_id.is_empty()
+            || run_id.len() > 128
+            || !run_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || run_id.starts_with('.')
+        {
+            return Err(StartError::Invalid(format!(
+                "run id {run_id:?} must be 1–128 letters, digits, '-', '_' or '.', not starting with '.'"
+            )));
+        }
+        let config_sha256 = hex::encode(Sha256::digest(config_yaml.as_bytes()));
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(run) = runs.get(run_id) {
+            if run.config_sha256 == config_sha256 {
+                return Ok((run.clone(), true));
+            }
+            return Err(StartError::Conflict(run_id.to_owned()));
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let experiment = Experiment::from_yaml(config_yaml, "config_yaml")
+            .map_err(|e| StartError::Invalid(e.to_string()))?;
+        let node = experiment
+            .node(node)
+            .cloned()
+            .ok_or_else(|| StartError::Invalid(format!("the config has no node named {node:?}")))?;
+        let root = self.data_dir.join(run_id);
+        if root.exists() {
+            return Err(StartError::Invalid(format!(
+                "{} already exists from an earlier agent; choose another run id",
+                root.display()
+            )));
+        }
+        let trials = node.trials();
+        let run = Arc::new(Run {
+            id: run_id.to_owned(),
+            trials: trials.iter().map(|t| t.name.clone()).collect(),
+            streams: Arc::new(RunStreams::new(root)?),
+            config_sha256,
+            state: watch::Sender::new(RunState::Running),
+            cancel: self.shutdown.child_token(),
+        });
+        runs.insert(run_id.to_owned(), run.clone());
+        let ctx = RunContext {
+            run: run.clone(),
+            experiment,
+            node,
+            clock: RunClock::start(),
+            gpu: self.gpu.clone(),
+            http: self.http.clone(),
+        };
+        self.tracker.spawn(async move {
+            let state = ctx.execute(trials).await;
+            ctx.run.set_state(state);
+        });
+        Ok((run, false))
+    }
+
+    /// Stops every run and waits for them to record their end.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+struct RunContext {
+    run: Arc<Run>,
+    experiment: Experiment,
+    node: Node,
+    clock: RunClock,
+    gpu: GpuStatus,
+    http: reqwest::Client,
+}
+
+impl RunContext {
+    async fn execute(&self, trials: Vec<Trial>) -> RunState {
+        for trial in &trials {
+            if self.run.cancel.is_cancelled() {
+                return RunState::Stopped;
+            }
+            if let Err(e) = self.trial(trial).await {
+                tracing::error!("run {}: trial {}: {e}", self.run.id, trial.name);
+                return RunState::Failed(format!("trial {}: {e}", trial.name));
+            }
+        }
+        if self.run.cancel.is_cancelled() {
+            RunState::Stopped
+        } else {
+            RunState::Finished
+        }
+    }
+
+    fn header(
+        &self,
+        trial: &Trial,
+        stream: StreamKind,
+        simulated: bool,
+        tenant: Option<TenantHeader>,
+    ) -> Header {
+        Header {
+            schema_version: SCHEMA_VERSION.into(),
+            tool_version: multitenant::TOOL_VERSION.into(),
+            experiment: self.experiment.name.clone(),
+            run_id: self.run.id.clone(),
+            node: self.node.name.clone(),
+            trial: trial.name.clone(),
+            mode: trial.mode,
+            stream,
+            zero_wall_ns: self.clock.zero_wall_ns(),
+            simulated,
+            tenant,
+        }
+    }
+
+    /// Runs one trial. Engine failures mark the trial invalid; only an I/O failure of the
+    /// agent's own stream is an error.
+    async fn trial(&self, trial: &Trial) -> std::io::Result<()> {
+        let tenants: Vec<_> = trial
+            .tenants
+            .iter()
+            .map(|&i| &self.node.tenants[i])
+            .collect();
+        let simulated = tenants.iter().any(|t| t.engine.is_simulated());
+        let agent = self.run.streams.create(
+            &format!("{}/agent.jsonl", trial.name),
+            self.header(trial, StreamKind::Agent, simulated, None),
+        )?;
+        let now = || self.clock.now_ns();
+        agent.append(&Event::Trial(TrialEvent {
+            at_ns: now(),
+            state: TrialState::Started,
+            reason: None,
+        }))?;
+        if let GpuStatus::Unavailable(reason) = &self.gpu {
+            agent.append(&Event::Warning(WarningEvent {
+                at_ns: now(),
+                message: format!("GPU sampling is off: {reason}"),
+            }))?;
+        }
+        if simulated {
+            agent.append(&Event::Warning(WarningEvent {
+                at_ns: now(),
+                message: format!("simulated engine(s) on a simulated GPU shared as {:?}: latencies are simulated", trial.mode),
+            }))?;
+        }
+        let gpu = Arc::new(SimGpu::new(trial.mode, self.node.sim_gpu.mps_interference));
+        let mut engines: Vec<RunningEngine> = Vec::new();
+        let mut failure = None;
+        for tenant in &tenants {
+            let engine_event = |state, detail: String| {
+                Event::Engine(EngineEvent {
+                    at_ns: now(),
+                    tenant: tenant.name.clone(),
+                    state,
+                    detail,
+                })
+            };
+            agent.append(&engine_event(
+                EngineState::Starting,
+                tenant.engine.kind().into(),
+            ))?;
+            let started =
+                match RunningEngine::start(tenant, self.experiment.seed, gpu.clone()).await {
+                    Ok(engine) => match engine
+                        .wait_healthy(&tenant.name, &self.http, ENGINE_HEALTH_TIMEOUT)
+                        .await
+                    {
+                        Ok(()) => Ok(engine),
+                        Err(e) => {
+                            engine.stop().await;
+                            Err(e)
+                        }
+                    },
+                    Err(e) => Err(e),
+                };
+            match started {
+                Ok(engine) => {
+                    agent.append(&engine_event(EngineState::Ready, engine.base_url.clone()))?;
+                    engines.push(engine);
+                }
+                Err(e) => {
+                    agent.append(&engine_event(EngineState::Failed, e.to_string()))?;
+                    failure = Some(e.to_string());
+                    break;
+                }
+            }
+        }
+        let mut outcome = (TrialState::Finished, None);
+        if let Some(reason) = failure {
+            outcome = (TrialState::Invalid, Some(reason));
+        } else {
+            let reports = self.load(trial, &tenants, &engines).await?;
+            if let Some(write_errors) = reports
+                .iter()
+                .map(|r| r.write_errors)
+                .max()
+                .filter(|&n| n > 0)
+            {
+                outcome = (
+                    TrialState::Invalid,
+                    Some(format!(
+                        "{write_errors} request events could not be recorded"
+                    )),
+                );
+            }
+        }
+        for (engine, tenant) in engines.into_iter().zip(&tenants) {
+            agent.append(&Event::Engine(EngineEvent {
+                at_ns: now(),
+                tenant: tenant.name.clone(),
+                state: EngineState::Stopping,
+                detail: String::new(),
+            }))?;
+            engine.stop().await;
+            agent.append(&Event::Engine(EngineEvent {
+                at_ns: now(),
+                tenant: tenant.name.clone(),
+                state: EngineState::Exited,
+                detail: "stopped by the agent".into(),
+            }))?;
+        }
+        if self.run.cancel.is_cancelled() && outcome.0 == TrialState::Finished {
+            outcome = (TrialState::Stopped, Some("the run was stopped".into()));
+        }
+        agent.append(&Event::Trial(TrialEvent {
+            at_ns: now(),
+            state: outcome.0,
+            reason: outcome.1,
+        }))?;
+        agent.close()
+    }
+
+    /// Drives every tenant's workload at once, with host sampling alongside.
+    async fn load(
+        &self,
+        trial: &Trial,
+        tenants: &[&multitenant::config::Tenant],
+        engines: &[RunningEngine],
+    ) -> std::io::Result<Vec<loadgen::LoadReport>> {
+        let host_stream = self.run.streams.create(
+            &format!("{}/host.jsonl", trial.name),
+            self.header(trial, StreamKind::Host, false, None),
+        )?;
+        let stop_sampling = CancellationToken::new();
+        let sampler = tokio::spawn(host::sample(
+            host_stream,
+            self.clock,
+            HOST_INTERVAL,
+            stop_sampling.clone(),
+        ));
+        let mut streams: Vec<Arc<StreamFile>> = Vec::new();
+        let mut loads = Vec::new();
+        for (tenant, engine) in tenants.iter().zip(engines) {
+            let workload = self.experiment.workloads[&tenant.workload].clone();
+            let header = TenantHeader {
+                name: tenant.name.clone(),
+                model: tenant.engine.model().into(),
+                engine: tenant.engine.kind().into(),
+                workload: tenant.workload.clone(),
+                api: workload.api,
+                arrival: workload.arrival.describe(),
+                offered_rate: workload.arrival.offered_rate(),
+                streaming: workload.stream,
+            };
+            let stream = self.run.streams.create(
+                &format!("{}/{}.jsonl", trial.name, tenant.name),
+                self.header(
+                    trial,
+                    StreamKind::Tenant,
+                    tenant.engine.is_simulated(),
+                    Some(header),
+                ),
+            )?;
+            streams.push(stream.clone());
+            let target = Target {
+                base_url: engine.base_url.clone(),
+                api: workload.api,
+                model: tenant.engine.model().into(),
+                api_key: engine.api_key.clone(),
+                stream: workload.stream,
+                ignore_eos: workload.ignore_eos,
+            };
+            let load = TenantLoad {
+                tenant: tenant.name.clone(),
+                target,
+                workload,
+                seed: self.experiment.seed ^ name_hash(&tenant.name),
+                clock: self.clock,
+                stream,
+            };
+            loads.push(tokio::spawn(loadgen::run(
+                load,
+                self.http.clone(),
+                self.run.cancel.clone(),
+            )));
+        }
+        let mut reports = Vec::new();
+        for load in loads {
+            match load.await {
+                Ok(report) => reports.push(report),
+                Err(e) => tracing::error!("a load task ended abnormally: {e}"),
+            }
+        }
+        stop_sampling.cancel();
+        let _ = sampler.await;
+        for stream in streams {
+            stream.close()?;
+        }
+        Ok(reports)
+    }
+}
