@@ -144,7 +144,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
                         .unwrap_or_default();
                     reason = t.reason.clone();
                 }
-                Event::Warning(w) => summary.warnings.push(format!("{trial}: {}", w.message)),
+                Event::Warning(w) => push_once(&mut summary.warnings, &trial, &w.message),
                 _ => {}
             }
         }
@@ -216,6 +216,19 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         aggregate_output_tokens_per_s: per_s(output_tokens),
         aggregate_total_tokens_per_s: per_s(total_tokens),
     })
+}
+
+/// Adds `trial: message`, or, when another trial said the same, adds `trial` to its list, so a
+/// node-wide fact (no NVML, say) is printed once.
+fn push_once(warnings: &mut Vec<String>, trial: &str, message: &str) {
+    let suffix = format!(": {message}");
+    match warnings.iter_mut().find(|w| w.ends_with(&suffix)) {
+        Some(existing) => {
+            let trials = &existing[..existing.len() - suffix.len()];
+            *existing = format!("{trials}, {trial}{suffix}");
+        }
+        None => warnings.push(format!("{trial}{suffix}")),
+    }
 }
 
 fn file_name(path: &Path) -> String {

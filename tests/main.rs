@@ -1,1 +1,11 @@
-//! Integration tests.
+//! Integration tests: one binary (see `autotests = false` in Cargo.toml), one module per theme.
+
+mod support;
+
+mod agent_auth;
+mod analysis_files;
+mod configs;
+mod end_to_end;
+mod ground_truth;
+mod request_faults;
+mod stream_resume;

@@ -299,7 +299,7 @@ impl RunContext {
         if simulated {
             agent.append(&Event::Warning(WarningEvent {
                 at_ns: now(),
-                message: format!("simulated engine(s) on a simulated GPU shared as {:?}: latencies are simulated", trial.mode),
+                message: "simulated engine(s) on a simulated GPU: every latency and throughput here is SIMULATED".into(),
             }))?;
         }
         let gpu = Arc::new(SimGpu::new(trial.mode, self.node.sim_gpu.mps_interference));

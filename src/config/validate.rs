@@ -358,7 +358,7 @@ impl Checker {
         match (dist.mean, dist.stddev) {
             (Some(mean), stddev) => {
                 let stddev = stddev.unwrap_or(0.0);
-                if !(mean.is_finite() && mean >= 1.0) || !(stddev.is_finite() && stddev >= 0.0) {
+                if !(mean.is_finite() && mean >= 1.0 && stddev.is_finite() && stddev >= 0.0) {
                     self.problem(
                         path,
                         format!("need mean ≥ 1 and stddev ≥ 0, got mean {mean}, stddev {stddev}"),

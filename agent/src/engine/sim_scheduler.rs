@@ -3,8 +3,7 @@
 //! One task per engine. Each iteration admits waiting requests up to `max_batch`, takes
 //! `(decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt tokens)
 //! × gpu slowdown`, then emits one token to every running sequence. A new sequence's first
-//! token comes at the end of the step that prefilled it. The instant each token is handed to
-//! its HTTP response is the ground truth that tests hold client measurements against.
+//! token comes at the end of the step that prefilled it.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -22,7 +21,7 @@ pub struct Admission {
     pub prompt_tokens: u32,
     /// Tokens to generate.
     pub output_tokens: u32,
-    /// Receives the emission instant of each token; closing it ends the sequence.
+    /// Receives the instant each token is generated; closing it ends the sequence.
     pub tokens: mpsc::UnboundedSender<Instant>,
 }
 

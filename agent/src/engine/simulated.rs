@@ -21,6 +21,7 @@ use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use axum::serve::ListenerExt;
 use axum::Router;
 use multitenant::config::{SimFaults, SimTiming};
 use serde_json::Value;
@@ -46,7 +47,7 @@ pub struct SimEngineConfig {
     pub faults: SimFaults,
     /// Seed of every draw.
     pub seed: u64,
-    /// Keep each request's true token emission instants (for tests and `truth`).
+    /// Keep each request's true token emission instants (see [`TokenTruth`]).
     pub record_truth: bool,
 }
 
@@ -55,7 +56,8 @@ pub struct SimEngineConfig {
 pub struct TokenTruth {
     /// When the handler got the parsed request.
     pub received: Instant,
-    /// When each token was handed to the response, in order.
+    /// When each token's chunk was handed to the HTTP response body, in order: the instant it
+    /// leaves the engine (for streaming) or was generated (for whole responses).
     pub emitted: Vec<Instant>,
 }
 
@@ -121,6 +123,13 @@ impl SimEngine {
             )
             .with_state(state);
         let shutdown = cancel.clone();
+        // Without TCP_NODELAY, Nagle holds each small SSE chunk until the previous one is
+        // acknowledged, and the client's delayed ACK turns that into ~40 ms stalls.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::warn!("simulated engine: cannot set TCP_NODELAY: {e}");
+            }
+        });
         let server = tokio::spawn(async move {
             let serve = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
@@ -428,7 +437,7 @@ impl Responder {
         }
         let midpoint = self.output_tokens / 2;
         let mut index = 0;
-        while let Some(at) = tokens.recv().await {
+        while tokens.recv().await.is_some() {
             index += 1;
             if index > midpoint && fault == Some(Fault::MalformedChunk) {
                 let _ = body
@@ -443,14 +452,11 @@ impl Responder {
                 return;
             }
             let finish = (index == self.output_tokens).then(|| self.finish_reason());
-            if body
-                .send(Ok(self.chunk(&self.token_choice(index, finish))))
-                .await
-                .is_err()
-            {
+            let chunk = self.chunk(&self.token_choice(index, finish));
+            emitted.push(Instant::now());
+            if body.send(Ok(chunk)).await.is_err() {
                 return;
             }
-            emitted.push(at);
         }
         if let Some((log, id, received)) = truth {
             log.lock()

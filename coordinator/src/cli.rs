@@ -1,0 +1,41 @@
+//! Command line of the `coordinator` binary.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// The multitenant coordinator: runs experiments of several models sharing GPUs, and analyses
+/// their results.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an experiment: start agents, drive load, collect every event, summarise.
+    Run {
+        /// The experiment config (YAML).
+        config: PathBuf,
+        /// Put the experiment folder here instead of the config's `output_dir`.
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+    /// Check a config and list every problem in it, without running anything.
+    Validate {
+        /// The experiment config (YAML).
+        config: PathBuf,
+    },
+    /// Recompute the summary of an experiment folder from its JSONL streams alone.
+    Analyze {
+        /// The experiment folder (`runs/<name>-<utc>`).
+        dir: PathBuf,
+        /// Also write `summary.json` into the folder (it is overwritten).
+        #[arg(long)]
+        write: bool,
+    },
+}

@@ -1,0 +1,297 @@
+//! Copies a run's streams from an agent into the experiment folder, byte for byte.
+//!
+//! The local copy is append-only and its line count is the cursor: after a broken stream the
+//! collector asks the agent to resume from the lines it holds, so nothing is lost or doubled.
+//! At the end every stream is checked against the agent's line count, size and SHA-256.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Component, Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use multitenant::events::Line;
+use multitenant::proto::v1::{
+    EventChunk, GetRunRequest, GetRunResponse, StreamCursor, StreamEventsRequest,
+};
+use sha2::{Digest, Sha256};
+
+use crate::agent_client::Client;
+use crate::progress::Progress;
+
+/// Attempts to (re)open the event stream before the collector gives up on an agent.
+const MAX_ATTEMPTS: u32 = 30;
+
+/// What collecting a run took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CollectReport {
+    /// The run's final state on the agent.
+    pub state: String,
+    /// The run's error, if it failed.
+    pub error: String,
+    /// Streams copied and verified.
+    pub streams: usize,
+    /// Times the event stream was re-opened after it broke.
+    pub resumes: u32,
+}
+
+struct LocalStream {
+    file: File,
+    next_seq: u64,
+}
+
+/// Copies the streams of one node's run into `node_dir`.
+pub struct Collector<'a> {
+    node: String,
+    node_dir: PathBuf,
+    streams: HashMap<String, LocalStream>,
+    progress: &'a Progress,
+}
+
+impl<'a> Collector<'a> {
+    /// A collector for `node`, writing under `node_dir`, reporting to `progress`. Streams
+    /// already in `node_dir` (from an earlier attempt) are resumed from their line counts.
+    pub fn new(node: &str, node_dir: &Path, progress: &'a Progress) -> Self {
+        Self {
+            node: node.to_owned(),
+            node_dir: node_dir.to_owned(),
+            streams: HashMap::new(),
+            progress,
+        }
+    }
+
+    /// Follows run `run_id` until the agent has sent everything, then verifies the copies.
+    pub async fn collect(
+        &mut self,
+        client: &mut Client,
+        run_id: &str,
+    ) -> anyhow::Result<CollectReport> {
+        let mut attempts = 0;
+        let mut resumes = 0;
+        loop {
+            let cursors = self
+                .streams
+                .iter()
+                .map(|(path, s)| StreamCursor {
+                    path: path.clone(),
+                    next_seq: s.next_seq,
+                })
+                .collect();
+            let request = StreamEventsRequest {
+                run_id: run_id.to_owned(),
+                cursors,
+            };
+            let broken = match client.stream_events(request).await {
+                Ok(response) => {
+                    attempts = 0;
+                    let mut chunks = response.into_inner();
+                    loop {
+                        match chunks.message().await {
+                            Ok(Some(chunk)) => self.apply(chunk)?,
+                            Ok(None) => break None,
+                            Err(status) => break Some(status),
+                        }
+                    }
+                }
+                Err(status)
+                    if status.code() == tonic::Code::Unauthenticated
+                        || status.code() == tonic::Code::NotFound =>
+                {
+                    bail!(
+                        "node {}: the agent refused the event stream: {}",
+                        self.node,
+                        status.message()
+                    )
+                }
+                Err(status) => Some(status),
+            };
+            let Some(status) = broken else { break };
+            attempts += 1;
+            resumes += 1;
+            if attempts > MAX_ATTEMPTS {
+                bail!(
+                    "node {}: the event stream kept failing ({attempts} attempts), last: {status}",
+                    self.node
+                );
+            }
+            tracing::warn!(
+                "node {}: event stream broke ({}); resuming",
+                self.node,
+                status.message()
+            );
+            eprintln!(
+                "  {}: event stream broke ({}); resuming from the lines held",
+                self.node,
+                status.message()
+            );
+            tokio::time::sleep(Duration::from_millis(100 * u64::from(attempts.min(20)))).await;
+        }
+        let run = client
+            .get_run(GetRunRequest {
+                run_id: run_id.to_owned(),
+            })
+            .await
+            .with_context(|| {
+                format!(
+                    "node {}: asking the agent for the run's final state",
+                    self.node
+                )
+            })?
+            .into_inner();
+        let streams = self.verify(&run)?;
+        Ok(CollectReport {
+            state: run.state,
+            error: run.error,
+            streams,
+            resumes,
+        })
+    }
+
+    /// Appends one chunk, skipping lines already held.
+    fn apply(&mut self, chunk: EventChunk) -> anyhow::Result<()> {
+        let rel = checked_rel_path(&chunk.path)
+            .with_context(|| format!("node {}: bad stream path from the agent", self.node))?;
+        if !self.streams.contains_key(&chunk.path) {
+            let stream = self.open(&rel)?;
+            self.streams.insert(chunk.path.clone(), stream);
+        }
+        let Some(stream) = self.streams.get_mut(&chunk.path) else {
+            return Ok(());
+        };
+        let newlines = chunk.data.iter().filter(|&&b| b == b'\n').count() as u64;
+        if newlines != chunk.line_count || chunk.data.last().is_some_and(|&b| b != b'\n') {
+            bail!(
+                "node {}: chunk of {} from seq {} claims {} lines but holds {newlines} whole lines",
+                self.node,
+                chunk.path,
+                chunk.first_seq,
+                chunk.line_count
+            );
+        }
+        if chunk.first_seq > stream.next_seq {
+            bail!(
+                "node {}: {} jumped from line {} to {}: lines are missing",
+                self.node,
+                chunk.path,
+                stream.next_seq,
+                chunk.first_seq
+            );
+        }
+        let skip = (stream.next_seq - chunk.first_seq) as usize;
+        let mut data: &[u8] = &chunk.data;
+        for _ in 0..skip.min(newlines as usize) {
+            let end = data
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(data.len(), |i| i + 1);
+            data = &data[end..];
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        stream
+            .file
+            .write_all(data)
+            .with_context(|| format!("writing {}", rel.display()))?;
+        stream.file.flush()?;
+        stream.next_seq = chunk.first_seq + chunk.line_count;
+        let key = format!("{}/{}", self.node, chunk.path.trim_end_matches(".jsonl"));
+        for raw in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+            if let Ok(line) = serde_json::from_slice::<Line>(raw) {
+                self.progress.observe(&key, &line);
+            }
+        }
+        Ok(())
+    }
+
+    fn open(&self, rel: &Path) -> anyhow::Result<LocalStream> {
+        let path = self.node_dir.join(rel);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let next_seq = match File::open(&path) {
+            Ok(existing) => {
+                let lines = BufReader::new(existing).split(b'\n').count() as u64;
+                let len = std::fs::metadata(&path)?.len();
+                if len > 0 && std::fs::read(&path)?.last() != Some(&b'\n') {
+                    bail!(
+                        "{} ends inside a line; move it aside before resuming",
+                        path.display()
+                    );
+                }
+                lines
+            }
+            Err(_) => 0,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        Ok(LocalStream { file, next_seq })
+    }
+
+    /// Checks every stream the agent has against the local copy.
+    fn verify(&self, run: &GetRunResponse) -> anyhow::Result<usize> {
+        for s in &run.streams {
+            let rel = checked_rel_path(&s.path)?;
+            let path = self.node_dir.join(&rel);
+            let local = std::fs::read(&path)
+                .with_context(|| format!("node {}: {} was never received", self.node, s.path))?;
+            let lines = local.iter().filter(|&&b| b == b'\n').count() as u64;
+            if lines != s.lines || local.len() as u64 != s.bytes {
+                bail!(
+                    "node {}: {} holds {lines} lines / {} bytes here but {} / {} on the agent",
+                    self.node,
+                    s.path,
+                    local.len(),
+                    s.lines,
+                    s.bytes
+                );
+            }
+            if s.closed {
+                let sha = hex::encode(Sha256::digest(&local));
+                if sha != s.sha256_hex {
+                    bail!(
+                        "node {}: {} differs from the agent's copy (SHA-256 {sha} vs {})",
+                        self.node,
+                        s.path,
+                        s.sha256_hex
+                    );
+                }
+            }
+        }
+        Ok(run.streams.len())
+    }
+}
+
+/// Accepts `trial/stream.jsonl`-like relative paths only: no `..`, no absolute paths.
+fn checked_rel_path(path: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(path);
+    let normal = p.components().all(|c| matches!(c, Component::Normal(_)));
+    if path.is_empty() || !normal || p.extension().is_none_or(|e| e != "jsonl") {
+        bail!("{path:?} is not a relative .jsonl path inside the run folder");
+    }
+    Ok(p.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_paths_cannot_leave_the_run_folder() {
+        assert!(checked_rel_path("mps/a.jsonl").is_ok());
+        for bad in [
+            "../x.jsonl",
+            "/etc/x.jsonl",
+            "mps/a.txt",
+            "",
+            "a/../../b.jsonl",
+        ] {
+            assert!(checked_rel_path(bad).is_err(), "{bad}");
+        }
+    }
+}

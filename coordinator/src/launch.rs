@@ -1,0 +1,131 @@
+//! Bringing agents up: the local launcher spawns `agent serve` on loopback with a fresh token;
+//! a static launch uses agents that already run.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use multitenant::auth::{BearerToken, TOKEN_ENV};
+use rand::RngCore;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// How long a spawned agent may take to say where it listens.
+const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopped agent may take to finish its records before it is killed.
+const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Where an agent listens and the token it wants.
+#[derive(Debug, Clone)]
+pub struct AgentEndpoint {
+    /// `http://host:port`.
+    pub url: String,
+    /// Its token.
+    pub token: BearerToken,
+}
+
+/// An agent process this coordinator started.
+pub struct LocalAgent {
+    child: Child,
+    /// Where it listens.
+    pub endpoint: AgentEndpoint,
+}
+
+/// Finds the `agent` binary: `MULTITENANT_AGENT_BIN`, else beside this executable (or one folder
+/// up, for test binaries under `target/*/deps`).
+pub fn find_agent_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("MULTITENANT_AGENT_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    let exe = std::env::current_exe().context("locating the coordinator executable")?;
+    let dir = exe
+        .parent()
+        .context("the coordinator executable has no folder")?;
+    for candidate in [dir.join("agent"), dir.join("../agent")] {
+        if candidate.is_file() {
+            return Ok(candidate);
+        }
+    }
+    bail!("no agent binary beside {}: build it with `cargo build --release -p agent` or set MULTITENANT_AGENT_BIN", exe.display())
+}
+
+impl LocalAgent {
+    /// Spawns `agent serve` on a free loopback port, with its data in `data_dir` and its log
+    /// in `log_path`. The agent gets its own process group, so a Ctrl-C at the terminal reaches
+    /// the coordinator only, which then stops the agent in order.
+    pub async fn spawn(agent_bin: &Path, data_dir: &Path, log_path: &Path) -> anyhow::Result<Self> {
+        let mut secret = [0u8; 32];
+        rand::rng().fill_bytes(&mut secret);
+        let token = BearerToken::from_random_bytes(secret);
+        let log = std::fs::File::create(log_path)
+            .with_context(|| format!("creating {}", log_path.display()))?;
+        let mut child = Command::new(agent_bin)
+            .arg("serve")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(data_dir)
+            .env(TOKEN_ENV, token.expose())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .process_group(0)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", agent_bin.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("agent stdout was not captured")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let first = tokio::time::timeout(AGENT_START_TIMEOUT, lines.next_line()).await;
+        let addr = match first {
+            Ok(Ok(Some(line))) => match line.strip_prefix("listening on ") {
+                Some(addr) => addr.trim().to_owned(),
+                None => bail!(
+                    "the agent printed {line:?} instead of its address; see {}",
+                    log_path.display()
+                ),
+            },
+            Ok(_) => bail!(
+                "the agent exited before listening; see {}",
+                log_path.display()
+            ),
+            Err(_) => bail!(
+                "the agent did not listen within {AGENT_START_TIMEOUT:?}; see {}",
+                log_path.display()
+            ),
+        };
+        Ok(Self {
+            child,
+            endpoint: AgentEndpoint {
+                url: format!("http://{addr}"),
+                token,
+            },
+        })
+    }
+
+    /// Stops the agent: SIGTERM, a deadline for it to close its records, then SIGKILL.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(pid) = self.child.id() {
+            let pid =
+                nix::unistd::Pid::from_raw(i32::try_from(pid).context("agent pid out of range")?);
+            // The child is ours and still unreaped, so the pid cannot name another process.
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        }
+        match tokio::time::timeout(AGENT_STOP_TIMEOUT, self.child.wait()).await {
+            Ok(status) => {
+                let status = status.context("waiting for the agent")?;
+                if !status.success() {
+                    bail!("the agent exited with {status}");
+                }
+                Ok(())
+            }
+            Err(_) => {
+                self.child.kill().await.context("killing the agent")?;
+                bail!("the agent did not stop within {AGENT_STOP_TIMEOUT:?} and was killed")
+            }
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! `coordinator`: parse the command line, wire Ctrl-C, run, report.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use coordinator::cli::{Cli, Command};
+use tokio_util::sync::CancellationToken;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let result = match cli.command {
+        Command::Validate { config } => coordinator::validate(&config),
+        Command::Analyze { dir, write } => coordinator::analyze(&dir, write),
+        Command::Run { config, output_dir } => {
+            let cancel = CancellationToken::new();
+            tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+            coordinator::run(&config, output_dir.as_deref(), cancel).await
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("coordinator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// First Ctrl-C: stop the runs and collect what was recorded. Later ones say what is still
+/// being waited for; leaving early would orphan the agents this process started.
+async fn cancel_on_ctrl_c(cancel: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        cancel.cancel();
+    }
+    while tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("still stopping: agents are closing their records and will be killed after 20 s at most");
+    }
+}

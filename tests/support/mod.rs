@@ -1,0 +1,266 @@
+//! Helpers that read as specs: a simulated engine at port 0, an agent in this process, the
+//! built binaries, a TCP proxy whose connections a test can cut, and a tenant load to drive.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use agent::clock::RunClock;
+use agent::engine::sim_gpu::SimGpu;
+use agent::engine::simulated::{SimEngine, SimEngineConfig};
+use agent::gpu::GpuStatus;
+use agent::loadgen::client::Target;
+use agent::loadgen::{self, LoadReport, TenantLoad};
+use agent::recorder::RunStreams;
+use agent::run::RunManager;
+use multitenant::auth::BearerToken;
+use multitenant::config::{
+    Api, Arrival, LengthDist, SharingMode, SimFaults, SimTiming, SyntheticData, Workload,
+};
+use multitenant::events::{read_stream, Event, Header, RequestEvent, StreamKind, SCHEMA_VERSION};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// The token the in-process agents of these tests accept.
+pub fn test_token() -> BearerToken {
+    BearerToken::new("integration-test-token-0123456789").expect("valid token")
+}
+
+/// A simulated engine on a free loopback port that records the true emission time of tokens.
+pub async fn sim_engine(timing: SimTiming, faults: SimFaults) -> SimEngine {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let config = SimEngineConfig {
+        model: "sim".into(),
+        timing,
+        faults,
+        seed: 11,
+        record_truth: true,
+    };
+    SimEngine::start(
+        listener,
+        config,
+        Arc::new(SimGpu::new(SharingMode::Solo, 0.0)),
+    )
+    .expect("start sim engine")
+}
+
+/// A streaming chat workload at a constant rate.
+pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32) -> Workload {
+    Workload {
+        api: Api::Chat,
+        stream: true,
+        arrival: Arrival::Constant { rate },
+        data: SyntheticData {
+            prompt_tokens: LengthDist::Fixed(prompt),
+            output_tokens: LengthDist::Fixed(output),
+        },
+        warmup: Duration::ZERO,
+        duration,
+        max_requests: None,
+        drain_timeout: Duration::from_secs(10),
+        ignore_eos: true,
+    }
+}
+
+/// Drives `workload` at `base_url` and returns the report, the clock and the request events.
+pub async fn drive(
+    base_url: &str,
+    workload: Workload,
+    dir: &Path,
+) -> (LoadReport, RunClock, Vec<RequestEvent>) {
+    let clock = RunClock::start();
+    let streams = RunStreams::new(dir.to_owned()).expect("streams");
+    let header = Header {
+        schema_version: SCHEMA_VERSION.into(),
+        tool_version: "test".into(),
+        experiment: "t".into(),
+        run_id: "r".into(),
+        node: "n".into(),
+        trial: "solo".into(),
+        mode: SharingMode::Solo,
+        stream: StreamKind::Tenant,
+        zero_wall_ns: clock.zero_wall_ns(),
+        simulated: true,
+        tenant: None,
+    };
+    let stream = streams.create("solo/t.jsonl", header).expect("stream");
+    let target = Target {
+        base_url: base_url.into(),
+        api: workload.api,
+        model: "sim".into(),
+        api_key: None,
+        stream: workload.stream,
+        ignore_eos: workload.ignore_eos,
+    };
+    let load = TenantLoad {
+        tenant: "t".into(),
+        target,
+        workload,
+        seed: 5,
+        clock,
+        stream: stream.clone(),
+    };
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(2048)
+        .tcp_nodelay(true)
+        .build()
+        .expect("client");
+    let report = loadgen::run(load, http, CancellationToken::new()).await;
+    stream.close().expect("close");
+    let contents = read_stream(&dir.join("solo/t.jsonl")).expect("read back");
+    assert!(contents.warnings.is_empty(), "{:?}", contents.warnings);
+    let requests = contents
+        .events
+        .into_iter()
+        .filter_map(|l| match l.event {
+            Event::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    (report, clock, requests)
+}
+
+/// An agent serving in this process on a free loopback port.
+pub struct InProcessAgent {
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+    /// Its port.
+    pub port: u16,
+    /// Where its runs are written.
+    pub data_dir: PathBuf,
+    shutdown: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl InProcessAgent {
+    /// Starts one writing into `data_dir`.
+    pub async fn start(data_dir: &Path) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let runs = Arc::new(RunManager::new(
+            data_dir.to_owned(),
+            GpuStatus::Unavailable("tests run without a GPU".into()),
+        ));
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        let task = tokio::spawn(async move {
+            agent::server::serve(listener, runs.clone(), test_token(), stop)
+                .await
+                .expect("serve");
+            runs.shutdown().await;
+        });
+        Self {
+            url: format!("http://127.0.0.1:{port}"),
+            port,
+            data_dir: data_dir.to_owned(),
+            shutdown,
+            task,
+        }
+    }
+
+    /// Stops it and waits until its runs have closed their records.
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        self.task.await.expect("agent task");
+    }
+}
+
+/// A loopback TCP proxy; [`CuttableProxy::cut`] drops every open connection, as a network
+/// failure would, while new connections keep working.
+pub struct CuttableProxy {
+    /// `127.0.0.1:<port>` of the proxy.
+    pub port: u16,
+    cut: Arc<Mutex<CancellationToken>>,
+    task: JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Forwards a free loopback port to `127.0.0.1:<to_port>`.
+    pub async fn start(to_port: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let cut = Arc::new(Mutex::new(CancellationToken::new()));
+        let current = cut.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let token = current.lock().expect("lock").clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = TcpStream::connect(("127.0.0.1", to_port)).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        () = token.cancelled() => {}
+                    }
+                });
+            }
+        });
+        Self { port, cut, task }
+    }
+
+    /// Drops every connection open now.
+    pub fn cut(&self) {
+        let mut token = self.cut.lock().expect("lock");
+        token.cancel();
+        *token = CancellationToken::new();
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.cut();
+        self.task.abort();
+    }
+}
+
+/// Paths of the `agent` and `coordinator` binaries, built once per test run.
+pub fn binaries() -> &'static (PathBuf, PathBuf) {
+    static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    BINARIES.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test exe");
+        let profile_dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target/<profile>")
+            .to_owned();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut build = Command::new(cargo);
+        build.args(["build", "--quiet", "-p", "agent", "-p", "coordinator"]);
+        if profile_dir.file_name().is_some_and(|n| n == "release") {
+            build.arg("--release");
+        }
+        let status = build.status().expect("run cargo build");
+        assert!(
+            status.success(),
+            "building the agent and coordinator binaries failed"
+        );
+        (profile_dir.join("agent"), profile_dir.join("coordinator"))
+    })
+}
+
+/// Every regular file under `dir`, as paths relative to it, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).expect("read_dir").flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                walk(root, &path, out);
+            } else {
+                out.push(path.strip_prefix(root).expect("prefix").to_owned());
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(dir, dir, &mut out);
+    out.sort();
+    out
+}
+
+/// The value at quantile `q` of `values` (sorted in place), nearest rank.
+pub fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let rank = ((q * values.len() as f64).ceil() as usize).clamp(1, values.len());
+    values[rank - 1]
+}
