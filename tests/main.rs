@@ -2,6 +2,7 @@
 
 mod support;
 
+mod agent_api;
 mod agent_auth;
 mod analysis_files;
 mod configs;

@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use futures_util::future::join_all;
 use multitenant::analysis::{analyze_dir, Summary};
 use multitenant::config::{Experiment, Node};
-use multitenant::proto::v1::{StartRunRequest, StopRunRequest};
+use multitenant::proto::v1::{InfoRequest, StartRunRequest, StopRunRequest};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -189,6 +189,30 @@ async fn drive(
     cancel: CancellationToken,
 ) -> anyhow::Result<CollectReport> {
     let mut client = agent_client::connect(&endpoint.url, endpoint.token.clone()).await?;
+    let info = client
+        .info(InfoRequest {})
+        .await
+        .map_err(|s| {
+            anyhow::anyhow!(
+                "the agent at {} refused Info: {}",
+                endpoint.url,
+                s.message()
+            )
+        })?
+        .into_inner();
+    let gpus = if info.gpus.is_empty() {
+        format!("GPU sampling is off: {}", info.gpu_unavailable_reason)
+    } else {
+        info.gpus
+            .iter()
+            .map(|g| format!("GPU {}: {}", g.index, g.name))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    eprintln!(
+        "node {}: agent {} on {}; {gpus}",
+        node.name, info.agent_version, info.hostname
+    );
     let started = client
         .start_run(StartRunRequest {
             run_id: run_id.to_owned(),
