@@ -156,15 +156,17 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
         abort: cancel.child_token(),
     });
     let tracker = TaskTracker::new();
+    let senders = TaskTracker::new();
     if warmup_end_ns > start_ns {
         shared.write_phase(Phase::Warmup, start_ns);
     }
+    let closed_loop = matches!(arrival, Arrival::Concurrency { .. });
     if let Arrival::Concurrency { n } = arrival {
         for _ in 0..n {
             tracker.spawn(closed_loop_worker(shared.clone(), measure_end_ns));
         }
     } else if let Some(schedule) = ArrivalSchedule::new(&arrival, shared.load.seed) {
-        tracker.spawn(open_loop(
+        senders.spawn(open_loop(
             shared.clone(),
             schedule,
             start_ns,
@@ -172,6 +174,7 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
             tracker.clone(),
         ));
     }
+    senders.close();
     let stop = shared.stop.clone();
     tokio::select! {
         () = tokio::time::sleep_until(clock.instant_at(warmup_end_ns).into()) => {
@@ -179,11 +182,17 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
         }
         () = stop.cancelled() => {}
     }
-    tokio::select! {
-        () = tokio::time::sleep_until(clock.instant_at(measure_end_ns).into()) => {}
-        () = stop.cancelled() => {}
+    if closed_loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(clock.instant_at(measure_end_ns).into()) => {}
+            () = stop.cancelled() => {}
+        }
+        stop.cancel();
+    } else {
+        // The open loop ends by itself at the end of the phase: arrivals scheduled before it
+        // are sent even when late (their lag shows it), never silently dropped.
+        senders.wait().await;
     }
-    stop.cancel();
     shared.write_phase(Phase::Drain, clock.now_ns().min(measure_end_ns));
     tracker.close();
     tokio::select! {
@@ -216,6 +225,10 @@ async fn open_loop(
     for offset in schedule {
         let at_ns = start_ns + ns(offset);
         if at_ns >= end_ns {
+            tokio::select! {
+                () = tokio::time::sleep_until(clock.instant_at(end_ns).into()) => {}
+                () = shared.stop.cancelled() => {}
+            }
             return;
         }
         tokio::select! {
