@@ -1,6 +1,6 @@
 //! The multitenant coordinator.
 //!
-//! - [`run`]: `coordinator run`, from config to summary.
+//! - [`mod@run`]: `coordinator run`, from config to summary.
 //! - [`launch`]: bringing agents up (local spawn, or static endpoints).
 //! - [`agent_client`]: authenticated gRPC client.
 //! - [`collect`]: byte-identical, resumable copies of the agents' streams.
