@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::RunClock;
+use crate::engine::process::ExitReport;
 use crate::engine::sim_gpu::SimGpu;
 use crate::engine::{name_hash, RunningEngine};
 use crate::gpu::GpuStatus;
@@ -222,6 +223,47 @@ impl RunManager {
     }
 }
 
+/// How long a tenant's engine may take to become healthy.
+fn health_timeout(tenant: &multitenant::config::Tenant) -> Duration {
+    match &tenant.engine {
+        multitenant::config::Engine::Vllm(v) => v.startup_timeout,
+        _ => ENGINE_HEALTH_TIMEOUT,
+    }
+}
+
+/// An engine that exited during a trial: tenant, when (run clock), how.
+type EngineDeath = (String, u64, ExitReport);
+
+/// One task per process engine that waits for an exit during the trial. An exit cancels the
+/// trial's load (the results cannot be trusted, and under MPS a fault reaches every tenant)
+/// and is returned; the tasks end with `None` once `trial` is cancelled for any other reason.
+fn watch_engine_exits(
+    tenants: &[&multitenant::config::Tenant],
+    engines: &[RunningEngine],
+    trial: &CancellationToken,
+    clock: RunClock,
+) -> Vec<tokio::task::JoinHandle<Option<EngineDeath>>> {
+    tenants
+        .iter()
+        .zip(engines)
+        .filter_map(|(tenant, engine)| {
+            let mut exited = engine.exit_watch()?;
+            let trial = trial.clone();
+            let name = tenant.name.clone();
+            Some(tokio::spawn(async move {
+                tokio::select! {
+                    changed = exited.wait_for(Option::is_some) => {
+                        let report = changed.ok()?.clone()?;
+                        trial.cancel();
+                        Some((name, clock.now_ns(), report))
+                    }
+                    () = trial.cancelled() => None,
+                }
+            }))
+        })
+        .collect()
+}
+
 struct RunContext {
     run: Arc<Run>,
     experiment: Experiment,
@@ -285,6 +327,14 @@ impl RunContext {
             self.header(trial, StreamKind::Agent, simulated, None),
         )?;
         let now = || self.clock.now_ns();
+        let engine_event = |tenant: &str, state, detail: String| {
+            Event::Engine(EngineEvent {
+                at_ns: now(),
+                tenant: tenant.to_owned(),
+                state,
+                detail,
+            })
+        };
         agent.append(&Event::Trial(TrialEvent {
             at_ns: now(),
             state: TrialState::Started,
@@ -302,26 +352,25 @@ impl RunContext {
                 message: "simulated engine(s) on a simulated GPU: every latency and throughput here is SIMULATED".into(),
             }))?;
         }
+
+        // Engines start one after another: vLLM sizes its memory from what is free while it
+        // starts, so nothing else may change GPU memory meanwhile.
         let gpu = Arc::new(SimGpu::new(trial.mode, self.node.sim_gpu.mps_interference));
+        let log_dir = self.run.streams.root().join(&trial.name).join("logs");
         let mut engines: Vec<RunningEngine> = Vec::new();
         let mut failure = None;
         for tenant in &tenants {
-            let engine_event = |state, detail: String| {
-                Event::Engine(EngineEvent {
-                    at_ns: now(),
-                    tenant: tenant.name.clone(),
-                    state,
-                    detail,
-                })
-            };
             agent.append(&engine_event(
+                &tenant.name,
                 EngineState::Starting,
                 tenant.engine.kind().into(),
             ))?;
             let started =
-                match RunningEngine::start(tenant, self.experiment.seed, gpu.clone()).await {
+                match RunningEngine::start(tenant, self.experiment.seed, gpu.clone(), &log_dir)
+                    .await
+                {
                     Ok(engine) => match engine
-                        .wait_healthy(&tenant.name, &self.http, ENGINE_HEALTH_TIMEOUT)
+                        .wait_healthy(&tenant.name, &self.http, health_timeout(tenant))
                         .await
                     {
                         Ok(()) => Ok(engine),
@@ -334,22 +383,42 @@ impl RunContext {
                 };
             match started {
                 Ok(engine) => {
-                    agent.append(&engine_event(EngineState::Ready, engine.base_url.clone()))?;
+                    agent.append(&engine_event(
+                        &tenant.name,
+                        EngineState::Ready,
+                        engine.base_url.clone(),
+                    ))?;
                     engines.push(engine);
                 }
                 Err(e) => {
-                    agent.append(&engine_event(EngineState::Failed, e.to_string()))?;
+                    agent.append(&engine_event(
+                        &tenant.name,
+                        EngineState::Failed,
+                        e.to_string(),
+                    ))?;
                     failure = Some(e.to_string());
                     break;
                 }
             }
         }
+
         let mut outcome = (TrialState::Finished, None);
+        let mut died: Vec<EngineDeath> = Vec::new();
         if let Some(reason) = failure {
             outcome = (TrialState::Invalid, Some(reason));
         } else {
-            let reports = self.load(trial, &tenants, &engines).await?;
-            if let Some(write_errors) = reports
+            let trial_cancel = self.run.cancel.child_token();
+            let watchers = watch_engine_exits(&tenants, &engines, &trial_cancel, self.clock);
+            let reports = self
+                .load(trial, &tenants, &engines, trial_cancel.clone())
+                .await?;
+            trial_cancel.cancel();
+            for watcher in watchers {
+                if let Ok(Some(death)) = watcher.await {
+                    died.push(death);
+                }
+            }
+            if let Some(lost) = reports
                 .iter()
                 .map(|r| r.write_errors)
                 .max()
@@ -357,26 +426,42 @@ impl RunContext {
             {
                 outcome = (
                     TrialState::Invalid,
-                    Some(format!(
-                        "{write_errors} request events could not be recorded"
-                    )),
+                    Some(format!("{lost} request events could not be recorded")),
                 );
             }
         }
-        for (engine, tenant) in engines.into_iter().zip(&tenants) {
+        for (tenant, at_ns, report) in &died {
             agent.append(&Event::Engine(EngineEvent {
-                at_ns: now(),
-                tenant: tenant.name.clone(),
-                state: EngineState::Stopping,
-                detail: String::new(),
-            }))?;
-            engine.stop().await;
-            agent.append(&Event::Engine(EngineEvent {
-                at_ns: now(),
-                tenant: tenant.name.clone(),
+                at_ns: *at_ns,
+                tenant: tenant.clone(),
                 state: EngineState::Exited,
-                detail: "stopped by the agent".into(),
+                detail: format!("exited during the trial: {}", report.describe()),
             }))?;
+        }
+        if let Some((tenant, _, report)) = died.first() {
+            outcome = (
+                TrialState::Invalid,
+                Some(format!(
+                    "the engine of {tenant} exited during the trial ({})",
+                    report.status
+                )),
+            );
+        }
+        for (engine, tenant) in engines.into_iter().zip(&tenants) {
+            if died.iter().any(|(name, _, _)| name == &tenant.name) {
+                engine.stop().await;
+                continue;
+            }
+            agent.append(&engine_event(
+                &tenant.name,
+                EngineState::Stopping,
+                String::new(),
+            ))?;
+            let detail = match engine.stop().await {
+                Some(report) => format!("stopped by the agent ({})", report.status),
+                None => "stopped by the agent".into(),
+            };
+            agent.append(&engine_event(&tenant.name, EngineState::Exited, detail))?;
         }
         if self.run.cancel.is_cancelled() && outcome.0 == TrialState::Finished {
             outcome = (TrialState::Stopped, Some("the run was stopped".into()));
@@ -395,6 +480,7 @@ impl RunContext {
         trial: &Trial,
         tenants: &[&multitenant::config::Tenant],
         engines: &[RunningEngine],
+        cancel: CancellationToken,
     ) -> std::io::Result<Vec<loadgen::LoadReport>> {
         let host_stream = self.run.streams.create(
             &format!("{}/host.jsonl", trial.name),
@@ -450,7 +536,7 @@ impl RunContext {
             loads.push(tokio::spawn(loadgen::run(
                 load,
                 self.http.clone(),
-                self.run.cancel.clone(),
+                cancel.clone(),
             )));
         }
         let mut reports = Vec::new();

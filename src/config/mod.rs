@@ -254,6 +254,8 @@ pub enum Engine {
         /// Faults it injects, for testing the measuring side.
         faults: SimFaults,
     },
+    /// A `vllm serve` process the agent starts, supervises and stops.
+    Vllm(VllmEngine),
     /// An OpenAI-compatible server that is already running.
     External {
         /// Base URL, e.g. `http://127.0.0.1:8000`.
@@ -270,6 +272,7 @@ impl Engine {
     pub fn model(&self) -> &str {
         match self {
             Engine::Simulated { model, .. } | Engine::External { model, .. } => model,
+            Engine::Vllm(v) => &v.served_model_name,
         }
     }
 
@@ -282,9 +285,40 @@ impl Engine {
     pub fn kind(&self) -> &'static str {
         match self {
             Engine::Simulated { .. } => "simulated",
+            Engine::Vllm(_) => "vllm",
             Engine::External { .. } => "external",
         }
     }
+}
+
+/// A vLLM server for one tenant.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VllmEngine {
+    /// What `vllm serve` loads: a hub id or a local folder.
+    pub model: String,
+    /// The name requests use (`--served-model-name`); defaults to `model`.
+    pub served_model_name: String,
+    /// The `vllm` executable (a name on PATH or a path).
+    pub executable: String,
+    /// Extra `vllm serve` arguments, passed through as given.
+    pub args: Vec<String>,
+    /// Extra environment for the server (e.g. `VLLM_CPU_OMP_THREADS_BIND`).
+    pub env: BTreeMap<String, String>,
+    /// How the server's GPU memory is bounded.
+    pub memory: VllmMemory,
+    /// How long the server may take to answer `/health`.
+    pub startup_timeout: Duration,
+}
+
+/// How a vLLM server's GPU memory is bounded.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum VllmMemory {
+    /// vLLM's own default (`--gpu-memory-utilization` 0.92): only sensible alone on a GPU.
+    Default,
+    /// `--gpu-memory-utilization`: a fraction of the GPU's total memory.
+    Fraction(f64),
+    /// `--kv-cache-memory-bytes`: a fixed KV cache, the reproducible choice for co-location.
+    KvCacheBytes(u64),
 }
 
 /// Timing model of the simulated engine (one iteration of continuous batching):

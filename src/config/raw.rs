@@ -90,6 +90,13 @@ pub struct RawEngine {
     pub api_key_env: Option<String>,
     pub timing: Option<RawSimTiming>,
     pub faults: Option<RawSimFaults>,
+    pub served_model_name: Option<String>,
+    pub executable: Option<String>,
+    pub args: Option<Vec<String>>,
+    pub env: Option<BTreeMap<String, String>>,
+    pub gpu_memory_fraction: Option<f64>,
+    pub kv_cache_memory_bytes: Option<u64>,
+    pub startup_timeout: Option<String>,
 }
 
 /// `timing:` of a simulated engine.

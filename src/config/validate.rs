@@ -56,6 +56,21 @@ pub(super) fn parse_and_validate(text: &str, origin: &str) -> Result<Experiment,
     }
 }
 
+/// The keys only a vllm engine takes, among those set.
+fn vllm_only_keys(raw: &RawEngine) -> impl Iterator<Item = &'static str> {
+    [
+        (raw.served_model_name.is_some(), "served_model_name"),
+        (raw.executable.is_some(), "executable"),
+        (raw.args.is_some(), "args"),
+        (raw.env.is_some(), "env"),
+        (raw.gpu_memory_fraction.is_some(), "gpu_memory_fraction"),
+        (raw.kv_cache_memory_bytes.is_some(), "kv_cache_memory_bytes"),
+        (raw.startup_timeout.is_some(), "startup_timeout"),
+    ]
+    .into_iter()
+    .filter_map(|(set, key)| set.then_some(key))
+}
+
 /// Writes a serde_ignored path as `a.b[0].c`.
 fn yaml_path(path: &serde_ignored::Path<'_>) -> String {
     use serde_ignored::Path as P;
@@ -434,6 +449,24 @@ impl Checker {
             }
             tenants.push(tenant);
         }
+        let fractions: Vec<(String, f64)> = tenants
+            .iter()
+            .filter_map(|t| match &t.engine {
+                Engine::Vllm(VllmEngine {
+                    memory: VllmMemory::Fraction(f),
+                    ..
+                }) => Some((t.name.clone(), *f)),
+                _ => None,
+            })
+            .collect();
+        let total: f64 = fractions.iter().map(|(_, f)| f).sum();
+        if total > 1.0 + 1e-9 {
+            let parts: Vec<String> = fractions.iter().map(|(n, f)| format!("{n} {f}")).collect();
+            self.problem(
+                &join(path, "tenants"),
+                format!("gpu_memory_fraction of the tenants sums to {total:.2} (> 1.0): {}; lower them so they fit on one GPU", parts.join(" + ")),
+            );
+        }
         Some(Node {
             name: name?,
             accelerators: raw.accelerators,
@@ -519,8 +552,17 @@ impl Checker {
     }
 
     fn engine(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
-        let kind = self.required(raw.kind, &join(path, "kind"))?;
+        let kind = self.required(raw.kind.clone(), &join(path, "kind"))?;
         match kind.as_str() {
+            "simulated" | "external" if vllm_only_keys(&raw).next().is_some() => {
+                for key in vllm_only_keys(&raw) {
+                    self.problem(
+                        &join(path, key),
+                        format!("`{key}` applies only to a vllm engine"),
+                    );
+                }
+                None
+            }
             "simulated" => {
                 for (set, key) in [
                     (raw.url.is_some(), "url"),
@@ -572,21 +614,94 @@ impl Checker {
                     api_key_env: raw.api_key_env,
                 })
             }
-            "vllm" => {
-                self.problem(
-                    &join(path, "kind"),
-                    "vllm engines are not supported by this version yet; use simulated or external",
-                );
-                None
-            }
+            "vllm" => self.vllm(raw, path),
             other => {
                 self.problem(
                     &join(path, "kind"),
-                    format!("{other:?} is not an engine kind: use simulated or external"),
+                    format!("{other:?} is not an engine kind: use simulated, vllm or external"),
                 );
                 None
             }
         }
+    }
+
+    fn vllm(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
+        for (set, key) in [
+            (raw.url.is_some(), "url"),
+            (raw.api_key_env.is_some(), "api_key_env"),
+            (raw.timing.is_some(), "timing"),
+            (raw.faults.is_some(), "faults"),
+        ] {
+            if set {
+                self.problem(
+                    &join(path, key),
+                    format!("`{key}` does not apply to a vllm engine"),
+                );
+            }
+        }
+        let model = self.required(raw.model, &join(path, "model"));
+        let args = raw.args.unwrap_or_default();
+        for (i, arg) in args.iter().enumerate() {
+            let flag = arg.split('=').next().unwrap_or_default();
+            if matches!(
+                flag,
+                "--host"
+                    | "--port"
+                    | "--served-model-name"
+                    | "--gpu-memory-utilization"
+                    | "--kv-cache-memory-bytes"
+            ) {
+                self.problem(
+                    &format!("{path}.args[{i}]"),
+                    format!("{flag} is set by the agent; use the tenant's port, engine.served_model_name, engine.gpu_memory_fraction or engine.kv_cache_memory_bytes"),
+                );
+            }
+        }
+        let env = raw.env.unwrap_or_default();
+        for key in env.keys() {
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                self.problem(
+                    &format!("{path}.env.{key}"),
+                    "environment variable names use letters, digits and '_'",
+                );
+            }
+        }
+        let memory = match (raw.gpu_memory_fraction, raw.kv_cache_memory_bytes) {
+            (Some(_), Some(_)) => {
+                self.problem(path, "give gpu_memory_fraction or kv_cache_memory_bytes, not both (vLLM ignores the fraction when the KV size is fixed)");
+                None
+            }
+            (Some(f), None) if !(f > 0.0 && f <= 1.0) => {
+                self.problem(
+                    &join(path, "gpu_memory_fraction"),
+                    format!("must be in (0, 1], got {f}"),
+                );
+                None
+            }
+            (Some(f), None) => Some(VllmMemory::Fraction(f)),
+            (None, Some(0)) => {
+                self.problem(
+                    &join(path, "kv_cache_memory_bytes"),
+                    "must be more than 0 bytes",
+                );
+                None
+            }
+            (None, Some(b)) => Some(VllmMemory::KvCacheBytes(b)),
+            (None, None) => Some(VllmMemory::Default),
+        };
+        let startup_timeout = self
+            .duration(raw.startup_timeout, &join(path, "startup_timeout"))
+            .unwrap_or(Duration::from_secs(600));
+        let model = model?;
+        Some(Engine::Vllm(VllmEngine {
+            served_model_name: raw.served_model_name.unwrap_or_else(|| model.clone()),
+            model,
+            executable: raw.executable.unwrap_or_else(|| "vllm".into()),
+            args,
+            env,
+            memory: memory?,
+            startup_timeout,
+        }))
     }
 
     fn timing(&mut self, raw: RawSimTiming, path: &str) -> Option<SimTiming> {
@@ -724,6 +839,48 @@ nodes:
         assert!(
             err.to_string().starts_with("bad.yaml: 5 problem(s)"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn vllm_engines_are_checked_for_flags_memory_and_their_sum() {
+        let text = r#"
+name: t
+workloads:
+  w: {arrival: {kind: constant, rate: 1}, data: {prompt_tokens: 4, output_tokens: 4}, duration: 1s}
+nodes:
+  - name: n
+    tenants:
+      - {name: a, workload: w, engine: {kind: vllm, model: m1, gpu_memory_fraction: 0.6}}
+      - {name: b, workload: w, engine: {kind: vllm, model: m2, gpu_memory_fraction: 0.5, args: ["--port=9"]}}
+      - {name: c, workload: w, engine: {kind: vllm, model: m3, gpu_memory_fraction: 0.1, kv_cache_memory_bytes: 8}}
+      - {name: d, workload: w, engine: {kind: simulated, args: ["x"]}}
+"#;
+        let err = Experiment::from_yaml(text, "v.yaml").expect_err("invalid");
+        let shown = err.to_string();
+        for expected in [
+            "nodes[0].tenants[1].engine.args[0]: --port is set by the agent",
+            "nodes[0].tenants: gpu_memory_fraction of the tenants sums to 1.10 (> 1.0): a 0.6 + b 0.5",
+            "nodes[0].tenants[2].engine: give gpu_memory_fraction or kv_cache_memory_bytes, not both",
+            "nodes[0].tenants[3].engine.args: `args` applies only to a vllm engine",
+        ] {
+            assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
+        }
+        let ok = text
+            .replace("0.5, args: [\"--port=9\"]", "0.3")
+            .replace(", kv_cache_memory_bytes: 8", "")
+            .replace(", args: [\"x\"]", "");
+        let e = Experiment::from_yaml(&ok, "v.yaml").expect("valid");
+        let Engine::Vllm(v) = &e.nodes[0].tenants[0].engine else {
+            panic!("vllm engine expected")
+        };
+        assert_eq!(
+            (
+                v.served_model_name.as_str(),
+                v.executable.as_str(),
+                v.memory
+            ),
+            ("m1", "vllm", VllmMemory::Fraction(0.6))
         );
     }
 

@@ -1,17 +1,23 @@
 //! Engines that serve tenants: starting them, waiting until they answer, stopping them.
 //!
-//! The simulated engine runs inside the agent on a loopback port; an external engine is an
-//! OpenAI-compatible server somebody else runs, which the agent only checks and never stops.
+//! The simulated engine runs inside the agent on a loopback port; a vLLM engine is a
+//! supervised process group (see [`process`]); an external engine is an OpenAI-compatible
+//! server somebody else runs, which the agent only checks and never stops.
 
+pub mod process;
 pub mod sim_gpu;
 mod sim_scheduler;
 pub mod simulated;
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use multitenant::config::{Engine, Tenant};
+use multitenant::config::{Engine, Tenant, VllmEngine, VllmMemory};
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
 
+use process::{EngineProcess, ExitReport};
 use sim_gpu::SimGpu;
 use simulated::{SimEngine, SimEngineConfig};
 
@@ -36,6 +42,38 @@ pub enum EngineError {
         /// Variable name.
         var: String,
     },
+    /// The engine's executable is not there.
+    #[error("tenant {tenant}: engine executable {executable:?} not found (on PATH or as a path)")]
+    NotFound {
+        /// Tenant.
+        tenant: String,
+        /// What was looked for.
+        executable: String,
+    },
+    /// The model is a local path that does not exist.
+    #[error("tenant {tenant}: model path {path} does not exist")]
+    ModelMissing {
+        /// Tenant.
+        tenant: String,
+        /// The path.
+        path: String,
+    },
+    /// The engine process could not be started.
+    #[error("tenant {tenant}: cannot start the engine: {source}")]
+    Spawn {
+        /// Tenant.
+        tenant: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The engine exited before it became healthy.
+    #[error("tenant {tenant}: the engine exited before it became healthy: {}", report.describe())]
+    Exited {
+        /// Tenant.
+        tenant: String,
+        /// How it ended.
+        report: ExitReport,
+    },
     /// The engine did not answer its health check in time.
     #[error("tenant {tenant}: {url} did not become healthy within {timeout:?}: {last_error}")]
     Unhealthy {
@@ -52,7 +90,34 @@ pub enum EngineError {
 
 enum Handle {
     Simulated(SimEngine),
+    Process(ProcessHandle),
     External,
+}
+
+/// A supervised engine process: a task owns it, waits for it, and stops it on request.
+struct ProcessHandle {
+    stop: oneshot::Sender<()>,
+    exited: watch::Receiver<Option<ExitReport>>,
+    task: JoinHandle<ExitReport>,
+}
+
+impl ProcessHandle {
+    fn supervise(mut process: EngineProcess) -> Self {
+        let (stop, stop_requested) = oneshot::channel();
+        let (exited_tx, exited) = watch::channel(None);
+        let task = tokio::spawn(async move {
+            tokio::select! {
+                report = process.wait() => {
+                    exited_tx.send_replace(Some(report.clone()));
+                    // Whatever the engine left in its group goes too.
+                    process.stop().await;
+                    report
+                }
+                _ = stop_requested => process.stop().await,
+            }
+        });
+        Self { stop, exited, task }
+    }
 }
 
 /// An engine serving one tenant.
@@ -67,8 +132,15 @@ pub struct RunningEngine {
 impl RunningEngine {
     /// Brings up `tenant`'s engine. Simulated engines share `gpu`, which models the trial's
     /// sharing mode; their seed is derived from the experiment seed and the tenant name.
-    pub async fn start(tenant: &Tenant, seed: u64, gpu: Arc<SimGpu>) -> Result<Self, EngineError> {
+    /// Engine processes log to `<log_dir>/<tenant>.log`.
+    pub async fn start(
+        tenant: &Tenant,
+        seed: u64,
+        gpu: Arc<SimGpu>,
+        log_dir: &Path,
+    ) -> Result<Self, EngineError> {
         match &tenant.engine {
+            Engine::Vllm(vllm) => start_vllm(tenant, vllm, log_dir).await,
             Engine::Simulated {
                 model,
                 timing,
@@ -133,6 +205,12 @@ impl RunningEngine {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut last_error = String::from("no probe finished");
         loop {
+            if let Some(report) = self.exit_report() {
+                return Err(EngineError::Exited {
+                    tenant: tenant.to_owned(),
+                    report,
+                });
+            }
             for path in ["/health", "/v1/models"] {
                 let mut probe = http
                     .get(format!("{}{path}", self.base_url))
@@ -158,13 +236,121 @@ impl RunningEngine {
         }
     }
 
-    /// Stops an engine the agent started; an external engine is left running.
-    pub async fn stop(self) {
-        match self.handle {
-            Handle::Simulated(engine) => engine.stop().await,
-            Handle::External => {}
+    /// How the engine process ended, if it has (only engines the agent runs as processes).
+    pub fn exit_report(&self) -> Option<ExitReport> {
+        match &self.handle {
+            Handle::Process(p) => p.exited.borrow().clone(),
+            _ => None,
         }
     }
+
+    /// A receiver that holds `Some` once the engine process has exited on its own.
+    pub fn exit_watch(&self) -> Option<watch::Receiver<Option<ExitReport>>> {
+        match &self.handle {
+            Handle::Process(p) => Some(p.exited.clone()),
+            _ => None,
+        }
+    }
+
+    /// Stops an engine the agent started (an external engine is left running) and says how
+    /// a process engine ended.
+    pub async fn stop(self) -> Option<ExitReport> {
+        match self.handle {
+            Handle::Simulated(engine) => {
+                engine.stop().await;
+                None
+            }
+            Handle::Process(p) => {
+                let _ = p.stop.send(());
+                p.task.await.ok()
+            }
+            Handle::External => None,
+        }
+    }
+}
+
+/// Starts `vllm serve` for `tenant` on loopback.
+async fn start_vllm(
+    tenant: &Tenant,
+    vllm: &VllmEngine,
+    log_dir: &Path,
+) -> Result<RunningEngine, EngineError> {
+    let name = tenant.name.clone();
+    if !executable_exists(&vllm.executable) {
+        return Err(EngineError::NotFound {
+            tenant: name,
+            executable: vllm.executable.clone(),
+        });
+    }
+    let looks_like_path = ["/", "./", "../"].iter().any(|p| vllm.model.starts_with(p));
+    if looks_like_path && !Path::new(&vllm.model).exists() {
+        return Err(EngineError::ModelMissing {
+            tenant: name,
+            path: vllm.model.clone(),
+        });
+    }
+    // Bind to check the port (or to pick a free one), then hand it to the engine.
+    let probe =
+        std::net::TcpListener::bind(("127.0.0.1", tenant.port.unwrap_or(0))).map_err(|source| {
+            EngineError::Bind {
+                tenant: name.clone(),
+                port: tenant.port.unwrap_or(0),
+                source,
+            }
+        })?;
+    let port = probe
+        .local_addr()
+        .map_err(|source| EngineError::Bind {
+            tenant: name.clone(),
+            port: 0,
+            source,
+        })?
+        .port();
+    drop(probe);
+    let mut args: Vec<String> = vec![
+        "serve".into(),
+        vllm.model.clone(),
+        "--host".into(),
+        "127.0.0.1".into(),
+        "--port".into(),
+        port.to_string(),
+        "--served-model-name".into(),
+        vllm.served_model_name.clone(),
+    ];
+    match vllm.memory {
+        VllmMemory::Default => {}
+        VllmMemory::Fraction(f) => args.extend(["--gpu-memory-utilization".into(), f.to_string()]),
+        VllmMemory::KvCacheBytes(b) => {
+            args.extend(["--kv-cache-memory-bytes".into(), b.to_string()])
+        }
+    }
+    args.extend(vllm.args.iter().cloned());
+    let mut env: Vec<(String, String)> = vec![
+        ("VLLM_NO_USAGE_STATS".into(), "1".into()),
+        ("DO_NOT_TRACK".into(), "1".into()),
+    ];
+    env.extend(vllm.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let log = log_dir.join(format!("{name}.log"));
+    let process = EngineProcess::spawn(&vllm.executable, &args, &env, &log).map_err(|source| {
+        EngineError::Spawn {
+            tenant: name,
+            source,
+        }
+    })?;
+    Ok(RunningEngine {
+        base_url: format!("http://127.0.0.1:{port}"),
+        api_key: None,
+        handle: Handle::Process(ProcessHandle::supervise(process)),
+    })
+}
+
+/// Whether `name` is a path to a file, or a file on PATH.
+fn executable_exists(name: &str) -> bool {
+    if name.contains('/') {
+        return Path::new(name).is_file();
+    }
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// FNV-1a of a name, to give each tenant its own seed stream.
