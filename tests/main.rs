@@ -7,6 +7,7 @@ mod agent_auth;
 mod analysis_files;
 mod configs;
 mod end_to_end;
+mod engine_supervisor;
 mod ground_truth;
 mod request_faults;
 mod stream_resume;

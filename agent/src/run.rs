@@ -383,11 +383,11 @@ impl RunContext {
                 };
             match started {
                 Ok(engine) => {
-                    agent.append(&engine_event(
-                        &tenant.name,
-                        EngineState::Ready,
-                        engine.base_url.clone(),
-                    ))?;
+                    let detail = match engine.pgid() {
+                        Some(pgid) => format!("{} (process group {pgid})", engine.base_url),
+                        None => engine.base_url.clone(),
+                    };
+                    agent.append(&engine_event(&tenant.name, EngineState::Ready, detail))?;
                     engines.push(engine);
                 }
                 Err(e) => {

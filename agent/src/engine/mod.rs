@@ -96,6 +96,7 @@ enum Handle {
 
 /// A supervised engine process: a task owns it, waits for it, and stops it on request.
 struct ProcessHandle {
+    pgid: i32,
     stop: oneshot::Sender<()>,
     exited: watch::Receiver<Option<ExitReport>>,
     task: JoinHandle<ExitReport>,
@@ -103,6 +104,7 @@ struct ProcessHandle {
 
 impl ProcessHandle {
     fn supervise(mut process: EngineProcess) -> Self {
+        let pgid = process.pgid();
         let (stop, stop_requested) = oneshot::channel();
         let (exited_tx, exited) = watch::channel(None);
         let task = tokio::spawn(async move {
@@ -116,7 +118,12 @@ impl ProcessHandle {
                 _ = stop_requested => process.stop().await,
             }
         });
-        Self { stop, exited, task }
+        Self {
+            pgid,
+            stop,
+            exited,
+            task,
+        }
     }
 }
 
@@ -233,6 +240,14 @@ impl RunningEngine {
                 });
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// The process group of an engine the agent runs as a process.
+    pub fn pgid(&self) -> Option<i32> {
+        match &self.handle {
+            Handle::Process(p) => Some(p.pgid),
+            _ => None,
         }
     }
 
