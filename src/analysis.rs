@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SharingMode;
-use crate::events::{read_stream, Event, ReadError, StreamKind, TrialState};
+use crate::events::{read_stream, EngineMetrics, Event, ReadError, StreamKind, TrialState};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
 
 /// Version of the summary.json layout.
@@ -79,6 +79,33 @@ pub struct TenantSummary {
     /// The measurements.
     #[serde(flatten)]
     pub metrics: TenantMetrics,
+    /// The engine's own view, from its `/metrics`, when it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server: Option<ServerMetrics>,
+}
+
+/// What the engine itself reported (vLLM's Prometheus histograms), as means over the window
+/// from its last scrape before the measure phase to its last scrape of the trial (so requests
+/// that finished during the drain are in it too). Means only: the engine's buckets are too
+/// coarse for honest percentiles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerMetrics {
+    /// Scrapes in the stream.
+    pub samples: usize,
+    /// `vllm:time_to_first_token_seconds`, mean, ms.
+    pub ttft_mean_ms: Option<f64>,
+    /// `vllm:inter_token_latency_seconds`, mean, ms.
+    pub itl_mean_ms: Option<f64>,
+    /// `vllm:request_time_per_output_token_seconds`, mean, ms.
+    pub tpot_mean_ms: Option<f64>,
+    /// `vllm:e2e_request_latency_seconds`, mean, ms.
+    pub e2e_mean_ms: Option<f64>,
+    /// `vllm:request_queue_time_seconds`, mean, ms.
+    pub queue_mean_ms: Option<f64>,
+    /// Requests finished in the window (`vllm:e2e_request_latency_seconds` count).
+    pub requests: Option<f64>,
+    /// `vllm:num_preemptions_total` in the window.
+    pub preemptions: Option<f64>,
 }
 
 /// Why a folder could not be analysed at all.
@@ -186,6 +213,14 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
             merged_window =
                 Some(merged_window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         }
+        let engine_path = trial_dir.join(format!("{}.engine.jsonl", tenant.name));
+        let server = if engine_path.is_file() {
+            let engine = read_stream(&engine_path)?;
+            summary.warnings.extend(engine.warnings.iter().cloned());
+            server_metrics(&engine.events, acc.measure_start_ns())
+        } else {
+            None
+        };
         let metrics = acc.finish();
         output_tokens += metrics.output_tokens;
         total_tokens += metrics.output_tokens + metrics.prompt_tokens;
@@ -203,6 +238,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
             metrics,
+            server,
         });
     }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
@@ -231,6 +267,50 @@ fn push_once(warnings: &mut Vec<String>, trial: &str, message: &str) {
     }
 }
 
+/// The engine's means between its last scrape at or before `measure_start_ns` (or from zero)
+/// and its last scrape.
+fn server_metrics(
+    lines: &[crate::events::Line],
+    measure_start_ns: Option<u64>,
+) -> Option<ServerMetrics> {
+    let samples: Vec<&EngineMetrics> = lines
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::EngineMetrics(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    let last = *samples.last()?;
+    let start = measure_start_ns.and_then(|t| samples.iter().rev().find(|s| s.at_ns <= t).copied());
+    let mean_ms = |name: &str| {
+        let now = last.histograms.get(name)?;
+        now.mean_since(start.and_then(|s| s.histograms.get(name)))
+            .map(|seconds| round3(seconds * 1e3))
+    };
+    let delta = |now: Option<f64>, before: Option<f64>| now.map(|n| n - before.unwrap_or(0.0));
+    let e2e = "vllm:e2e_request_latency_seconds";
+    Some(ServerMetrics {
+        samples: samples.len(),
+        ttft_mean_ms: mean_ms("vllm:time_to_first_token_seconds"),
+        itl_mean_ms: mean_ms("vllm:inter_token_latency_seconds"),
+        tpot_mean_ms: mean_ms("vllm:request_time_per_output_token_seconds"),
+        e2e_mean_ms: mean_ms(e2e),
+        queue_mean_ms: mean_ms("vllm:request_queue_time_seconds"),
+        requests: delta(
+            last.histograms.get(e2e).map(|h| h.count),
+            start.and_then(|s| s.histograms.get(e2e)).map(|h| h.count),
+        ),
+        preemptions: delta(
+            last.counters.get("vllm:num_preemptions_total").copied(),
+            start.and_then(|s| s.counters.get("vllm:num_preemptions_total").copied()),
+        ),
+    })
+}
+
+fn round3(v: f64) -> f64 {
+    (v * 1_000.0).round() / 1_000.0
+}
+
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -251,12 +331,14 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?.into_iter().filter(|p| p.is_dir()).collect())
 }
 
-/// Tenant streams of a trial, in name order (`agent.jsonl` and `host.jsonl` are read apart).
+/// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl` and engine scrapes
+/// are read apart).
 fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
         .filter(|p| !matches!(file_name(p).as_str(), "agent.jsonl" | "host.jsonl"))
+        .filter(|p| !file_name(p).ends_with(".engine.jsonl"))
         .collect())
 }
 

@@ -9,5 +9,6 @@ mod configs;
 mod end_to_end;
 mod engine_supervisor;
 mod ground_truth;
+mod real_vllm;
 mod request_faults;
 mod stream_resume;

@@ -11,6 +11,7 @@
 pub mod cli;
 pub mod clock;
 pub mod engine;
+pub mod engine_metrics;
 pub mod gpu;
 pub mod host;
 pub mod loadgen;

@@ -24,6 +24,7 @@ use crate::clock::RunClock;
 use crate::engine::process::ExitReport;
 use crate::engine::sim_gpu::SimGpu;
 use crate::engine::{name_hash, RunningEngine};
+use crate::engine_metrics;
 use crate::gpu::GpuStatus;
 use crate::host;
 use crate::loadgen::{self, client::Target, TenantLoad};
@@ -33,6 +34,8 @@ use crate::recorder::{RunStreams, StreamFile};
 const ENGINE_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Host sampling interval.
 const HOST_INTERVAL: Duration = Duration::from_secs(1);
+/// How often engines' `/metrics` are scraped.
+const ENGINE_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Where a run stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,6 +542,26 @@ impl RunContext {
                 cancel.clone(),
             )));
         }
+        let stop_scraping = CancellationToken::new();
+        let mut scrapers = Vec::new();
+        for (tenant, engine) in tenants.iter().zip(engines) {
+            if !matches!(tenant.engine, multitenant::config::Engine::Vllm(_)) {
+                continue;
+            }
+            let header = self.header(trial, StreamKind::EngineMetrics, false, None);
+            let stream = self.run.streams.create(
+                &format!("{}/{}.engine.jsonl", trial.name, tenant.name),
+                header,
+            )?;
+            scrapers.push(tokio::spawn(engine_metrics::scrape(
+                stream,
+                self.http.clone(),
+                engine.base_url.clone(),
+                self.clock,
+                ENGINE_METRICS_INTERVAL,
+                stop_scraping.clone(),
+            )));
+        }
         let mut reports = Vec::new();
         for load in loads {
             match load.await {
@@ -547,7 +570,11 @@ impl RunContext {
             }
         }
         stop_sampling.cancel();
+        stop_scraping.cancel();
         let _ = sampler.await;
+        for scraper in scrapers {
+            let _ = scraper.await;
+        }
         for stream in streams {
             stream.close()?;
         }

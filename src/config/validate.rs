@@ -449,6 +449,13 @@ impl Checker {
             }
             tenants.push(tenant);
         }
+        let has_vllm = tenants.iter().any(|t| matches!(t.engine, Engine::Vllm(_)));
+        if has_vllm && trials.as_ref().is_some_and(|t| t.contains(&TrialKind::Mps)) {
+            self.problem(
+                &join(path, "trials"),
+                "an mps trial with vllm engines needs MPS control, which this version does not have yet; use solo or timeslice",
+            );
+        }
         let fractions: Vec<(String, f64)> = tenants
             .iter()
             .filter_map(|t| match &t.engine {

@@ -1,5 +1,7 @@
 //! The typed events of the JSONL format.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Api, SharingMode};
@@ -32,6 +34,8 @@ pub enum Event {
     Warning(WarningEvent),
     /// A sample of the host.
     HostSample(HostSample),
+    /// A scrape of an engine's Prometheus `/metrics`.
+    EngineMetrics(EngineMetrics),
 }
 
 /// What stream a file holds.
@@ -44,6 +48,8 @@ pub enum StreamKind {
     Agent,
     /// Host samples.
     Host,
+    /// Scrapes of one tenant engine's `/metrics`.
+    EngineMetrics,
 }
 
 /// The header line.
@@ -275,6 +281,47 @@ pub struct WarningEvent {
     pub at_ns: u64,
     /// What a reader must know.
     pub message: String,
+}
+
+/// One scrape of an engine's `/metrics`, summed over label sets. Names are the engine's own
+/// (e.g. `vllm:time_to_first_token_seconds`); values are cumulative since the engine started.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct EngineMetrics {
+    /// When the scrape's answer arrived.
+    pub at_ns: u64,
+    /// Gauges (e.g. running and waiting requests, KV-cache use).
+    #[serde(default)]
+    pub gauges: BTreeMap<String, f64>,
+    /// Counters (e.g. generated tokens, preemptions).
+    #[serde(default)]
+    pub counters: BTreeMap<String, f64>,
+    /// Histograms (e.g. TTFT, inter-token latency, queue time).
+    #[serde(default)]
+    pub histograms: BTreeMap<String, PromHistogram>,
+}
+
+/// A Prometheus histogram: finite upper bounds with cumulative counts, then sum and count
+/// (the `+Inf` bucket equals `count`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct PromHistogram {
+    /// Finite bucket upper bounds, ascending.
+    pub bounds: Vec<f64>,
+    /// Cumulative count at each bound.
+    pub cumulative: Vec<f64>,
+    /// Sum of observed values.
+    pub sum: f64,
+    /// Number of observations.
+    pub count: f64,
+}
+
+impl PromHistogram {
+    /// Mean of the observations made between `earlier` and `self` (two scrapes of the same
+    /// histogram), or `None` if there were none.
+    pub fn mean_since(&self, earlier: Option<&PromHistogram>) -> Option<f64> {
+        let (sum0, count0) = earlier.map_or((0.0, 0.0), |e| (e.sum, e.count));
+        let count = self.count - count0;
+        (count > 0.0).then(|| (self.sum - sum0) / count)
+    }
 }
 
 /// One host sample.

@@ -168,6 +168,11 @@ impl TenantAccumulator {
         }
     }
 
+    /// When the measure phase began, if it did.
+    pub fn measure_start_ns(&self) -> Option<u64> {
+        self.measure_start_ns
+    }
+
     /// The window (ns) over which throughput is computed, if any request was measured.
     pub fn window_ns(&self) -> Option<(u64, u64)> {
         Some((self.first_sent_ns?, self.last_done_ns?))
