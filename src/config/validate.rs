@@ -857,6 +857,7 @@ workloads:
   w: {arrival: {kind: constant, rate: 1}, data: {prompt_tokens: 4, output_tokens: 4}, duration: 1s}
 nodes:
   - name: n
+    trials: [solo, mps]
     tenants:
       - {name: a, workload: w, engine: {kind: vllm, model: m1, gpu_memory_fraction: 0.6}}
       - {name: b, workload: w, engine: {kind: vllm, model: m2, gpu_memory_fraction: 0.5, args: ["--port=9"]}}
@@ -870,10 +871,12 @@ nodes:
             "nodes[0].tenants: gpu_memory_fraction of the tenants sums to 1.10 (> 1.0): a 0.6 + b 0.5",
             "nodes[0].tenants[2].engine: give gpu_memory_fraction or kv_cache_memory_bytes, not both",
             "nodes[0].tenants[3].engine.args: `args` applies only to a vllm engine",
+            "nodes[0].trials: an mps trial with vllm engines needs MPS control",
         ] {
             assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
         }
         let ok = text
+            .replace("[solo, mps]", "[solo, timeslice]")
             .replace("0.5, args: [\"--port=9\"]", "0.3")
             .replace(", kv_cache_memory_bytes: 8", "")
             .replace(", args: [\"x\"]", "");
