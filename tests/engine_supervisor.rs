@@ -135,9 +135,9 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
     let agent = InProcessAgent::start(tmp.path()).await;
 
     // A flag vLLM rejects: its own error line comes back, the trial is invalid, the run goes on.
-    let bad_flag = config(&[("a", "ok", "\"--bogus-flag\"")], "[mps]", "1s");
+    let bad_flag = config(&[("a", "ok", "\"--bogus-flag\"")], "[timeslice]", "1s");
     assert_eq!(run_to_end(&agent, "bad-flag", &bad_flag).await, "finished");
-    let (story, end) = engine_story(&tmp.path().join("bad-flag/mps/agent.jsonl"));
+    let (story, end) = engine_story(&tmp.path().join("bad-flag/timeslice/agent.jsonl"));
     let (_, state, detail) = story.last().expect("engine events");
     assert_eq!(*state, EngineState::Failed);
     assert!(
@@ -148,9 +148,9 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
     assert_eq!(end.expect("end").0, TrialState::Invalid);
 
     // Never healthy: the startup deadline passes, the process group is ended.
-    let hung = config(&[("a", "never-healthy", "")], "[mps]", "1s");
+    let hung = config(&[("a", "never-healthy", "")], "[timeslice]", "1s");
     assert_eq!(run_to_end(&agent, "hung", &hung).await, "finished");
-    let (story, end) = engine_story(&tmp.path().join("hung/mps/agent.jsonl"));
+    let (story, end) = engine_story(&tmp.path().join("hung/timeslice/agent.jsonl"));
     let (_, state, detail) = story.last().expect("engine events");
     assert_eq!(*state, EngineState::Failed);
     assert!(
@@ -162,7 +162,8 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
         .1
         .expect("reason")
         .contains("did not become healthy"));
-    let log = std::fs::read_to_string(tmp.path().join("hung/mps/logs/a.log")).expect("engine log");
+    let log =
+        std::fs::read_to_string(tmp.path().join("hung/timeslice/logs/a.log")).expect("engine log");
     assert!(log.contains("fake-vllm: serving never-healthy"), "{log}");
     assert_eq!(
         processes_running(&["sleep", "600"]),
@@ -174,11 +175,11 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
     // engine is stopped too, the trial is invalid, and the next trial still runs.
     let crash = config(
         &[("a", "crash-after-2", ""), ("b", "ok", "")],
-        "[mps, timeslice]",
+        "[timeslice, solo]",
         "4s",
     );
     assert_eq!(run_to_end(&agent, "crash", &crash).await, "finished");
-    let (story, end) = engine_story(&tmp.path().join("crash/mps/agent.jsonl"));
+    let (story, end) = engine_story(&tmp.path().join("crash/timeslice/agent.jsonl"));
     let died = story.iter().find(|(t, s, d)| {
         t == "a" && *s == EngineState::Exited && d.starts_with("exited during the trial")
     });
@@ -191,7 +192,7 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
         .contains("the engine of a exited during the trial"));
     let mut groups = process_groups(&story);
     assert_eq!(groups.len(), 2, "{story:?}");
-    let (story, _) = engine_story(&tmp.path().join("crash/timeslice/agent.jsonl"));
+    let (story, _) = engine_story(&tmp.path().join("crash/solo-b/agent.jsonl"));
     assert!(
         story
             .iter()
@@ -230,7 +231,7 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
         .expect("connect");
     let start = StartRunRequest {
         run_id: "doomed".into(),
-        config_yaml: config(&[("a", "ok", ""), ("b", "ok", "")], "[mps]", "60s"),
+        config_yaml: config(&[("a", "ok", ""), ("b", "ok", "")], "[timeslice]", "60s"),
         node: "n".into(),
     };
     client
@@ -242,7 +243,7 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
         .await
         .expect("start");
 
-    let agent_log = tmp.path().join("doomed/mps/agent.jsonl");
+    let agent_log = tmp.path().join("doomed/timeslice/agent.jsonl");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let groups = loop {
         let groups = if agent_log.exists() {

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::RunClock;
 use crate::engine::process::ExitReport;
 use crate::engine::sim_gpu::SimGpu;
-use crate::engine::{name_hash, RunningEngine};
+use crate::engine::{name_hash, EngineError, RunningEngine};
 use crate::engine_metrics;
 use crate::gpu::GpuStatus;
 use crate::host;
@@ -368,22 +368,7 @@ impl RunContext {
                 EngineState::Starting,
                 tenant.engine.kind().into(),
             ))?;
-            let started =
-                match RunningEngine::start(tenant, self.experiment.seed, gpu.clone(), &log_dir)
-                    .await
-                {
-                    Ok(engine) => match engine
-                        .wait_healthy(&tenant.name, &self.http, health_timeout(tenant))
-                        .await
-                    {
-                        Ok(()) => Ok(engine),
-                        Err(e) => {
-                            engine.stop().await;
-                            Err(e)
-                        }
-                    },
-                    Err(e) => Err(e),
-                };
+            let started = self.start_engine(tenant, gpu.clone(), &log_dir).await;
             match started {
                 Ok(engine) => {
                     let detail = match engine.pgid() {
@@ -466,8 +451,9 @@ impl RunContext {
             };
             agent.append(&engine_event(&tenant.name, EngineState::Exited, detail))?;
         }
-        if self.run.cancel.is_cancelled() && outcome.0 == TrialState::Finished {
-            outcome = (TrialState::Stopped, Some("the run was stopped".into()));
+        if self.run.cancel.is_cancelled() {
+            let reason = outcome.1.unwrap_or_else(|| "the run was stopped".into());
+            outcome = (TrialState::Stopped, Some(reason));
         }
         agent.append(&Event::Trial(TrialEvent {
             at_ns: now(),
@@ -475,6 +461,28 @@ impl RunContext {
             reason: outcome.1,
         }))?;
         agent.close()
+    }
+
+    /// Starts one engine and waits until it is healthy, its deadline passes, or the run is
+    /// stopped; an engine that does not make it is stopped again.
+    async fn start_engine(
+        &self,
+        tenant: &multitenant::config::Tenant,
+        gpu: Arc<SimGpu>,
+        log_dir: &std::path::Path,
+    ) -> Result<RunningEngine, EngineError> {
+        let engine = RunningEngine::start(tenant, self.experiment.seed, gpu, log_dir).await?;
+        let healthy = tokio::select! {
+            result = engine.wait_healthy(&tenant.name, &self.http, health_timeout(tenant)) => result,
+            () = self.run.cancel.cancelled() => Err(EngineError::Cancelled { tenant: tenant.name.clone() }),
+        };
+        match healthy {
+            Ok(()) => Ok(engine),
+            Err(e) => {
+                engine.stop().await;
+                Err(e)
+            }
+        }
     }
 
     /// Drives every tenant's workload at once, with host sampling alongside.

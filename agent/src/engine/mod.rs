@@ -74,6 +74,12 @@ pub enum EngineError {
         /// How it ended.
         report: ExitReport,
     },
+    /// The run was stopped while the engine was starting.
+    #[error("tenant {tenant}: start abandoned because the run was stopped")]
+    Cancelled {
+        /// Tenant.
+        tenant: String,
+    },
     /// The engine did not answer its health check in time.
     #[error("tenant {tenant}: {url} did not become healthy within {timeout:?}: {last_error}")]
     Unhealthy {
