@@ -3,130 +3,28 @@
 //! killed with SIGKILL. In every case no engine process is left behind and the agent's stream
 //! says what happened.
 
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use multitenant::auth::TOKEN_ENV;
-use multitenant::events::{read_stream, EngineState, Event, TrialState};
+use multitenant::events::{EngineState, TrialState};
 use multitenant::proto::v1::agent_client::AgentClient;
-use multitenant::proto::v1::{GetRunRequest, StartRunRequest};
-use nix::sys::signal::{kill, killpg, Signal};
+use multitenant::proto::v1::StartRunRequest;
+use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
+use crate::support::engines::{
+    config, engine_story, group_gone, process_groups, processes_running, run_to_end, FakeTenant,
+};
 use crate::support::{binaries, test_token, InProcessAgent};
 
-fn fake_vllm() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vllm.sh")
-}
-
-/// A config with one vllm tenant per `(name, model, extra args)`, trials in order.
-fn config(tenants: &[(&str, &str, &str)], trials: &str, duration: &str) -> String {
-    let agent_bin = binaries().0.display().to_string();
-    let mut text = format!(
-        "name: sup\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 20}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: {duration}}}\nnodes:\n  - name: n\n    trials: {trials}\n    tenants:\n"
-    );
-    for (name, model, args) in tenants {
-        text.push_str(&format!(
-            "      - {{name: {name}, workload: w, engine: {{kind: vllm, model: {model}, served_model_name: {name}, executable: {exe}, startup_timeout: 3s, kv_cache_memory_bytes: 134217728, args: [{args}], env: {{FAKE_VLLM_AGENT_BIN: {agent_bin}}}}}}}\n",
-            exe = fake_vllm().display(),
-        ));
+fn tenant<'a>(name: &'a str, model: &'a str, args: &'a str) -> FakeTenant<'a> {
+    FakeTenant {
+        name,
+        model,
+        tenant_keys: "",
+        args,
     }
-    text
-}
-
-async fn run_to_end(agent: &InProcessAgent, run_id: &str, config: &str) -> String {
-    let mut client = AgentClient::connect(agent.url.clone())
-        .await
-        .expect("connect");
-    let start = StartRunRequest {
-        run_id: run_id.into(),
-        config_yaml: config.into(),
-        node: "n".into(),
-    };
-    client
-        .start_run(
-            test_token()
-                .attach(tonic::Request::new(start))
-                .expect("attach"),
-        )
-        .await
-        .expect("start");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    loop {
-        let get = GetRunRequest {
-            run_id: run_id.into(),
-        };
-        let run = client
-            .get_run(
-                test_token()
-                    .attach(tonic::Request::new(get))
-                    .expect("attach"),
-            )
-            .await
-            .expect("get")
-            .into_inner();
-        if run.state != "running" {
-            return run.state;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "run {run_id} did not end"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// `(tenant, state, detail)` of each engine event of a trial.
-type EngineEvents = Vec<(String, EngineState, String)>;
-
-/// The engine events of a trial's agent stream, and the trial's final state and reason.
-fn engine_story(path: &Path) -> (EngineEvents, Option<(TrialState, Option<String>)>) {
-    let stream = read_stream(path).expect("agent stream");
-    let mut engines = Vec::new();
-    let mut end = None;
-    for line in stream.events {
-        match line.event {
-            Event::Engine(e) => engines.push((e.tenant, e.state, e.detail)),
-            Event::Trial(t) if t.state != TrialState::Started => end = Some((t.state, t.reason)),
-            _ => {}
-        }
-    }
-    (engines, end)
-}
-
-fn process_groups(story: &[(String, EngineState, String)]) -> Vec<i32> {
-    story
-        .iter()
-        .filter_map(|(_, _, detail)| {
-            detail
-                .split("(process group ")
-                .nth(1)?
-                .trim_end_matches(')')
-                .parse()
-                .ok()
-        })
-        .collect()
-}
-
-/// How many live processes run exactly `argv`.
-fn processes_running(argv: &[&str]) -> usize {
-    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
-    std::fs::read_dir("/proc")
-        .expect("/proc")
-        .flatten()
-        .filter(|e| {
-            e.file_name()
-                .to_string_lossy()
-                .bytes()
-                .all(|b| b.is_ascii_digit())
-        })
-        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted))
-        .count()
-}
-
-fn group_gone(pgid: i32) -> bool {
-    killpg(Pid::from_raw(pgid), None).is_err()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,7 +33,12 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
     let agent = InProcessAgent::start(tmp.path()).await;
 
     // A flag vLLM rejects: its own error line comes back, the trial is invalid, the run goes on.
-    let bad_flag = config(&[("a", "ok", "\"--bogus-flag\"")], "[timeslice]", "1s");
+    let bad_flag = config(
+        &[tenant("a", "ok", "\"--bogus-flag\"")],
+        "[timeslice]",
+        "1s",
+        "",
+    );
     assert_eq!(run_to_end(&agent, "bad-flag", &bad_flag).await, "finished");
     let (story, end) = engine_story(&tmp.path().join("bad-flag/timeslice/agent.jsonl"));
     let (_, state, detail) = story.last().expect("engine events");
@@ -148,7 +51,7 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
     assert_eq!(end.expect("end").0, TrialState::Invalid);
 
     // Never healthy: the startup deadline passes, the process group is ended.
-    let hung = config(&[("a", "never-healthy", "")], "[timeslice]", "1s");
+    let hung = config(&[tenant("a", "never-healthy", "")], "[timeslice]", "1s", "");
     assert_eq!(run_to_end(&agent, "hung", &hung).await, "finished");
     let (story, end) = engine_story(&tmp.path().join("hung/timeslice/agent.jsonl"));
     let (_, state, detail) = story.last().expect("engine events");
@@ -174,9 +77,10 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
     // Killed mid-trial: the exit is an event naming the tenant and status; the other tenant's
     // engine is stopped too, the trial is invalid, and the next trial still runs.
     let crash = config(
-        &[("a", "crash-after-2", ""), ("b", "ok", "")],
+        &[tenant("a", "crash-after-2", ""), tenant("b", "ok", "")],
         "[timeslice, solo]",
         "4s",
+        "",
     );
     assert_eq!(run_to_end(&agent, "crash", &crash).await, "finished");
     let (story, end) = engine_story(&tmp.path().join("crash/timeslice/agent.jsonl"));
@@ -231,7 +135,12 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
         .expect("connect");
     let start = StartRunRequest {
         run_id: "doomed".into(),
-        config_yaml: config(&[("a", "ok", ""), ("b", "ok", "")], "[timeslice]", "60s"),
+        config_yaml: config(
+            &[tenant("a", "ok", ""), tenant("b", "ok", "")],
+            "[timeslice]",
+            "60s",
+            "",
+        ),
         node: "n".into(),
     };
     client

@@ -29,6 +29,9 @@ pub enum Command {
         /// File holding the bearer token (first line).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// The MPS control program `mps` trials use (a name on PATH or a path).
+        #[arg(long, default_value = "nvidia-cuda-mps-control")]
+        mps_control: PathBuf,
     },
     /// Run the built-in simulated engine alone, e.g. to point an `external` tenant at it.
     SimEngine {

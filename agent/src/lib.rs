@@ -15,6 +15,7 @@ pub mod engine_metrics;
 pub mod gpu;
 pub mod host;
 pub mod loadgen;
+pub mod mps;
 pub mod recorder;
 pub mod run;
 pub mod server;
@@ -54,10 +55,12 @@ fn require_loopback(addr: SocketAddr) -> anyhow::Result<()> {
 }
 
 /// `agent serve`: serves until `shutdown`, then stops every run and waits for their records.
+/// `mps_control` is the `nvidia-cuda-mps-control` that `mps` trials use.
 /// Prints `listening on <addr>` on stdout once bound, for whoever started it.
 pub async fn serve(
     listen: SocketAddr,
     data_dir: PathBuf,
+    mps_control: PathBuf,
     token: BearerToken,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -69,7 +72,7 @@ pub async fn serve(
         .with_context(|| format!("binding {listen}"))?;
     let gpu = gpu::GpuStatus::probe();
     eprintln!("{}", gpu.describe());
-    let runs = Arc::new(run::RunManager::new(data_dir, gpu));
+    let runs = Arc::new(run::RunManager::new(data_dir, gpu, mps_control));
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}")?;

@@ -20,8 +20,9 @@ async fn main() -> ExitCode {
             listen,
             data_dir,
             token_file,
+            mps_control,
         } => match agent::load_token(token_file.as_deref()) {
-            Ok(token) => agent::serve(listen, data_dir, token, shutdown).await,
+            Ok(token) => agent::serve(listen, data_dir, mps_control, token, shutdown).await,
             Err(e) => Err(e),
         },
         Command::SimEngine {

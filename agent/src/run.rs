@@ -10,10 +10,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use multitenant::config::{Experiment, Node, Trial};
+use multitenant::config::{Engine, Experiment, Node, SharingMode, Trial};
 use multitenant::events::{
-    EngineEvent, EngineState, Event, Header, StreamKind, TenantHeader, TrialEvent, TrialState,
-    WarningEvent, SCHEMA_VERSION,
+    EngineEvent, EngineState, Event, Header, MpsEvent, MpsState, StreamKind, TenantHeader,
+    TrialEvent, TrialState, WarningEvent, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -28,6 +28,7 @@ use crate::engine_metrics;
 use crate::gpu::GpuStatus;
 use crate::host;
 use crate::loadgen::{self, client::Target, TenantLoad};
+use crate::mps::MpsDaemon;
 use crate::recorder::{RunStreams, StreamFile};
 
 /// How long an engine may take to answer its health check.
@@ -113,6 +114,7 @@ pub enum StartError {
 pub struct RunManager {
     data_dir: PathBuf,
     gpu: GpuStatus,
+    mps_control: PathBuf,
     http: reqwest::Client,
     runs: Mutex<HashMap<String, Arc<Run>>>,
     tracker: TaskTracker,
@@ -121,10 +123,13 @@ pub struct RunManager {
 
 impl RunManager {
     /// Runs will live under `data_dir`.
-    pub fn new(data_dir: PathBuf, gpu: GpuStatus) -> Self {
+    /// `mps_control` is the `nvidia-cuda-mps-control` to use for `mps` trials (a name on PATH
+    /// or a path).
+    pub fn new(data_dir: PathBuf, gpu: GpuStatus, mps_control: PathBuf) -> Self {
         Self {
             data_dir,
             gpu,
+            mps_control,
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(4096)
                 .tcp_nodelay(true)
@@ -209,6 +214,7 @@ impl RunManager {
             node,
             clock: RunClock::start(),
             gpu: self.gpu.clone(),
+            mps_control: self.mps_control.clone(),
             http: self.http.clone(),
         };
         self.tracker.spawn(async move {
@@ -232,6 +238,49 @@ fn health_timeout(tenant: &multitenant::config::Tenant) -> Duration {
         multitenant::config::Engine::Vllm(v) => v.startup_timeout,
         _ => ENGINE_HEALTH_TIMEOUT,
     }
+}
+
+/// What a tenant's engine needs under MPS: the daemon's pipe folder and its own limits.
+fn mps_client_env(
+    daemon: &MpsDaemon,
+    tenant: &multitenant::config::Tenant,
+) -> Vec<(String, String)> {
+    let mut env = daemon.client_env();
+    if let Some(pct) = tenant.mps_thread_percentage {
+        env.push(("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE".into(), pct.to_string()));
+    }
+    if let Some(limit) = &tenant.mps_pinned_memory_limit {
+        env.push(("CUDA_MPS_PINNED_DEVICE_MEM_LIMIT".into(), limit.clone()));
+    }
+    env
+}
+
+/// Checks that some process of every vLLM engine's group is an MPS client; returns the client
+/// PIDs per tenant, or which tenant is not a client.
+async fn verify_mps_clients(
+    daemon: &MpsDaemon,
+    tenants: &[&multitenant::config::Tenant],
+    engines: &[RunningEngine],
+) -> Result<String, String> {
+    let clients = daemon.client_pids().await.map_err(|e| e.to_string())?;
+    let mut found = Vec::new();
+    for (tenant, engine) in tenants.iter().zip(engines) {
+        let Some(pgid) = engine.pgid() else { continue };
+        let members = crate::engine::process::group_pids(pgid);
+        let ours: Vec<i32> = members
+            .iter()
+            .copied()
+            .filter(|p| clients.contains(p))
+            .collect();
+        if ours.is_empty() {
+            return Err(format!(
+                "the engine of {} is not an MPS client (its processes {members:?}; MPS clients {clients:?})",
+                tenant.name
+            ));
+        }
+        found.push(format!("{}: {ours:?}", tenant.name));
+    }
+    Ok(format!("MPS clients: {}", found.join(", ")))
 }
 
 /// An engine that exited during a trial: tenant, when (run clock), how.
@@ -273,6 +322,7 @@ struct RunContext {
     node: Node,
     clock: RunClock,
     gpu: GpuStatus,
+    mps_control: PathBuf,
     http: reqwest::Client,
 }
 
@@ -362,13 +412,48 @@ impl RunContext {
         let log_dir = self.run.streams.root().join(&trial.name).join("logs");
         let mut engines: Vec<RunningEngine> = Vec::new();
         let mut failure = None;
-        for tenant in &tenants {
+        let needs_mps = trial.mode == SharingMode::Mps
+            && tenants.iter().any(|t| matches!(t.engine, Engine::Vllm(_)));
+        let mut mps = None;
+        if needs_mps {
+            let key = format!("{}/{}", self.run.streams.root().display(), trial.name);
+            let log_dir = self.run.streams.root().join(&trial.name).join("mps");
+            match MpsDaemon::start(&self.mps_control, &key, &log_dir, &self.node.mps).await {
+                Ok(daemon) => {
+                    let detail = daemon
+                        .client_env()
+                        .into_iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(" ");
+                    agent.append(&Event::Mps(MpsEvent {
+                        at_ns: now(),
+                        state: MpsState::Started,
+                        detail,
+                    }))?;
+                    mps = Some(daemon);
+                }
+                Err(e) => {
+                    agent.append(&Event::Mps(MpsEvent {
+                        at_ns: now(),
+                        state: MpsState::Failed,
+                        detail: e.to_string(),
+                    }))?;
+                    failure = Some(format!("{e}; the trial was not measured"));
+                }
+            }
+        }
+        for tenant in tenants.iter().filter(|_| failure.is_none()) {
             agent.append(&engine_event(
                 &tenant.name,
                 EngineState::Starting,
                 tenant.engine.kind().into(),
             ))?;
-            let started = self.start_engine(tenant, gpu.clone(), &log_dir).await;
+            let env = mps
+                .as_ref()
+                .map(|d| mps_client_env(d, tenant))
+                .unwrap_or_default();
+            let started = self.start_engine(tenant, gpu.clone(), &log_dir, &env).await;
             match started {
                 Ok(engine) => {
                     let detail = match engine.pgid() {
@@ -390,6 +475,23 @@ impl RunContext {
             }
         }
 
+        if let (Some(daemon), None) = (&mps, &failure) {
+            match verify_mps_clients(daemon, &tenants, &engines).await {
+                Ok(detail) => agent.append(&Event::Mps(MpsEvent {
+                    at_ns: now(),
+                    state: MpsState::Verified,
+                    detail,
+                }))?,
+                Err(reason) => {
+                    agent.append(&Event::Mps(MpsEvent {
+                        at_ns: now(),
+                        state: MpsState::Failed,
+                        detail: reason.clone(),
+                    }))?;
+                    failure = Some(format!("{reason}; refusing to measure a trial that would be time-sliced, not shared under MPS"));
+                }
+            }
+        }
         let mut outcome = (TrialState::Finished, None);
         let mut died: Vec<EngineDeath> = Vec::new();
         if let Some(reason) = failure {
@@ -451,6 +553,14 @@ impl RunContext {
             };
             agent.append(&engine_event(&tenant.name, EngineState::Exited, detail))?;
         }
+        if let Some(daemon) = mps {
+            let report = daemon.quit().await;
+            agent.append(&Event::Mps(MpsEvent {
+                at_ns: now(),
+                state: MpsState::Stopped,
+                detail: report.status,
+            }))?;
+        }
         if self.run.cancel.is_cancelled() {
             let reason = outcome.1.unwrap_or_else(|| "the run was stopped".into());
             outcome = (TrialState::Stopped, Some(reason));
@@ -470,8 +580,9 @@ impl RunContext {
         tenant: &multitenant::config::Tenant,
         gpu: Arc<SimGpu>,
         log_dir: &std::path::Path,
+        env: &[(String, String)],
     ) -> Result<RunningEngine, EngineError> {
-        let engine = RunningEngine::start(tenant, self.experiment.seed, gpu, log_dir).await?;
+        let engine = RunningEngine::start(tenant, self.experiment.seed, gpu, log_dir, env).await?;
         let healthy = tokio::select! {
             result = engine.wait_healthy(&tenant.name, &self.http, health_timeout(tenant)) => result,
             () = self.run.cancel.cancelled() => Err(EngineError::Cancelled { tenant: tenant.name.clone() }),

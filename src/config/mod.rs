@@ -155,6 +155,8 @@ pub struct Node {
     pub trials: Vec<TrialKind>,
     /// How simulated tenants on this node's one simulated GPU slow each other down.
     pub sim_gpu: SimGpu,
+    /// MPS daemon settings for `mps` trials.
+    pub mps: MpsSettings,
     /// Tenants, in file order (also the order engines start in).
     pub tenants: Vec<Tenant>,
 }
@@ -240,6 +242,18 @@ pub struct Tenant {
     pub workload: String,
     /// Loopback port for engines the agent starts; `None` picks a free one.
     pub port: Option<u16>,
+    /// Under MPS: the share of SMs this tenant's kernels may use (1–100), set as
+    /// `CUDA_MPS_ACTIVE_THREAD_PERCENTAGE`.
+    pub mps_thread_percentage: Option<u32>,
+    /// Under MPS: its device memory cap, `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` syntax (`0=16G`).
+    pub mps_pinned_memory_limit: Option<String>,
+}
+
+/// Settings of a node's MPS daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct MpsSettings {
+    /// `set_default_active_thread_percentage`, issued before the first client.
+    pub default_active_thread_percentage: Option<u32>,
 }
 
 /// An engine serving one tenant.

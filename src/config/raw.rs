@@ -63,7 +63,14 @@ pub struct RawNode {
     pub accelerators: Option<String>,
     pub trials: Option<Vec<String>>,
     pub sim_gpu: Option<RawSimGpu>,
+    pub mps: Option<RawMps>,
     pub tenants: Option<Vec<RawTenant>>,
+}
+
+/// `mps:` of a node: settings of the MPS daemon for `mps` trials.
+#[derive(Debug, Deserialize)]
+pub struct RawMps {
+    pub default_active_thread_percentage: Option<f64>,
 }
 
 /// `sim_gpu:` of a node: how simulated tenants slow each other down.
@@ -79,6 +86,8 @@ pub struct RawTenant {
     pub engine: Option<RawEngine>,
     pub workload: Option<String>,
     pub port: Option<i64>,
+    pub mps_thread_percentage: Option<f64>,
+    pub mps_pinned_memory_limit: Option<String>,
 }
 
 /// `engine:` of a tenant.

@@ -56,6 +56,19 @@ pub(super) fn parse_and_validate(text: &str, origin: &str) -> Result<Experiment,
     }
 }
 
+/// Whether `limit` has the `CUDA_MPS_PINNED_DEVICE_MEM_LIMIT` form `dev=size[,dev=size…]`,
+/// size a whole number with an optional K, M or G.
+fn is_pinned_limit(limit: &str) -> bool {
+    limit.split(',').all(|part| {
+        let Some((device, size)) = part.split_once('=') else {
+            return false;
+        };
+        let digits = size.trim_end_matches(['K', 'M', 'G']);
+        let is_number = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        is_number(device) && is_number(digits) && size.len() - digits.len() <= 1
+    })
+}
+
 /// The keys only a vllm engine takes, among those set.
 fn vllm_only_keys(raw: &RawEngine) -> impl Iterator<Item = &'static str> {
     [
@@ -449,13 +462,6 @@ impl Checker {
             }
             tenants.push(tenant);
         }
-        let has_vllm = tenants.iter().any(|t| matches!(t.engine, Engine::Vllm(_)));
-        if has_vllm && trials.as_ref().is_some_and(|t| t.contains(&TrialKind::Mps)) {
-            self.problem(
-                &join(path, "trials"),
-                "an mps trial with vllm engines needs MPS control, which this version does not have yet; use solo or timeslice",
-            );
-        }
         let fractions: Vec<(String, f64)> = tenants
             .iter()
             .filter_map(|t| match &t.engine {
@@ -474,11 +480,17 @@ impl Checker {
                 format!("gpu_memory_fraction of the tenants sums to {total:.2} (> 1.0): {}; lower them so they fit on one GPU", parts.join(" + ")),
             );
         }
+        let default_pct_path = join(path, "mps.default_active_thread_percentage");
+        let default_pct = raw.mps.and_then(|m| m.default_active_thread_percentage);
+        let mps = MpsSettings {
+            default_active_thread_percentage: self.percentage(default_pct, &default_pct_path)?,
+        };
         Some(Node {
             name: name?,
             accelerators: raw.accelerators,
             trials: trials?,
             sim_gpu,
+            mps,
             tenants,
         })
     }
@@ -550,11 +562,29 @@ impl Checker {
                 "an external engine's port is part of its url",
             );
         }
+        let pct_path = join(path, "mps_thread_percentage");
+        let mps_thread_percentage = self.percentage(raw.mps_thread_percentage, &pct_path);
+        let limit_path = join(path, "mps_pinned_memory_limit");
+        let mps_pinned_memory_limit = match raw.mps_pinned_memory_limit {
+            Some(limit) if !is_pinned_limit(&limit) => {
+                self.problem(&limit_path, format!("{limit:?} is not a device memory limit: write e.g. \"0=16G\" or \"0=16G,1=8G\""));
+                None
+            }
+            other => Some(other),
+        };
+        let is_vllm = matches!(engine, Some(Engine::Vllm(_)));
+        let mps_set = matches!(mps_thread_percentage, Some(Some(_)))
+            || matches!(mps_pinned_memory_limit, Some(Some(_)));
+        if mps_set && !is_vllm && engine.is_some() {
+            self.problem(path, "MPS limits apply only to vllm tenants (other engines do not use the GPU through CUDA)");
+        }
         Some(Tenant {
             name: name?,
             engine: engine?,
             workload: workload?,
             port: port?,
+            mps_thread_percentage: mps_thread_percentage?,
+            mps_pinned_memory_limit: mps_pinned_memory_limit?,
         })
     }
 
@@ -626,6 +656,21 @@ impl Checker {
                 self.problem(
                     &join(path, "kind"),
                     format!("{other:?} is not an engine kind: use simulated, vllm or external"),
+                );
+                None
+            }
+        }
+    }
+
+    /// An optional whole percentage in 1..=100: `Some(None)` when absent, `None` when invalid.
+    fn percentage(&mut self, value: Option<f64>, path: &str) -> Option<Option<u32>> {
+        match value {
+            None => Some(None),
+            Some(v) if v.fract() == 0.0 && (1.0..=100.0).contains(&v) => Some(Some(v as u32)),
+            Some(v) => {
+                self.problem(
+                    path,
+                    format!("a thread percentage is a whole number in 1..=100, got {v}"),
                 );
                 None
             }
@@ -859,9 +904,9 @@ nodes:
   - name: n
     trials: [solo, mps]
     tenants:
-      - {name: a, workload: w, engine: {kind: vllm, model: m1, gpu_memory_fraction: 0.6}}
+      - {name: a, workload: w, mps_thread_percentage: 50, engine: {kind: vllm, model: m1, gpu_memory_fraction: 0.6}}
       - {name: b, workload: w, engine: {kind: vllm, model: m2, gpu_memory_fraction: 0.5, args: ["--port=9"]}}
-      - {name: c, workload: w, engine: {kind: vllm, model: m3, gpu_memory_fraction: 0.1, kv_cache_memory_bytes: 8}}
+      - {name: c, workload: w, mps_thread_percentage: 150, mps_pinned_memory_limit: "0=16Q", engine: {kind: vllm, model: m3, gpu_memory_fraction: 0.1, kv_cache_memory_bytes: 8}}
       - {name: d, workload: w, engine: {kind: simulated, args: ["x"]}}
 "#;
         let err = Experiment::from_yaml(text, "v.yaml").expect_err("invalid");
@@ -871,16 +916,28 @@ nodes:
             "nodes[0].tenants: gpu_memory_fraction of the tenants sums to 1.10 (> 1.0): a 0.6 + b 0.5",
             "nodes[0].tenants[2].engine: give gpu_memory_fraction or kv_cache_memory_bytes, not both",
             "nodes[0].tenants[3].engine.args: `args` applies only to a vllm engine",
-            "nodes[0].trials: an mps trial with vllm engines needs MPS control",
+            "nodes[0].tenants[2].mps_thread_percentage: a thread percentage is a whole number in 1..=100, got 150",
+            "nodes[0].tenants[2].mps_pinned_memory_limit: \"0=16Q\" is not a device memory limit",
         ] {
             assert!(shown.contains(expected), "{expected:?} missing from:\n{shown}");
         }
         let ok = text
-            .replace("[solo, mps]", "[solo, timeslice]")
+            .replace(
+                "150, mps_pinned_memory_limit: \"0=16Q\"",
+                "25, mps_pinned_memory_limit: \"0=16G,1=512M\"",
+            )
             .replace("0.5, args: [\"--port=9\"]", "0.3")
             .replace(", kv_cache_memory_bytes: 8", "")
             .replace(", args: [\"x\"]", "");
         let e = Experiment::from_yaml(&ok, "v.yaml").expect("valid");
+        let c = &e.nodes[0].tenants[2];
+        assert_eq!(
+            (
+                c.mps_thread_percentage,
+                c.mps_pinned_memory_limit.as_deref()
+            ),
+            (Some(25), Some("0=16G,1=512M"))
+        );
         let Engine::Vllm(v) = &e.nodes[0].tenants[0].engine else {
             panic!("vllm engine expected")
         };

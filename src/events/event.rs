@@ -36,6 +36,8 @@ pub enum Event {
     HostSample(HostSample),
     /// A scrape of an engine's Prometheus `/metrics`.
     EngineMetrics(EngineMetrics),
+    /// The MPS daemon of a trial changed state.
+    Mps(MpsEvent),
 }
 
 /// What stream a file holds.
@@ -271,6 +273,31 @@ pub struct EngineEvent {
     /// New state.
     pub state: EngineState,
     /// Base URL, exit status or error, as fits.
+    pub detail: String,
+}
+
+/// State of a trial's MPS daemon.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MpsState {
+    /// The daemon answers; its defaults are set.
+    Started,
+    /// Every engine was found among the MPS clients.
+    Verified,
+    /// The daemon could not be used; the trial is not measured.
+    Failed,
+    /// The daemon quit.
+    Stopped,
+}
+
+/// An MPS daemon state change.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MpsEvent {
+    /// When.
+    pub at_ns: u64,
+    /// New state.
+    pub state: MpsState,
+    /// Pipe directory, client PIDs per tenant, or the error.
     pub detail: String,
 }
 

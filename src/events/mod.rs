@@ -17,7 +17,7 @@
 //!   `tenant` (name, model, engine kind, workload, API, arrival, offered rate, streaming).
 //! - `request`: one finished request, see [`RequestEvent`].
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`.
-//! - `trial`, `engine`, `warning`, `host_sample`, `engine_metrics`: lifecycle and samples, see
+//! - `trial`, `engine`, `mps`, `warning`, `host_sample`, `engine_metrics`: lifecycle and samples, see
 //!   [`Event`].
 //!
 //! All times are nanoseconds on the node's monotonic clock since the run's zero (`*_ns`), so

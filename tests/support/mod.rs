@@ -1,6 +1,8 @@
 //! Helpers that read as specs: a simulated engine at port 0, an agent in this process, the
 //! built binaries, a TCP proxy whose connections a test can cut, and a tenant load to drive.
 
+pub mod engines;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -135,13 +137,22 @@ pub struct InProcessAgent {
 }
 
 impl InProcessAgent {
-    /// Starts one writing into `data_dir`.
+    /// Starts one writing into `data_dir`, with the stand-in MPS control of
+    /// tests/fixtures/fake-mps-control.sh.
     pub async fn start(data_dir: &Path) -> Self {
+        let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-mps-control.sh");
+        Self::start_with_mps_control(data_dir, &fake.display().to_string()).await
+    }
+
+    /// Starts one writing into `data_dir` whose `mps` trials use `mps_control`.
+    pub async fn start_with_mps_control(data_dir: &Path, mps_control: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
+        let gpu = GpuStatus::Unavailable("tests run without a GPU".into());
         let runs = Arc::new(RunManager::new(
             data_dir.to_owned(),
-            GpuStatus::Unavailable("tests run without a GPU".into()),
+            gpu,
+            mps_control.into(),
         ));
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();

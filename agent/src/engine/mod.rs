@@ -145,15 +145,17 @@ pub struct RunningEngine {
 impl RunningEngine {
     /// Brings up `tenant`'s engine. Simulated engines share `gpu`, which models the trial's
     /// sharing mode; their seed is derived from the experiment seed and the tenant name.
-    /// Engine processes log to `<log_dir>/<tenant>.log`.
+    /// Engine processes log to `<log_dir>/<tenant>.log` and get `extra_env` (e.g. the MPS pipe
+    /// directory) after their configured environment.
     pub async fn start(
         tenant: &Tenant,
         seed: u64,
         gpu: Arc<SimGpu>,
         log_dir: &Path,
+        extra_env: &[(String, String)],
     ) -> Result<Self, EngineError> {
         match &tenant.engine {
-            Engine::Vllm(vllm) => start_vllm(tenant, vllm, log_dir).await,
+            Engine::Vllm(vllm) => start_vllm(tenant, vllm, log_dir, extra_env).await,
             Engine::Simulated {
                 model,
                 timing,
@@ -295,9 +297,10 @@ async fn start_vllm(
     tenant: &Tenant,
     vllm: &VllmEngine,
     log_dir: &Path,
+    extra_env: &[(String, String)],
 ) -> Result<RunningEngine, EngineError> {
     let name = tenant.name.clone();
-    if !executable_exists(&vllm.executable) {
+    if find_executable(&vllm.executable).is_none() {
         return Err(EngineError::NotFound {
             tenant: name,
             executable: vllm.executable.clone(),
@@ -351,6 +354,7 @@ async fn start_vllm(
         ("DO_NOT_TRACK".into(), "1".into()),
     ];
     env.extend(vllm.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(extra_env.iter().cloned());
     let log = log_dir.join(format!("{name}.log"));
     let process = EngineProcess::spawn(&vllm.executable, &args, &env, &log).map_err(|source| {
         EngineError::Spawn {
@@ -365,16 +369,20 @@ async fn start_vllm(
     })
 }
 
-/// Whether `name` is a path to a file, or a file on PATH.
-fn executable_exists(name: &str) -> bool {
+/// The file `name` names: itself if it contains a `/`, else the first match on PATH.
+pub fn find_executable(name: &str) -> Option<std::path::PathBuf> {
     if name.contains('/') {
-        return Path::new(name).is_file();
+        return Path::new(name)
+            .is_file()
+            .then(|| Path::new(name).to_owned());
     }
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
+    let paths = std::env::var_os("PATH")?;
+    std::env::split_paths(&paths)
+        .map(|dir| dir.join(name))
+        .find(|p| p.is_file())
 }
 
-/// FNV-1a of a name, to give each tenant its own seed stream.
+/// FNV-1a of a name: a stable seed or key derived from it.
 pub fn name_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)

@@ -167,6 +167,31 @@ impl EngineProcess {
     }
 }
 
+/// PIDs of the live processes in group `pgid`, from `/proc/<pid>/stat` (field 5).
+pub fn group_pids(pgid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut pids: Vec<i32> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // The command name may hold spaces and parentheses: fields start after the last ')'.
+            let fields = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+            fields
+                .split_whitespace()
+                .nth(2)
+                .and_then(|g| g.parse::<i32>().ok())
+                == Some(pgid)
+        })
+        .collect();
+    pids.sort_unstable();
+    pids
+}
+
 /// Whether any process of group `pgid` is left (signal 0 probes without signalling).
 pub fn group_alive(pgid: Pid) -> bool {
     killpg(pgid, None).is_ok()
@@ -239,6 +264,11 @@ mod tests {
         let pgid = engine.pgid;
         tokio::time::sleep(Duration::from_millis(200)).await;
         assert!(group_alive(pgid));
+        let members = group_pids(pgid.as_raw());
+        assert!(
+            members.contains(&pgid.as_raw()) && members.len() >= 4,
+            "guard, watcher, engine, children: {members:?}"
+        );
         let started = std::time::Instant::now();
         let report = engine.stop().await;
         assert!(!group_alive(pgid), "a process of the group survived");

@@ -1,0 +1,149 @@
+//! Helpers for tests that run engine processes through an in-process agent, with the stand-in
+//! `vllm` of tests/fixtures/fake-vllm.sh.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use multitenant::events::{read_stream, EngineState, Event, TrialState};
+use multitenant::proto::v1::agent_client::AgentClient;
+use multitenant::proto::v1::{GetRunRequest, StartRunRequest};
+use nix::sys::signal::killpg;
+use nix::unistd::Pid;
+
+use super::{binaries, test_token, InProcessAgent};
+
+/// One fake-vllm tenant of [`config`].
+pub struct FakeTenant<'a> {
+    /// Tenant name (also its served model name).
+    pub name: &'a str,
+    /// Model, which picks the stand-in's behaviour (`ok`, `never-healthy`, `crash-after-N`,
+    /// `no-mps-client`).
+    pub model: &'a str,
+    /// Extra YAML keys of the tenant, e.g. `mps_thread_percentage: 60, ` (with a trailing
+    /// comma and space), or "".
+    pub tenant_keys: &'a str,
+    /// Items of `engine.args`, e.g. `"--bogus"`, or "".
+    pub args: &'a str,
+}
+
+fn fake_vllm() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vllm.sh")
+}
+
+/// A one-node config (node `n`) of fake-vllm tenants at 20 requests/s; `node_keys` are extra
+/// YAML keys of the node, like `mps: {default_active_thread_percentage: 50}`, or "".
+pub fn config(tenants: &[FakeTenant<'_>], trials: &str, duration: &str, node_keys: &str) -> String {
+    let agent_bin = binaries().0.display().to_string();
+    let mut text = format!(
+        "name: sup\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 20}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: {duration}}}\nnodes:\n  - name: n\n    trials: {trials}\n    {node_keys}\n    tenants:\n"
+    );
+    for t in tenants {
+        text.push_str(&format!(
+            "      - {{name: {name}, workload: w, {keys}engine: {{kind: vllm, model: {model}, served_model_name: {name}, executable: {exe}, startup_timeout: 3s, kv_cache_memory_bytes: 134217728, args: [{args}], env: {{FAKE_VLLM_AGENT_BIN: {agent_bin}}}}}}}\n",
+            name = t.name,
+            keys = t.tenant_keys,
+            model = t.model,
+            args = t.args,
+            exe = fake_vllm().display(),
+        ));
+    }
+    text
+}
+
+/// Starts run `run_id` of node `n` and waits (at most 90 s) until it is no longer running;
+/// returns its final state.
+pub async fn run_to_end(agent: &InProcessAgent, run_id: &str, config: &str) -> String {
+    let mut client = AgentClient::connect(agent.url.clone())
+        .await
+        .expect("connect");
+    let start = StartRunRequest {
+        run_id: run_id.into(),
+        config_yaml: config.into(),
+        node: "n".into(),
+    };
+    client
+        .start_run(
+            test_token()
+                .attach(tonic::Request::new(start))
+                .expect("attach"),
+        )
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    loop {
+        let get = GetRunRequest {
+            run_id: run_id.into(),
+        };
+        let run = client
+            .get_run(
+                test_token()
+                    .attach(tonic::Request::new(get))
+                    .expect("attach"),
+            )
+            .await
+            .expect("get")
+            .into_inner();
+        if run.state != "running" {
+            return run.state;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "run {run_id} did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `(tenant, state, detail)` of each engine event of a trial.
+pub type EngineEvents = Vec<(String, EngineState, String)>;
+
+/// The engine events of a trial's agent stream, and the trial's final state and reason.
+pub fn engine_story(path: &Path) -> (EngineEvents, Option<(TrialState, Option<String>)>) {
+    let stream = read_stream(path).expect("agent stream");
+    let mut engines = Vec::new();
+    let mut end = None;
+    for line in stream.events {
+        match line.event {
+            Event::Engine(e) => engines.push((e.tenant, e.state, e.detail)),
+            Event::Trial(t) if t.state != TrialState::Started => end = Some((t.state, t.reason)),
+            _ => {}
+        }
+    }
+    (engines, end)
+}
+
+/// The process groups named in `Ready` engine events.
+pub fn process_groups(story: &[(String, EngineState, String)]) -> Vec<i32> {
+    story
+        .iter()
+        .filter_map(|(_, _, detail)| {
+            detail
+                .split("(process group ")
+                .nth(1)?
+                .trim_end_matches(')')
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// How many live processes run exactly `argv`.
+pub fn processes_running(argv: &[&str]) -> usize {
+    let wanted: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0])).collect();
+    std::fs::read_dir("/proc")
+        .expect("/proc")
+        .flatten()
+        .filter(|e| {
+            e.file_name()
+                .to_string_lossy()
+                .bytes()
+                .all(|b| b.is_ascii_digit())
+        })
+        .filter(|e| std::fs::read(e.path().join("cmdline")).is_ok_and(|c| c == wanted))
+        .count()
+}
+
+/// Whether no process of group `pgid` is left.
+pub fn group_gone(pgid: i32) -> bool {
+    killpg(Pid::from_raw(pgid), None).is_err()
+}
