@@ -9,7 +9,10 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::config::SharingMode;
-use crate::events::{read_stream, EngineMetrics, Event, ReadError, StreamKind, TrialState};
+use crate::events::{
+    read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TrialState,
+};
+use crate::metrics::gpu::{self, GpuTrialSummary};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
 
 /// Version of the summary.json layout.
@@ -59,6 +62,12 @@ pub struct TrialSummary {
     pub aggregate_output_tokens_per_s: Option<f64>,
     /// As above, with prompt tokens added.
     pub aggregate_total_tokens_per_s: Option<f64>,
+    /// Per GPU over the same window, from NVML (empty without NVML).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpus: Vec<GpuTrialSummary>,
+    /// Energy of every GPU over the window / Σ output tokens, J; only when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_per_output_token_j: Option<f64>,
 }
 
 /// One tenant in one trial.
@@ -242,6 +251,27 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         });
     }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
+    let gpu_path = trial_dir.join("gpu.jsonl");
+    let gpus = match (merged_window, gpu_path.is_file()) {
+        (Some(window), true) => {
+            let stream = read_stream(&gpu_path)?;
+            summary.warnings.extend(stream.warnings.iter().cloned());
+            let samples: Vec<GpuSample> = stream
+                .events
+                .into_iter()
+                .filter_map(|l| match l.event {
+                    Event::GpuSample(s) => Some(s),
+                    _ => None,
+                })
+                .collect();
+            gpu::summarize(&samples, window)
+        }
+        _ => Vec::new(),
+    };
+    let energy: Option<f64> = gpus.iter().map(|g| g.energy_j).sum();
+    let energy_per_output_token_j = energy
+        .filter(|_| !gpus.is_empty() && output_tokens > 0)
+        .map(|j| j / output_tokens as f64);
     let per_s = |tokens: u64| window_s.filter(|_| tokens > 0).map(|w| tokens as f64 / w);
     Ok(TrialSummary {
         trial,
@@ -251,6 +281,8 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         tenants,
         aggregate_output_tokens_per_s: per_s(output_tokens),
         aggregate_total_tokens_per_s: per_s(total_tokens),
+        gpus,
+        energy_per_output_token_j,
     })
 }
 
@@ -331,13 +363,18 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?.into_iter().filter(|p| p.is_dir()).collect())
 }
 
-/// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl` and engine scrapes
-/// are read apart).
+/// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl`, `gpu.jsonl` and
+/// engine scrapes are read apart).
 fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .filter(|p| !matches!(file_name(p).as_str(), "agent.jsonl" | "host.jsonl"))
+        .filter(|p| {
+            !matches!(
+                file_name(p).as_str(),
+                "agent.jsonl" | "host.jsonl" | "gpu.jsonl"
+            )
+        })
         .filter(|p| !file_name(p).ends_with(".engine.jsonl"))
         .collect())
 }

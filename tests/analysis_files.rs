@@ -232,6 +232,28 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
         })],
     );
 
+    // GPU 0 used 100 J per second: over the window 0 to 1.201 s that is 120.1 J, or
+    // 120.1 / 22 J per output token. A sample after the window does not enter the means.
+    let gpu = |at_ms: u64, energy_mj: u64, util: u32| {
+        Event::GpuSample(GpuSample {
+            at_ns: at_ms * 1_000_000,
+            gpu: 0,
+            utilization_gpu_pct: Some(util),
+            energy_mj: Some(energy_mj),
+            power_mw: Some(100_000),
+            ..GpuSample::default()
+        })
+    };
+    write_stream(
+        &trial.join("gpu.jsonl"),
+        header(StreamKind::Gpu, None),
+        &[
+            gpu(0, 0, 40),
+            gpu(1000, 100_000, 60),
+            gpu(2000, 200_000, 99),
+        ],
+    );
+
     let s = analyze_dir(tmp.path()).expect("analyze");
     assert!(s.simulated);
     let t = &s.nodes[0].trials[0];
@@ -272,6 +294,13 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
         (0, None, None, None)
     );
     assert!((t.aggregate_output_tokens_per_s.expect("aggregate") - 22.0 / 1.201).abs() < 1e-9);
+    let g = &t.gpus[0];
+    assert_eq!(
+        (g.samples, g.utilization_mean_pct, g.power_mean_w),
+        (2, Some(50.0), Some(100.0))
+    );
+    assert!((g.energy_j.expect("energy") - 120.1).abs() < 1e-9);
+    assert!((t.energy_per_output_token_j.expect("J/token") - 120.1 / 22.0).abs() < 1e-9);
     assert!(
         s.warnings
             .iter()

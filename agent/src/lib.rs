@@ -70,8 +70,8 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
-    let gpu = gpu::GpuStatus::probe();
-    eprintln!("{}", gpu.describe());
+    let gpu = gpu::NodeGpus::probe();
+    eprintln!("{}", gpu.status.describe());
     let runs = Arc::new(run::RunManager::new(data_dir, gpu, mps_control));
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout();

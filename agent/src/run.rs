@@ -25,7 +25,7 @@ use crate::engine::process::ExitReport;
 use crate::engine::sim_gpu::SimGpu;
 use crate::engine::{name_hash, EngineError, RunningEngine};
 use crate::engine_metrics;
-use crate::gpu::GpuStatus;
+use crate::gpu::{self, GpuStatus, NodeGpus};
 use crate::host;
 use crate::loadgen::{self, client::Target, TenantLoad};
 use crate::mps::MpsDaemon;
@@ -35,6 +35,8 @@ use crate::recorder::{RunStreams, StreamFile};
 const ENGINE_HEALTH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Host sampling interval.
 const HOST_INTERVAL: Duration = Duration::from_secs(1);
+/// GPU sampling interval (NVML's utilization window is up to 1 s, so faster mostly re-reads).
+const GPU_INTERVAL: Duration = Duration::from_secs(1);
 /// How often engines' `/metrics` are scraped.
 const ENGINE_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -113,7 +115,7 @@ pub enum StartError {
 /// All runs of this agent.
 pub struct RunManager {
     data_dir: PathBuf,
-    gpu: GpuStatus,
+    gpu: NodeGpus,
     mps_control: PathBuf,
     http: reqwest::Client,
     runs: Mutex<HashMap<String, Arc<Run>>>,
@@ -125,7 +127,7 @@ impl RunManager {
     /// Runs will live under `data_dir`.
     /// `mps_control` is the `nvidia-cuda-mps-control` to use for `mps` trials (a name on PATH
     /// or a path).
-    pub fn new(data_dir: PathBuf, gpu: GpuStatus, mps_control: PathBuf) -> Self {
+    pub fn new(data_dir: PathBuf, gpu: NodeGpus, mps_control: PathBuf) -> Self {
         Self {
             data_dir,
             gpu,
@@ -143,7 +145,7 @@ impl RunManager {
 
     /// What the agent knows of its GPUs.
     pub fn gpu(&self) -> &GpuStatus {
-        &self.gpu
+        &self.gpu.status
     }
 
     /// The run `id`, if this agent has it.
@@ -321,7 +323,7 @@ struct RunContext {
     experiment: Experiment,
     node: Node,
     clock: RunClock,
-    gpu: GpuStatus,
+    gpu: NodeGpus,
     mps_control: PathBuf,
     http: reqwest::Client,
 }
@@ -393,7 +395,7 @@ impl RunContext {
             state: TrialState::Started,
             reason: None,
         }))?;
-        if let GpuStatus::Unavailable(reason) = &self.gpu {
+        if let GpuStatus::Unavailable(reason) = &self.gpu.status {
             agent.append(&Event::Warning(WarningEvent {
                 at_ns: now(),
                 message: format!("GPU sampling is off: {reason}"),
@@ -661,6 +663,23 @@ impl RunContext {
                 cancel.clone(),
             )));
         }
+        let gpu_sampler = match &self.gpu.nvml {
+            Some(nvml) => {
+                let header = self.header(trial, StreamKind::Gpu, false, None);
+                let stream = self
+                    .run
+                    .streams
+                    .create(&format!("{}/gpu.jsonl", trial.name), header)?;
+                Some(tokio::spawn(gpu::sample(
+                    nvml.clone(),
+                    stream,
+                    self.clock,
+                    GPU_INTERVAL,
+                    stop_sampling.clone(),
+                )))
+            }
+            None => None,
+        };
         let stop_scraping = CancellationToken::new();
         let mut scrapers = Vec::new();
         for (tenant, engine) in tenants.iter().zip(engines) {
@@ -691,6 +710,9 @@ impl RunContext {
         stop_sampling.cancel();
         stop_scraping.cancel();
         let _ = sampler.await;
+        if let Some(gpu_sampler) = gpu_sampler {
+            let _ = gpu_sampler.await;
+        }
         for scraper in scrapers {
             let _ = scraper.await;
         }

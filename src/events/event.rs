@@ -38,6 +38,8 @@ pub enum Event {
     EngineMetrics(EngineMetrics),
     /// The MPS daemon of a trial changed state.
     Mps(MpsEvent),
+    /// A sample of one GPU through NVML.
+    GpuSample(GpuSample),
 }
 
 /// What stream a file holds.
@@ -52,6 +54,8 @@ pub enum StreamKind {
     Host,
     /// Scrapes of one tenant engine's `/metrics`.
     EngineMetrics,
+    /// NVML samples of the node's GPUs.
+    Gpu,
 }
 
 /// The header line.
@@ -274,6 +278,75 @@ pub struct EngineEvent {
     pub state: EngineState,
     /// Base URL, exit status or error, as fits.
     pub detail: String,
+}
+
+/// One GPU, sampled through NVML. Every figure NVML could not give is absent, never zero.
+/// `utilization_gpu_pct` is a duty cycle (some kernel was running), not how busy the SMs were:
+/// the `gpm_*` figures (Hopper and newer) say that.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct GpuSample {
+    /// When.
+    pub at_ns: u64,
+    /// NVML device index.
+    pub gpu: u32,
+    /// % of the last sample period in which a kernel ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_gpu_pct: Option<u32>,
+    /// % of the last sample period in which device memory was read or written.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_memory_pct: Option<u32>,
+    /// Device memory in use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    /// Device memory in all.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+    /// Power draw (a 1 s average on Ampere and newer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub power_mw: Option<u32>,
+    /// Energy counter since the driver loaded; differences give energy over a window.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub energy_mj: Option<u64>,
+    /// SM clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sm_clock_mhz: Option<u32>,
+    /// Memory clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_clock_mhz: Option<u32>,
+    /// GPU die temperature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature_c: Option<u32>,
+    /// Why clocks are held back, NVML's bitmask (0 = not throttled).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttle_reasons: Option<u64>,
+    /// Compute processes and their device memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub processes: Vec<GpuProcess>,
+    /// MPS client processes and their device memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mps_processes: Vec<GpuProcess>,
+    /// GPM: % of time SMs had a warp resident, over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpm_sm_util_pct: Option<f64>,
+    /// GPM: resident warps / maximum, over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpm_sm_occupancy_pct: Option<f64>,
+    /// GPM: tensor pipes' activity, over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpm_tensor_util_pct: Option<f64>,
+    /// GPM: DRAM bandwidth used, % of peak, over the last interval.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpm_dram_bw_util_pct: Option<f64>,
+}
+
+/// A process on a GPU.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuProcess {
+    /// Host PID.
+    pub pid: u32,
+    /// Device memory it uses, when NVML knows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_bytes: Option<u64>,
 }
 
 /// State of a trial's MPS daemon.

@@ -3,22 +3,23 @@
 //! # Files
 //! One file per stream, under `<trial>/` of a node's folder: `<tenant>.jsonl` (request events of
 //! one tenant), `agent.jsonl` (trial, engine and phase lifecycle, warnings), `host.jsonl`
-//! (host samples) and, for engines with a Prometheus endpoint, `<tenant>.engine.jsonl`
-//! (scrapes of its `/metrics`).
+//! (host samples), `gpu.jsonl` (NVML samples, only where NVML works) and, for engines with a
+//! Prometheus endpoint, `<tenant>.engine.jsonl` (scrapes of its `/metrics`).
 //!
 //! # Lines
 //! Every line is one JSON object ending in `\n`, with a `seq` (the line's index in its file, the
 //! header being 0) and a `type`:
 //!
 //! - `header` (line 0 only): `schema_version` (`"MAJOR.MINOR"`), `tool_version`, `experiment`,
-//!   `run_id`, `node`, `trial`, `mode` (`solo|mps|timeslice`), `stream` (`tenant|agent|host|engine_metrics`),
-//!   `zero_wall_ns` (UTC wall-clock nanoseconds of the run's monotonic zero), `simulated`
+//!   `run_id`, `node`, `trial`, `mode` (`solo|mps|timeslice`), `stream`
+//!   (`tenant|agent|host|gpu|engine_metrics`), `zero_wall_ns` (UTC wall-clock nanoseconds of
+//!   the run's monotonic zero), `simulated`
 //!   (whether anything in the stream comes from the simulated engine) and, for tenant streams,
 //!   `tenant` (name, model, engine kind, workload, API, arrival, offered rate, streaming).
 //! - `request`: one finished request, see [`RequestEvent`].
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`.
-//! - `trial`, `engine`, `mps`, `warning`, `host_sample`, `engine_metrics`: lifecycle and samples, see
-//!   [`Event`].
+//! - `trial`, `engine`, `mps`, `warning`, `host_sample`, `gpu_sample`, `engine_metrics`: lifecycle
+//!   and samples, see [`Event`].
 //!
 //! All times are nanoseconds on the node's monotonic clock since the run's zero (`*_ns`), so
 //! differences between any two times of one node are exact; `chunk_gaps_us` are microseconds.

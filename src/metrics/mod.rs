@@ -4,6 +4,7 @@
 //! tenants and nodes, percentiles are never averaged. A metric with no samples is `None`, never
 //! zero.
 
+pub mod gpu;
 mod histogram;
 mod tenant;
 

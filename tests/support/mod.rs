@@ -11,7 +11,7 @@ use std::time::Duration;
 use agent::clock::RunClock;
 use agent::engine::sim_gpu::SimGpu;
 use agent::engine::simulated::{SimEngine, SimEngineConfig};
-use agent::gpu::GpuStatus;
+use agent::gpu::NodeGpus;
 use agent::loadgen::client::Target;
 use agent::loadgen::{self, LoadReport, TenantLoad};
 use agent::recorder::RunStreams;
@@ -148,7 +148,7 @@ impl InProcessAgent {
     pub async fn start_with_mps_control(data_dir: &Path, mps_control: &str) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
-        let gpu = GpuStatus::Unavailable("tests run without a GPU".into());
+        let gpu = NodeGpus::unavailable("tests run without a GPU");
         let runs = Arc::new(RunManager::new(
             data_dir.to_owned(),
             gpu,
