@@ -33,6 +33,19 @@ pub enum Command {
         #[arg(long, default_value = "nvidia-cuda-mps-control")]
         mps_control: PathBuf,
     },
+    /// Check what this node has (GPUs, driver, compute mode, MPS, vLLM, disk, memory) and which
+    /// sharing modes it can run; one line per check.
+    Doctor {
+        /// The vLLM executable to check (a name on PATH or a path).
+        #[arg(long, default_value = "vllm")]
+        vllm: String,
+        /// The MPS control program to check.
+        #[arg(long, default_value = "nvidia-cuda-mps-control")]
+        mps_control: String,
+        /// Where runs would be written (for the free-space check).
+        #[arg(long, default_value = "agent-data")]
+        data_dir: PathBuf,
+    },
     /// Run the built-in simulated engine alone, e.g. to point an `external` tenant at it.
     SimEngine {
         /// Address to listen on (loopback only).

@@ -5,11 +5,13 @@
 //! - [`engine`]: the simulated engine (a real OpenAI-compatible server) and external engines.
 //! - [`loadgen`]: arrivals, synthetic prompts, the streaming client and its SSE parser.
 //! - [`recorder`]: the JSONL files on disk and the resumable reading behind `StreamEvents`.
-//! - [`host`], [`gpu`]: node sampling and GPU discovery.
+//! - [`host`], [`gpu`]: node sampling and GPU discovery; [`mps`]: the MPS daemon of a trial.
+//! - [`doctor`]: what a node has and which sharing modes it can run.
 //! - [`clock`]: the run's monotonic clock.
 
 pub mod cli;
 pub mod clock;
+pub mod doctor;
 pub mod engine;
 pub mod engine_metrics;
 pub mod gpu;
@@ -80,6 +82,14 @@ pub async fn serve(
     let served = server::serve(listener, runs.clone(), token, shutdown.clone()).await;
     runs.shutdown().await;
     served.context("the gRPC server failed")
+}
+
+/// `agent doctor`: prints one line per check of what this node has.
+pub async fn doctor(vllm: &str, mps_control: &str, data_dir: &Path) {
+    let gpus = gpu::NodeGpus::probe();
+    for check in doctor::run(&gpus, vllm, mps_control, data_dir).await {
+        println!("{check}");
+    }
 }
 
 /// `agent sim-engine`: serves the simulated engine until `shutdown`.

@@ -25,6 +25,14 @@ async fn main() -> ExitCode {
             Ok(token) => agent::serve(listen, data_dir, mps_control, token, shutdown).await,
             Err(e) => Err(e),
         },
+        Command::Doctor {
+            vllm,
+            mps_control,
+            data_dir,
+        } => {
+            agent::doctor(&vllm, &mps_control, &data_dir).await;
+            Ok(())
+        }
         Command::SimEngine {
             listen,
             model,
