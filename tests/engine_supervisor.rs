@@ -182,3 +182,52 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_in_use_or_a_missing_model_is_refused_before_any_engine_starts() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agent = InProcessAgent::start(tmp.path()).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("addr").port();
+    let port_key = format!("port: {port}, ");
+    let tenants = [
+        FakeTenant {
+            name: "a",
+            model: "ok",
+            tenant_keys: "",
+            args: "",
+        },
+        FakeTenant {
+            name: "b",
+            model: "ok",
+            tenant_keys: &port_key,
+            args: "",
+        },
+        FakeTenant {
+            name: "c",
+            model: "/no/such/model",
+            tenant_keys: "",
+            args: "",
+        },
+    ];
+    let text = config(&tenants, "[timeslice]", "1s", "");
+    assert_eq!(run_to_end(&agent, "preflight", &text).await, "finished");
+    let (engines, end) = engine_story(&tmp.path().join("preflight/timeslice/agent.jsonl"));
+    assert!(engines.is_empty(), "no engine may start: {engines:?}");
+    let (state, reason) = end.expect("end");
+    assert_eq!(state, TrialState::Invalid);
+    let reason = reason.expect("reason");
+    assert!(
+        reason.starts_with("refused before any engine started"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!("tenant b: cannot listen on 127.0.0.1:{port}")),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("tenant c: model path /no/such/model does not exist"),
+        "{reason}"
+    );
+    agent.stop().await;
+}

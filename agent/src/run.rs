@@ -413,11 +413,18 @@ impl RunContext {
         let gpu = Arc::new(SimGpu::new(trial.mode, self.node.sim_gpu.mps_interference));
         let log_dir = self.run.streams.root().join(&trial.name).join("logs");
         let mut engines: Vec<RunningEngine> = Vec::new();
-        let mut failure = None;
+        // Everything that can be known wrong is refused before the first engine starts.
+        let problems: Vec<String> = tenants
+            .iter()
+            .filter_map(|t| crate::engine::preflight(t).err())
+            .map(|e| e.to_string())
+            .collect();
+        let mut failure = (!problems.is_empty())
+            .then(|| format!("refused before any engine started: {}", problems.join("; ")));
         let needs_mps = trial.mode == SharingMode::Mps
             && tenants.iter().any(|t| matches!(t.engine, Engine::Vllm(_)));
         let mut mps = None;
-        if needs_mps {
+        if needs_mps && failure.is_none() {
             let key = format!("{}/{}", self.run.streams.root().display(), trial.name);
             let log_dir = self.run.streams.root().join(&trial.name).join("mps");
             match MpsDaemon::start(&self.mps_control, &key, &log_dir, &self.node.mps).await {

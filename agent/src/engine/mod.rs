@@ -300,19 +300,7 @@ async fn start_vllm(
     extra_env: &[(String, String)],
 ) -> Result<RunningEngine, EngineError> {
     let name = tenant.name.clone();
-    if find_executable(&vllm.executable).is_none() {
-        return Err(EngineError::NotFound {
-            tenant: name,
-            executable: vllm.executable.clone(),
-        });
-    }
-    let looks_like_path = ["/", "./", "../"].iter().any(|p| vllm.model.starts_with(p));
-    if looks_like_path && !Path::new(&vllm.model).exists() {
-        return Err(EngineError::ModelMissing {
-            tenant: name,
-            path: vllm.model.clone(),
-        });
-    }
+    preflight(tenant)?;
     // Bind to check the port (or to pick a free one), then hand it to the engine.
     let probe =
         std::net::TcpListener::bind(("127.0.0.1", tenant.port.unwrap_or(0))).map_err(|source| {
@@ -367,6 +355,35 @@ async fn start_vllm(
         api_key: None,
         handle: Handle::Process(ProcessHandle::supervise(process)),
     })
+}
+
+/// Checks what can be checked before any engine of a trial starts: the executable and a local
+/// model path of a vllm engine, and that a configured port is free.
+pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
+    let name = || tenant.name.clone();
+    if let Engine::Vllm(vllm) = &tenant.engine {
+        if find_executable(&vllm.executable).is_none() {
+            return Err(EngineError::NotFound {
+                tenant: name(),
+                executable: vllm.executable.clone(),
+            });
+        }
+        let looks_like_path = ["/", "./", "../"].iter().any(|p| vllm.model.starts_with(p));
+        if looks_like_path && !Path::new(&vllm.model).exists() {
+            return Err(EngineError::ModelMissing {
+                tenant: name(),
+                path: vllm.model.clone(),
+            });
+        }
+    }
+    if let Some(port) = tenant.port {
+        std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|source| EngineError::Bind {
+            tenant: name(),
+            port,
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// The file `name` names: itself if it contains a `/`, else the first match on PATH.
