@@ -102,6 +102,12 @@ fn every_event_kind_round_trips_exactly() {
             cpu_percent: 12.5,
             memory_used_bytes: 1 << 30,
             memory_total_bytes: 1 << 34,
+            engines: vec![EngineProcessSample {
+                tenant: "a".into(),
+                pids: vec![10, 11],
+                cpu_percent: 150.5,
+                memory_rss_bytes: 3 << 30,
+            }],
         }),
     ];
     write_stream(&path, header(StreamKind::Tenant, Some("a")), &events);

@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use multitenant::auth::TOKEN_ENV;
-use multitenant::events::{EngineState, TrialState};
+use multitenant::events::{read_stream, EngineState, Event, TrialState};
 use multitenant::proto::v1::agent_client::AgentClient;
 use multitenant::proto::v1::StartRunRequest;
 use nix::sys::signal::{kill, Signal};
@@ -104,6 +104,25 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
         "the next trial ran: {story:?}"
     );
     groups.extend(process_groups(&story));
+    let host = read_stream(&tmp.path().join("crash/solo-b/host.jsonl")).expect("host stream");
+    let engine_samples: Vec<_> = host
+        .events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::HostSample(h) => h.engines.first().cloned(),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !engine_samples.is_empty(),
+        "host samples name the engine's processes"
+    );
+    assert!(
+        engine_samples
+            .iter()
+            .all(|e| e.tenant == "b" && e.pids.len() >= 3 && e.memory_rss_bytes > 0),
+        "{engine_samples:?}"
+    );
     for pgid in groups {
         assert!(group_gone(pgid), "process group {pgid} is still alive");
     }

@@ -618,10 +618,16 @@ impl RunContext {
             self.header(trial, StreamKind::Host, false, None),
         )?;
         let stop_sampling = CancellationToken::new();
+        let engine_groups = tenants
+            .iter()
+            .zip(engines)
+            .filter_map(|(t, e)| Some((t.name.clone(), e.pgid()?)))
+            .collect();
         let sampler = tokio::spawn(host::sample(
             host_stream,
             self.clock,
             HOST_INTERVAL,
+            engine_groups,
             stop_sampling.clone(),
         ));
         let mut streams: Vec<Arc<StreamFile>> = Vec::new();

@@ -435,4 +435,20 @@ pub struct HostSample {
     pub memory_used_bytes: u64,
     /// Total memory.
     pub memory_total_bytes: u64,
+    /// Each engine process group the agent runs: its CPU and memory.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engines: Vec<EngineProcessSample>,
+}
+
+/// CPU and memory of one engine's process group (API server, engine core, workers…).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EngineProcessSample {
+    /// Tenant served.
+    pub tenant: String,
+    /// PIDs in the group.
+    pub pids: Vec<u32>,
+    /// CPU use summed over the group since the last sample, % of one core.
+    pub cpu_percent: f32,
+    /// Resident memory summed over the group.
+    pub memory_rss_bytes: u64,
 }
