@@ -318,6 +318,11 @@ pub struct VllmEngine {
     pub args: Vec<String>,
     /// Extra environment for the server (e.g. `VLLM_CPU_OMP_THREADS_BIND`).
     pub env: BTreeMap<String, String>,
+    /// Variables copied from the agent's own environment (secrets such as `HF_TOKEN`), so
+    /// their values never appear in a config or an output.
+    pub env_from: Vec<String>,
+    /// A file on the node with `KEY=VALUE` lines (secrets), read when the engine starts.
+    pub env_file: Option<std::path::PathBuf>,
     /// How the server's GPU memory is bounded.
     pub memory: VllmMemory,
     /// How long the server may take to answer `/health`.

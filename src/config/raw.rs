@@ -103,6 +103,8 @@ pub struct RawEngine {
     pub executable: Option<String>,
     pub args: Option<Vec<String>>,
     pub env: Option<BTreeMap<String, String>>,
+    pub env_from: Option<Vec<String>>,
+    pub env_file: Option<String>,
     pub gpu_memory_fraction: Option<f64>,
     pub kv_cache_memory_bytes: Option<u64>,
     pub startup_timeout: Option<String>,

@@ -76,6 +76,8 @@ fn vllm_only_keys(raw: &RawEngine) -> impl Iterator<Item = &'static str> {
         (raw.executable.is_some(), "executable"),
         (raw.args.is_some(), "args"),
         (raw.env.is_some(), "env"),
+        (raw.env_from.is_some(), "env_from"),
+        (raw.env_file.is_some(), "env_file"),
         (raw.gpu_memory_fraction.is_some(), "gpu_memory_fraction"),
         (raw.kv_cache_memory_bytes.is_some(), "kv_cache_memory_bytes"),
         (raw.startup_timeout.is_some(), "startup_timeout"),
@@ -710,7 +712,8 @@ impl Checker {
             }
         }
         let env = raw.env.unwrap_or_default();
-        for key in env.keys() {
+        let env_from = raw.env_from.unwrap_or_default();
+        for key in env.keys().chain(&env_from) {
             if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
                 self.problem(
                     &format!("{path}.env.{key}"),
@@ -751,6 +754,8 @@ impl Checker {
             executable: raw.executable.unwrap_or_else(|| "vllm".into()),
             args,
             env,
+            env_from,
+            env_file: raw.env_file.map(std::path::PathBuf::from),
             memory: memory?,
             startup_timeout,
         }))

@@ -50,6 +50,26 @@ pub enum EngineError {
         /// What was looked for.
         executable: String,
     },
+    /// A variable of `env_from` is not in the agent's environment.
+    #[error(
+        "tenant {tenant}: environment variable {var} (engine.env_from) is not set for the agent"
+    )]
+    MissingEnv {
+        /// Tenant.
+        tenant: String,
+        /// Variable name.
+        var: String,
+    },
+    /// The `env_file` cannot be used. The message never quotes a value.
+    #[error("tenant {tenant}: engine.env_file {}: {message}", path.display())]
+    EnvFile {
+        /// Tenant.
+        tenant: String,
+        /// The file.
+        path: std::path::PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The model is a local path that does not exist.
     #[error("tenant {tenant}: model path {path} does not exist")]
     ModelMissing {
@@ -342,6 +362,7 @@ async fn start_vllm(
         ("DO_NOT_TRACK".into(), "1".into()),
     ];
     env.extend(vllm.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.extend(secret_env(tenant, vllm)?);
     env.extend(extra_env.iter().cloned());
     let log = log_dir.join(format!("{name}.log"));
     let process = EngineProcess::spawn(&vllm.executable, &args, &env, &log).map_err(|source| {
@@ -375,6 +396,7 @@ pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
                 path: vllm.model.clone(),
             });
         }
+        secret_env(tenant, vllm)?;
     }
     if let Some(port) = tenant.port {
         std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|source| EngineError::Bind {
@@ -384,6 +406,45 @@ pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
         })?;
     }
     Ok(())
+}
+
+/// The secret part of a vllm engine's environment: `env_from` copied from the agent's own
+/// environment, then `env_file`'s `KEY=VALUE` lines (blank lines and `#` comments skipped).
+fn secret_env(tenant: &Tenant, vllm: &VllmEngine) -> Result<Vec<(String, String)>, EngineError> {
+    let mut env = Vec::new();
+    for var in &vllm.env_from {
+        let value = std::env::var(var).map_err(|_| EngineError::MissingEnv {
+            tenant: tenant.name.clone(),
+            var: var.clone(),
+        })?;
+        env.push((var.clone(), value));
+    }
+    if let Some(path) = &vllm.env_file {
+        let bad = |message: String| EngineError::EnvFile {
+            tenant: tenant.name.clone(),
+            path: path.clone(),
+            message,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| bad(format!("line {} is not KEY=VALUE", n + 1)))?;
+            let key = key.trim().trim_start_matches("export ").trim();
+            if key.is_empty() || !key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(bad(format!(
+                    "line {}: {key:?} is not a variable name",
+                    n + 1
+                )));
+            }
+            env.push((key.to_owned(), value.trim().trim_matches('"').to_owned()));
+        }
+    }
+    Ok(env)
 }
 
 /// The file `name` names: itself if it contains a `/`, else the first match on PATH.
@@ -404,4 +465,77 @@ pub fn name_hash(name: &str) -> u64 {
     name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multitenant::config::VllmMemory;
+
+    fn tenant(env_from: Vec<String>, env_file: Option<std::path::PathBuf>) -> Tenant {
+        Tenant {
+            name: "t".into(),
+            engine: Engine::Vllm(VllmEngine {
+                model: "m".into(),
+                served_model_name: "m".into(),
+                executable: "sh".into(),
+                args: vec![],
+                env: Default::default(),
+                env_from,
+                env_file,
+                memory: VllmMemory::Default,
+                startup_timeout: Duration::from_secs(1),
+            }),
+            workload: "w".into(),
+            port: None,
+            mps_thread_percentage: None,
+            mps_pinned_memory_limit: None,
+        }
+    }
+
+    fn secrets(t: &Tenant) -> Result<Vec<(String, String)>, EngineError> {
+        let Engine::Vllm(v) = &t.engine else {
+            unreachable!("built as vllm")
+        };
+        secret_env(t, v)
+    }
+
+    #[test]
+    fn secrets_come_from_the_agent_env_or_a_file_and_errors_never_show_values() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("secrets.env");
+        std::fs::write(
+            &file,
+            "# tokens\nexport HF_TOKEN=\"hf_s3cr3t\"\n\nOTHER = x=y\n",
+        )
+        .expect("write");
+        let t = tenant(vec!["PATH".into()], Some(file.clone()));
+        let env = secrets(&t).expect("secrets");
+        assert_eq!(env[0].0, "PATH");
+        assert_eq!(
+            &env[1..],
+            [
+                ("HF_TOKEN".to_owned(), "hf_s3cr3t".to_owned()),
+                ("OTHER".to_owned(), "x=y".to_owned())
+            ]
+        );
+        assert!(preflight(&t).is_ok());
+
+        std::fs::write(
+            &file,
+            "HF_TOKEN=hf_s3cr3t\nthis line has the secret hf_s3cr3t but no equals\n",
+        )
+        .expect("write");
+        let err = secrets(&t).expect_err("bad line").to_string();
+        assert!(
+            err.contains("line 2 is not KEY=VALUE") && !err.contains("hf_s3cr3t"),
+            "{err}"
+        );
+        let missing = tenant(vec!["MULTITENANT_TEST_SURELY_UNSET".into()], None);
+        let err = preflight(&missing).expect_err("missing var").to_string();
+        assert!(
+            err.contains("MULTITENANT_TEST_SURELY_UNSET (engine.env_from) is not set"),
+            "{err}"
+        );
+    }
 }
