@@ -156,3 +156,71 @@ async fn bad_calls_are_refused_with_reasons_and_a_stopped_run_records_its_end() 
     assert_eq!(last_trial_state, Some(TrialState::Stopped));
     agent.stop().await;
 }
+
+const EXCLUSIVE: &str = r#"
+name: exclusive
+workloads:
+  w: {arrival: {kind: constant, rate: 20}, data: {prompt_tokens: 8, output_tokens: 8}, warmup: 0s, duration: 1s}
+nodes:
+  - name: n
+    trials: [exclusive]
+    tenants:
+      - {name: a, engine: {kind: simulated, timing: {decode_step_us: 2000}}, workload: w}
+      - {name: b, engine: {kind: simulated, timing: {decode_step_us: 2000}}, workload: w}
+"#;
+
+/// `(first sent, last done)` of a tenant stream's requests.
+fn span(path: &std::path::Path) -> (u64, u64) {
+    let requests: Vec<_> = read_stream(path)
+        .expect("tenant stream")
+        .events
+        .into_iter()
+        .filter_map(|l| match l.event {
+            Event::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(requests.len(), 20, "{}", path.display());
+    assert!(requests.iter().all(|r| r.error.is_none()));
+    let first = requests.iter().map(|r| r.sent_ns).min().expect("requests");
+    (
+        first,
+        requests.iter().map(|r| r.done_ns).max().expect("requests"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusive_trial_loads_one_tenant_at_a_time() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let agent = InProcessAgent::start(tmp.path()).await;
+    let mut client = AgentClient::connect(agent.url.clone())
+        .await
+        .expect("connect");
+    client
+        .start_run(start("ex", EXCLUSIVE, "n"))
+        .await
+        .expect("start");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let run = client
+            .get_run(authed(GetRunRequest {
+                run_id: "ex".into(),
+            }))
+            .await
+            .expect("get")
+            .into_inner();
+        if run.state != "running" {
+            assert_eq!(run.state, "finished");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the run did not end"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, a_end) = span(&tmp.path().join("ex/exclusive/a.jsonl"));
+    let (b_start, _) = span(&tmp.path().join("ex/exclusive/b.jsonl"));
+    assert!(b_start > a_end, "b was loaded while a still was");
+    agent.stop().await;
+}

@@ -670,11 +670,7 @@ impl RunContext {
                 clock: self.clock,
                 stream,
             };
-            loads.push(tokio::spawn(loadgen::run(
-                load,
-                self.http.clone(),
-                cancel.clone(),
-            )));
+            loads.push(load);
         }
         let gpu_sampler = match &self.gpu.nvml {
             Some(nvml) => {
@@ -714,10 +710,24 @@ impl RunContext {
             )));
         }
         let mut reports = Vec::new();
-        for load in loads {
-            match load.await {
-                Ok(report) => reports.push(report),
-                Err(e) => tracing::error!("a load task ended abnormally: {e}"),
+        if trial.mode == SharingMode::Exclusive {
+            // One tenant at a time: the others' engines stay resident but idle.
+            for load in loads {
+                if cancel.is_cancelled() {
+                    break;
+                }
+                reports.push(loadgen::run(load, self.http.clone(), cancel.clone()).await);
+            }
+        } else {
+            let running: Vec<_> = loads
+                .into_iter()
+                .map(|load| tokio::spawn(loadgen::run(load, self.http.clone(), cancel.clone())))
+                .collect();
+            for load in running {
+                match load.await {
+                    Ok(report) => reports.push(report),
+                    Err(e) => tracing::error!("a load task ended abnormally: {e}"),
+                }
             }
         }
         stop_sampling.cancel();

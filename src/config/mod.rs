@@ -170,6 +170,8 @@ pub enum TrialKind {
     Mps,
     /// All tenants at once under default CUDA time-slicing.
     Timeslice,
+    /// All engines resident, loaded one tenant at a time.
+    Exclusive,
 }
 
 /// How tenants share the GPU during one trial.
@@ -182,12 +184,15 @@ pub enum SharingMode {
     Mps,
     /// Time-slicing: the GPU switches between processes.
     Timeslice,
+    /// Every engine resident on the GPU, but load goes to one tenant at a time: what sharing
+    /// memory costs without sharing compute.
+    Exclusive,
 }
 
 /// One trial as it will run: a name (its folder), a mode and the tenants in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trial {
-    /// Folder name: `solo-<tenant>`, `mps` or `timeslice`.
+    /// Folder name: `solo-<tenant>`, `mps`, `timeslice` or `exclusive`.
     pub name: String,
     /// How the tenants share the GPU.
     pub mode: SharingMode,
@@ -216,6 +221,11 @@ impl Node {
                 TrialKind::Timeslice => out.push(Trial {
                     name: "timeslice".into(),
                     mode: SharingMode::Timeslice,
+                    tenants: (0..self.tenants.len()).collect(),
+                }),
+                TrialKind::Exclusive => out.push(Trial {
+                    name: "exclusive".into(),
+                    mode: SharingMode::Exclusive,
                     tenants: (0..self.tenants.len()).collect(),
                 }),
             }

@@ -502,7 +502,10 @@ impl Checker {
             return Some(vec![TrialKind::Mps]);
         };
         if raw.is_empty() {
-            self.problem(path, "list at least one trial: solo, mps or timeslice");
+            self.problem(
+                path,
+                "list at least one trial: solo, mps, timeslice or exclusive",
+            );
             return None;
         }
         let mut out = Vec::new();
@@ -511,10 +514,11 @@ impl Checker {
                 "solo" => TrialKind::Solo,
                 "mps" => TrialKind::Mps,
                 "timeslice" => TrialKind::Timeslice,
+                "exclusive" => TrialKind::Exclusive,
                 other => {
                     self.problem(
                         &format!("{path}[{i}]"),
-                        format!("{other:?} is not a trial: use solo, mps or timeslice"),
+                        format!("{other:?} is not a trial: use solo, mps, timeslice or exclusive"),
                     );
                     continue;
                 }

@@ -2,7 +2,7 @@
 //!
 //! Model: each engine is "busy" while it has sequences running. A decode step that would take
 //! `t` alone takes `t × factor`, where, with `k` other busy engines:
-//! - solo: factor 1 (nobody else is on the GPU);
+//! - solo and exclusive: factor 1 (nobody else computes on the GPU);
 //! - mps: factor `1 + mps_interference × k` (kernels run side by side and contend for SMs and
 //!   memory bandwidth);
 //! - timeslice: factor `1 + k` (the GPU serves one context at a time, in turn).
@@ -43,7 +43,7 @@ impl SimGpu {
     pub fn slowdown_factor(&self) -> f64 {
         let others = self.busy_engines.load(Ordering::SeqCst).saturating_sub(1) as f64;
         match self.mode {
-            SharingMode::Solo => 1.0,
+            SharingMode::Solo | SharingMode::Exclusive => 1.0,
             SharingMode::Mps => 1.0 + self.mps_interference * others,
             SharingMode::Timeslice => 1.0 + others,
         }
