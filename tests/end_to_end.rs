@@ -55,6 +55,20 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         &std::fs::read(format!("{dir}/summary.json")).expect("summary.json"),
     )
     .expect("parse");
+    // No GPU here: the agent said so once per trial, and wrote no GPU numbers at all.
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("GPU sampling is off: NVML could not be loaded")),
+        "{:?}",
+        summary.warnings
+    );
+    assert!(!std::path::Path::new(&format!("{dir}/nodes/local/mps/gpu.jsonl")).exists());
+    assert!(summary.nodes[0]
+        .trials
+        .iter()
+        .all(|t| t.gpus.is_empty() && t.energy_per_output_token_j.is_none()));
     assert!(summary.simulated);
     let node = &summary.nodes[0];
     let names: Vec<&str> = node.trials.iter().map(|t| t.trial.as_str()).collect();

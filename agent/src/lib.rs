@@ -6,7 +6,7 @@
 //! - [`loadgen`]: arrivals, synthetic prompts, the streaming client and its SSE parser.
 //! - [`recorder`]: the JSONL files on disk and the resumable reading behind `StreamEvents`.
 //! - [`host`], [`gpu`]: node sampling and GPU discovery; [`mps`]: the MPS daemon of a trial.
-//! - [`doctor`]: what a node has and which sharing modes it can run.
+//! - [`mod@doctor`]: what a node has and which sharing modes it can run.
 //! - [`clock`]: the run's monotonic clock.
 
 pub mod cli;
