@@ -14,7 +14,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::support::engines::{
-    config, engine_story, group_gone, process_groups, processes_running, run_to_end, FakeTenant,
+    config, engine_story, group_gone, process_groups, processes_running, run_to_end, run_to_end_at,
+    FakeTenant,
 };
 use crate::support::{binaries, test_token, InProcessAgent};
 
@@ -174,7 +175,8 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
     let agent_log = tmp.path().join("doomed/timeslice/agent.jsonl");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     let groups = loop {
-        let groups = if agent_log.exists() {
+        // The stream may not exist yet, or hold no complete header yet.
+        let groups = if read_stream(&agent_log).is_ok() {
             process_groups(&engine_story(&agent_log).0)
         } else {
             Vec::new()
@@ -249,4 +251,92 @@ async fn a_port_in_use_or_a_missing_model_is_refused_before_any_engine_starts() 
         "{reason}"
     );
     agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_s3_model_is_synced_to_local_disk_before_vllm_starts() {
+    let (agent_bin, _) = binaries();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    // A stand-in `aws`: `aws s3 sync SRC DEST …` makes DEST hold a model, and fails for any
+    // source ending in "missing".
+    let aws = bin.join("aws");
+    std::fs::write(&aws, "#!/bin/sh\necho \"aws $*\"\ncase \"$3\" in *missing) echo 'fatal error: NoSuchBucket' >&2; exit 1 ;; esac\nmkdir -p \"$4\" && echo '{}' > \"$4/config.json\"\n").expect("write aws");
+    std::fs::set_permissions(&aws, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let data = tmp.path().join("agent");
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut agent = tokio::process::Command::new(agent_bin)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&data)
+        .env(TOKEN_ENV, test_token().expose())
+        .env("PATH", path)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn agent");
+    let stdout = agent.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = lines.next_line().await.expect("read").expect("a line");
+    let url = format!(
+        "http://{}",
+        first.strip_prefix("listening on ").expect("address line")
+    );
+
+    let synced = config(
+        &[tenant("a", "s3://bucket/tiny", "")],
+        "[timeslice]",
+        "1s",
+        "",
+    );
+    assert_eq!(run_to_end_at(&url, "synced", &synced).await, "finished");
+    let (_, end) = engine_story(&data.join("synced/timeslice/agent.jsonl"));
+    assert_eq!(end.expect("end").0, TrialState::Finished);
+    let local = data.join(".models/s3___bucket_tiny");
+    assert!(
+        local.join("config.json").is_file(),
+        "the model was synced into the cache"
+    );
+    let engine_log =
+        std::fs::read_to_string(data.join("synced/timeslice/logs/a.log")).expect("engine log");
+    assert!(
+        engine_log.contains(&format!("serving {} as a", local.display())),
+        "{engine_log}"
+    );
+    let sync_log =
+        std::fs::read_to_string(data.join("synced/timeslice/logs/a.sync.log")).expect("sync log");
+    assert!(
+        sync_log.contains("aws s3 sync s3://bucket/tiny"),
+        "{sync_log}"
+    );
+
+    let missing = config(
+        &[tenant("a", "s3://bucket/missing", "")],
+        "[timeslice]",
+        "1s",
+        "",
+    );
+    assert_eq!(run_to_end_at(&url, "missing", &missing).await, "finished");
+    let (engines, end) = engine_story(&data.join("missing/timeslice/agent.jsonl"));
+    let (state, reason) = end.expect("end");
+    assert_eq!(state, TrialState::Invalid);
+    let reason = reason.expect("reason");
+    assert!(
+        reason.contains("syncing s3://bucket/missing") && reason.contains("NoSuchBucket"),
+        "{reason}"
+    );
+    assert!(
+        engines.iter().all(|(_, s, _)| *s != EngineState::Ready),
+        "{engines:?}"
+    );
+
+    let pid = Pid::from_raw(i32::try_from(agent.id().expect("pid")).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("stop the agent");
+    agent.wait().await.expect("reap the agent");
 }

@@ -23,7 +23,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::RunClock;
 use crate::engine::process::ExitReport;
 use crate::engine::sim_gpu::SimGpu;
-use crate::engine::{name_hash, EngineError, RunningEngine};
+use crate::engine::{name_hash, EngineError, RunningEngine, StartContext};
 use crate::engine_metrics;
 use crate::gpu::{self, GpuStatus, NodeGpus};
 use crate::host;
@@ -212,6 +212,7 @@ impl RunManager {
         runs.insert(run_id.to_owned(), run.clone());
         let ctx = RunContext {
             run: run.clone(),
+            models_dir: self.data_dir.join(".models"),
             experiment,
             node,
             clock: RunClock::start(),
@@ -320,6 +321,9 @@ fn watch_engine_exits(
 
 struct RunContext {
     run: Arc<Run>,
+    /// Where bucket models are synced to, shared by runs: `<data_dir>/.models` (run ids
+    /// cannot start with a dot, so it never meets a run folder).
+    models_dir: PathBuf,
     experiment: Experiment,
     node: Node,
     clock: RunClock,
@@ -591,7 +595,15 @@ impl RunContext {
         log_dir: &std::path::Path,
         env: &[(String, String)],
     ) -> Result<RunningEngine, EngineError> {
-        let engine = RunningEngine::start(tenant, self.experiment.seed, gpu, log_dir, env).await?;
+        let models = self.models_dir.clone();
+        let ctx = StartContext {
+            seed: self.experiment.seed,
+            gpu,
+            log_dir,
+            extra_env: env,
+            model_cache: &models,
+        };
+        let engine = RunningEngine::start(tenant, ctx).await?;
         let healthy = tokio::select! {
             result = engine.wait_healthy(&tenant.name, &self.http, health_timeout(tenant)) => result,
             () = self.run.cancel.cancelled() => Err(EngineError::Cancelled { tenant: tenant.name.clone() }),

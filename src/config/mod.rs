@@ -318,7 +318,8 @@ impl Engine {
 /// A vLLM server for one tenant.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VllmEngine {
-    /// What `vllm serve` loads: a hub id or a local folder.
+    /// What `vllm serve` loads: a hub id, a local folder, or an `s3://` or `gs://` folder that
+    /// the agent syncs to its disk first.
     pub model: String,
     /// The name requests use (`--served-model-name`); defaults to `model`.
     pub served_model_name: String,

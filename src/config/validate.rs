@@ -751,6 +751,12 @@ impl Checker {
         let startup_timeout = self
             .duration(raw.startup_timeout, &join(path, "startup_timeout"))
             .unwrap_or(Duration::from_secs(600));
+        if model.as_deref().is_some_and(|m| m.starts_with("volume://")) {
+            self.problem(
+                &join(path, "model"),
+                "volume:// models are mounted by the SkyPilot launcher, which this version does not have; use a hub id, s3://, gs:// or a local path",
+            );
+        }
         let model = model?;
         Some(Engine::Vllm(VllmEngine {
             served_model_name: raw.served_model_name.unwrap_or_else(|| model.clone()),

@@ -53,9 +53,12 @@ pub fn config(tenants: &[FakeTenant<'_>], trials: &str, duration: &str, node_key
 /// Starts run `run_id` of node `n` and waits (at most 90 s) until it is no longer running;
 /// returns its final state.
 pub async fn run_to_end(agent: &InProcessAgent, run_id: &str, config: &str) -> String {
-    let mut client = AgentClient::connect(agent.url.clone())
-        .await
-        .expect("connect");
+    run_to_end_at(&agent.url, run_id, config).await
+}
+
+/// [`run_to_end`] on the agent at `url`.
+pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
+    let mut client = AgentClient::connect(url.to_owned()).await.expect("connect");
     let start = StartRunRequest {
         run_id: run_id.into(),
         config_yaml: config.into(),

@@ -4,6 +4,7 @@
 //! supervised process group (see [`process`]); an external engine is an OpenAI-compatible
 //! server somebody else runs, which the agent only checks and never stops.
 
+mod model_source;
 pub mod process;
 pub mod sim_gpu;
 mod sim_scheduler;
@@ -68,6 +69,16 @@ pub enum EngineError {
         /// The file.
         path: std::path::PathBuf,
         /// What is wrong.
+        message: String,
+    },
+    /// A bucket model could not be synced to local disk.
+    #[error("tenant {tenant}: syncing {model}: {message}")]
+    Sync {
+        /// Tenant.
+        tenant: String,
+        /// The bucket folder.
+        model: String,
+        /// What went wrong.
         message: String,
     },
     /// The model is a local path that does not exist.
@@ -165,17 +176,10 @@ pub struct RunningEngine {
 impl RunningEngine {
     /// Brings up `tenant`'s engine. Simulated engines share `gpu`, which models the trial's
     /// sharing mode; their seed is derived from the experiment seed and the tenant name.
-    /// Engine processes log to `<log_dir>/<tenant>.log` and get `extra_env` (e.g. the MPS pipe
-    /// directory) after their configured environment.
-    pub async fn start(
-        tenant: &Tenant,
-        seed: u64,
-        gpu: Arc<SimGpu>,
-        log_dir: &Path,
-        extra_env: &[(String, String)],
-    ) -> Result<Self, EngineError> {
+    /// Brings up `tenant`'s engine in `ctx`.
+    pub async fn start(tenant: &Tenant, ctx: StartContext<'_>) -> Result<Self, EngineError> {
         match &tenant.engine {
-            Engine::Vllm(vllm) => start_vllm(tenant, vllm, log_dir, extra_env).await,
+            Engine::Vllm(vllm) => start_vllm(tenant, vllm, &ctx).await,
             Engine::Simulated {
                 model,
                 timing,
@@ -193,10 +197,10 @@ impl RunningEngine {
                     model: model.clone(),
                     timing: *timing,
                     faults: *faults,
-                    seed: seed ^ name_hash(&tenant.name),
+                    seed: ctx.seed ^ name_hash(&tenant.name),
                     record_truth: false,
                 };
-                let engine = SimEngine::start(listener, config, gpu).map_err(|source| {
+                let engine = SimEngine::start(listener, config, ctx.gpu).map_err(|source| {
                     EngineError::Bind {
                         tenant: tenant.name.clone(),
                         port,
@@ -312,15 +316,37 @@ impl RunningEngine {
     }
 }
 
+/// What starting an engine needs beyond its tenant.
+pub struct StartContext<'a> {
+    /// The experiment seed (simulated engines derive theirs from it and the tenant name).
+    pub seed: u64,
+    /// The simulated GPU simulated engines of this trial share.
+    pub gpu: Arc<SimGpu>,
+    /// Engine processes log to `<log_dir>/<tenant>.log`.
+    pub log_dir: &'a Path,
+    /// Added after an engine process's configured environment (e.g. the MPS pipe folder).
+    pub extra_env: &'a [(String, String)],
+    /// Where bucket models are synced to.
+    pub model_cache: &'a Path,
+}
+
 /// Starts `vllm serve` for `tenant` on loopback.
 async fn start_vllm(
     tenant: &Tenant,
     vllm: &VllmEngine,
-    log_dir: &Path,
-    extra_env: &[(String, String)],
+    ctx: &StartContext<'_>,
 ) -> Result<RunningEngine, EngineError> {
     let name = tenant.name.clone();
     preflight(tenant)?;
+    let sync_log = ctx.log_dir.join(format!("{name}.sync.log"));
+    let model = model_source::resolve(
+        &name,
+        &vllm.model,
+        ctx.model_cache,
+        &sync_log,
+        vllm.startup_timeout,
+    )
+    .await?;
     // Bind to check the port (or to pick a free one), then hand it to the engine.
     let probe =
         std::net::TcpListener::bind(("127.0.0.1", tenant.port.unwrap_or(0))).map_err(|source| {
@@ -341,7 +367,7 @@ async fn start_vllm(
     drop(probe);
     let mut args: Vec<String> = vec![
         "serve".into(),
-        vllm.model.clone(),
+        model,
         "--host".into(),
         "127.0.0.1".into(),
         "--port".into(),
@@ -363,8 +389,8 @@ async fn start_vllm(
     ];
     env.extend(vllm.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     env.extend(secret_env(tenant, vllm)?);
-    env.extend(extra_env.iter().cloned());
-    let log = log_dir.join(format!("{name}.log"));
+    env.extend(ctx.extra_env.iter().cloned());
+    let log = ctx.log_dir.join(format!("{name}.log"));
     let process = EngineProcess::spawn(&vllm.executable, &args, &env, &log).map_err(|source| {
         EngineError::Spawn {
             tenant: name,
@@ -397,6 +423,7 @@ pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
             });
         }
         secret_env(tenant, vllm)?;
+        model_source::preflight(&tenant.name, &vllm.model)?;
     }
     if let Some(port) = tenant.port {
         std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|source| EngineError::Bind {
