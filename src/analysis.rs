@@ -13,6 +13,7 @@ use crate::events::{
     read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TrialState,
 };
 use crate::metrics::gpu::{self, GpuTrialSummary};
+use crate::metrics::slowdown::{colocation_gain, Slowdown};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
 
 /// Version of the summary.json layout.
@@ -65,6 +66,10 @@ pub struct TrialSummary {
     /// Per GPU over the same window, from NVML (empty without NVML).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gpus: Vec<GpuTrialSummary>,
+    /// Aggregate output tokens/s / Σ the tenants' solo output tokens/s (shared trials only,
+    /// when every tenant's solo trial ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub colocation_gain: Option<f64>,
     /// Energy of every GPU over the window / Σ output tokens, J; only when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_per_output_token_j: Option<f64>,
@@ -88,6 +93,9 @@ pub struct TenantSummary {
     /// The measurements.
     #[serde(flatten)]
     pub metrics: TenantMetrics,
+    /// Against this tenant's solo trial (shared trials only, when a solo trial ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slowdown: Option<Slowdown>,
     /// The engine's own view, from its `/metrics`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerMetrics>,
@@ -156,6 +164,7 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         for trial_dir in trial_dirs_in_run_order(&node_dir)? {
             trials.push(analyze_trial(&trial_dir, &mut summary)?);
         }
+        compare_with_solo(&mut trials);
         summary.nodes.push(NodeSummary { node, trials });
     }
     Ok(summary)
@@ -247,6 +256,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
             metrics,
+            slowdown: None,
             server,
         });
     }
@@ -281,9 +291,33 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         tenants,
         aggregate_output_tokens_per_s: per_s(output_tokens),
         aggregate_total_tokens_per_s: per_s(total_tokens),
+        colocation_gain: None,
         gpus,
         energy_per_output_token_j,
     })
+}
+
+/// Fills slowdown and co-location gain of every shared trial from the node's solo trials.
+/// Only solo trials that finished count as baselines.
+fn compare_with_solo(trials: &mut [TrialSummary]) {
+    let solos: Vec<TenantSummary> = trials
+        .iter()
+        .filter(|t| t.mode == SharingMode::Solo && t.state == "finished")
+        .filter_map(|t| t.tenants.first().cloned())
+        .collect();
+    for trial in trials.iter_mut().filter(|t| t.mode != SharingMode::Solo) {
+        let mut solo_throughputs = Vec::new();
+        for tenant in &mut trial.tenants {
+            let solo = solos.iter().find(|s| s.tenant == tenant.tenant);
+            tenant.slowdown = solo.map(|s| Slowdown::between(&tenant.metrics, &s.metrics));
+            solo_throughputs.push(
+                solo.and_then(|s| s.metrics.throughput)
+                    .map(|t| t.output_tokens_per_s),
+            );
+        }
+        trial.colocation_gain =
+            colocation_gain(trial.aggregate_output_tokens_per_s, &solo_throughputs);
+    }
 }
 
 /// Adds `trial: message`, or, when another trial said the same, adds `trial` to its list, so a

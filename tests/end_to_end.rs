@@ -116,6 +116,28 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         "MPS TPOT {shared_tpot} ms should exceed solo {solo_tpot} ms"
     );
 
+    // Sharing shows as a slowdown against solo, and the node's gain is reported.
+    let chat = mps
+        .tenants
+        .iter()
+        .find(|t| t.tenant == "chat-a")
+        .expect("chat-a");
+    let slowdown = chat.slowdown.expect("slowdown against solo");
+    assert!(slowdown.tpot_p50.expect("tpot ratio") > 1.0, "{slowdown:?}");
+    assert!(
+        mps.colocation_gain.is_some_and(|g| g > 0.0),
+        "{:?}",
+        mps.colocation_gain
+    );
+    assert!(
+        node.trials[0].tenants[0].slowdown.is_none(),
+        "solo trials have no slowdown"
+    );
+    assert!(
+        stdout.contains("sharing vs solo") && stdout.contains("= co-location gain"),
+        "{stdout}"
+    );
+
     let analyze = Command::new(coordinator)
         .arg("analyze")
         .arg(&dir)

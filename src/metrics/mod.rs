@@ -6,6 +6,7 @@
 
 pub mod gpu;
 mod histogram;
+pub mod slowdown;
 mod tenant;
 
 pub use histogram::{LatencyHistogram, Percentiles};

@@ -13,6 +13,60 @@ fn rate(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.1}"))
 }
 
+fn times(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}x"))
+}
+
+/// The slowdown of each tenant of each shared trial and the trial's co-location gain, or
+/// `None` when no shared trial had a solo baseline.
+fn render_comparison(summary: &Summary) -> Option<String> {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header([
+        "node",
+        "trial",
+        "tenant",
+        "TTFT p50",
+        "TTFT p99",
+        "TPOT p50",
+        "TPOT p99",
+        "out tok/s",
+    ]);
+    let mut rows = 0;
+    for node in &summary.nodes {
+        for trial in &node.trials {
+            for t in &trial.tenants {
+                let Some(s) = t.slowdown else { continue };
+                rows += 1;
+                table.add_row([
+                    node.node.clone(),
+                    trial.trial.clone(),
+                    t.tenant.clone(),
+                    times(s.ttft_p50),
+                    times(s.ttft_p99),
+                    times(s.tpot_p50),
+                    times(s.tpot_p99),
+                    times(s.output_tokens_per_s),
+                ]);
+            }
+            if let Some(gain) = trial.colocation_gain {
+                let mut row = vec![
+                    node.node.clone(),
+                    trial.trial.clone(),
+                    "= co-location gain".into(),
+                ];
+                row.extend((0..4).map(|_| String::new()));
+                row.push(times(Some(gain)));
+                table.add_row(row);
+            }
+        }
+    }
+    for column in table.column_iter_mut().skip(3) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    (rows > 0).then(|| table.to_string())
+}
+
 /// Renders the summary; every missing figure shows as `-`, never as 0.
 pub fn render_table(summary: &Summary) -> String {
     let mut table = Table::new();
@@ -70,6 +124,7 @@ pub fn render_table(summary: &Summary) -> String {
         column.set_cell_alignment(CellAlignment::Right);
     }
     let mut out = String::new();
+    let comparison = render_comparison(summary);
     let label = if summary.simulated {
         " [SIMULATED engine: latencies come from the timing model, not a GPU]"
     } else {
@@ -78,6 +133,11 @@ pub fn render_table(summary: &Summary) -> String {
     out.push_str(&format!("experiment {}{label}\n", summary.experiment));
     out.push_str(&table.to_string());
     out.push('\n');
+    if let Some(comparison) = comparison {
+        out.push_str("sharing vs solo (shared / solo; latency above 1 is slower, throughput below 1 is less)\n");
+        out.push_str(&comparison);
+        out.push('\n');
+    }
     for warning in &summary.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }
