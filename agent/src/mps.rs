@@ -127,11 +127,6 @@ impl MpsDaemon {
         )]
     }
 
-    /// Where the daemon's logs are.
-    pub fn log_dir(&self) -> &Path {
-        &self.log_dir
-    }
-
     /// Sends one command and returns what the daemon answered.
     pub async fn command(&self, command: &str) -> Result<String, MpsError> {
         run_command(&self.control, &self.pipe_dir, &self.log_dir, command).await
