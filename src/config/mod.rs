@@ -84,6 +84,15 @@ pub enum Arrival {
         /// Requests per second, > 0.
         rate: f64,
     },
+    /// Gamma-distributed gaps with mean `1/rate` and coefficient of variation `cv` (open
+    /// loop): `cv` 1 is Poisson, above 1 burstier, below 1 more regular. vLLM's and AIPerf's
+    /// `burstiness` is the gamma shape, `1 / cv²`.
+    Gamma {
+        /// Requests per second, > 0.
+        rate: f64,
+        /// Coefficient of variation of the gaps, in 0.01..=100.
+        cv: f64,
+    },
     /// `n` requests always in flight (closed loop).
     Concurrency {
         /// Concurrent requests, ≥ 1.
@@ -95,7 +104,9 @@ impl Arrival {
     /// The rate the process offers, for open-loop processes.
     pub fn offered_rate(&self) -> Option<f64> {
         match *self {
-            Arrival::Constant { rate } | Arrival::Poisson { rate } => Some(rate),
+            Arrival::Constant { rate }
+            | Arrival::Poisson { rate }
+            | Arrival::Gamma { rate, .. } => Some(rate),
             Arrival::Concurrency { .. } => None,
         }
     }
@@ -105,6 +116,7 @@ impl Arrival {
         match *self {
             Arrival::Constant { rate } => format!("constant {rate}/s"),
             Arrival::Poisson { rate } => format!("poisson {rate}/s"),
+            Arrival::Gamma { rate, cv } => format!("gamma {rate}/s cv {cv}"),
             Arrival::Concurrency { n } => format!("concurrency {n}"),
         }
     }

@@ -42,6 +42,7 @@ pub struct RawWorkload {
 pub struct RawArrival {
     pub kind: Option<String>,
     pub rate: Option<f64>,
+    pub cv: Option<f64>,
     pub n: Option<i64>,
 }
 

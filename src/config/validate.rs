@@ -283,9 +283,25 @@ impl Checker {
             }
             Some(rate)
         };
+        if raw.cv.is_some() && kind != "gamma" {
+            self.problem(
+                &join(path, "cv"),
+                format!("`cv` applies only to gamma arrivals, not {kind}"),
+            );
+        }
         match kind.as_str() {
             "constant" => rate(self).map(|rate| Arrival::Constant { rate }),
             "poisson" => rate(self).map(|rate| Arrival::Poisson { rate }),
+            "gamma" => {
+                let rate = rate(self);
+                let cv_path = join(path, "cv");
+                let cv = self.required(raw.cv, &cv_path)?;
+                if !(cv.is_finite() && (0.01..=100.0).contains(&cv)) {
+                    self.problem(&cv_path, format!("cv (the gaps' coefficient of variation) must be in 0.01..=100, got {cv}"));
+                    return None;
+                }
+                Some(Arrival::Gamma { rate: rate?, cv })
+            }
             "concurrency" => {
                 if raw.rate.is_some() {
                     self.problem(
@@ -309,7 +325,7 @@ impl Checker {
                 self.problem(
                     &kind_path,
                     format!(
-                        "{other:?} is not an arrival kind: use constant, poisson or concurrency"
+                        "{other:?} is not an arrival kind: use constant, poisson, gamma or concurrency"
                     ),
                 );
                 None
@@ -963,6 +979,27 @@ nodes:
                 v.memory
             ),
             ("m1", "vllm", VllmMemory::Fraction(0.6))
+        );
+    }
+
+    #[test]
+    fn gamma_arrivals_need_a_cv_and_only_they_take_one() {
+        let text = |arrival: &str| GOOD.replace("{kind: poisson, rate: 4}", arrival);
+        let e =
+            Experiment::from_yaml(&text("{kind: gamma, rate: 4, cv: 2}"), "g.yaml").expect("valid");
+        assert_eq!(
+            e.workloads["w"].arrival,
+            Arrival::Gamma { rate: 4.0, cv: 2.0 }
+        );
+        let err =
+            Experiment::from_yaml(&text("{kind: gamma, rate: 4}"), "g.yaml").expect_err("no cv");
+        assert_eq!(err.problems()[0].path, "workloads.w.arrival.cv");
+        let err = Experiment::from_yaml(&text("{kind: poisson, rate: 4, cv: 2}"), "g.yaml")
+            .expect_err("cv on poisson");
+        assert!(
+            err.to_string()
+                .contains("`cv` applies only to gamma arrivals, not poisson"),
+            "{err}"
         );
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use multitenant::config::Arrival;
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rand_distr::{Distribution, Exp};
+use rand_distr::{Distribution, Exp, Gamma};
 
 /// Yields the offset of each arrival from the start, in order.
 pub struct ArrivalSchedule {
@@ -19,6 +19,7 @@ pub struct ArrivalSchedule {
 enum OpenLoop {
     Constant { gap_ns: f64 },
     Poisson { gaps: Exp<f64> },
+    Gamma { gaps: Gamma<f64> },
 }
 
 impl ArrivalSchedule {
@@ -30,6 +31,13 @@ impl ArrivalSchedule {
             Arrival::Poisson { rate } => OpenLoop::Poisson {
                 gaps: Exp::new(rate / 1e9).ok()?,
             },
+            // Shape k = 1/cv², scale θ = mean / k, so the mean gap is 1/rate whatever the cv.
+            Arrival::Gamma { rate, cv } => {
+                let shape = 1.0 / (cv * cv);
+                OpenLoop::Gamma {
+                    gaps: Gamma::new(shape, 1e9 / rate / shape).ok()?,
+                }
+            }
             Arrival::Concurrency { .. } => return None,
         };
         Some(Self {
@@ -45,16 +53,20 @@ impl Iterator for ArrivalSchedule {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let at = match &self.kind {
-            // Multiplying instead of summing keeps constant arrivals free of rounding drift.
-            OpenLoop::Constant { gap_ns } => gap_ns * self.index as f64,
-            OpenLoop::Poisson { gaps } => {
-                let at = self.next_ns;
-                self.next_ns += gaps.sample(&mut self.rng);
-                at
-            }
-        };
         self.index += 1;
+        let gap = match &self.kind {
+            // Multiplying instead of summing keeps constant arrivals free of rounding drift.
+            OpenLoop::Constant { gap_ns } => {
+                return Some(Duration::from_nanos(
+                    (gap_ns * (self.index - 1) as f64) as u64,
+                ));
+            }
+            OpenLoop::Poisson { gaps } => gaps.sample(&mut self.rng),
+            OpenLoop::Gamma { gaps } => gaps.sample(&mut self.rng),
+        };
+        // This arrival is where the gaps so far sum to; the drawn gap leads to the next one.
+        let at = self.next_ns;
+        self.next_ns += gap;
         Some(Duration::from_nanos(at as u64))
     }
 }
@@ -98,6 +110,22 @@ mod tests {
         );
         let above = gaps.iter().filter(|&&g| g > 0.02).count() as f64 / gaps.len() as f64;
         assert!((above - (-1f64).exp()).abs() < 0.015, "tail share {above}");
+    }
+
+    #[test]
+    fn gamma_gaps_have_the_asked_mean_and_burstiness() {
+        for cv in [0.5, 2.0] {
+            let gaps = gaps_s(Arrival::Gamma { rate: 40.0, cv }, 40_000);
+            let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+            let sd =
+                (gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64).sqrt();
+            assert!((mean - 0.025).abs() < 0.025 * 0.03, "cv {cv}: mean {mean}");
+            assert!(
+                (sd / mean - cv).abs() < cv * 0.05,
+                "cv {cv}: measured cv {}",
+                sd / mean
+            );
+        }
     }
 
     #[test]
