@@ -3,21 +3,16 @@
 //! killed with SIGKILL. In every case no engine process is left behind and the agent's stream
 //! says what happened.
 
-use std::process::Stdio;
 use std::time::Duration;
 
-use multitenant::auth::TOKEN_ENV;
 use multitenant::events::{read_stream, EngineState, Event, TrialState};
-use multitenant::proto::v1::agent_client::AgentClient;
-use multitenant::proto::v1::StartRunRequest;
-use nix::sys::signal::{kill, Signal};
-use nix::unistd::Pid;
+use nix::sys::signal::Signal;
 
 use crate::support::engines::{
     config, engine_story, group_gone, process_groups, processes_running, run_to_end, run_to_end_at,
-    FakeTenant,
+    start_run_at, AgentProcess, FakeTenant,
 };
-use crate::support::{binaries, test_token, InProcessAgent};
+use crate::support::InProcessAgent;
 
 fn tenant<'a>(name: &'a str, model: &'a str, args: &'a str) -> FakeTenant<'a> {
     FakeTenant {
@@ -132,45 +127,15 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
-    let (agent_bin, _) = binaries();
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut agent = tokio::process::Command::new(agent_bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(tmp.path())
-        .env(TOKEN_ENV, test_token().expose())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn agent");
-    let stdout = agent.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let first = lines.next_line().await.expect("read").expect("a line");
-    let addr = first
-        .strip_prefix("listening on ")
-        .expect("address line")
-        .to_owned();
-    let mut client = AgentClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect");
-    let start = StartRunRequest {
-        run_id: "doomed".into(),
-        config_yaml: config(
-            &[tenant("a", "ok", ""), tenant("b", "ok", "")],
-            "[timeslice]",
-            "60s",
-            "",
-        ),
-        node: "n".into(),
-    };
-    client
-        .start_run(
-            test_token()
-                .attach(tonic::Request::new(start))
-                .expect("attach"),
-        )
-        .await
-        .expect("start");
+    let agent = AgentProcess::spawn(tmp.path(), None).await;
+    let tenants = [tenant("a", "ok", ""), tenant("b", "ok", "")];
+    start_run_at(
+        &agent.url,
+        "doomed",
+        &config(&tenants, "[timeslice]", "60s", ""),
+    )
+    .await;
 
     let agent_log = tmp.path().join("doomed/timeslice/agent.jsonl");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -191,9 +156,7 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(groups.iter().all(|&g| !group_gone(g)));
-    let pid = Pid::from_raw(i32::try_from(agent.id().expect("pid")).expect("pid"));
-    kill(pid, Signal::SIGKILL).expect("kill the agent");
-    agent.wait().await.expect("reap the agent");
+    agent.signal_and_reap(Signal::SIGKILL).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
     while !groups.iter().all(|&g| group_gone(g)) {
         assert!(
@@ -255,7 +218,6 @@ async fn a_port_in_use_or_a_missing_model_is_refused_before_any_engine_starts() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_s3_model_is_synced_to_local_disk_before_vllm_starts() {
-    let (agent_bin, _) = binaries();
     let tmp = tempfile::tempdir().expect("tempdir");
     let bin = tmp.path().join("bin");
     std::fs::create_dir_all(&bin).expect("bin");
@@ -266,28 +228,8 @@ async fn an_s3_model_is_synced_to_local_disk_before_vllm_starts() {
     std::fs::set_permissions(&aws, std::os::unix::fs::PermissionsExt::from_mode(0o755))
         .expect("chmod");
     let data = tmp.path().join("agent");
-    let path = format!(
-        "{}:{}",
-        bin.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
-    let mut agent = tokio::process::Command::new(agent_bin)
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(&data)
-        .env(TOKEN_ENV, test_token().expose())
-        .env("PATH", path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn agent");
-    let stdout = agent.stdout.take().expect("stdout");
-    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
-    let first = lines.next_line().await.expect("read").expect("a line");
-    let url = format!(
-        "http://{}",
-        first.strip_prefix("listening on ").expect("address line")
-    );
+    let agent = AgentProcess::spawn(&data, Some(&bin)).await;
+    let url = agent.url.clone();
 
     let synced = config(
         &[tenant("a", "s3://bucket/tiny", "")],
@@ -336,7 +278,5 @@ async fn an_s3_model_is_synced_to_local_disk_before_vllm_starts() {
         "{engines:?}"
     );
 
-    let pid = Pid::from_raw(i32::try_from(agent.id().expect("pid")).expect("pid"));
-    kill(pid, Signal::SIGTERM).expect("stop the agent");
-    agent.wait().await.expect("reap the agent");
+    agent.signal_and_reap(Signal::SIGTERM).await;
 }

@@ -7,7 +7,10 @@ use std::time::Duration;
 use multitenant::events::{read_stream, EngineState, Event, TrialState};
 use multitenant::proto::v1::agent_client::AgentClient;
 use multitenant::proto::v1::{GetRunRequest, StartRunRequest};
-use nix::sys::signal::killpg;
+use std::process::Stdio;
+
+use multitenant::auth::TOKEN_ENV;
+use nix::sys::signal::{kill, killpg, Signal};
 use nix::unistd::Pid;
 
 use super::{binaries, test_token, InProcessAgent};
@@ -56,8 +59,8 @@ pub async fn run_to_end(agent: &InProcessAgent, run_id: &str, config: &str) -> S
     run_to_end_at(&agent.url, run_id, config).await
 }
 
-/// [`run_to_end`] on the agent at `url`.
-pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
+/// Starts run `run_id` of node `n` on the agent at `url`, without waiting for it.
+pub async fn start_run_at(url: &str, run_id: &str, config: &str) {
     let mut client = AgentClient::connect(url.to_owned()).await.expect("connect");
     let start = StartRunRequest {
         run_id: run_id.into(),
@@ -72,6 +75,12 @@ pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
         )
         .await
         .expect("start");
+}
+
+/// [`run_to_end`] on the agent at `url`.
+pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
+    start_run_at(url, run_id, config).await;
+    let mut client = AgentClient::connect(url.to_owned()).await.expect("connect");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
     loop {
         let get = GetRunRequest {
@@ -94,6 +103,54 @@ pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
             "run {run_id} did not end"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The real `agent serve` binary, on a free loopback port, in a process of its own.
+pub struct AgentProcess {
+    /// The process (killed when dropped).
+    pub child: tokio::process::Child,
+    /// `http://127.0.0.1:<port>`.
+    pub url: String,
+}
+
+impl AgentProcess {
+    /// Starts one writing into `data_dir`, with `path_first` put in front of its PATH.
+    pub async fn spawn(data_dir: &Path, path_first: Option<&Path>) -> Self {
+        let mut command = tokio::process::Command::new(&binaries().0);
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env(TOKEN_ENV, test_token().expose())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .kill_on_drop(true);
+        if let Some(dir) = path_first {
+            command.env(
+                "PATH",
+                format!(
+                    "{}:{}",
+                    dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
+                ),
+            );
+        }
+        let mut child = command.spawn().expect("spawn agent");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+        let first = lines.next_line().await.expect("read").expect("a line");
+        let addr = first.strip_prefix("listening on ").expect("address line");
+        Self {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+
+    /// Sends `signal` to the agent and reaps it.
+    pub async fn signal_and_reap(mut self, signal: Signal) {
+        let pid = Pid::from_raw(i32::try_from(self.child.id().expect("pid")).expect("pid"));
+        kill(pid, signal).expect("signal the agent");
+        self.child.wait().await.expect("reap the agent");
     }
 }
 
