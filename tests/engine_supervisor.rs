@@ -15,12 +15,7 @@ use crate::support::engines::{
 use crate::support::InProcessAgent;
 
 fn tenant<'a>(name: &'a str, model: &'a str, args: &'a str) -> FakeTenant<'a> {
-    FakeTenant {
-        name,
-        model,
-        tenant_keys: "",
-        args,
-    }
+    FakeTenant::new(name, model).args(args)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -175,24 +170,9 @@ async fn a_port_in_use_or_a_missing_model_is_refused_before_any_engine_starts() 
     let port = taken.local_addr().expect("addr").port();
     let port_key = format!("port: {port}, ");
     let tenants = [
-        FakeTenant {
-            name: "a",
-            model: "ok",
-            tenant_keys: "",
-            args: "",
-        },
-        FakeTenant {
-            name: "b",
-            model: "ok",
-            tenant_keys: &port_key,
-            args: "",
-        },
-        FakeTenant {
-            name: "c",
-            model: "/no/such/model",
-            tenant_keys: "",
-            args: "",
-        },
+        FakeTenant::new("a", "ok"),
+        FakeTenant::new("b", "ok").keys(&port_key),
+        FakeTenant::new("c", "/no/such/model"),
     ];
     let text = config(&tenants, "[timeslice]", "1s", "");
     assert_eq!(run_to_end(&agent, "preflight", &text).await, "finished");

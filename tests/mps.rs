@@ -24,18 +24,9 @@ async fn an_mps_trial_sets_defaults_first_verifies_every_client_and_quits() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let agent = InProcessAgent::start(tmp.path()).await;
     let tenants = [
-        FakeTenant {
-            name: "a",
-            model: "ok",
-            tenant_keys: "mps_thread_percentage: 60, mps_pinned_memory_limit: \"0=2G\", ",
-            args: "",
-        },
-        FakeTenant {
-            name: "b",
-            model: "ok",
-            tenant_keys: "",
-            args: "",
-        },
+        FakeTenant::new("a", "ok")
+            .keys("mps_thread_percentage: 60, mps_pinned_memory_limit: \"0=2G\", "),
+        FakeTenant::new("b", "ok"),
     ];
     let text = config(
         &tenants,
@@ -105,18 +96,8 @@ async fn an_engine_outside_mps_or_a_node_without_mps_is_never_measured() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let agent = InProcessAgent::start(tmp.path()).await;
     let tenants = [
-        FakeTenant {
-            name: "a",
-            model: "ok",
-            tenant_keys: "",
-            args: "",
-        },
-        FakeTenant {
-            name: "stray",
-            model: "no-mps-client",
-            tenant_keys: "",
-            args: "",
-        },
+        FakeTenant::new("a", "ok"),
+        FakeTenant::new("stray", "no-mps-client"),
     ];
     let text = config(&tenants, "[mps]", "2s", "");
     assert_eq!(run_to_end(&agent, "stray", &text).await, "finished");

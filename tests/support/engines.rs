@@ -29,6 +29,31 @@ pub struct FakeTenant<'a> {
     pub args: &'a str,
 }
 
+impl<'a> FakeTenant<'a> {
+    /// A tenant with no extra keys or args.
+    pub fn new(name: &'a str, model: &'a str) -> Self {
+        Self {
+            name,
+            model,
+            tenant_keys: "",
+            args: "",
+        }
+    }
+
+    /// The same tenant with extra tenant keys.
+    pub fn keys(self, tenant_keys: &'a str) -> Self {
+        Self {
+            tenant_keys,
+            ..self
+        }
+    }
+
+    /// The same tenant with `engine.args` items.
+    pub fn args(self, args: &'a str) -> Self {
+        Self { args, ..self }
+    }
+}
+
 fn fake_vllm() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vllm.sh")
 }
