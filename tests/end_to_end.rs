@@ -149,6 +149,25 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         table_of(&stdout),
         "analyze must print what run printed"
     );
+    let csv = std::fs::read_to_string(format!("{dir}/summary.csv")).expect("summary.csv");
+    let rows: Vec<&str> = csv.lines().collect();
+    assert_eq!(
+        rows.len(),
+        1 + 4,
+        "header + one row per tenant and trial: {csv}"
+    );
+    assert!(rows[0].starts_with("node,trial,mode,state,tenant,"));
+    assert!(
+        rows.iter()
+            .skip(1)
+            .all(|r| r.split(',').count() == rows[0].split(',').count()),
+        "{csv}"
+    );
+    assert!(
+        rows.iter()
+            .any(|r| r.starts_with("local,mps,mps,finished,chat-a,m-a,simulated,true,")),
+        "{csv}"
+    );
     for file in [
         "config.yaml",
         "plan.json",

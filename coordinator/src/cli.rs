@@ -34,7 +34,7 @@ pub enum Command {
     Analyze {
         /// The experiment folder (`runs/<name>-<utc>`).
         dir: PathBuf,
-        /// Also write `summary.json` into the folder (it is overwritten).
+        /// Also write `summary.json` and `summary.csv` into the folder (they are overwritten).
         #[arg(long)]
         write: bool,
     },

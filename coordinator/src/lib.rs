@@ -43,7 +43,7 @@ pub fn validate(config: &Path) -> anyhow::Result<()> {
 pub fn analyze(dir: &Path, write: bool) -> anyhow::Result<()> {
     let summary = analyze_dir(dir).with_context(|| format!("analysing {}", dir.display()))?;
     if write {
-        report::write_summary_json(dir, &summary)?;
+        report::write_summary_files(dir, &summary)?;
     }
     print!("{}", report::render_table(&summary));
     Ok(())

@@ -118,7 +118,7 @@ pub async fn run_experiment(
         }
     }
     let summary = analyze_dir(&dir).context("analysing the collected streams")?;
-    report::write_summary_json(&dir, &summary)?;
+    report::write_summary_files(&dir, &summary)?;
     if !failures.is_empty() {
         bail!(
             "{}\n(whatever was collected is in {})",

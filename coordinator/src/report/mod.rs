@@ -1,7 +1,10 @@
-//! Turning a [`Summary`] into what people read: the terminal table and `summary.json`.
+//! Turning a [`Summary`] into what people read: the terminal table, `summary.json` and
+//! `summary.csv`.
 
+mod csv;
 mod table;
 
+pub use csv::render_csv;
 pub use table::render_table;
 
 use std::path::Path;
@@ -9,9 +12,12 @@ use std::path::Path;
 use anyhow::Context;
 use multitenant::analysis::Summary;
 
-/// Writes `summary.json` into the experiment folder.
-pub fn write_summary_json(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
-    let path = dir.join("summary.json");
-    let text = serde_json::to_string_pretty(summary).context("serializing the summary")?;
-    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+/// Writes `summary.json` and `summary.csv` into the experiment folder.
+pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
+    let json = serde_json::to_string_pretty(summary).context("serializing the summary")? + "\n";
+    for (name, text) in [("summary.json", json), ("summary.csv", render_csv(summary))] {
+        let path = dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
 }

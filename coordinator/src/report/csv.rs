@@ -1,0 +1,110 @@
+//! `summary.csv`: one row per tenant and trial, for spreadsheets and pandas. Empty cells mean
+//! "no data", never zero. Latencies in ms, rates per second.
+
+use multitenant::analysis::Summary;
+use multitenant::metrics::Percentiles;
+
+const HEADER: &[&str] = &[
+    "node",
+    "trial",
+    "mode",
+    "state",
+    "tenant",
+    "model",
+    "engine",
+    "simulated",
+    "sent",
+    "completed",
+    "failed",
+    "ttft_p50_ms",
+    "ttft_p99_ms",
+    "tpot_p50_ms",
+    "tpot_p99_ms",
+    "itl_p50_ms",
+    "itl_p99_ms",
+    "e2e_p50_ms",
+    "e2e_p99_ms",
+    "schedule_lag_p99_ms",
+    "output_tokens_per_s",
+    "offered_rate",
+    "achieved_rate",
+    "slowdown_ttft_p50",
+    "slowdown_tpot_p50",
+    "aggregate_output_tokens_per_s",
+    "energy_per_output_token_j",
+];
+
+fn number(v: Option<f64>) -> String {
+    v.map(|v| format!("{v}")).unwrap_or_default()
+}
+
+/// Quotes a field when CSV needs it.
+fn field(text: &str) -> String {
+    if text.contains([',', '"', '\n']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text.to_owned()
+    }
+}
+
+/// The CSV text of `summary`.
+pub fn render_csv(summary: &Summary) -> String {
+    let mut out = HEADER.join(",") + "\n";
+    let p = |p: Option<Percentiles>, pick: fn(&Percentiles) -> f64| number(p.as_ref().map(pick));
+    for node in &summary.nodes {
+        for trial in &node.trials {
+            let mode = serde_json::to_value(trial.mode)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_default();
+            for t in &trial.tenants {
+                let m = &t.metrics;
+                let row = [
+                    field(&node.node),
+                    field(&trial.trial),
+                    mode.clone(),
+                    field(&trial.state),
+                    field(&t.tenant),
+                    field(&t.model),
+                    field(&t.engine),
+                    t.simulated.to_string(),
+                    m.sent.to_string(),
+                    m.completed.to_string(),
+                    m.failed.to_string(),
+                    p(m.ttft_ms, |p| p.p50),
+                    p(m.ttft_ms, |p| p.p99),
+                    p(m.tpot_ms, |p| p.p50),
+                    p(m.tpot_ms, |p| p.p99),
+                    p(m.itl_ms, |p| p.p50),
+                    p(m.itl_ms, |p| p.p99),
+                    p(m.e2e_ms, |p| p.p50),
+                    p(m.e2e_ms, |p| p.p99),
+                    p(m.schedule_lag_ms, |p| p.p99),
+                    number(m.throughput.map(|t| t.output_tokens_per_s)),
+                    number(t.offered_rate),
+                    number(m.achieved_rate),
+                    number(t.slowdown.and_then(|s| s.ttft_p50)),
+                    number(t.slowdown.and_then(|s| s.tpot_p50)),
+                    number(trial.aggregate_output_tokens_per_s),
+                    number(trial.energy_per_output_token_j),
+                ];
+                out.push_str(&row.join(","));
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_with_commas_or_quotes_are_quoted() {
+        assert_eq!(field("plain"), "plain");
+        assert_eq!(field("a,b"), "\"a,b\"");
+        assert_eq!(field("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(number(None), "", "no data is an empty cell, not 0");
+    }
+}
