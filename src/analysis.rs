@@ -13,6 +13,7 @@ use crate::events::{
     read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TrialState,
 };
 use crate::metrics::gpu::{self, GpuTrialSummary};
+use crate::metrics::round3;
 use crate::metrics::slowdown::{colocation_gain, Slowdown};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
 
@@ -371,10 +372,6 @@ fn server_metrics(
             start.and_then(|s| s.counters.get("vllm:num_preemptions_total").copied()),
         ),
     })
-}
-
-fn round3(v: f64) -> f64 {
-    (v * 1_000.0).round() / 1_000.0
 }
 
 fn file_name(path: &Path) -> String {

@@ -8,7 +8,7 @@ use multitenant::proto::v1::agent_client::AgentClient;
 use multitenant::proto::v1::{GetRunRequest, StartRunRequest, StopRunRequest};
 use tonic::Code;
 
-use crate::support::{test_token, InProcessAgent};
+use crate::support::{request_events, test_token, InProcessAgent};
 
 const SLOW: &str = r#"
 name: slow
@@ -171,15 +171,7 @@ nodes:
 
 /// `(first sent, last done)` of a tenant stream's requests.
 fn span(path: &std::path::Path) -> (u64, u64) {
-    let requests: Vec<_> = read_stream(path)
-        .expect("tenant stream")
-        .events
-        .into_iter()
-        .filter_map(|l| match l.event {
-            Event::Request(r) => Some(r),
-            _ => None,
-        })
-        .collect();
+    let (requests, _) = request_events(path);
     assert_eq!(requests.len(), 20, "{}", path.display());
     assert!(requests.iter().all(|r| r.error.is_none()));
     let first = requests.iter().map(|r| r.sent_ns).min().expect("requests");

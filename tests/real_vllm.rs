@@ -24,7 +24,7 @@ use coordinator::run::{run_experiment, Launch};
 use multitenant::events::{read_stream, Event};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{test_token, InProcessAgent};
+use crate::support::{request_events, test_token, InProcessAgent};
 
 fn tenant(name: &str, core: u32, bin: &str, model: &str) -> String {
     format!(
@@ -130,14 +130,12 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
 /// client's token-weighted mean inter-token latency, the same weighting as vLLM's histogram.
 fn per_token_latency_ms(stream: &Path) -> f64 {
     let (mut span_ns, mut gaps) = (0u64, 0u64);
-    for line in read_stream(stream).expect("tenant stream").events {
-        if let Event::Request(r) = line.event {
-            if let (None, Some(first), Some(last), Some(n)) =
-                (&r.error, r.first_token_ns, r.last_token_ns, r.output_tokens)
-            {
-                span_ns += last - first;
-                gaps += u64::from(n.saturating_sub(1));
-            }
+    for r in request_events(stream).0 {
+        if let (None, Some(first), Some(last), Some(n)) =
+            (&r.error, r.first_token_ns, r.last_token_ns, r.output_tokens)
+        {
+            span_ns += last - first;
+            gaps += u64::from(n.saturating_sub(1));
         }
     }
     span_ns as f64 / gaps as f64 / 1e6

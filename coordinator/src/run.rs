@@ -62,7 +62,11 @@ pub async fn run_experiment(
         .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("config.yaml"), &config_text)
         .context("copying the config into the experiment folder")?;
-    write_plan(&dir, &experiment)?;
+    let launcher = match launch {
+        Launch::Local => "local",
+        Launch::Static(_) => "static",
+    };
+    write_plan(&dir, &experiment, launcher)?;
     eprintln!("experiment folder: {}", dir.display());
 
     let endpoints: Vec<Option<AgentEndpoint>> = match launch {
@@ -242,7 +246,7 @@ async fn drive(
     Ok(report)
 }
 
-fn write_plan(dir: &Path, experiment: &Experiment) -> anyhow::Result<()> {
+fn write_plan(dir: &Path, experiment: &Experiment, launcher: &str) -> anyhow::Result<()> {
     let nodes: Vec<_> = experiment
         .nodes
         .iter()
@@ -257,7 +261,7 @@ fn write_plan(dir: &Path, experiment: &Experiment) -> anyhow::Result<()> {
             })
         })
         .collect();
-    let plan = json!({"experiment": experiment.name, "launcher": "local", "nodes": nodes});
+    let plan = json!({"experiment": experiment.name, "launcher": launcher, "nodes": nodes});
     std::fs::write(
         dir.join("plan.json"),
         serde_json::to_string_pretty(&plan)? + "\n",

@@ -59,16 +59,6 @@ impl LatencyHistogram {
         self.sum_us += other.sum_us;
     }
 
-    /// Number of values.
-    pub fn len(&self) -> u64 {
-        self.hist.len()
-    }
-
-    /// True when nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.hist.is_empty()
-    }
-
     /// The distribution in milliseconds, or `None` when empty.
     pub fn percentiles(&self) -> Option<Percentiles> {
         if self.hist.is_empty() {
@@ -122,7 +112,8 @@ pub struct Percentiles {
     pub max: f64,
 }
 
-fn round3(v: f64) -> f64 {
+/// Rounds to three decimals (1 µs when the unit is ms).
+pub(crate) fn round3(v: f64) -> f64 {
     (v * 1_000.0).round() / 1_000.0
 }
 

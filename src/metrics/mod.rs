@@ -9,5 +9,6 @@ mod histogram;
 pub mod slowdown;
 mod tenant;
 
+pub(crate) use histogram::round3;
 pub use histogram::{LatencyHistogram, Percentiles};
 pub use tenant::{Definitions, TenantAccumulator, TenantMetrics, Throughput};

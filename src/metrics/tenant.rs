@@ -109,10 +109,8 @@ pub struct TenantAccumulator {
     prompt_tokens: u64,
     usage_counts: u64,
     counted_counts: u64,
-    /// Earliest `sent_ns` of a measure-phase request.
-    pub first_sent_ns: Option<u64>,
-    /// Latest `done_ns` of a measure-phase request.
-    pub last_done_ns: Option<u64>,
+    first_sent_ns: Option<u64>,
+    last_done_ns: Option<u64>,
     measure_start_ns: Option<u64>,
     measure_end_ns: Option<u64>,
 }

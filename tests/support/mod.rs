@@ -111,8 +111,14 @@ pub async fn drive(
         .expect("client");
     let report = loadgen::run(load, http, CancellationToken::new()).await;
     stream.close().expect("close");
-    let contents = read_stream(&dir.join("solo/t.jsonl")).expect("read back");
-    assert!(contents.warnings.is_empty(), "{:?}", contents.warnings);
+    let (requests, warnings) = request_events(&dir.join("solo/t.jsonl"));
+    assert!(warnings.is_empty(), "{warnings:?}");
+    (report, clock, requests)
+}
+
+/// The request events of the stream at `path`, and the reader's warnings.
+pub fn request_events(path: &Path) -> (Vec<RequestEvent>, Vec<String>) {
+    let contents = read_stream(path).expect("a readable stream");
     let requests = contents
         .events
         .into_iter()
@@ -121,7 +127,7 @@ pub async fn drive(
             _ => None,
         })
         .collect();
-    (report, clock, requests)
+    (requests, contents.warnings)
 }
 
 /// An agent serving in this process on a free loopback port.
