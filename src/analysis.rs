@@ -53,6 +53,9 @@ pub struct TrialSummary {
     pub trial: String,
     /// Sharing mode.
     pub mode: SharingMode,
+    /// The sweep stage this trial ran (1-based), when its workloads sweep.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
     /// `finished`, `invalid`, `stopped`, or `incomplete` when no end was recorded.
     pub state: String,
     /// Why the trial is not valid, when it is not.
@@ -176,11 +179,13 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
     let mut state = "incomplete".to_owned();
     let mut reason = None;
     let mut mode = None;
+    let mut stage = None;
     let agent_path = trial_dir.join("agent.jsonl");
     if agent_path.is_file() {
         let agent = read_stream(&agent_path)?;
         summary.warnings.extend(agent.warnings);
         mode = Some(agent.header.mode);
+        stage = agent.header.stage;
         for line in &agent.events {
             match &line.event {
                 Event::Trial(t) if t.state != TrialState::Started => {
@@ -287,6 +292,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
     Ok(TrialSummary {
         trial,
         mode: mode.unwrap_or(SharingMode::Solo),
+        stage,
         state,
         reason,
         tenants,
@@ -298,18 +304,21 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
     })
 }
 
-/// Fills slowdown and co-location gain of every shared trial from the node's solo trials.
-/// Only solo trials that finished count as baselines.
+/// Fills slowdown and co-location gain of every shared trial from the node's solo trials (of
+/// the same sweep stage). Only solo trials that finished count as baselines.
 fn compare_with_solo(trials: &mut [TrialSummary]) {
-    let solos: Vec<TenantSummary> = trials
+    let solos: Vec<(Option<u32>, TenantSummary)> = trials
         .iter()
         .filter(|t| t.mode == SharingMode::Solo && t.state == "finished")
-        .filter_map(|t| t.tenants.first().cloned())
+        .filter_map(|t| Some((t.stage, t.tenants.first()?.clone())))
         .collect();
     for trial in trials.iter_mut().filter(|t| t.mode != SharingMode::Solo) {
         let mut solo_throughputs = Vec::new();
         for tenant in &mut trial.tenants {
-            let solo = solos.iter().find(|s| s.tenant == tenant.tenant);
+            let solo = solos
+                .iter()
+                .find(|(stage, s)| *stage == trial.stage && s.tenant == tenant.tenant)
+                .map(|(_, s)| s);
             tenant.slowdown = solo.map(|s| Slowdown::between(&tenant.metrics, &s.metrics));
             solo_throughputs.push(
                 solo.and_then(|s| s.metrics.throughput)

@@ -20,6 +20,7 @@ fn header(stream: StreamKind, tenant: Option<&str>) -> Header {
         stream,
         zero_wall_ns: 1_700_000_000_000_000_000,
         simulated: true,
+        stage: None,
         tenant: tenant.map(|name| TenantHeader {
             name: name.into(),
             model: "m".into(),

@@ -248,6 +248,7 @@ mod tests {
             stream: StreamKind::Agent,
             zero_wall_ns: 1,
             simulated: true,
+            stage: None,
             tenant: None,
         }
     }

@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use multitenant::config::{Engine, Experiment, Node, SharingMode, Trial};
+use multitenant::config::{
+    Arrival, ArrivalPlan, Engine, Experiment, Node, SharingMode, StageArrival, Trial,
+};
 use multitenant::events::{
     EngineEvent, EngineState, Event, Header, MpsEvent, MpsState, StreamKind, TenantHeader,
     TrialEvent, TrialState, WarningEvent, SCHEMA_VERSION,
@@ -200,7 +202,7 @@ impl RunManager {
                 root.display()
             )));
         }
-        let trials = node.trials();
+        let trials = node.trials(&experiment.workloads);
         let run = Arc::new(Run {
             id: run_id.to_owned(),
             trials: trials.iter().map(|t| t.name.clone()).collect(),
@@ -219,6 +221,7 @@ impl RunManager {
             gpu: self.gpu.clone(),
             mps_control: self.mps_control.clone(),
             http: self.http.clone(),
+            sweep_rates: Mutex::new(HashMap::new()),
         };
         self.tracker.spawn(async move {
             let state = ctx.execute(trials).await;
@@ -330,6 +333,17 @@ struct RunContext {
     gpu: NodeGpus,
     mps_control: PathBuf,
     http: reqwest::Client,
+    /// Per tenant: the request rates its automatic sweep measured in its synchronous and
+    /// throughput stages, taken from the first trial that ran them (the solo trial, when
+    /// there is one, so that shared trials are offered the same rates as the baseline).
+    sweep_rates: Mutex<HashMap<String, SweepRates>>,
+}
+
+/// Measured ends of an automatic sweep.
+#[derive(Debug, Clone, Copy, Default)]
+struct SweepRates {
+    sync: Option<f64>,
+    max: Option<f64>,
 }
 
 impl RunContext {
@@ -368,7 +382,63 @@ impl RunContext {
             stream,
             zero_wall_ns: self.clock.zero_wall_ns(),
             simulated,
+            stage: trial.stage.map(|k| k as u32 + 1),
             tenant,
+        }
+    }
+
+    /// The arrival process each tenant runs in `trial`: its workload's process, or the
+    /// trial's stage of its sweep. Rate stages of an automatic sweep need the tenant's
+    /// synchronous and throughput rates, measured earlier; without them the trial cannot run.
+    fn stage_arrivals(
+        &self,
+        trial: &Trial,
+        tenants: &[&multitenant::config::Tenant],
+    ) -> Result<Vec<Arrival>, String> {
+        let rates = self.sweep_rates.lock().unwrap_or_else(|e| e.into_inner());
+        tenants
+            .iter()
+            .map(|t| match self.experiment.workloads[&t.workload].arrival.stage(trial.stage) {
+                StageArrival::Fixed(arrival) => Ok(arrival),
+                StageArrival::AutoRate { step, sweep } => {
+                    let measured = rates.get(&t.name).copied().unwrap_or_default();
+                    match (measured.sync, measured.max) {
+                        (Some(sync), Some(max)) => Ok(sweep.arrival(sweep.rate(step, sync, max))),
+                        _ => Err(format!(
+                            "{}: rate stage {step} of its sweep needs the request rates of its synchronous and throughput stages, and at least one of them completed no measured request",
+                            t.name
+                        )),
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Keeps what the synchronous (stage 1) and throughput (stage 2) stages of automatic
+    /// sweeps measured, the first time each tenant runs them.
+    fn remember_sweep_rates(
+        &self,
+        trial: &Trial,
+        tenants: &[&multitenant::config::Tenant],
+        reports: &[loadgen::LoadReport],
+    ) {
+        let mut rates = self.sweep_rates.lock().unwrap_or_else(|e| e.into_inner());
+        for (tenant, report) in tenants.iter().zip(reports) {
+            if !matches!(
+                self.experiment.workloads[&tenant.workload].arrival,
+                ArrivalPlan::Auto(_)
+            ) {
+                continue;
+            }
+            let entry = rates.entry(tenant.name.clone()).or_default();
+            let slot = match trial.stage {
+                Some(0) => &mut entry.sync,
+                Some(1) => &mut entry.max,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = report.completed_rate;
+            }
         }
     }
 
@@ -425,6 +495,13 @@ impl RunContext {
             .collect();
         let mut failure = (!problems.is_empty())
             .then(|| format!("refused before any engine started: {}", problems.join("; ")));
+        let arrivals = match self.stage_arrivals(trial, &tenants) {
+            Ok(arrivals) => arrivals,
+            Err(reason) => {
+                failure.get_or_insert(reason);
+                Vec::new()
+            }
+        };
         let needs_mps = trial.mode == SharingMode::Mps
             && tenants.iter().any(|t| matches!(t.engine, Engine::Vllm(_)));
         let mut mps = None;
@@ -513,8 +590,9 @@ impl RunContext {
             let trial_cancel = self.run.cancel.child_token();
             let watchers = watch_engine_exits(&tenants, &engines, &trial_cancel, self.clock);
             let reports = self
-                .load(trial, &tenants, &engines, trial_cancel.clone())
+                .load(trial, &tenants, &arrivals, &engines, trial_cancel.clone())
                 .await?;
+            self.remember_sweep_rates(trial, &tenants, &reports);
             trial_cancel.cancel();
             for watcher in watchers {
                 if let Ok(Some(death)) = watcher.await {
@@ -622,6 +700,7 @@ impl RunContext {
         &self,
         trial: &Trial,
         tenants: &[&multitenant::config::Tenant],
+        arrivals: &[Arrival],
         engines: &[RunningEngine],
         cancel: CancellationToken,
     ) -> std::io::Result<Vec<loadgen::LoadReport>> {
@@ -644,7 +723,7 @@ impl RunContext {
         ));
         let mut streams: Vec<Arc<StreamFile>> = Vec::new();
         let mut loads = Vec::new();
-        for (tenant, engine) in tenants.iter().zip(engines) {
+        for ((tenant, engine), &arrival) in tenants.iter().zip(engines).zip(arrivals) {
             let workload = self.experiment.workloads[&tenant.workload].clone();
             let header = TenantHeader {
                 name: tenant.name.clone(),
@@ -652,8 +731,8 @@ impl RunContext {
                 engine: tenant.engine.kind().into(),
                 workload: tenant.workload.clone(),
                 api: workload.api,
-                arrival: workload.arrival.describe(),
-                offered_rate: workload.arrival.offered_rate(),
+                arrival: arrival.describe(),
+                offered_rate: arrival.offered_rate(),
                 streaming: workload.stream,
             };
             let stream = self.run.streams.create(
@@ -678,6 +757,7 @@ impl RunContext {
                 tenant: tenant.name.clone(),
                 target,
                 workload,
+                arrival,
                 seed: self.experiment.seed ^ name_hash(&tenant.name),
                 clock: self.clock,
                 stream,

@@ -27,7 +27,11 @@ pub fn validate(config: &Path) -> anyhow::Result<()> {
     let experiment = Experiment::load(config)?;
     println!("{}: valid", config.display());
     for node in &experiment.nodes {
-        let trials: Vec<String> = node.trials().into_iter().map(|t| t.name).collect();
+        let trials: Vec<String> = node
+            .trials(&experiment.workloads)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         let tenants: Vec<&str> = node.tenants.iter().map(|t| t.name.as_str()).collect();
         println!(
             "  node {}: tenants {}; trials {}",

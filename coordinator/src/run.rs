@@ -253,10 +253,14 @@ fn write_plan(dir: &Path, experiment: &Experiment, launcher: &str) -> anyhow::Re
         .map(|n| {
             json!({
                 "node": n.name,
-                "trials": n.trials().iter().map(|t| json!({
+                "trials": n.trials(&experiment.workloads).iter().map(|t| json!({
                     "trial": t.name,
                     "mode": t.mode,
-                    "tenants": t.tenants.iter().map(|&i| &n.tenants[i].name).collect::<Vec<_>>(),
+                    "tenants": t.tenants.iter().map(|&i| {
+                        let tenant = &n.tenants[i];
+                        let arrival = experiment.workloads[&tenant.workload].arrival.stage(t.stage);
+                        json!({"tenant": tenant.name, "arrival": arrival.describe()})
+                    }).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
         })

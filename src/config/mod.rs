@@ -55,8 +55,8 @@ pub struct Workload {
     pub api: Api,
     /// Whether responses stream (SSE); without streaming there is no TTFT, TPOT or ITL.
     pub stream: bool,
-    /// When requests are sent.
-    pub arrival: Arrival,
+    /// When requests are sent: one arrival process, or a sweep of stages.
+    pub arrival: ArrivalPlan,
     /// Prompt and output lengths.
     pub data: SyntheticData,
     /// Time from start during which requests are sent but not measured.
@@ -98,15 +98,35 @@ pub enum Arrival {
         /// Concurrent requests, ≥ 1.
         n: u32,
     },
+    /// A rate that rises (or falls) linearly from `from` to `to` over the measured phase;
+    /// warmup runs at `from` (open loop).
+    Ramp {
+        /// Rate at the start of the measured phase, > 0.
+        from: f64,
+        /// Rate at its end, > 0.
+        to: f64,
+        /// How arrivals are placed along the rate curve.
+        spacing: Spacing,
+    },
+}
+
+/// How the arrivals of a time-varying rate are placed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spacing {
+    /// Deterministic: the k-th arrival where the expected count reaches k.
+    Constant,
+    /// A Poisson process with the varying rate.
+    Poisson,
 }
 
 impl Arrival {
-    /// The rate the process offers, for open-loop processes.
+    /// The rate the process offers, for open-loop processes (a ramp's mean rate).
     pub fn offered_rate(&self) -> Option<f64> {
         match *self {
             Arrival::Constant { rate }
             | Arrival::Poisson { rate }
             | Arrival::Gamma { rate, .. } => Some(rate),
+            Arrival::Ramp { from, to, .. } => Some((from + to) / 2.0),
             Arrival::Concurrency { .. } => None,
         }
     }
@@ -118,6 +138,114 @@ impl Arrival {
             Arrival::Poisson { rate } => format!("poisson {rate}/s"),
             Arrival::Gamma { rate, cv } => format!("gamma {rate}/s cv {cv}"),
             Arrival::Concurrency { n } => format!("concurrency {n}"),
+            Arrival::Ramp { from, to, spacing } => {
+                let spacing = match spacing {
+                    Spacing::Constant => "constant",
+                    Spacing::Poisson => "poisson",
+                };
+                format!("ramp {from}/s to {to}/s ({spacing})")
+            }
+        }
+    }
+}
+
+/// A workload's arrivals: one process for the whole trial, or a sweep of stages, each run as
+/// a trial of its own (named `<trial>.s<k>`) so that every stage has its own measure phase,
+/// summary and solo baseline.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ArrivalPlan {
+    /// One process.
+    Single(Arrival),
+    /// The given processes, one per stage, in order.
+    Stages(Vec<Arrival>),
+    /// GuideLLM-style: a synchronous stage (one request at a time), a throughput stage
+    /// (`max_concurrency` in flight), then `steps` rates evenly spaced between the two
+    /// stages' measured request rates.
+    Auto(AutoSweep),
+}
+
+/// Settings of an automatic sweep.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AutoSweep {
+    /// Rate stages between the synchronous and the throughput rate, ≥ 1.
+    pub steps: u32,
+    /// Spacing of the rate stages' arrivals.
+    pub spacing: Spacing,
+    /// Requests in flight in the throughput stage.
+    pub max_concurrency: u32,
+}
+
+/// What one stage of a plan runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum StageArrival {
+    /// A known process.
+    Fixed(Arrival),
+    /// Rate stage `step` (1-based) of an automatic sweep: its rate is known only once the
+    /// synchronous and throughput stages have run.
+    AutoRate {
+        /// 1..=steps.
+        step: u32,
+        /// The sweep.
+        sweep: AutoSweep,
+    },
+}
+
+impl StageArrival {
+    /// Short name, as written into plans.
+    pub fn describe(&self) -> String {
+        match self {
+            StageArrival::Fixed(a) => a.describe(),
+            StageArrival::AutoRate { step, sweep } => format!(
+                "rate stage {step} of {}, set from the synchronous and throughput stages",
+                sweep.steps
+            ),
+        }
+    }
+}
+
+impl AutoSweep {
+    /// The rate of rate stage `step`, given the measured synchronous and throughput request
+    /// rates: evenly spaced strictly between them.
+    pub fn rate(&self, step: u32, sync_rate: f64, max_rate: f64) -> f64 {
+        sync_rate + (max_rate - sync_rate) * f64::from(step) / f64::from(self.steps + 1)
+    }
+
+    /// The process of rate stage `step` at `rate`.
+    pub fn arrival(&self, rate: f64) -> Arrival {
+        match self.spacing {
+            Spacing::Constant => Arrival::Constant { rate },
+            Spacing::Poisson => Arrival::Poisson { rate },
+        }
+    }
+}
+
+impl ArrivalPlan {
+    /// Number of stages of a sweep; `None` for a single process.
+    pub fn stage_count(&self) -> Option<usize> {
+        match self {
+            ArrivalPlan::Single(_) => None,
+            ArrivalPlan::Stages(stages) => Some(stages.len()),
+            ArrivalPlan::Auto(auto) => Some(auto.steps as usize + 2),
+        }
+    }
+
+    /// What stage `index` (0-based) runs; a single process runs in every stage.
+    pub fn stage(&self, index: Option<usize>) -> StageArrival {
+        match (self, index) {
+            (ArrivalPlan::Single(a), _) => StageArrival::Fixed(*a),
+            (ArrivalPlan::Stages(stages), i) => {
+                StageArrival::Fixed(stages[i.unwrap_or(0).min(stages.len() - 1)])
+            }
+            (ArrivalPlan::Auto(auto), i) => match i.unwrap_or(0) {
+                0 => StageArrival::Fixed(Arrival::Concurrency { n: 1 }),
+                1 => StageArrival::Fixed(Arrival::Concurrency {
+                    n: auto.max_concurrency,
+                }),
+                k => StageArrival::AutoRate {
+                    step: u32::try_from(k - 1).unwrap_or(u32::MAX),
+                    sweep: *auto,
+                },
+            },
         }
     }
 }
@@ -204,17 +332,43 @@ pub enum SharingMode {
 /// One trial as it will run: a name (its folder), a mode and the tenants in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trial {
-    /// Folder name: `solo-<tenant>`, `mps`, `timeslice` or `exclusive`.
+    /// Folder name: `solo-<tenant>`, `mps`, `timeslice` or `exclusive`, with `.s<k>` after it
+    /// for stage k (1-based) of a sweep.
     pub name: String,
     /// How the tenants share the GPU.
     pub mode: SharingMode,
     /// Indices into [`Node::tenants`].
     pub tenants: Vec<usize>,
+    /// The sweep stage (0-based) this trial runs, when a tenant's workload sweeps.
+    pub stage: Option<usize>,
 }
 
 impl Node {
-    /// The trials this node runs, in order, with `solo` expanded to one trial per tenant.
-    pub fn trials(&self) -> Vec<Trial> {
+    /// The trials this node runs, in order, with `solo` expanded to one trial per tenant and,
+    /// when the tenants' workloads sweep (validation makes their stage counts agree), every
+    /// trial expanded to one per stage.
+    pub fn trials(&self, workloads: &BTreeMap<String, Workload>) -> Vec<Trial> {
+        let stages = self
+            .tenants
+            .iter()
+            .filter_map(|t| workloads.get(&t.workload)?.arrival.stage_count())
+            .max();
+        let Some(stages) = stages else {
+            return self.unstaged_trials();
+        };
+        self.unstaged_trials()
+            .into_iter()
+            .flat_map(|trial| {
+                (0..stages).map(move |k| Trial {
+                    name: format!("{}.s{}", trial.name, k + 1),
+                    stage: Some(k),
+                    ..trial.clone()
+                })
+            })
+            .collect()
+    }
+
+    fn unstaged_trials(&self) -> Vec<Trial> {
         let mut out = Vec::new();
         for kind in &self.trials {
             match kind {
@@ -223,22 +377,26 @@ impl Node {
                         name: format!("solo-{}", t.name),
                         mode: SharingMode::Solo,
                         tenants: vec![i],
+                        stage: None,
                     }))
                 }
                 TrialKind::Mps => out.push(Trial {
                     name: "mps".into(),
                     mode: SharingMode::Mps,
                     tenants: (0..self.tenants.len()).collect(),
+                    stage: None,
                 }),
                 TrialKind::Timeslice => out.push(Trial {
                     name: "timeslice".into(),
                     mode: SharingMode::Timeslice,
                     tenants: (0..self.tenants.len()).collect(),
+                    stage: None,
                 }),
                 TrialKind::Exclusive => out.push(Trial {
                     name: "exclusive".into(),
                     mode: SharingMode::Exclusive,
                     tenants: (0..self.tenants.len()).collect(),
+                    stage: None,
                 }),
             }
         }

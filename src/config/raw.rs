@@ -44,6 +44,13 @@ pub struct RawArrival {
     pub rate: Option<f64>,
     pub cv: Option<f64>,
     pub n: Option<i64>,
+    pub from: Option<f64>,
+    pub to: Option<f64>,
+    pub spacing: Option<String>,
+    pub rates: Option<Vec<f64>>,
+    pub concurrencies: Option<Vec<i64>>,
+    pub steps: Option<i64>,
+    pub max_concurrency: Option<i64>,
 }
 
 /// `data:` of a workload.

@@ -13,6 +13,10 @@ use super::*;
 const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
 /// Default time in-flight requests may run on after the last send.
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
+/// Requests in flight in the throughput stage of an automatic sweep, unless set.
+const DEFAULT_SWEEP_MAX_CONCURRENCY: u32 = 256;
+/// Most requests a tenant may keep in flight.
+const MAX_CONCURRENCY: u32 = 100_000;
 /// Largest token count a length may ask for.
 const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
 /// Characters allowed in names that become file and folder names.
@@ -203,6 +207,9 @@ impl Checker {
                 nodes.push(node);
             }
         }
+        for (i, node) in nodes.iter().enumerate() {
+            self.stage_counts_agree(node, &workloads, &format!("nodes[{i}].tenants"));
+        }
         Some(Experiment {
             name: name?,
             output_dir: PathBuf::from(raw.output_dir.unwrap_or_else(|| "runs".into())),
@@ -211,6 +218,31 @@ impl Checker {
             workloads,
             nodes,
         })
+    }
+
+    /// Every trial of a sweep runs one stage of each tenant's workload at once, so the
+    /// tenants' sweeps must have as many stages.
+    fn stage_counts_agree(
+        &mut self,
+        node: &Node,
+        workloads: &BTreeMap<String, Workload>,
+        path: &str,
+    ) {
+        let counts: Vec<(String, usize)> = node
+            .tenants
+            .iter()
+            .filter_map(|t| {
+                let count = workloads.get(&t.workload)?.arrival.stage_count()?;
+                Some((format!("{} ({} stages)", t.name, count), count))
+            })
+            .collect();
+        if counts.windows(2).any(|w| w[0].1 != w[1].1) {
+            let parts: Vec<String> = counts.into_iter().map(|(n, _)| n).collect();
+            self.problem(
+                path,
+                format!("the tenants' sweeps run side by side, one stage per trial, so they need as many stages: {}", parts.join(", ")),
+            );
+        }
     }
 
     fn workload(&mut self, raw: RawWorkload, path: &str) -> Option<Workload> {
@@ -263,70 +295,200 @@ impl Checker {
         })
     }
 
-    fn arrival(&mut self, raw: RawArrival, path: &str) -> Option<Arrival> {
+    fn arrival(&mut self, raw: RawArrival, path: &str) -> Option<ArrivalPlan> {
         let kind_path = join(path, "kind");
-        let kind = self.required(raw.kind, &kind_path)?;
-        let rate = |c: &mut Self| -> Option<f64> {
-            if raw.n.is_some() {
-                c.problem(
-                    &join(path, "n"),
-                    format!("`n` does not apply to {kind} arrivals; use `rate`"),
-                );
-            }
-            let rate = c.required(raw.rate, &join(path, "rate"))?;
-            if !(rate.is_finite() && rate > 0.0) {
-                c.problem(
-                    &join(path, "rate"),
-                    format!("rate must be > 0 requests/s, got {rate}"),
+        let kind = self.required(raw.kind.clone(), &kind_path)?;
+        let allowed: &[&str] = match kind.as_str() {
+            "constant" | "poisson" => &["rate"],
+            "gamma" => &["rate", "cv"],
+            "concurrency" => &["n"],
+            "ramp" => &["from", "to", "spacing"],
+            "sweep" => &[
+                "rates",
+                "concurrencies",
+                "steps",
+                "spacing",
+                "max_concurrency",
+            ],
+            other => {
+                self.problem(
+                    &kind_path,
+                    format!(
+                        "{other:?} is not an arrival kind: use constant, poisson, gamma, concurrency, ramp or sweep"
+                    ),
                 );
                 return None;
             }
-            Some(rate)
         };
-        if raw.cv.is_some() && kind != "gamma" {
+        let given = [
+            ("rate", raw.rate.is_some()),
+            ("cv", raw.cv.is_some()),
+            ("n", raw.n.is_some()),
+            ("from", raw.from.is_some()),
+            ("to", raw.to.is_some()),
+            ("spacing", raw.spacing.is_some()),
+            ("rates", raw.rates.is_some()),
+            ("concurrencies", raw.concurrencies.is_some()),
+            ("steps", raw.steps.is_some()),
+            ("max_concurrency", raw.max_concurrency.is_some()),
+        ];
+        for (key, _) in given.iter().filter(|(k, set)| *set && !allowed.contains(k)) {
             self.problem(
-                &join(path, "cv"),
-                format!("`cv` applies only to gamma arrivals, not {kind}"),
+                &join(path, key),
+                format!(
+                    "`{key}` does not apply to {kind} arrivals, which take {}",
+                    allowed.join(", ")
+                ),
             );
         }
         match kind.as_str() {
-            "constant" => rate(self).map(|rate| Arrival::Constant { rate }),
-            "poisson" => rate(self).map(|rate| Arrival::Poisson { rate }),
+            "constant" => {
+                let rate = self.rate(raw.rate, &join(path, "rate"))?;
+                Some(ArrivalPlan::Single(Arrival::Constant { rate }))
+            }
+            "poisson" => {
+                let rate = self.rate(raw.rate, &join(path, "rate"))?;
+                Some(ArrivalPlan::Single(Arrival::Poisson { rate }))
+            }
             "gamma" => {
-                let rate = rate(self);
+                let rate = self.rate(raw.rate, &join(path, "rate"));
                 let cv_path = join(path, "cv");
                 let cv = self.required(raw.cv, &cv_path)?;
                 if !(cv.is_finite() && (0.01..=100.0).contains(&cv)) {
                     self.problem(&cv_path, format!("cv (the gaps' coefficient of variation) must be in 0.01..=100, got {cv}"));
                     return None;
                 }
-                Some(Arrival::Gamma { rate: rate?, cv })
+                Some(ArrivalPlan::Single(Arrival::Gamma { rate: rate?, cv }))
             }
             "concurrency" => {
-                if raw.rate.is_some() {
+                let n = self.required(raw.n, &join(path, "n"))?;
+                let n = self.concurrency(n, &join(path, "n"))?;
+                Some(ArrivalPlan::Single(Arrival::Concurrency { n }))
+            }
+            "ramp" => {
+                let from = self.rate(raw.from, &join(path, "from"));
+                let to = self.rate(raw.to, &join(path, "to"));
+                let spacing = self.spacing(raw.spacing.as_deref(), &join(path, "spacing"));
+                Some(ArrivalPlan::Single(Arrival::Ramp {
+                    from: from?,
+                    to: to?,
+                    spacing: spacing?,
+                }))
+            }
+            _ => self.sweep(raw, path),
+        }
+    }
+
+    fn sweep(&mut self, raw: RawArrival, path: &str) -> Option<ArrivalPlan> {
+        let spacing = self.spacing(raw.spacing.as_deref(), &join(path, "spacing"))?;
+        match (raw.rates, raw.concurrencies, raw.steps) {
+            (Some(rates), None, None) => {
+                let stages: Option<Vec<Arrival>> = rates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &r)| {
+                        let rate = self.rate(Some(r), &format!("{path}.rates[{i}]"))?;
+                        Some(match spacing {
+                            Spacing::Constant => Arrival::Constant { rate },
+                            Spacing::Poisson => Arrival::Poisson { rate },
+                        })
+                    })
+                    .collect();
+                self.stages(stages?, &join(path, "rates"))
+            }
+            (None, Some(ns), None) => {
+                if raw.spacing.is_some() {
                     self.problem(
-                        &join(path, "rate"),
-                        "`rate` does not apply to concurrency; use `n`",
+                        &join(path, "spacing"),
+                        "`spacing` applies to rates, not concurrencies",
                     );
                 }
-                let n = self.required(raw.n, &join(path, "n"))?;
-                match u32::try_from(n) {
-                    Ok(n) if n >= 1 => Some(Arrival::Concurrency { n }),
+                let stages: Option<Vec<Arrival>> = ns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &n)| {
+                        let n = self.concurrency(n, &format!("{path}.concurrencies[{i}]"))?;
+                        Some(Arrival::Concurrency { n })
+                    })
+                    .collect();
+                self.stages(stages?, &join(path, "concurrencies"))
+            }
+            (None, None, Some(steps)) => {
+                let steps_path = join(path, "steps");
+                let steps = match u32::try_from(steps) {
+                    Ok(s) if (1..=100).contains(&s) => s,
                     _ => {
                         self.problem(
-                            &join(path, "n"),
-                            format!("n must be ≥ 1 concurrent requests, got {n}"),
+                            &steps_path,
+                            format!("steps must be in 1..=100 rate stages, got {steps}"),
                         );
-                        None
+                        return None;
                     }
-                }
+                };
+                let max_concurrency = match raw.max_concurrency {
+                    Some(n) => self.concurrency(n, &join(path, "max_concurrency"))?,
+                    None => DEFAULT_SWEEP_MAX_CONCURRENCY,
+                };
+                Some(ArrivalPlan::Auto(AutoSweep {
+                    steps,
+                    spacing,
+                    max_concurrency,
+                }))
             }
-            other => {
+            _ => {
                 self.problem(
-                    &kind_path,
+                    path,
+                    "a sweep takes exactly one of: rates: [..] (one stage per rate), concurrencies: [..] (one stage per concurrency) or steps: N (synchronous, throughput, then N rates between)",
+                );
+                None
+            }
+        }
+    }
+
+    fn stages(&mut self, stages: Vec<Arrival>, path: &str) -> Option<ArrivalPlan> {
+        if stages.len() < 2 {
+            self.problem(path, "a sweep needs at least two stages");
+            return None;
+        }
+        if stages.len() > 100 {
+            self.problem(path, format!("{} stages is more than 100", stages.len()));
+            return None;
+        }
+        Some(ArrivalPlan::Stages(stages))
+    }
+
+    fn rate(&mut self, value: Option<f64>, path: &str) -> Option<f64> {
+        let rate = self.required(value, path)?;
+        if !(rate.is_finite() && rate > 0.0) {
+            self.problem(path, format!("rate must be > 0 requests/s, got {rate}"));
+            return None;
+        }
+        Some(rate)
+    }
+
+    fn concurrency(&mut self, n: i64, path: &str) -> Option<u32> {
+        match u32::try_from(n) {
+            Ok(n) if (1..=MAX_CONCURRENCY).contains(&n) => Some(n),
+            _ => {
+                self.problem(
+                    path,
                     format!(
-                        "{other:?} is not an arrival kind: use constant, poisson, gamma or concurrency"
+                        "n must be ≥ 1 concurrent requests (at most {MAX_CONCURRENCY}), got {n}"
                     ),
+                );
+                None
+            }
+        }
+    }
+
+    fn spacing(&mut self, value: Option<&str>, path: &str) -> Option<Spacing> {
+        match value {
+            None | Some("constant") => Some(Spacing::Constant),
+            Some("poisson") => Some(Spacing::Poisson),
+            Some(other) => {
+                self.problem(
+                    path,
+                    format!("{other:?} is not a spacing: use constant or poisson"),
                 );
                 None
             }
@@ -879,7 +1041,11 @@ nodes:
     fn a_good_config_resolves_its_trials() {
         let e = Experiment::from_yaml(GOOD, "good.yaml").expect("valid");
         let node = e.node("n").expect("node n");
-        let names: Vec<String> = node.trials().into_iter().map(|t| t.name).collect();
+        let names: Vec<String> = node
+            .trials(&e.workloads)
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
         assert_eq!(names, ["solo-a", "solo-b", "mps"]);
         assert_eq!(e.workloads["w"].warmup, DEFAULT_WARMUP);
         assert!(matches!(
@@ -989,7 +1155,7 @@ nodes:
             Experiment::from_yaml(&text("{kind: gamma, rate: 4, cv: 2}"), "g.yaml").expect("valid");
         assert_eq!(
             e.workloads["w"].arrival,
-            Arrival::Gamma { rate: 4.0, cv: 2.0 }
+            ArrivalPlan::Single(Arrival::Gamma { rate: 4.0, cv: 2.0 })
         );
         let err =
             Experiment::from_yaml(&text("{kind: gamma, rate: 4}"), "g.yaml").expect_err("no cv");
@@ -998,7 +1164,114 @@ nodes:
             .expect_err("cv on poisson");
         assert!(
             err.to_string()
-                .contains("`cv` applies only to gamma arrivals, not poisson"),
+                .contains("`cv` does not apply to poisson arrivals, which take rate"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sweeps_expand_every_trial_into_stages() {
+        let text = GOOD.replace(
+            "{kind: poisson, rate: 4}",
+            "{kind: sweep, rates: [2, 4, 8], spacing: poisson}",
+        );
+        let e = Experiment::from_yaml(&text, "s.yaml").expect("valid");
+        let trials = e.node("n").expect("node").trials(&e.workloads);
+        let names: Vec<&str> = trials.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "solo-a.s1",
+                "solo-a.s2",
+                "solo-a.s3",
+                "solo-b.s1",
+                "solo-b.s2",
+                "solo-b.s3",
+                "mps.s1",
+                "mps.s2",
+                "mps.s3"
+            ]
+        );
+        let plan = &e.workloads["w"].arrival;
+        assert_eq!(
+            plan.stage(trials[7].stage),
+            StageArrival::Fixed(Arrival::Poisson { rate: 4.0 })
+        );
+
+        let auto = GOOD.replace("{kind: poisson, rate: 4}", "{kind: sweep, steps: 3}");
+        let e = Experiment::from_yaml(&auto, "a.yaml").expect("valid");
+        let plan = &e.workloads["w"].arrival;
+        assert_eq!(plan.stage_count(), Some(5));
+        assert_eq!(
+            plan.stage(Some(1)),
+            StageArrival::Fixed(Arrival::Concurrency { n: 256 })
+        );
+        let StageArrival::AutoRate { step, sweep } = plan.stage(Some(4)) else {
+            panic!("stage 5 is a rate stage");
+        };
+        assert_eq!(step, 3);
+        assert!((sweep.rate(step, 1.0, 9.0) - 7.0).abs() < 1e-12);
+    }
+
+    #[test]
+    fn sweeps_and_ramps_refuse_what_they_cannot_run() {
+        let with = |arrival: &str| GOOD.replace("{kind: poisson, rate: 4}", arrival);
+        let cases = [
+            (
+                "{kind: sweep, rates: [2]}",
+                "workloads.w.arrival.rates",
+                "at least two stages",
+            ),
+            (
+                "{kind: sweep, rates: [2, 4], steps: 3}",
+                "workloads.w.arrival",
+                "exactly one of",
+            ),
+            (
+                "{kind: sweep, concurrencies: [1, 0]}",
+                "workloads.w.arrival.concurrencies[1]",
+                "n must be ≥ 1",
+            ),
+            (
+                "{kind: sweep, steps: 0}",
+                "workloads.w.arrival.steps",
+                "1..=100",
+            ),
+            (
+                "{kind: ramp, from: 1, to: 0}",
+                "workloads.w.arrival.to",
+                "rate must be > 0",
+            ),
+            (
+                "{kind: ramp, from: 1, to: 5, spacing: bursty}",
+                "workloads.w.arrival.spacing",
+                "not a spacing",
+            ),
+            (
+                "{kind: ramp, from: 1, to: 5, rate: 3}",
+                "workloads.w.arrival.rate",
+                "take from, to, spacing",
+            ),
+        ];
+        for (arrival, path, message) in cases {
+            let err = Experiment::from_yaml(&with(arrival), "x.yaml").expect_err(arrival);
+            let found = err
+                .problems()
+                .iter()
+                .any(|p| p.path == path && p.message.contains(message));
+            assert!(found, "{arrival}: {err}");
+        }
+        // Two tenants whose sweeps differ in length cannot share stages.
+        let mixed = with("{kind: sweep, rates: [1, 2, 3]}")
+            .replace(
+                "nodes:\n",
+                "  v: {arrival: {kind: sweep, rates: [1, 2]}, data: {prompt_tokens: 4, output_tokens: 4}, duration: 1s}\nnodes:\n",
+            )
+            .replace("workload: w, port: 18001", "workload: v, port: 18001");
+        let err = Experiment::from_yaml(&mixed, "m.yaml").expect_err("mixed stages");
+        assert!(
+            err.to_string()
+                .contains("as many stages: a (3 stages), b (2 stages)"),
             "{err}"
         );
     }

@@ -81,6 +81,9 @@ pub struct Header {
     pub zero_wall_ns: u64,
     /// Whether anything in this stream comes from a simulated engine or GPU.
     pub simulated: bool,
+    /// For a trial that runs one stage of a sweep: the stage, 1-based.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stage: Option<u32>,
     /// For tenant streams: who the tenant is and what load it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<TenantHeader>,

@@ -18,7 +18,8 @@ use agent::recorder::RunStreams;
 use agent::run::RunManager;
 use multitenant::auth::BearerToken;
 use multitenant::config::{
-    Api, Arrival, LengthDist, SharingMode, SimFaults, SimTiming, SyntheticData, Workload,
+    Api, Arrival, ArrivalPlan, LengthDist, SharingMode, SimFaults, SimTiming, SyntheticData,
+    Workload,
 };
 use multitenant::events::{read_stream, Event, Header, RequestEvent, StreamKind, SCHEMA_VERSION};
 use tokio::net::{TcpListener, TcpStream};
@@ -53,7 +54,7 @@ pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32
     Workload {
         api: Api::Chat,
         stream: true,
-        arrival: Arrival::Constant { rate },
+        arrival: ArrivalPlan::Single(Arrival::Constant { rate }),
         data: SyntheticData {
             prompt_tokens: LengthDist::Fixed(prompt),
             output_tokens: LengthDist::Fixed(output),
@@ -85,6 +86,7 @@ pub async fn drive(
         stream: StreamKind::Tenant,
         zero_wall_ns: clock.zero_wall_ns(),
         simulated: true,
+        stage: None,
         tenant: None,
     };
     let stream = streams.create("solo/t.jsonl", header).expect("stream");
@@ -96,10 +98,14 @@ pub async fn drive(
         stream: workload.stream,
         ignore_eos: workload.ignore_eos,
     };
+    let ArrivalPlan::Single(arrival) = workload.arrival else {
+        panic!("drive runs one arrival process, not a sweep");
+    };
     let load = TenantLoad {
         tenant: "t".into(),
         target,
         workload,
+        arrival,
         seed: 5,
         clock,
         stream: stream.clone(),

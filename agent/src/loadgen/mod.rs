@@ -7,6 +7,7 @@
 //! cancelled, whichever comes first.
 
 pub mod client;
+pub mod dispatch;
 pub mod prompts;
 pub mod schedule;
 pub mod sse;
@@ -34,6 +35,8 @@ pub struct TenantLoad {
     pub target: Target,
     /// What load to generate.
     pub workload: Workload,
+    /// The arrival process of this trial (one stage of the workload's plan, resolved).
+    pub arrival: Arrival,
     /// Seed of arrivals and prompts.
     pub seed: u64,
     /// The run clock.
@@ -43,12 +46,15 @@ pub struct TenantLoad {
 }
 
 /// What a load run did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LoadReport {
     /// Requests sent, all phases.
     pub sent: u64,
     /// Events that could not be written (the stream's first error is logged).
     pub write_errors: u64,
+    /// Completed measure-phase requests per second, from their first send to their last
+    /// done (the summary's request throughput); `None` when none completed.
+    pub completed_rate: Option<f64>,
 }
 
 struct Shared {
@@ -57,6 +63,9 @@ struct Shared {
     prompts: PromptFactory,
     claimed: AtomicU64,
     write_errors: AtomicU64,
+    measured_completed: AtomicU64,
+    measured_first_sent_ns: AtomicU64,
+    measured_last_done_ns: AtomicU64,
     warmup_end_ns: u64,
     /// Cancelled when sending must stop.
     stop: CancellationToken,
@@ -114,6 +123,13 @@ impl Shared {
         } else {
             Phase::Measure
         };
+        if phase == Phase::Measure && measured.error.is_none() {
+            self.measured_completed.fetch_add(1, Ordering::Relaxed);
+            self.measured_first_sent_ns
+                .fetch_min(measured.sent_ns, Ordering::Relaxed);
+            self.measured_last_done_ns
+                .fetch_max(measured.done_ns, Ordering::Relaxed);
+        }
         self.write(Event::Request(RequestEvent {
             id,
             phase,
@@ -144,37 +160,51 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
     let warmup_end_ns = start_ns + ns(load.workload.warmup);
     let measure_end_ns = warmup_end_ns + ns(load.workload.duration);
     let drain_timeout = load.workload.drain_timeout;
-    let arrival = load.workload.arrival;
+    let arrival = load.arrival;
+    let schedule = ArrivalSchedule::new(
+        &arrival,
+        load.seed,
+        load.workload.warmup,
+        load.workload.duration,
+    );
     let shared = Arc::new(Shared {
         prompts: PromptFactory::new(load.workload.data, load.seed),
         load,
         http,
         claimed: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
+        measured_completed: AtomicU64::new(0),
+        measured_first_sent_ns: AtomicU64::new(u64::MAX),
+        measured_last_done_ns: AtomicU64::new(0),
         warmup_end_ns,
         stop: cancel.child_token(),
         abort: cancel.child_token(),
     });
     let tracker = TaskTracker::new();
-    let senders = TaskTracker::new();
     if warmup_end_ns > start_ns {
         shared.write_phase(Phase::Warmup, start_ns);
     }
     let closed_loop = matches!(arrival, Arrival::Concurrency { .. });
+    let mut sender = None;
     if let Arrival::Concurrency { n } = arrival {
         for _ in 0..n {
             tracker.spawn(closed_loop_worker(shared.clone(), measure_end_ns));
         }
-    } else if let Some(schedule) = ArrivalSchedule::new(&arrival, shared.load.seed) {
-        senders.spawn(open_loop(
-            shared.clone(),
-            schedule,
-            start_ns,
-            measure_end_ns,
-            tracker.clone(),
-        ));
+    } else if let Some(schedule) = schedule {
+        let (shared, tracker) = (shared.clone(), tracker.clone());
+        let runtime = tokio::runtime::Handle::current();
+        sender = Some(tokio::task::spawn_blocking(move || {
+            let arrivals = schedule.map(|offset| start_ns + ns(offset));
+            let stop = shared.stop.clone();
+            dispatch::dispatch(clock, arrivals, measure_end_ns, &stop, |at_ns| {
+                let Some(index) = shared.claim() else {
+                    return false;
+                };
+                tracker.spawn_on(shared.clone().request(index, at_ns), &runtime);
+                true
+            });
+        }));
     }
-    senders.close();
     let stop = shared.stop.clone();
     tokio::select! {
         () = tokio::time::sleep_until(clock.instant_at(warmup_end_ns).into()) => {
@@ -188,10 +218,15 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
             () = stop.cancelled() => {}
         }
         stop.cancel();
-    } else {
+    } else if let Some(sender) = sender {
         // The open loop ends by itself at the end of the phase: arrivals scheduled before it
         // are sent even when late (their lag shows it), never silently dropped.
-        senders.wait().await;
+        if let Err(e) = sender.await {
+            tracing::error!(
+                "tenant {}: the arrival thread failed: {e}",
+                shared.load.tenant
+            );
+        }
     }
     shared.write_phase(Phase::Drain, clock.now_ns().min(measure_end_ns));
     tracker.close();
@@ -204,6 +239,9 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
     }
     shared.write_phase(Phase::Done, clock.now_ns());
     let sent = shared.claimed.load(Ordering::SeqCst);
+    let completed = shared.measured_completed.load(Ordering::Relaxed);
+    let first = shared.measured_first_sent_ns.load(Ordering::Relaxed);
+    let last = shared.measured_last_done_ns.load(Ordering::Relaxed);
     LoadReport {
         sent: shared
             .load
@@ -211,32 +249,8 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
             .max_requests
             .map_or(sent, |max| sent.min(max)),
         write_errors: shared.write_errors.load(Ordering::Relaxed),
-    }
-}
-
-async fn open_loop(
-    shared: Arc<Shared>,
-    schedule: ArrivalSchedule,
-    start_ns: u64,
-    end_ns: u64,
-    tracker: TaskTracker,
-) {
-    let clock = shared.load.clock;
-    for offset in schedule {
-        let at_ns = start_ns + ns(offset);
-        if at_ns >= end_ns {
-            tokio::select! {
-                () = tokio::time::sleep_until(clock.instant_at(end_ns).into()) => {}
-                () = shared.stop.cancelled() => {}
-            }
-            return;
-        }
-        tokio::select! {
-            () = tokio::time::sleep_until(clock.instant_at(at_ns).into()) => {}
-            () = shared.stop.cancelled() => return,
-        }
-        let Some(index) = shared.claim() else { return };
-        tracker.spawn(shared.clone().request(index, at_ns));
+        completed_rate: (completed > 0 && last > first)
+            .then(|| completed as f64 / ((last - first) as f64 / 1e9)),
     }
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use multitenant::config::Arrival;
+use multitenant::config::{Arrival, Spacing};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
-use rand_distr::{Distribution, Exp, Gamma};
+use rand_distr::{Distribution, Exp, Exp1, Gamma};
 
 /// Yields the offset of each arrival from the start, in order.
 pub struct ArrivalSchedule {
@@ -20,11 +20,49 @@ enum OpenLoop {
     Constant { gap_ns: f64 },
     Poisson { gaps: Exp<f64> },
     Gamma { gaps: Gamma<f64> },
+    Ramp { ramp: RampCurve, spacing: Spacing },
+}
+
+/// A rate held at `from` for `hold_s`, then linear from `from` to `to` over `len_s`, then
+/// held at `to`. Arrivals are placed by inverting the expected count `Λ(t) = ∫ rate`: the k-th
+/// unit-rate epoch `u` (k itself, or a Poisson process of rate 1) lands at `Λ⁻¹(u)`.
+#[derive(Debug, Clone, Copy)]
+struct RampCurve {
+    from: f64,
+    to: f64,
+    hold_s: f64,
+    len_s: f64,
+}
+
+impl RampCurve {
+    /// Seconds from the start at which the expected count reaches `u`.
+    fn time_of(&self, u: f64) -> f64 {
+        let held = self.from * self.hold_s;
+        if u <= held {
+            return u / self.from;
+        }
+        let v = u - held;
+        let slope = (self.to - self.from) / self.len_s;
+        let ramped = self.from * self.len_s + slope * self.len_s * self.len_s / 2.0;
+        if v >= ramped {
+            return self.hold_s + self.len_s + (v - ramped) / self.to;
+        }
+        // Solve slope/2 · s² + from · s = v for the s in [0, len_s].
+        let s = if slope.abs() < 1e-12 {
+            v / self.from
+        } else {
+            let disc = (self.from * self.from + 2.0 * slope * v).max(0.0);
+            (disc.sqrt() - self.from) / slope
+        };
+        self.hold_s + s.clamp(0.0, self.len_s)
+    }
 }
 
 impl ArrivalSchedule {
-    /// The schedule of an open-loop `arrival`, or `None` for a closed-loop one.
-    pub fn new(arrival: &Arrival, seed: u64) -> Option<Self> {
+    /// The schedule of an open-loop `arrival` whose warmup lasts `warmup` and whose measured
+    /// phase lasts `duration` (a ramp climbs over the measured phase), or `None` for a
+    /// closed-loop one.
+    pub fn new(arrival: &Arrival, seed: u64, warmup: Duration, duration: Duration) -> Option<Self> {
         let kind = match *arrival {
             Arrival::Constant { rate } => OpenLoop::Constant { gap_ns: 1e9 / rate },
             // Validation guarantees rate > 0 and finite, which Exp accepts.
@@ -38,6 +76,15 @@ impl ArrivalSchedule {
                     gaps: Gamma::new(shape, 1e9 / rate / shape).ok()?,
                 }
             }
+            Arrival::Ramp { from, to, spacing } => OpenLoop::Ramp {
+                ramp: RampCurve {
+                    from,
+                    to,
+                    hold_s: warmup.as_secs_f64(),
+                    len_s: duration.as_secs_f64().max(1e-9),
+                },
+                spacing,
+            },
             Arrival::Concurrency { .. } => return None,
         };
         Some(Self {
@@ -63,6 +110,18 @@ impl Iterator for ArrivalSchedule {
             }
             OpenLoop::Poisson { gaps } => gaps.sample(&mut self.rng),
             OpenLoop::Gamma { gaps } => gaps.sample(&mut self.rng),
+            OpenLoop::Ramp { ramp, spacing } => {
+                // Here `next_ns` counts unit-rate epochs, not nanoseconds.
+                let epoch = match spacing {
+                    Spacing::Constant => (self.index - 1) as f64,
+                    Spacing::Poisson => {
+                        let at = self.next_ns;
+                        self.next_ns += Distribution::<f64>::sample(&Exp1, &mut self.rng);
+                        at
+                    }
+                };
+                return Some(Duration::from_secs_f64(ramp.time_of(epoch)));
+            }
         };
         // This arrival is where the gaps so far sum to; the drawn gap leads to the next one.
         let at = self.next_ns;
@@ -76,10 +135,11 @@ mod tests {
     use super::*;
 
     fn gaps_s(arrival: Arrival, n: usize) -> Vec<f64> {
-        let times: Vec<Duration> = ArrivalSchedule::new(&arrival, 42)
-            .expect("open loop")
-            .take(n + 1)
-            .collect();
+        let times: Vec<Duration> =
+            ArrivalSchedule::new(&arrival, 42, Duration::ZERO, Duration::from_secs(1))
+                .expect("open loop")
+                .take(n + 1)
+                .collect();
         times
             .windows(2)
             .map(|w| (w[1] - w[0]).as_secs_f64())
@@ -130,15 +190,85 @@ mod tests {
 
     #[test]
     fn the_same_seed_gives_the_same_schedule() {
-        let a: Vec<Duration> = ArrivalSchedule::new(&Arrival::Poisson { rate: 5.0 }, 9)
-            .expect("open")
-            .take(50)
-            .collect();
-        let b: Vec<Duration> = ArrivalSchedule::new(&Arrival::Poisson { rate: 5.0 }, 9)
-            .expect("open")
-            .take(50)
-            .collect();
+        let a: Vec<Duration> = ArrivalSchedule::new(
+            &Arrival::Poisson { rate: 5.0 },
+            9,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .expect("open")
+        .take(50)
+        .collect();
+        let b: Vec<Duration> = ArrivalSchedule::new(
+            &Arrival::Poisson { rate: 5.0 },
+            9,
+            Duration::ZERO,
+            Duration::ZERO,
+        )
+        .expect("open")
+        .take(50)
+        .collect();
         assert_eq!(a, b);
-        assert!(ArrivalSchedule::new(&Arrival::Concurrency { n: 2 }, 9).is_none());
+        assert!(ArrivalSchedule::new(
+            &Arrival::Concurrency { n: 2 },
+            9,
+            Duration::ZERO,
+            Duration::ZERO
+        )
+        .is_none());
+    }
+
+    /// Counts arrivals per second of a ramp and holds each bin against the rate curve's
+    /// integral over it: `from` during warmup, then linear to `to`.
+    #[test]
+    fn ramp_arrivals_follow_the_rate_curve() {
+        let (warmup, duration) = (Duration::from_secs(2), Duration::from_secs(10));
+        for spacing in [Spacing::Constant, Spacing::Poisson] {
+            let arrival = Arrival::Ramp {
+                from: 100.0,
+                to: 600.0,
+                spacing,
+            };
+            let end = warmup + duration;
+            let times: Vec<f64> = ArrivalSchedule::new(&arrival, 7, warmup, duration)
+                .expect("open loop")
+                .take_while(|t| *t < end)
+                .map(|t| t.as_secs_f64())
+                .collect();
+            assert!(
+                times.windows(2).all(|w| w[0] <= w[1]),
+                "{spacing:?}: out of order"
+            );
+            for second in 0..12 {
+                let expected = if second < 2 {
+                    100.0
+                } else {
+                    // Mean rate over [s, s+1) of the linear part: the rate at its middle.
+                    100.0 + 50.0 * (f64::from(second - 2) + 0.5)
+                };
+                let s = f64::from(second);
+                let got = times.iter().filter(|&&t| t >= s && t < s + 1.0).count() as f64;
+                // Constant spacing is exact to one arrival; Poisson within 4 standard deviations.
+                let tolerance = match spacing {
+                    Spacing::Constant => 1.0,
+                    Spacing::Poisson => 4.0 * expected.sqrt(),
+                };
+                assert!(
+                    (got - expected).abs() <= tolerance,
+                    "{spacing:?}: second {second}: {got} arrivals, expected {expected}"
+                );
+            }
+            let total = times.len() as f64;
+            // 2 s at 100/s plus 10 s averaging 350/s.
+            let tolerance = if spacing == Spacing::Constant {
+                1.0
+            } else {
+                4.0 * 3700f64.sqrt()
+            };
+            assert!(
+                (total - 3700.0).abs() <= tolerance,
+                "{spacing:?}: {total} arrivals"
+            );
+        }
     }
 }
