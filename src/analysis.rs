@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::SharingMode;
 use crate::events::{
-    read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TrialState,
+    read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TenantHeader, TrialState,
 };
 use crate::metrics::gpu::{self, GpuTrialSummary};
 use crate::metrics::round3;
@@ -97,6 +97,11 @@ pub struct TenantSummary {
     /// The measurements.
     #[serde(flatten)]
     pub metrics: TenantMetrics,
+    /// What the load generator or the server did not do as asked (the client fell behind
+    /// its schedule, sent fewer requests than offered, or outputs were not of the asked
+    /// length); empty when all was as asked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub load_checks: Vec<String>,
     /// Against this tenant's solo trial (shared trials only, when a solo trial ran).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slowdown: Option<Slowdown>,
@@ -254,6 +259,12 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
                 tenant.name
             ));
         }
+        let checks = load_checks(&metrics, &tenant);
+        for check in &checks {
+            summary
+                .warnings
+                .push(format!("{trial}/{}: {check}", tenant.name));
+        }
         tenants.push(TenantSummary {
             tenant: tenant.name,
             model: tenant.model,
@@ -262,6 +273,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
             metrics,
+            load_checks: checks,
             slowdown: None,
             server,
         });
@@ -302,6 +314,40 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         gpus,
         energy_per_output_token_j,
     })
+}
+
+/// Schedule lag p99 above this means the load generator fell behind its own schedule.
+pub const MAX_LAG_P99_MS: f64 = 1.0;
+/// An achieved rate short of the offered rate by more than this share means the load
+/// generator did not offer the asked load.
+pub const MAX_RATE_SHORTFALL: f64 = 0.05;
+
+/// The load generator watching itself, and outputs of the wrong length: one message per
+/// thing that was not as asked.
+fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
+    let mut out = Vec::new();
+    if let Some(lag) = m.schedule_lag_ms.filter(|l| l.p99 > MAX_LAG_P99_MS) {
+        out.push(format!(
+            "the load generator fell behind: schedule lag p99 {:.3} ms (bound {MAX_LAG_P99_MS} ms, max {:.3} ms); latencies are still measured from the actual send",
+            lag.p99, lag.max
+        ));
+    }
+    if let (Some(offered), Some(achieved)) = (tenant.offered_rate, m.achieved_rate) {
+        if achieved < offered * (1.0 - MAX_RATE_SHORTFALL) {
+            out.push(format!(
+                "achieved {achieved:.3} requests/s of the {offered:.3}/s offered ({:.1}% short; bound {:.0}%)",
+                (1.0 - achieved / offered) * 100.0,
+                MAX_RATE_SHORTFALL * 100.0
+            ));
+        }
+    }
+    if tenant.forced_length && (m.short_outputs > 0 || m.long_outputs > 0) {
+        out.push(format!(
+            "{} of {} completed requests delivered fewer output tokens than asked and {} more; the server may ignore max_tokens or ignore_eos (per request: max_tokens vs output_tokens in the events)",
+            m.short_outputs, m.completed, m.long_outputs
+        ));
+    }
+    out
 }
 
 /// Fills slowdown and co-location gain of every shared trial from the node's solo trials (of

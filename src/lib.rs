@@ -4,6 +4,7 @@
 //! process spawning live here.
 //!
 //! - [`config`]: the experiment YAML, parsed strictly and validated into an [`config::Experiment`].
+//! - [`dataset`]: ShareGPT and JSONL prompt files, read with every bad entry reported.
 //! - [`events`]: the JSONL event format (the spec is in that module's docs), its writer and reader.
 //! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
@@ -13,6 +14,7 @@
 pub mod analysis;
 pub mod auth;
 pub mod config;
+pub mod dataset;
 pub mod events;
 pub mod metrics;
 pub mod proto;

@@ -30,6 +30,7 @@ fn header(stream: StreamKind, tenant: Option<&str>) -> Header {
             arrival: "constant 2/s".into(),
             offered_rate: Some(2.0),
             streaming: true,
+            forced_length: true,
         }),
     }
 }

@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use multitenant::config::{SimFaults, SimTiming};
+use multitenant::config::{Arrival, ArrivalPlan, SimFaults, SimTiming};
 
 use crate::support::{constant_workload, drive, quantile, sim_engine};
 
@@ -78,5 +78,91 @@ async fn measured_ttft_and_tpot_match_the_engines_ground_truth() {
     assert!((0.0..0.5).contains(&p50), "TTFT error p50 {p50} ms");
     assert!(p99 < 2.0, "TTFT error p99 {p99} ms");
     assert!(tpot_worst < 0.2, "TPOT error {tpot_worst} ms");
+    engine.stop().await;
+}
+
+/// 1,000 streams at once, each 64 tokens long, from one client against one simulated engine
+/// in the same process. Every measured request is accounted for and checked against the
+/// engine's record.
+///
+/// Bound: measured − true TTFT below 5 ms at p50 and 25 ms at p99. Measured alone on the
+/// 2-core dev box (debug and release alike): p50 2.5 ms, p99 9.8 ms, of which p99 7.5 ms is
+/// the request reaching the engine and 6.4 ms the first token reaching the client. It is CPU
+/// queueing, not timer error: each engine step hands 1,000 chunks at once to the engine's and
+/// the client's HTTP stacks, which share two cores, so the last chunk of a step is read
+/// milliseconds after the first. The sub-millisecond figures of the test above hold at tens of
+/// streams; at 1,000 the error is this machine's, and the bench (`agent bench`) reports it
+/// with the engine in a process of its own.
+///
+/// Runs with MULTITENANT_HEAVY_TESTS=1 (set by .ci/run, which runs it alone): beside the
+/// other tests it would measure their CPU use, not the load generator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_concurrent_streams_are_measured_against_the_engines_truth() {
+    if std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() != Ok("1") {
+        eprintln!("1,000-stream test skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
+        return;
+    }
+    let timing = SimTiming {
+        max_batch: 1_000,
+        prefill_us_per_token: 0.0,
+        decode_step_us: 25_000.0,
+        decode_step_us_per_seq: 0.0,
+    };
+    let engine = sim_engine(timing, SimFaults::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut workload = constant_workload(1.0, Duration::from_secs(4), 16, 64);
+    workload.arrival = ArrivalPlan::Single(Arrival::Concurrency { n: 1_000 });
+    workload.warmup = Duration::from_secs(2);
+    let (report, clock, requests) = drive(&engine.base_url(), workload, dir.path()).await;
+    assert_eq!(
+        requests.len() as u64,
+        report.sent,
+        "every request sent is recorded"
+    );
+    let measured: Vec<_> = requests
+        .iter()
+        .filter(|r| r.phase == multitenant::events::Phase::Measure)
+        .collect();
+    assert!(
+        measured.len() >= 2_000,
+        "{} measured requests",
+        measured.len()
+    );
+    let mut ttft_err_ms = Vec::new();
+    let mut itl_err_ms = Vec::new();
+    let (mut up_ms, mut down_ms) = (Vec::new(), Vec::new());
+    for r in &measured {
+        assert!(r.error.is_none(), "{r:?}");
+        assert_eq!(r.output_tokens, Some(64));
+        let truth = engine.truth(&r.id).expect("ground truth");
+        let received = clock.ns_at(truth.received);
+        let first_emit = clock.ns_at(truth.emitted[0]);
+        let first = r.first_token_ns.expect("first token");
+        up_ms.push((received - r.sent_ns) as f64 / 1e6);
+        down_ms.push((first - first_emit) as f64 / 1e6);
+        ttft_err_ms.push(((first - r.sent_ns) as f64 - (first_emit - received) as f64) / 1e6);
+        let emitted: Vec<u64> = truth.emitted.iter().map(|&t| clock.ns_at(t)).collect();
+        for (gap_us, w) in r.chunk_gaps_us.iter().zip(emitted.windows(2)) {
+            itl_err_ms.push((*gap_us as f64 * 1e3 - (w[1] - w[0]) as f64) / 1e6);
+        }
+    }
+    let (p50, p99) = (
+        quantile(&mut ttft_err_ms, 0.5),
+        quantile(&mut ttft_err_ms, 0.99),
+    );
+    let (itl50, itl99) = (
+        quantile(&mut itl_err_ms, 0.5),
+        quantile(&mut itl_err_ms, 0.99),
+    );
+    eprintln!(
+        "1000 streams: {} measured requests; TTFT error p50 {p50:.3} ms p99 {p99:.3} ms (request to engine p50 {:.3} p99 {:.3} ms, first token to client p50 {:.3} p99 {:.3} ms); ITL error p50 {itl50:.3} ms p99 {itl99:.3} ms",
+        measured.len(),
+        quantile(&mut up_ms, 0.5),
+        quantile(&mut up_ms, 0.99),
+        quantile(&mut down_ms, 0.5),
+        quantile(&mut down_ms, 0.99),
+    );
+    assert!((0.0..5.0).contains(&p50), "TTFT error p50 {p50} ms");
+    assert!(p99 < 25.0, "TTFT error p99 {p99} ms");
     engine.stop().await;
 }

@@ -734,6 +734,7 @@ impl RunContext {
                 arrival: arrival.describe(),
                 offered_rate: arrival.offered_rate(),
                 streaming: workload.stream,
+                forced_length: workload.ignore_eos,
             };
             let stream = self.run.streams.create(
                 &format!("{}/{}.jsonl", trial.name, tenant.name),

@@ -108,6 +108,10 @@ pub struct TenantHeader {
     pub offered_rate: Option<f64>,
     /// Whether responses were streamed.
     pub streaming: bool,
+    /// Whether the output length was forced (`ignore_eos`), so that a different delivered
+    /// length means the server did not do as asked.
+    #[serde(default)]
+    pub forced_length: bool,
 }
 
 /// Which phase a request was scheduled in.

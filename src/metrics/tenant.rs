@@ -65,6 +65,8 @@ pub struct TenantMetrics {
     pub error_rate: Option<f64>,
     /// Completed requests that delivered fewer tokens than asked for.
     pub short_outputs: u64,
+    /// Completed requests that delivered more tokens than asked for.
+    pub long_outputs: u64,
     /// Σ output tokens of completed requests.
     pub output_tokens: u64,
     /// Σ prompt tokens of completed requests.
@@ -105,6 +107,7 @@ pub struct TenantAccumulator {
     completed: u64,
     errors: BTreeMap<String, u64>,
     short_outputs: u64,
+    long_outputs: u64,
     output_tokens: u64,
     prompt_tokens: u64,
     usage_counts: u64,
@@ -144,8 +147,10 @@ impl TenantAccumulator {
         let output = r.output_tokens.unwrap_or(0);
         self.output_tokens += u64::from(output);
         self.prompt_tokens += u64::from(r.prompt_tokens.unwrap_or(0));
-        if output < r.max_tokens {
-            self.short_outputs += 1;
+        match output.cmp(&r.max_tokens) {
+            std::cmp::Ordering::Less => self.short_outputs += 1,
+            std::cmp::Ordering::Greater => self.long_outputs += 1,
+            std::cmp::Ordering::Equal => {}
         }
         match r.token_source {
             Some(TokenSource::Usage) => self.usage_counts += 1,
@@ -210,6 +215,7 @@ impl TenantAccumulator {
             errors: self.errors.clone(),
             error_rate: (self.sent > 0).then(|| failed as f64 / self.sent as f64),
             short_outputs: self.short_outputs,
+            long_outputs: self.long_outputs,
             output_tokens: self.output_tokens,
             prompt_tokens: self.prompt_tokens,
             token_source: token_source.into(),

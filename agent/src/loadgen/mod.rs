@@ -187,8 +187,12 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
     let closed_loop = matches!(arrival, Arrival::Concurrency { .. });
     let mut sender = None;
     if let Arrival::Concurrency { n } = arrival {
-        for _ in 0..n {
-            tracker.spawn(closed_loop_worker(shared.clone(), measure_end_ns));
+        // Workers join one by one across the warmup, not all at once: n requests sent in the
+        // same instant would keep arriving, and finishing, in lockstep for the whole run.
+        let spread_ns = warmup_end_ns - start_ns;
+        for k in 0..u64::from(n) {
+            let begin_ns = start_ns + spread_ns * k / u64::from(n);
+            tracker.spawn(closed_loop_worker(shared.clone(), begin_ns, measure_end_ns));
         }
     } else if let Some(schedule) = schedule {
         let (shared, tracker) = (shared.clone(), tracker.clone());
@@ -254,7 +258,12 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
     }
 }
 
-async fn closed_loop_worker(shared: Arc<Shared>, end_ns: u64) {
+async fn closed_loop_worker(shared: Arc<Shared>, begin_ns: u64, end_ns: u64) {
+    let clock = shared.load.clock;
+    tokio::select! {
+        () = tokio::time::sleep_until(clock.instant_at(begin_ns).into()) => {}
+        () = shared.stop.cancelled() => return,
+    }
     loop {
         let now = shared.load.clock.now_ns();
         if shared.stop.is_cancelled() || now >= end_ns {
