@@ -449,7 +449,7 @@ fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?.into_iter().filter(|p| p.is_dir()).collect())
 }
 
-/// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl`, `gpu.jsonl` and
+/// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl`, `gpu.jsonl`, prompts and
 /// engine scrapes are read apart).
 fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?
@@ -461,7 +461,10 @@ fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
                 "agent.jsonl" | "host.jsonl" | "gpu.jsonl"
             )
         })
-        .filter(|p| !file_name(p).ends_with(".engine.jsonl"))
+        .filter(|p| {
+            let name = file_name(p);
+            !name.ends_with(".engine.jsonl") && !name.ends_with(".prompts.jsonl")
+        })
         .collect())
 }
 

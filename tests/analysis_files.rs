@@ -99,6 +99,12 @@ fn every_event_kind_round_trips_exactly() {
             at_ns: 5,
             message: "ünïcode ✓".into(),
         }),
+        Event::Prompt(PromptEvent {
+            id: "a-000001".into(),
+            origin: "data/p.jsonl:7".into(),
+            max_tokens: 64,
+            text: "a \"quoted\" prompt\nover two lines".into(),
+        }),
         Event::HostSample(HostSample {
             at_ns: 6,
             cpu_percent: 12.5,

@@ -54,7 +54,8 @@ async fn a_broken_event_stream_resumes_with_nothing_lost_or_doubled() {
     let ours = outcome.dir.join("nodes/node-a");
     let agent_files = files_under(&agent_run);
     assert_eq!(agent_files, files_under(&ours));
-    assert_eq!(agent_files.len(), 4, "{agent_files:?}");
+    // agent, host, and per tenant its requests and the prompts they sent.
+    assert_eq!(agent_files.len(), 6, "{agent_files:?}");
     for rel in &agent_files {
         let theirs = std::fs::read(agent_run.join(rel)).expect("agent file");
         let copy = std::fs::read(ours.join(rel)).expect("our copy");
@@ -71,6 +72,14 @@ async fn a_broken_event_stream_resumes_with_nothing_lost_or_doubled() {
                 .filter(|l| matches!(l.event, Event::Request(_)))
                 .count();
             assert_eq!(requests, 270, "60/s over 4.5 s");
+        }
+        if rel.ends_with("a.prompts.jsonl") {
+            let prompts = stream
+                .events
+                .iter()
+                .filter(|l| matches!(l.event, Event::Prompt(_)))
+                .count();
+            assert_eq!(prompts, 270, "one prompt per request sent");
         }
     }
     agent.stop().await;

@@ -14,8 +14,8 @@ use multitenant::config::{
     Arrival, ArrivalPlan, Engine, Experiment, Node, SharingMode, StageArrival, Trial,
 };
 use multitenant::events::{
-    EngineEvent, EngineState, Event, Header, MpsEvent, MpsState, StreamKind, TenantHeader,
-    TrialEvent, TrialState, WarningEvent, SCHEMA_VERSION,
+    EngineEvent, EngineState, Event, Header, MpsEvent, MpsState, PromptEvent, StreamKind,
+    TenantHeader, TrialEvent, TrialState, WarningEvent, SCHEMA_VERSION,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -29,7 +29,7 @@ use crate::engine::{name_hash, EngineError, RunningEngine, StartContext};
 use crate::engine_metrics;
 use crate::gpu::{self, GpuStatus, NodeGpus};
 use crate::host;
-use crate::loadgen::{self, client::Target, TenantLoad};
+use crate::loadgen::{self, client::Target, prompts::PromptFactory, TenantLoad};
 use crate::mps::MpsDaemon;
 use crate::recorder::{RunStreams, StreamFile};
 
@@ -414,6 +414,45 @@ impl RunContext {
             .collect()
     }
 
+    /// The seed of a tenant's arrivals and prompts: the same in every trial, so a tenant
+    /// sends the same requests alone and shared.
+    fn tenant_seed(&self, tenant: &multitenant::config::Tenant) -> u64 {
+        self.experiment.seed ^ name_hash(&tenant.name)
+    }
+
+    /// Writes `<trial>/<tenant>.prompts.jsonl`: the prompt of every request sent, after the
+    /// load is over so that no send waits on it.
+    fn write_prompts(
+        &self,
+        trial: &Trial,
+        tenants: &[&multitenant::config::Tenant],
+        prompts: &[Arc<PromptFactory>],
+        reports: &[loadgen::LoadReport],
+    ) -> std::io::Result<()> {
+        for ((tenant, factory), report) in tenants.iter().zip(prompts).zip(reports) {
+            let stream = self.run.streams.create(
+                &format!("{}/{}.prompts.jsonl", trial.name, tenant.name),
+                self.header(
+                    trial,
+                    StreamKind::Prompts,
+                    tenant.engine.is_simulated(),
+                    None,
+                ),
+            )?;
+            for index in 0..report.sent {
+                let prompt = factory.prompt(index);
+                stream.append(&Event::Prompt(PromptEvent {
+                    id: loadgen::request_id(&tenant.name, index),
+                    origin: prompt.origin,
+                    max_tokens: prompt.max_tokens,
+                    text: prompt.text,
+                }))?;
+            }
+            stream.close()?;
+        }
+        Ok(())
+    }
+
     /// Keeps what the synchronous (stage 1) and throughput (stage 2) stages of automatic
     /// sweeps measured, the first time each tenant runs them.
     fn remember_sweep_rates(
@@ -502,6 +541,29 @@ impl RunContext {
                 Vec::new()
             }
         };
+        let mut prompts = Vec::new();
+        for tenant in &tenants {
+            let data = &self.experiment.workloads[&tenant.workload].data;
+            match PromptFactory::new(data, self.tenant_seed(tenant)) {
+                Ok((factory, skipped)) => {
+                    if !skipped.is_empty() {
+                        agent.append(&Event::Warning(WarningEvent {
+                            at_ns: now(),
+                            message: format!(
+                                "{}: {} dataset entries skipped: {}",
+                                tenant.name,
+                                skipped.len(),
+                                skipped.join("; ")
+                            ),
+                        }))?;
+                    }
+                    prompts.push(Arc::new(factory));
+                }
+                Err(e) => {
+                    failure.get_or_insert(format!("{}: {e}", tenant.name));
+                }
+            }
+        }
         let needs_mps = trial.mode == SharingMode::Mps
             && tenants.iter().any(|t| matches!(t.engine, Engine::Vllm(_)));
         let mut mps = None;
@@ -590,9 +652,17 @@ impl RunContext {
             let trial_cancel = self.run.cancel.child_token();
             let watchers = watch_engine_exits(&tenants, &engines, &trial_cancel, self.clock);
             let reports = self
-                .load(trial, &tenants, &arrivals, &engines, trial_cancel.clone())
+                .load(
+                    trial,
+                    &tenants,
+                    &arrivals,
+                    &prompts,
+                    &engines,
+                    trial_cancel.clone(),
+                )
                 .await?;
             self.remember_sweep_rates(trial, &tenants, &reports);
+            self.write_prompts(trial, &tenants, &prompts, &reports)?;
             trial_cancel.cancel();
             for watcher in watchers {
                 if let Ok(Some(death)) = watcher.await {
@@ -701,6 +771,7 @@ impl RunContext {
         trial: &Trial,
         tenants: &[&multitenant::config::Tenant],
         arrivals: &[Arrival],
+        prompts: &[Arc<PromptFactory>],
         engines: &[RunningEngine],
         cancel: CancellationToken,
     ) -> std::io::Result<Vec<loadgen::LoadReport>> {
@@ -723,7 +794,9 @@ impl RunContext {
         ));
         let mut streams: Vec<Arc<StreamFile>> = Vec::new();
         let mut loads = Vec::new();
-        for ((tenant, engine), &arrival) in tenants.iter().zip(engines).zip(arrivals) {
+        for (((tenant, engine), &arrival), prompts) in
+            tenants.iter().zip(engines).zip(arrivals).zip(prompts)
+        {
             let workload = self.experiment.workloads[&tenant.workload].clone();
             let header = TenantHeader {
                 name: tenant.name.clone(),
@@ -759,7 +832,8 @@ impl RunContext {
                 target,
                 workload,
                 arrival,
-                seed: self.experiment.seed ^ name_hash(&tenant.name),
+                seed: self.tenant_seed(tenant),
+                prompts: prompts.clone(),
                 clock: self.clock,
                 stream,
             };

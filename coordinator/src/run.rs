@@ -50,7 +50,10 @@ pub async fn run_experiment(
 ) -> anyhow::Result<Outcome> {
     let config_text = std::fs::read_to_string(config_path)
         .with_context(|| format!("reading {}", config_path.display()))?;
-    let experiment = Experiment::from_yaml(&config_text, &config_path.display().to_string())?;
+    let experiment = Experiment::load(config_path)?;
+    // Agents get the config with its file paths made absolute: they may run elsewhere.
+    let config_dir = config_path.parent().unwrap_or(Path::new(""));
+    let sent_config = Experiment::with_absolute_paths(&config_text, config_dir)?;
     let base = output_dir.map_or_else(|| experiment.output_dir.clone(), Path::to_path_buf);
     let run_id = format!(
         "{}-{}",
@@ -105,7 +108,7 @@ pub async fn run_experiment(
                 agent_bin.as_deref(),
                 &dir,
                 &run_id,
-                &config_text,
+                &sent_config,
                 &progress,
                 cancel.clone(),
             )

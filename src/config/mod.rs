@@ -57,8 +57,8 @@ pub struct Workload {
     pub stream: bool,
     /// When requests are sent: one arrival process, or a sweep of stages.
     pub arrival: ArrivalPlan,
-    /// Prompt and output lengths.
-    pub data: SyntheticData,
+    /// Where prompts come from, and their lengths.
+    pub data: DataSource,
     /// Time from start during which requests are sent but not measured.
     pub warmup: Duration,
     /// Length of the measured phase.
@@ -249,6 +249,36 @@ impl ArrivalPlan {
         }
     }
 }
+
+/// Where a workload's prompts come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DataSource {
+    /// Generated prompts with drawn lengths.
+    Synthetic(SyntheticData),
+    /// Prompts from a file.
+    Dataset(DatasetData),
+}
+
+/// Prompts from a ShareGPT or JSONL file.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DatasetData {
+    /// The file's format.
+    pub format: crate::dataset::DatasetFormat,
+    /// The file: absolute, or relative to the config file's folder when read with
+    /// [`Experiment::load`].
+    pub path: PathBuf,
+    /// Output length for entries that do not give one (JSONL `output_tokens`); without it,
+    /// a ShareGPT entry asks for as many tokens as its reference answer has words.
+    pub output_tokens: Option<LengthDist>,
+}
+
+/// The named synthetic profiles: (name, prompt tokens, output tokens), as used in the field.
+pub const PROFILES: [(&str, u32, u32); 4] = [
+    ("chat", 512, 256),
+    ("rag", 4096, 512),
+    ("summarization", 1024, 256),
+    ("codegen", 512, 512),
+];
 
 /// Synthetic prompts: lengths in tokens drawn per request.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -561,17 +591,45 @@ pub struct SimFaults {
 impl Experiment {
     /// Parses and validates YAML text. `origin` names the text in messages (usually its path).
     pub fn from_yaml(text: &str, origin: &str) -> Result<Self, ConfigError> {
-        validate::parse_and_validate(text, origin)
+        validate::parse_and_validate(text, origin, std::path::Path::new(""))
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file; relative file paths in it are taken from the
+    /// file's folder.
     pub fn load(path: &std::path::Path) -> Result<Self, ConfigError> {
         let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
             origin: origin.clone(),
             message: e.to_string(),
         })?;
-        Self::from_yaml(&text, &origin)
+        let base = path.parent().unwrap_or(std::path::Path::new(""));
+        validate::parse_and_validate(&text, &origin, base)
+    }
+
+    /// The YAML `text` with every relative file path in it (datasets) made absolute against
+    /// `base`, so that an agent started elsewhere reads the same files.
+    pub fn with_absolute_paths(text: &str, base: &std::path::Path) -> Result<String, ConfigError> {
+        let invalid = |message: String| ConfigError::Read {
+            origin: base.display().to_string(),
+            message,
+        };
+        let mut doc: serde_yaml::Value =
+            serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
+        let base = std::path::absolute(base).map_err(|e| invalid(e.to_string()))?;
+        if let Some(workloads) = doc
+            .get_mut("workloads")
+            .and_then(serde_yaml::Value::as_mapping_mut)
+        {
+            for (_, workload) in workloads.iter_mut() {
+                let Some(path) = workload.get_mut("data").and_then(|d| d.get_mut("path")) else {
+                    continue;
+                };
+                if let Some(relative) = path.as_str().filter(|p| !p.starts_with('/')) {
+                    *path = serde_yaml::Value::from(base.join(relative).display().to_string());
+                }
+            }
+        }
+        serde_yaml::to_string(&doc).map_err(|e| invalid(e.to_string()))
     }
 
     /// The node called `name`.

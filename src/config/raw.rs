@@ -62,6 +62,8 @@ pub struct RawData {
     pub prompt_tokens: Option<serde_yaml::Value>,
     /// As `prompt_tokens`.
     pub output_tokens: Option<serde_yaml::Value>,
+    pub profile: Option<String>,
+    pub path: Option<String>,
 }
 
 /// One entry of `nodes:`.

@@ -1,13 +1,14 @@
 //! Raw YAML → [`Experiment`]: every problem collected with its path, none fatal until the end.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::raw::*;
 use super::*;
+use crate::dataset::{Dataset, DatasetFormat};
 
 /// Default warmup when a workload gives none.
 const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
@@ -24,7 +25,11 @@ fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
 }
 
-pub(super) fn parse_and_validate(text: &str, origin: &str) -> Result<Experiment, ConfigError> {
+pub(super) fn parse_and_validate(
+    text: &str,
+    origin: &str,
+    base: &Path,
+) -> Result<Experiment, ConfigError> {
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
     let raw: Option<RawExperiment> = {
@@ -49,7 +54,10 @@ pub(super) fn parse_and_validate(text: &str, origin: &str) -> Result<Experiment,
             path,
         });
     }
-    let mut checker = Checker { problems };
+    let mut checker = Checker {
+        problems,
+        base: base.to_owned(),
+    };
     let experiment = raw.and_then(|raw| checker.experiment(raw));
     match experiment {
         Some(e) if checker.problems.is_empty() => Ok(e),
@@ -115,6 +123,8 @@ fn join(parent: &str, key: &str) -> String {
 /// unusable, after recording why.
 struct Checker {
     problems: Vec<Problem>,
+    /// Folder that relative file paths are taken from.
+    base: PathBuf,
 }
 
 impl Checker {
@@ -495,19 +505,98 @@ impl Checker {
         }
     }
 
-    fn data(&mut self, raw: RawData, path: &str) -> Option<SyntheticData> {
-        match raw.kind.as_deref() {
-            None | Some("synthetic") => {}
+    fn data(&mut self, raw: RawData, path: &str) -> Option<DataSource> {
+        let format = match raw.kind.as_deref() {
+            None | Some("synthetic") => {
+                return self.synthetic(raw, path).map(DataSource::Synthetic)
+            }
+            Some("sharegpt") => DatasetFormat::ShareGpt,
+            Some("jsonl") => DatasetFormat::Jsonl,
             Some(other) => {
                 self.problem(
                     &join(path, "kind"),
-                    format!("data kind {other:?} is not available yet; use synthetic"),
+                    format!("{other:?} is not a data kind: use synthetic, sharegpt or jsonl"),
+                );
+                return None;
+            }
+        };
+        for (key, set) in [
+            ("prompt_tokens", raw.prompt_tokens.is_some()),
+            ("profile", raw.profile.is_some()),
+        ] {
+            if set {
+                self.problem(
+                    &join(path, key),
+                    format!("`{key}` applies to synthetic data; a dataset's prompts are its own"),
+                );
+            }
+        }
+        let output_path = join(path, "output_tokens");
+        let output_tokens = match raw.output_tokens {
+            Some(v) => Some(self.length(&v, &output_path)?),
+            None => None,
+        };
+        let file_path = join(path, "path");
+        let file = self.required(raw.path, &file_path)?;
+        let file = self.base.join(file);
+        let dataset = match Dataset::load(&file, format) {
+            Ok(d) => d,
+            Err(e) => {
+                self.problem(&file_path, e.to_string());
+                return None;
+            }
+        };
+        if output_tokens.is_none() {
+            let lengthless = dataset.entries.iter().find(|e| {
+                e.output_tokens.is_none()
+                    && !(format == DatasetFormat::ShareGpt && e.expected.is_some())
+            });
+            if let Some(entry) = lengthless {
+                self.problem(
+                    &output_path,
+                    format!("{} gives no output length (no output_tokens, no reference answer); set output_tokens for such entries", entry.origin),
                 );
                 return None;
             }
         }
+        Some(DataSource::Dataset(DatasetData {
+            format,
+            path: file,
+            output_tokens,
+        }))
+    }
+
+    fn synthetic(&mut self, raw: RawData, path: &str) -> Option<SyntheticData> {
+        if raw.path.is_some() {
+            self.problem(
+                &join(path, "path"),
+                "synthetic data has no file; use kind: sharegpt or jsonl",
+            );
+        }
         let prompt_path = join(path, "prompt_tokens");
         let output_path = join(path, "output_tokens");
+        if let Some(profile) = raw.profile {
+            let Some(&(_, prompt, output)) = PROFILES.iter().find(|(name, ..)| *name == profile)
+            else {
+                let names: Vec<&str> = PROFILES.iter().map(|(n, ..)| *n).collect();
+                self.problem(
+                    &join(path, "profile"),
+                    format!("{profile:?} is not a profile: use {}", names.join(", ")),
+                );
+                return None;
+            };
+            if raw.prompt_tokens.is_some() || raw.output_tokens.is_some() {
+                self.problem(
+                    path,
+                    format!("profile {profile} sets the lengths ({prompt}/{output}); drop prompt_tokens and output_tokens, or the profile"),
+                );
+                return None;
+            }
+            return Some(SyntheticData {
+                prompt_tokens: LengthDist::Fixed(prompt),
+                output_tokens: LengthDist::Fixed(output),
+            });
+        }
         let prompt = self
             .required(raw.prompt_tokens, &prompt_path)
             .and_then(|v| self.length(&v, &prompt_path));
@@ -1049,12 +1138,15 @@ nodes:
         assert_eq!(names, ["solo-a", "solo-b", "mps"]);
         assert_eq!(e.workloads["w"].warmup, DEFAULT_WARMUP);
         assert!(matches!(
-            e.workloads["w"].data.output_tokens,
-            LengthDist::Normal {
-                min: 2,
-                max: 30,
+            e.workloads["w"].data,
+            DataSource::Synthetic(SyntheticData {
+                output_tokens: LengthDist::Normal {
+                    min: 2,
+                    max: 30,
+                    ..
+                },
                 ..
-            }
+            })
         ));
     }
 
@@ -1280,5 +1372,75 @@ nodes:
     fn type_errors_name_their_path() {
         let err = Experiment::from_yaml("name: t\nseed: many\n", "x.yaml").expect_err("invalid");
         assert_eq!(err.problems()[0].path, "seed");
+    }
+
+    #[test]
+    fn profiles_and_datasets_resolve_and_unusable_files_are_refused() {
+        let with = |data: &str| {
+            GOOD.replace(
+                "{prompt_tokens: 32, output_tokens: {mean: 16, stddev: 4, min: 2, max: 30}}",
+                data,
+            )
+        };
+        let e = Experiment::from_yaml(&with("{profile: rag}"), "p.yaml").expect("valid");
+        assert_eq!(
+            e.workloads["w"].data,
+            DataSource::Synthetic(SyntheticData {
+                prompt_tokens: LengthDist::Fixed(4096),
+                output_tokens: LengthDist::Fixed(512),
+            })
+        );
+        let err = Experiment::from_yaml(&with("{profile: chat, output_tokens: 9}"), "p.yaml")
+            .expect_err("profile and lengths");
+        assert!(
+            err.to_string()
+                .contains("profile chat sets the lengths (512/256)"),
+            "{err}"
+        );
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("ok.jsonl"),
+            "{\"prompt\": \"hi\", \"output_tokens\": 5}\nbad line\n",
+        )
+        .expect("write");
+        std::fs::write(dir.path().join("none.jsonl"), "bad line\n").expect("write");
+        std::fs::write(
+            dir.path().join("lengthless.jsonl"),
+            "{\"prompt\": \"hi\"}\n",
+        )
+        .expect("write");
+        let config = dir.path().join("c.yaml");
+        std::fs::write(&config, with("{kind: jsonl, path: ok.jsonl}")).expect("write");
+        let e = Experiment::load(&config).expect("relative to the config's folder");
+        let DataSource::Dataset(data) = &e.workloads["w"].data else {
+            panic!("a dataset");
+        };
+        assert_eq!(data.path, dir.path().join("ok.jsonl"));
+        for (file, message) in [
+            ("none.jsonl", "none of its 1 entries is usable"),
+            ("lengthless.jsonl", "gives no output length"),
+            ("missing.jsonl", "cannot read dataset"),
+        ] {
+            std::fs::write(&config, with(&format!("{{kind: jsonl, path: {file}}}")))
+                .expect("write");
+            let err = Experiment::load(&config).expect_err(file);
+            assert!(err.to_string().contains(message), "{file}: {err}");
+        }
+        std::fs::write(
+            &config,
+            with("{kind: jsonl, path: lengthless.jsonl, output_tokens: 7}"),
+        )
+        .expect("write");
+        Experiment::load(&config).expect("a default output length makes it usable");
+
+        let sent =
+            Experiment::with_absolute_paths(&with("{kind: jsonl, path: ok.jsonl}"), dir.path())
+                .expect("rewritten");
+        let e = Experiment::from_yaml(&sent, "sent").expect("valid from anywhere");
+        let DataSource::Dataset(data) = &e.workloads["w"].data else {
+            panic!("a dataset");
+        };
+        assert!(data.path.is_absolute() && data.path.ends_with("ok.jsonl"));
     }
 }

@@ -40,6 +40,8 @@ pub enum Event {
     Mps(MpsEvent),
     /// A sample of one GPU through NVML.
     GpuSample(GpuSample),
+    /// The prompt a request sent.
+    Prompt(PromptEvent),
 }
 
 /// What stream a file holds.
@@ -56,6 +58,8 @@ pub enum StreamKind {
     EngineMetrics,
     /// NVML samples of the node's GPUs.
     Gpu,
+    /// The prompts one tenant's requests sent, so a run can be repeated exactly.
+    Prompts,
 }
 
 /// The header line.
@@ -221,6 +225,19 @@ pub struct RequestEvent {
     /// Set when the request failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RequestError>,
+}
+
+/// The prompt of one request, written after its trial's load so that sending never waits on it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PromptEvent {
+    /// The request id, as in the tenant stream.
+    pub id: String,
+    /// `synthetic`, or the dataset entry it came from (`file:line` or `file[index]`).
+    pub origin: String,
+    /// Output length asked for.
+    pub max_tokens: u32,
+    /// The text sent (as the user message for chat).
+    pub text: String,
 }
 
 /// A phase change of the load generator.

@@ -13,13 +13,14 @@ use agent::engine::sim_gpu::SimGpu;
 use agent::engine::simulated::{SimEngine, SimEngineConfig};
 use agent::gpu::NodeGpus;
 use agent::loadgen::client::Target;
+use agent::loadgen::prompts::PromptFactory;
 use agent::loadgen::{self, LoadReport, TenantLoad};
 use agent::recorder::RunStreams;
 use agent::run::RunManager;
 use multitenant::auth::BearerToken;
 use multitenant::config::{
-    Api, Arrival, ArrivalPlan, LengthDist, SharingMode, SimFaults, SimTiming, SyntheticData,
-    Workload,
+    Api, Arrival, ArrivalPlan, DataSource, LengthDist, SharingMode, SimFaults, SimTiming,
+    SyntheticData, Workload,
 };
 use multitenant::events::{read_stream, Event, Header, RequestEvent, StreamKind, SCHEMA_VERSION};
 use tokio::net::{TcpListener, TcpStream};
@@ -55,10 +56,10 @@ pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32
         api: Api::Chat,
         stream: true,
         arrival: ArrivalPlan::Single(Arrival::Constant { rate }),
-        data: SyntheticData {
+        data: DataSource::Synthetic(SyntheticData {
             prompt_tokens: LengthDist::Fixed(prompt),
             output_tokens: LengthDist::Fixed(output),
-        },
+        }),
         warmup: Duration::ZERO,
         duration,
         max_requests: None,
@@ -101,11 +102,13 @@ pub async fn drive(
     let ArrivalPlan::Single(arrival) = workload.arrival else {
         panic!("drive runs one arrival process, not a sweep");
     };
+    let (prompts, _) = PromptFactory::new(&workload.data, 5).expect("prompts");
     let load = TenantLoad {
         tenant: "t".into(),
         target,
         workload,
         arrival,
+        prompts: Arc::new(prompts),
         seed: 5,
         clock,
         stream: stream.clone(),

@@ -37,8 +37,10 @@ pub struct TenantLoad {
     pub workload: Workload,
     /// The arrival process of this trial (one stage of the workload's plan, resolved).
     pub arrival: Arrival,
-    /// Seed of arrivals and prompts.
+    /// Seed of arrivals.
     pub seed: u64,
+    /// The prompts of its requests.
+    pub prompts: Arc<PromptFactory>,
     /// The run clock.
     pub clock: RunClock,
     /// The tenant's event stream.
@@ -60,7 +62,6 @@ pub struct LoadReport {
 struct Shared {
     load: TenantLoad,
     http: reqwest::Client,
-    prompts: PromptFactory,
     claimed: AtomicU64,
     write_errors: AtomicU64,
     measured_completed: AtomicU64,
@@ -102,8 +103,8 @@ impl Shared {
     }
 
     async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) {
-        let id = format!("{}-{index:06}", self.load.tenant);
-        let prompt = self.prompts.prompt(index);
+        let id = request_id(&self.load.tenant, index);
+        let prompt = self.load.prompts.prompt(index);
         let clock = &self.load.clock;
         let before_send = clock.now_ns();
         let measured = tokio::select! {
@@ -149,6 +150,11 @@ impl Shared {
     }
 }
 
+/// The id of request `index` of `tenant`, as sent in `x-request-id` and recorded.
+pub fn request_id(tenant: &str, index: u64) -> String {
+    format!("{tenant}-{index:06}")
+}
+
 fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -168,7 +174,6 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
         load.workload.duration,
     );
     let shared = Arc::new(Shared {
-        prompts: PromptFactory::new(load.workload.data, load.seed),
         load,
         http,
         claimed: AtomicU64::new(0),

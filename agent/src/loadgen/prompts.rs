@@ -3,8 +3,10 @@
 //! Without a tokenizer, a prompt of `n` tokens is `n` words; engines that tokenize differently
 //! report the true count in `usage`, which is what the events record.
 
-use multitenant::config::{LengthDist, SyntheticData};
+use multitenant::config::{DataSource, LengthDist, SyntheticData};
+use multitenant::dataset::{Dataset, DatasetEntry, DatasetError};
 use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
@@ -40,36 +42,99 @@ pub struct Prompt {
     pub words: u32,
     /// `max_tokens` to ask for.
     pub max_tokens: u32,
+    /// Where it came from: `synthetic`, or the dataset entry's `file:line` / `file[index]`.
+    pub origin: String,
 }
 
 /// Makes the prompt of request `index` of a tenant.
 pub struct PromptFactory {
-    data: SyntheticData,
+    source: Source,
     seed: u64,
 }
 
+enum Source {
+    Synthetic(SyntheticData),
+    Dataset {
+        entries: Vec<DatasetEntry>,
+        /// Entry indices in the seeded order requests take them.
+        order: Vec<usize>,
+        output_tokens: Option<LengthDist>,
+    },
+}
+
 impl PromptFactory {
-    /// Prompts for `data`, from `seed`.
-    pub fn new(data: SyntheticData, seed: u64) -> Self {
-        Self { data, seed }
+    /// Prompts for `data`, from `seed`. A dataset is read now; the messages are its skipped
+    /// entries, each with its place in the file.
+    pub fn new(data: &DataSource, seed: u64) -> Result<(Self, Vec<String>), DatasetError> {
+        let (source, skipped) = match data {
+            DataSource::Synthetic(s) => (Source::Synthetic(*s), Vec::new()),
+            DataSource::Dataset(d) => {
+                let dataset = Dataset::load(&d.path, d.format)?;
+                let mut order: Vec<usize> = (0..dataset.entries.len()).collect();
+                order.shuffle(&mut StdRng::seed_from_u64(seed));
+                let source = Source::Dataset {
+                    entries: dataset.entries,
+                    order,
+                    output_tokens: d.output_tokens,
+                };
+                (source, dataset.skipped)
+            }
+        };
+        Ok((Self { source, seed }, skipped))
     }
 
     /// The prompt of request `index`; the same index always gives the same prompt.
     pub fn prompt(&self, index: u64) -> Prompt {
         let mut rng = StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
-        let words = draw(&self.data.prompt_tokens, &mut rng);
-        let max_tokens = draw(&self.data.output_tokens, &mut rng);
-        // The first word is unique to the request, so no engine's prefix cache can serve it.
-        let mut text = format!("r{index:x}{:08x}", rng.random::<u32>());
-        for _ in 1..words {
-            text.push(' ');
-            text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+        match &self.source {
+            Source::Synthetic(data) => synthetic(data, index, &mut rng),
+            Source::Dataset {
+                entries,
+                order,
+                output_tokens,
+            } => {
+                let n = order.len() as u64;
+                let entry = &entries[order[(index % n) as usize]];
+                // A prompt used a second time gets a tag unique to the request in front, so no
+                // engine's prefix cache can serve it.
+                let text = if index < n {
+                    entry.prompt.clone()
+                } else {
+                    format!("[r{index:x}] {}", entry.prompt)
+                };
+                let max_tokens = entry
+                    .output_tokens
+                    .or_else(|| output_tokens.as_ref().map(|d| draw(d, &mut rng)))
+                    .or_else(|| {
+                        let words = entry.expected.as_deref()?.split_whitespace().count();
+                        Some(u32::try_from(words).unwrap_or(u32::MAX).max(1))
+                    })
+                    .unwrap_or(1);
+                Prompt {
+                    words: u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX),
+                    text,
+                    max_tokens,
+                    origin: entry.origin.clone(),
+                }
+            }
         }
-        Prompt {
-            text,
-            words,
-            max_tokens,
-        }
+    }
+}
+
+fn synthetic(data: &SyntheticData, index: u64, rng: &mut StdRng) -> Prompt {
+    let words = draw(&data.prompt_tokens, rng);
+    let max_tokens = draw(&data.output_tokens, rng);
+    // The first word is unique to the request, so no engine's prefix cache can serve it.
+    let mut text = format!("r{index:x}{:08x}", rng.random::<u32>());
+    for _ in 1..words {
+        text.push(' ');
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    }
+    Prompt {
+        text,
+        words,
+        max_tokens,
+        origin: "synthetic".into(),
     }
 }
 
@@ -104,7 +169,8 @@ mod tests {
                 max: 30,
             },
         };
-        let f = PromptFactory::new(data, 3);
+        let (f, skipped) = PromptFactory::new(&DataSource::Synthetic(data), 3).expect("synthetic");
+        assert!(skipped.is_empty());
         let prompts: Vec<Prompt> = (0..500).map(|i| f.prompt(i)).collect();
         for p in &prompts {
             assert_eq!(p.text.split_whitespace().count() as u32, p.words);
@@ -116,5 +182,42 @@ mod tests {
             .collect();
         assert_eq!(firsts.len(), prompts.len());
         assert_eq!(f.prompt(17), prompts[17]);
+    }
+
+    #[test]
+    fn dataset_prompts_are_shuffled_by_seed_and_tagged_when_reused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("p.jsonl");
+        std::fs::write(
+            &path,
+            "{\"prompt\": \"alpha\", \"output_tokens\": 3}\n{\"prompt\": \"beta\"}\n{\"prompt\": \"gamma\"}\nbroken\n",
+        )
+        .expect("write");
+        let data = DataSource::Dataset(multitenant::config::DatasetData {
+            format: multitenant::dataset::DatasetFormat::Jsonl,
+            path,
+            output_tokens: Some(LengthDist::Fixed(9)),
+        });
+        let (f, skipped) = PromptFactory::new(&data, 1).expect("usable");
+        assert_eq!(skipped.len(), 1);
+        assert!(
+            skipped[0].contains("p.jsonl:4: not a JSON object"),
+            "{skipped:?}"
+        );
+        let first: Vec<Prompt> = (0..3).map(|i| f.prompt(i)).collect();
+        let mut texts: Vec<&str> = first.iter().map(|p| p.text.as_str()).collect();
+        texts.sort_unstable();
+        assert_eq!(
+            texts,
+            ["alpha", "beta", "gamma"],
+            "each entry once before any repeats"
+        );
+        for p in &first {
+            let expected = if p.text == "alpha" { 3 } else { 9 };
+            assert_eq!(p.max_tokens, expected, "{p:?}");
+        }
+        let again = f.prompt(4);
+        assert!(again.text.starts_with("[r4] "), "{again:?}");
+        assert_eq!(again.text[5..], f.prompt(1).text);
     }
 }
