@@ -8,6 +8,7 @@
 //! - [`events`]: the JSONL event format (the spec is in that module's docs), its writer and reader.
 //! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
+//! - [`tokens`]: prompts of an exact token count from a model's `tokenizer.json`.
 //! - [`auth`]: the bearer token both sides of the gRPC API use.
 //! - [`proto`]: the generated gRPC types of `proto/multitenant/v1`.
 
@@ -18,6 +19,7 @@ pub mod dataset;
 pub mod events;
 pub mod metrics;
 pub mod proto;
+pub mod tokens;
 
 /// Version of this build, written into every JSONL header and summary.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -102,6 +102,7 @@ fn every_event_kind_round_trips_exactly() {
         Event::Prompt(PromptEvent {
             id: "a-000001".into(),
             origin: "data/p.jsonl:7".into(),
+            prompt_tokens: Some(12),
             max_tokens: 64,
             text: "a \"quoted\" prompt\nover two lines".into(),
         }),

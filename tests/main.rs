@@ -9,6 +9,7 @@ mod configs;
 mod end_to_end;
 mod engine_supervisor;
 mod ground_truth;
+mod load_shapes;
 mod mps;
 mod real_vllm;
 mod request_faults;

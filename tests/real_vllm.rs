@@ -46,7 +46,7 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
         .expect("MULTITENANT_VLLM_MODEL (from scripts/vllm-cpu-setup.sh)");
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "name: real-vllm\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 4}}, data: {{prompt_tokens: 32, output_tokens: 128}}, warmup: 0s, duration: 15s}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
+        "name: real-vllm\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 4}}, data: {{prompt_tokens: 32, output_tokens: 128, tokenizer: {model}/tokenizer.json}}, warmup: 0s, duration: 15s}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
         tenant("a", 0, &bin, &model),
         tenant("b", 1, &bin, &model)
     );
@@ -77,6 +77,17 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
         assert!(m.completed >= 10 && m.failed == 0, "{}: {m:?}", t.tenant);
         assert_eq!(m.token_source, "usage");
         assert_eq!(m.short_outputs, 0, "ignore_eos must give every asked token");
+        // With the model's tokenizer, every prompt is exactly 32 tokens by the server's count
+        // (completions API, no BOS for this model, so nothing is added around it).
+        let (requests, _) = request_events(&trial_dir.join(format!("{}.jsonl", t.tenant)));
+        let counts: std::collections::BTreeSet<Option<u32>> =
+            requests.iter().map(|r| r.prompt_tokens).collect();
+        assert_eq!(
+            counts,
+            [Some(32)].into(),
+            "{}: prompt token counts",
+            t.tenant
+        );
         let server = t.server.as_ref().expect("server metrics");
         let client_ttft = m.ttft_ms.expect("ttft").mean;
         let server_ttft = server.ttft_mean_ms.expect("server ttft");

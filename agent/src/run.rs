@@ -444,6 +444,7 @@ impl RunContext {
                 stream.append(&Event::Prompt(PromptEvent {
                     id: loadgen::request_id(&tenant.name, index),
                     origin: prompt.origin,
+                    prompt_tokens: prompt.tokens,
                     max_tokens: prompt.max_tokens,
                     text: prompt.text,
                 }))?;
@@ -543,8 +544,9 @@ impl RunContext {
         };
         let mut prompts = Vec::new();
         for tenant in &tenants {
-            let data = &self.experiment.workloads[&tenant.workload].data;
-            match PromptFactory::new(data, self.tenant_seed(tenant)) {
+            let workload = &self.experiment.workloads[&tenant.workload];
+            let tokenizer = workload.tokenizer.as_deref();
+            match PromptFactory::new(&workload.data, tokenizer, self.tenant_seed(tenant)) {
                 Ok((factory, skipped)) => {
                     if !skipped.is_empty() {
                         agent.append(&Event::Warning(WarningEvent {
@@ -826,6 +828,7 @@ impl RunContext {
                 api_key: engine.api_key.clone(),
                 stream: workload.stream,
                 ignore_eos: workload.ignore_eos,
+                request_fields: workload.request_fields.clone(),
             };
             let load = TenantLoad {
                 tenant: tenant.name.clone(),

@@ -59,6 +59,10 @@ pub struct Workload {
     pub arrival: ArrivalPlan,
     /// Where prompts come from, and their lengths.
     pub data: DataSource,
+    /// The model's `tokenizer.json` (`data.tokenizer`): synthetic prompts get exactly the
+    /// asked token count and ShareGPT answers are measured in tokens. Without it, a synthetic
+    /// length is in words and the true count is the server's `usage`.
+    pub tokenizer: Option<PathBuf>,
     /// Time from start during which requests are sent but not measured.
     pub warmup: Duration,
     /// Length of the measured phase.
@@ -69,6 +73,9 @@ pub struct Workload {
     pub drain_timeout: Duration,
     /// Ask the engine to ignore end-of-sequence so the asked output length is delivered.
     pub ignore_eos: bool,
+    /// Extra fields put into every request body as given (`temperature`, `top_p`,
+    /// engine-specific ones such as vLLM's `min_tokens`).
+    pub request_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// An arrival process.
@@ -622,6 +629,17 @@ impl Experiment {
         {
             for (_, workload) in workloads.iter_mut() {
                 let Some(path) = workload.get_mut("data").and_then(|d| d.get_mut("path")) else {
+                    continue;
+                };
+                if let Some(relative) = path.as_str().filter(|p| !p.starts_with('/')) {
+                    *path = serde_yaml::Value::from(base.join(relative).display().to_string());
+                }
+            }
+            for (_, workload) in workloads.iter_mut() {
+                let Some(path) = workload
+                    .get_mut("data")
+                    .and_then(|d| d.get_mut("tokenizer"))
+                else {
                     continue;
                 };
                 if let Some(relative) = path.as_str().filter(|p| !p.starts_with('/')) {

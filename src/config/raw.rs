@@ -35,6 +35,7 @@ pub struct RawWorkload {
     pub max_requests: Option<u64>,
     pub drain_timeout: Option<String>,
     pub ignore_eos: Option<bool>,
+    pub request_fields: Option<BTreeMap<String, serde_json::Value>>,
 }
 
 /// `arrival:` of a workload.
@@ -64,6 +65,7 @@ pub struct RawData {
     pub output_tokens: Option<serde_yaml::Value>,
     pub profile: Option<String>,
     pub path: Option<String>,
+    pub tokenizer: Option<String>,
 }
 
 /// One entry of `nodes:`.

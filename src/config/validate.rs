@@ -9,6 +9,7 @@ use serde::Deserialize;
 use super::raw::*;
 use super::*;
 use crate::dataset::{Dataset, DatasetFormat};
+use crate::tokens::PromptTokenizer;
 
 /// Default warmup when a workload gives none.
 const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
@@ -270,9 +271,15 @@ impl Checker {
         let arrival = self
             .required(raw.arrival, &join(path, "arrival"))
             .and_then(|a| self.arrival(a, &join(path, "arrival")));
+        let data_path = join(path, "data");
+        let tokenizer = raw
+            .data
+            .as_ref()
+            .and_then(|d| d.tokenizer.clone())
+            .and_then(|t| self.tokenizer(&t, &join(&data_path, "tokenizer")));
         let data = self
-            .required(raw.data, &join(path, "data"))
-            .and_then(|d| self.data(d, &join(path, "data")));
+            .required(raw.data, &data_path)
+            .and_then(|d| self.data(d, &data_path));
         let warmup = self
             .duration(raw.warmup, &join(path, "warmup"))
             .unwrap_or(DEFAULT_WARMUP);
@@ -292,16 +299,37 @@ impl Checker {
         if raw.max_requests == Some(0) {
             self.problem(&join(path, "max_requests"), "must be at least 1");
         }
+        let mut request_fields = serde_json::Map::new();
+        for (key, value) in raw.request_fields.unwrap_or_default() {
+            let at = format!("{path}.request_fields.{key}");
+            match key.as_str() {
+                "model"
+                | "prompt"
+                | "messages"
+                | "max_tokens"
+                | "max_completion_tokens"
+                | "stream"
+                | "stream_options" => {
+                    self.problem(&at, format!("`{key}` is set by the load generator from the tenant and the workload's data; it cannot be overridden"));
+                }
+                "ignore_eos" => self.problem(&at, "use the workload's `ignore_eos: true|false`"),
+                _ => {
+                    request_fields.insert(key, value);
+                }
+            }
+        }
         Some(Workload {
             api: api?,
             stream: raw.stream.unwrap_or(true),
             arrival: arrival?,
             data: data?,
+            tokenizer,
             warmup,
             duration: duration?,
             max_requests: raw.max_requests,
             drain_timeout,
             ignore_eos: raw.ignore_eos.unwrap_or(true),
+            request_fields,
         })
     }
 
@@ -564,6 +592,17 @@ impl Checker {
             path: file,
             output_tokens,
         }))
+    }
+
+    fn tokenizer(&mut self, file: &str, path: &str) -> Option<PathBuf> {
+        let file = self.base.join(file);
+        match PromptTokenizer::load(&file) {
+            Ok(_) => Some(file),
+            Err(e) => {
+                self.problem(path, e.to_string());
+                None
+            }
+        }
     }
 
     fn synthetic(&mut self, raw: RawData, path: &str) -> Option<SyntheticData> {

@@ -236,6 +236,11 @@ pub struct PromptEvent {
     pub origin: String,
     /// Output length asked for.
     pub max_tokens: u32,
+    /// Its tokens as the tokenizer given in the config counts them (special tokens and chat
+    /// template excluded); absent without a tokenizer, when the length is in words and the
+    /// true count is the server's `usage` in the request event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_tokens: Option<u32>,
     /// The text sent (as the user message for chat).
     pub text: String,
 }

@@ -65,6 +65,8 @@ pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32
         max_requests: None,
         drain_timeout: Duration::from_secs(10),
         ignore_eos: true,
+        tokenizer: None,
+        request_fields: serde_json::Map::new(),
     }
 }
 
@@ -98,11 +100,12 @@ pub async fn drive(
         api_key: None,
         stream: workload.stream,
         ignore_eos: workload.ignore_eos,
+        request_fields: workload.request_fields.clone(),
     };
     let ArrivalPlan::Single(arrival) = workload.arrival else {
         panic!("drive runs one arrival process, not a sweep");
     };
-    let (prompts, _) = PromptFactory::new(&workload.data, 5).expect("prompts");
+    let (prompts, _) = PromptFactory::new(&workload.data, None, 5).expect("prompts");
     let load = TenantLoad {
         tenant: "t".into(),
         target,

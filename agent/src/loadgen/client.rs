@@ -14,6 +14,7 @@ use serde_json::json;
 use super::prompts::Prompt;
 use super::sse::SseParser;
 use crate::clock::RunClock;
+use tokio_util::sync::CancellationToken;
 
 /// Where and how a tenant's requests go.
 #[derive(Debug, Clone)]
@@ -30,6 +31,8 @@ pub struct Target {
     pub stream: bool,
     /// Ask the server to ignore end-of-sequence.
     pub ignore_eos: bool,
+    /// Extra body fields, as configured.
+    pub request_fields: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What one request measured.
@@ -118,12 +121,14 @@ fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<
 }
 
 /// Sends `prompt` as request `id` and measures it. Never fails: errors are in the result.
+/// When `abort` fires, the request ends as `cancelled` with what it received so far.
 pub async fn execute(
     http: &reqwest::Client,
     target: &Target,
     id: &str,
     prompt: &Prompt,
     clock: &RunClock,
+    abort: &CancellationToken,
 ) -> Measured {
     let (path, mut body) = match target.api {
         Api::Completions => (
@@ -143,6 +148,9 @@ pub async fn execute(
     if target.stream {
         body["stream_options"] = json!({"include_usage": true});
     }
+    for (key, value) in &target.request_fields {
+        body[key] = value.clone();
+    }
     let mut request = http
         .post(format!("{}{path}", target.base_url))
         .header("x-request-id", id)
@@ -154,7 +162,14 @@ pub async fn execute(
         sent_ns: clock.now_ns(),
         ..Measured::default()
     };
-    let response = match request.send().await {
+    let sent = tokio::select! {
+        sent = request.send() => sent,
+        () = abort.cancelled() => {
+            fail(&mut m, clock, ErrorKind::Cancelled, CANCELLED);
+            return m;
+        }
+    };
+    let response = match sent {
         Ok(r) => r,
         Err(e) => {
             fail(
@@ -186,20 +201,40 @@ pub async fn execute(
         return m;
     }
     if target.stream {
-        read_stream(response, &mut m, clock).await;
+        read_stream(response, &mut m, clock, abort).await;
     } else {
-        read_whole(response, &mut m, clock).await;
+        tokio::select! {
+            () = read_whole(response, &mut m, clock) => {}
+            () = abort.cancelled() => fail(&mut m, clock, ErrorKind::Cancelled, CANCELLED),
+        }
     }
     m
 }
 
-async fn read_stream(response: reqwest::Response, m: &mut Measured, clock: &RunClock) {
+/// Why a request was cut off.
+const CANCELLED: &str = "in flight when the run stopped or the drain timeout passed";
+
+async fn read_stream(
+    response: reqwest::Response,
+    m: &mut Measured,
+    clock: &RunClock,
+    abort: &CancellationToken,
+) {
     let mut body = response.bytes_stream();
     let mut parser = SseParser::default();
     let mut chunk_times: Vec<u64> = Vec::new();
     let mut usage: Option<Usage> = None;
     let mut saw_done = false;
-    while let Some(read) = body.next().await {
+    loop {
+        let read = tokio::select! {
+            read = body.next() => read,
+            () = abort.cancelled() => {
+                finish_counts(m, &chunk_times, usage);
+                fail(m, clock, ErrorKind::Cancelled, CANCELLED);
+                return;
+            }
+        };
+        let Some(read) = read else { break };
         let at = clock.now_ns();
         let bytes = match read {
             Ok(b) => b,

@@ -17,13 +17,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use multitenant::config::{Arrival, Workload};
-use multitenant::events::{ErrorKind, Event, Phase, PhaseEvent, RequestError, RequestEvent};
+use multitenant::events::{Event, Phase, PhaseEvent, RequestEvent};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::clock::RunClock;
 use crate::recorder::StreamFile;
-use client::{Measured, Target};
+use client::Target;
 use prompts::PromptFactory;
 use schedule::ArrivalSchedule;
 
@@ -106,19 +106,15 @@ impl Shared {
         let id = request_id(&self.load.tenant, index);
         let prompt = self.load.prompts.prompt(index);
         let clock = &self.load.clock;
-        let before_send = clock.now_ns();
-        let measured = tokio::select! {
-            m = client::execute(&self.http, &self.load.target, &id, &prompt, clock) => m,
-            () = self.abort.cancelled() => Measured {
-                sent_ns: before_send,
-                done_ns: clock.now_ns(),
-                error: Some(RequestError {
-                    kind: ErrorKind::Cancelled,
-                    message: "in flight when the run stopped or the drain timeout passed".into(),
-                }),
-                ..Measured::default()
-            },
-        };
+        let measured = client::execute(
+            &self.http,
+            &self.load.target,
+            &id,
+            &prompt,
+            clock,
+            &self.abort,
+        )
+        .await;
         let phase = if scheduled_ns < self.warmup_end_ns {
             Phase::Warmup
         } else {

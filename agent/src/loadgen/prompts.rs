@@ -3,8 +3,11 @@
 //! Without a tokenizer, a prompt of `n` tokens is `n` words; engines that tokenize differently
 //! report the true count in `usage`, which is what the events record.
 
+use std::path::Path;
+
 use multitenant::config::{DataSource, LengthDist, SyntheticData};
 use multitenant::dataset::{Dataset, DatasetEntry, DatasetError};
+use multitenant::tokens::{PromptTokenizer, TokenizerError};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
@@ -40,6 +43,8 @@ pub struct Prompt {
     pub text: String,
     /// Words in it.
     pub words: u32,
+    /// Its tokens, when a tokenizer counted them.
+    pub tokens: Option<u32>,
     /// `max_tokens` to ask for.
     pub max_tokens: u32,
     /// Where it came from: `synthetic`, or the dataset entry's `file:line` / `file[index]`.
@@ -49,7 +54,19 @@ pub struct Prompt {
 /// Makes the prompt of request `index` of a tenant.
 pub struct PromptFactory {
     source: Source,
+    tokenizer: Option<PromptTokenizer>,
     seed: u64,
+}
+
+/// Why a workload's prompts cannot be made.
+#[derive(Debug, thiserror::Error)]
+pub enum PromptError {
+    /// The dataset cannot be used.
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    /// The tokenizer cannot be used.
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
 }
 
 enum Source {
@@ -63,9 +80,18 @@ enum Source {
 }
 
 impl PromptFactory {
-    /// Prompts for `data`, from `seed`. A dataset is read now; the messages are its skipped
-    /// entries, each with its place in the file.
-    pub fn new(data: &DataSource, seed: u64) -> Result<(Self, Vec<String>), DatasetError> {
+    /// Prompts from `data`, exact in length with `tokenizer`, from `seed`. A dataset and a
+    /// tokenizer are read now; the messages are the dataset's skipped entries, each with its
+    /// place in the file.
+    pub fn new(
+        data: &DataSource,
+        tokenizer: Option<&Path>,
+        seed: u64,
+    ) -> Result<(Self, Vec<String>), PromptError> {
+        let tokenizer = match tokenizer {
+            Some(path) => Some(PromptTokenizer::load(path)?),
+            None => None,
+        };
         let (source, skipped) = match data {
             DataSource::Synthetic(s) => (Source::Synthetic(*s), Vec::new()),
             DataSource::Dataset(d) => {
@@ -80,14 +106,21 @@ impl PromptFactory {
                 (source, dataset.skipped)
             }
         };
-        Ok((Self { source, seed }, skipped))
+        Ok((
+            Self {
+                source,
+                tokenizer,
+                seed,
+            },
+            skipped,
+        ))
     }
 
     /// The prompt of request `index`; the same index always gives the same prompt.
     pub fn prompt(&self, index: u64) -> Prompt {
         let mut rng = StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         match &self.source {
-            Source::Synthetic(data) => synthetic(data, index, &mut rng),
+            Source::Synthetic(data) => synthetic(data, self.tokenizer.as_ref(), index, &mut rng),
             Source::Dataset {
                 entries,
                 order,
@@ -106,12 +139,19 @@ impl PromptFactory {
                     .output_tokens
                     .or_else(|| output_tokens.as_ref().map(|d| draw(d, &mut rng)))
                     .or_else(|| {
-                        let words = entry.expected.as_deref()?.split_whitespace().count();
-                        Some(u32::try_from(words).unwrap_or(u32::MAX).max(1))
+                        let answer = entry.expected.as_deref()?;
+                        let length = match &self.tokenizer {
+                            Some(t) => t.count(answer)?,
+                            None => {
+                                u32::try_from(answer.split_whitespace().count()).unwrap_or(u32::MAX)
+                            }
+                        };
+                        Some(length.max(1))
                     })
                     .unwrap_or(1);
                 Prompt {
                     words: u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX),
+                    tokens: self.tokenizer.as_ref().and_then(|t| t.count(&text)),
                     text,
                     max_tokens,
                     origin: entry.origin.clone(),
@@ -121,18 +161,35 @@ impl PromptFactory {
     }
 }
 
-fn synthetic(data: &SyntheticData, index: u64, rng: &mut StdRng) -> Prompt {
-    let words = draw(&data.prompt_tokens, rng);
+fn synthetic(
+    data: &SyntheticData,
+    tokenizer: Option<&PromptTokenizer>,
+    index: u64,
+    rng: &mut StdRng,
+) -> Prompt {
+    let length = draw(&data.prompt_tokens, rng);
     let max_tokens = draw(&data.output_tokens, rng);
     // The first word is unique to the request, so no engine's prefix cache can serve it.
-    let mut text = format!("r{index:x}{:08x}", rng.random::<u32>());
-    for _ in 1..words {
+    let prefix = format!("r{index:x}{:08x}", rng.random::<u32>());
+    if let Some(tokenizer) = tokenizer {
+        let (text, tokens) = tokenizer.prompt(&prefix, length, rng);
+        return Prompt {
+            words: u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX),
+            tokens: Some(tokens),
+            text,
+            max_tokens,
+            origin: "synthetic".into(),
+        };
+    }
+    let mut text = prefix;
+    for _ in 1..length {
         text.push(' ');
         text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
     }
     Prompt {
         text,
-        words,
+        words: length,
+        tokens: None,
         max_tokens,
         origin: "synthetic".into(),
     }
@@ -169,7 +226,8 @@ mod tests {
                 max: 30,
             },
         };
-        let (f, skipped) = PromptFactory::new(&DataSource::Synthetic(data), 3).expect("synthetic");
+        let (f, skipped) =
+            PromptFactory::new(&DataSource::Synthetic(data), None, 3).expect("synthetic");
         assert!(skipped.is_empty());
         let prompts: Vec<Prompt> = (0..500).map(|i| f.prompt(i)).collect();
         for p in &prompts {
@@ -198,7 +256,7 @@ mod tests {
             path,
             output_tokens: Some(LengthDist::Fixed(9)),
         });
-        let (f, skipped) = PromptFactory::new(&data, 1).expect("usable");
+        let (f, skipped) = PromptFactory::new(&data, None, 1).expect("usable");
         assert_eq!(skipped.len(), 1);
         assert!(
             skipped[0].contains("p.jsonl:4: not a JSON object"),

@@ -1,0 +1,323 @@
+//! The load generator against its own definitions: realised arrivals of seeded runs, limits by
+//! duration and by count, extra request fields, and a server that does not deliver the asked
+//! length.
+
+use std::path::Path;
+use std::time::Duration;
+
+use multitenant::analysis::analyze_dir;
+use multitenant::config::{Arrival, ArrivalPlan, SimFaults, SimTiming, Spacing, Workload};
+use multitenant::events::{read_stream, ErrorKind, Event, Phase, RequestEvent};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use crate::support::{constant_workload, drive, sim_engine};
+
+/// An engine fast enough that it never holds the load generator back.
+fn fast_timing() -> SimTiming {
+    SimTiming {
+        max_batch: 256,
+        prefill_us_per_token: 0.0,
+        decode_step_us: 1_000.0,
+        decode_step_us_per_seq: 0.0,
+    }
+}
+
+fn workload(arrival: Arrival, duration_s: u64) -> Workload {
+    let mut w = constant_workload(1.0, Duration::from_secs(duration_s), 4, 2);
+    w.arrival = ArrivalPlan::Single(arrival);
+    w
+}
+
+/// Mean and coefficient of variation of the gaps between consecutive sends, in seconds.
+fn realised_gaps(requests: &[RequestEvent]) -> (f64, f64) {
+    let mut sent: Vec<u64> = requests.iter().map(|r| r.sent_ns).collect();
+    sent.sort_unstable();
+    let gaps: Vec<f64> = sent
+        .windows(2)
+        .map(|w| (w[1] - w[0]) as f64 / 1e9)
+        .collect();
+    let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+    let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+    (mean, var.sqrt() / mean)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seeded_runs_realise_each_arrival_process() {
+    let engine = sim_engine(fast_timing(), SimFaults::default()).await;
+    let url = engine.base_url();
+    // (process, expected mean gap s, expected cv, allowed cv error). A run of ~4 s at 150/s
+    // gives ~600 gaps: a sample cv is within ±0.12 of 1 (Poisson) with 3 standard errors;
+    // gamma with cv 2 has heavier tails and gets ±0.4. The mean gap is held to 4 standard
+    // errors, 4·cv/√n of the mean (and 1% for constant gaps).
+    let cases = [
+        (Arrival::Constant { rate: 150.0 }, 1.0 / 150.0, 0.0, 0.1),
+        (Arrival::Poisson { rate: 150.0 }, 1.0 / 150.0, 1.0, 0.12),
+        (
+            Arrival::Gamma {
+                rate: 150.0,
+                cv: 2.0,
+            },
+            1.0 / 150.0,
+            2.0,
+            0.4,
+        ),
+    ];
+    let dirs: Vec<tempfile::TempDir> = cases
+        .iter()
+        .map(|_| tempfile::tempdir().expect("tempdir"))
+        .collect();
+    let runs = cases
+        .iter()
+        .zip(&dirs)
+        .map(|((arrival, ..), dir)| drive(&url, workload(*arrival, 4), dir.path()));
+    let results = futures_util::future::join_all(runs).await;
+    for ((arrival, mean_gap, cv, cv_err), (report, _, requests)) in cases.iter().zip(&results) {
+        assert_eq!(requests.len() as u64, report.sent, "{arrival:?}");
+        assert!(requests.iter().all(|r| r.error.is_none()), "{arrival:?}");
+        let (mean, got_cv) = realised_gaps(requests);
+        eprintln!(
+            "{arrival:?}: {} sends, mean gap {:.3} ms, cv {got_cv:.3}",
+            requests.len(),
+            mean * 1e3
+        );
+        let allowed = mean_gap * (4.0 * cv / (requests.len() as f64).sqrt()).max(0.01);
+        assert!(
+            (mean - mean_gap).abs() < allowed,
+            "{arrival:?}: mean gap {mean}"
+        );
+        // Each send happened when its schedule said: the realised process is the seeded one.
+        let mut lags: Vec<u64> = requests
+            .iter()
+            .map(|r| r.sent_ns - r.scheduled_ns)
+            .collect();
+        lags.sort_unstable();
+        let p99_ms = lags[lags.len() * 99 / 100] as f64 / 1e6;
+        assert!(p99_ms < 2.0, "{arrival:?}: schedule lag p99 {p99_ms} ms");
+        assert!((got_cv - cv).abs() < *cv_err, "{arrival:?}: cv {got_cv}");
+    }
+    engine.stop().await;
+}
+
+/// A ramp from 50/s to 250/s over 4 s: the first second averages 75/s and the last 225/s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ramp_run_climbs_from_one_rate_to_the_other() {
+    let engine = sim_engine(fast_timing(), SimFaults::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let arrival = Arrival::Ramp {
+        from: 50.0,
+        to: 250.0,
+        spacing: Spacing::Constant,
+    };
+    let (_, _, requests) = drive(&engine.base_url(), workload(arrival, 4), dir.path()).await;
+    let start = requests
+        .iter()
+        .map(|r| r.scheduled_ns)
+        .min()
+        .expect("requests");
+    let in_second = |s: u64| {
+        requests
+            .iter()
+            .filter(|r| (r.sent_ns - start) / 1_000_000_000 == s)
+            .count() as i64
+    };
+    for (second, expected) in [(0, 75), (1, 125), (2, 175), (3, 225)] {
+        let got = in_second(second);
+        assert!(
+            (got - expected).abs() <= 3,
+            "second {second}: {got} sends, expected {expected}"
+        );
+    }
+    engine.stop().await;
+}
+
+/// `phase` events of the stream at `path`.
+fn phases(path: &Path) -> Vec<(Phase, u64)> {
+    read_stream(path)
+        .expect("stream")
+        .events
+        .into_iter()
+        .filter_map(|l| match l.event {
+            Event::Phase(p) => Some((p.phase, p.at_ns)),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duration_ends_the_run_on_time_with_every_request_accounted_for() {
+    // Each request takes 200 steps of 20 ms: 4 s, far past the 1 s phase and 0.5 s drain.
+    let slow = SimTiming {
+        max_batch: 64,
+        prefill_us_per_token: 0.0,
+        decode_step_us: 20_000.0,
+        decode_step_us_per_seq: 0.0,
+    };
+    let engine = sim_engine(slow, SimFaults::default()).await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = constant_workload(10.0, Duration::from_secs(1), 4, 200);
+    w.drain_timeout = Duration::from_millis(500);
+    let (report, _, requests) = drive(&engine.base_url(), w, dir.path()).await;
+    assert_eq!(report.sent, 10, "10/s for 1 s");
+    assert_eq!(requests.len(), 10, "every request sent has its event");
+    for r in &requests {
+        let error = r.error.as_ref().expect("cut off by the drain timeout");
+        assert_eq!(error.kind, ErrorKind::Cancelled, "{r:?}");
+        assert!(
+            r.first_token_ns.is_some(),
+            "{}: its first tokens are kept",
+            r.id
+        );
+    }
+    let phases = phases(&dir.path().join("solo/t.jsonl"));
+    let at = |p: Phase| phases.iter().find(|(q, _)| *q == p).map(|(_, t)| *t);
+    let (measure, drain, done) = (
+        at(Phase::Measure).expect("measure"),
+        at(Phase::Drain).expect("drain"),
+        at(Phase::Done).expect("done"),
+    );
+    let ms = |ns: u64| ns as f64 / 1e6;
+    assert!(
+        (ms(drain - measure) - 1_000.0).abs() < 50.0,
+        "measure lasted {} ms",
+        ms(drain - measure)
+    );
+    assert!(
+        (ms(done - drain) - 500.0).abs() < 100.0,
+        "drain lasted {} ms",
+        ms(done - drain)
+    );
+
+    // A count limit that comes first ends sending at that count.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = constant_workload(50.0, Duration::from_secs(10), 4, 2);
+    w.max_requests = Some(25);
+    let started = std::time::Instant::now();
+    let (report, _, requests) = drive(&engine.base_url(), w, dir.path()).await;
+    assert_eq!((report.sent, requests.len()), (25, 25));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "stopped at the count, not the duration"
+    );
+    engine.stop().await;
+}
+
+/// A server that answers every request with one token whatever was asked, and hands each
+/// request body it got to the test.
+async fn one_token_server() -> (
+    String,
+    tokio::sync::mpsc::UnboundedReceiver<serde_json::Value>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}", listener.local_addr().expect("addr"));
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        for _ in 0..100 {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let n = socket.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    let text = String::from_utf8_lossy(&buf).to_string();
+                    let Some((head, body)) = text.split_once("\r\n\r\n") else {
+                        continue;
+                    };
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse().unwrap_or(0))
+                        })
+                        .unwrap_or(0);
+                    if body.len() < length {
+                        continue;
+                    }
+                    let _ = tx.send(serde_json::from_str(&body[..length]).unwrap_or_default());
+                    let answer = r#"{"choices":[{"index":0,"text":"hi"}],"usage":{"prompt_tokens":4,"completion_tokens":1}}"#;
+                    let response = format!("HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}", answer.len());
+                    let _ = socket.write_all(response.as_bytes()).await;
+                    buf.clear();
+                }
+            });
+        }
+    });
+    (url, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_fields_are_sent_and_short_outputs_are_reported_not_averaged_in() {
+    let (url, mut bodies) = one_token_server().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut w = constant_workload(20.0, Duration::from_secs(1), 4, 8);
+    w.api = multitenant::config::Api::Completions;
+    w.stream = false;
+    w.request_fields = serde_json::json!({"temperature": 0.25, "top_p": 0.5, "min_tokens": 8})
+        .as_object()
+        .cloned()
+        .expect("object");
+    let (report, _, requests) = drive(&url, w, dir.path()).await;
+    assert_eq!(requests.len() as u64, report.sent);
+    let body = bodies.recv().await.expect("a request body");
+    assert_eq!(body["temperature"], 0.25);
+    assert_eq!(body["top_p"], 0.5);
+    assert_eq!(body["min_tokens"], 8);
+    assert_eq!(body["max_tokens"], 8);
+    assert_eq!(body["ignore_eos"], true);
+    for r in &requests {
+        assert_eq!(
+            (r.max_tokens, r.output_tokens),
+            (8, Some(1)),
+            "recorded per request"
+        );
+    }
+}
+
+/// The same short outputs, seen through the analysis of a folder: a load check names them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_summary_says_when_the_server_delivered_fewer_tokens_than_asked() {
+    let (url, _bodies) = one_token_server().await;
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let config = format!(
+        "name: short\nworkloads:\n  w: {{api: completions, stream: false, arrival: {{kind: constant, rate: 20}}, data: {{prompt_tokens: 4, output_tokens: 8}}, warmup: 0s, duration: 1s}}\nnodes:\n  - name: n\n    tenants: [{{name: ext, engine: {{kind: external, url: \"{url}\", model: m}}, workload: w}}]\n"
+    );
+    let config_path = tmp.path().join("short.yaml");
+    std::fs::write(&config_path, config).expect("write");
+    let agent = crate::support::InProcessAgent::start(&tmp.path().join("agent")).await;
+    let endpoint = coordinator::launch::AgentEndpoint {
+        url: agent.url.clone(),
+        token: crate::support::test_token(),
+    };
+    let outcome = coordinator::run::run_experiment(
+        &config_path,
+        Some(&tmp.path().join("runs")),
+        coordinator::run::Launch::Static(vec![endpoint]),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .await
+    .expect("experiment");
+    let summary = analyze_dir(&outcome.dir).expect("analyze");
+    let tenant = &summary.nodes[0].trials[0].tenants[0];
+    assert_eq!(tenant.metrics.short_outputs, tenant.metrics.completed);
+    assert!(
+        tenant
+            .load_checks
+            .iter()
+            .any(|c| c.contains("delivered fewer output tokens than asked")),
+        "{:?}",
+        tenant.load_checks
+    );
+    assert!(summary
+        .warnings
+        .iter()
+        .any(|w| w.contains("ext: ") && w.contains("fewer output tokens")));
+    agent.stop().await;
+}
