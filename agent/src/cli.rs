@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use multitenant::config::SimTiming;
 
 /// The multitenant agent: runs engines and load on a GPU node and records what happens.
 #[derive(Debug, Parser)]
@@ -57,5 +58,29 @@ pub enum Command {
         /// Seed of its draws.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Timing model: most sequences decoded at once.
+        #[arg(long, default_value_t = SimTiming::default().max_batch)]
+        max_batch: u32,
+        /// Timing model: fixed cost of one decode step, µs.
+        #[arg(long, default_value_t = SimTiming::default().decode_step_us)]
+        decode_step_us: f64,
+        /// Timing model: added cost per running sequence, µs.
+        #[arg(long, default_value_t = SimTiming::default().decode_step_us_per_seq)]
+        decode_step_us_per_seq: f64,
+        /// Timing model: prefill cost per prompt token, µs.
+        #[arg(long, default_value_t = SimTiming::default().prefill_us_per_token)]
+        prefill_us_per_token: f64,
+    },
+    /// Measure the load generator itself against the simulated engine on this machine: the
+    /// highest rate held with schedule lag p99 under 1 ms, CPU time per 1,000 streamed tokens,
+    /// memory at 10,000 concurrent streams, and measured-minus-true TTFT and ITL. Prints a
+    /// table; takes about a minute (`--quick`: about 20 s, smaller figures).
+    Bench {
+        /// Shorter stages and 2,000 instead of 10,000 streams for the memory stage.
+        #[arg(long)]
+        quick: bool,
+        /// Also write the figures as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
     },
 }

@@ -8,7 +8,9 @@
 //! - [`host`], [`gpu`]: node sampling and GPU discovery; [`mps`]: the MPS daemon of a trial.
 //! - [`mod@doctor`]: what a node has and which sharing modes it can run.
 //! - [`clock`]: the run's monotonic clock.
+//! - [`mod@bench`]: the load generator measured against the simulated engine.
 
+pub mod bench;
 pub mod cli;
 pub mod clock;
 pub mod doctor;
@@ -97,15 +99,23 @@ pub async fn sim_engine(
     listen: SocketAddr,
     model: String,
     seed: u64,
+    timing: multitenant::config::SimTiming,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     require_loopback(listen)?;
+    let usable = timing.max_batch >= 1
+        && timing.decode_step_us > 0.0
+        && timing.decode_step_us_per_seq >= 0.0
+        && timing.prefill_us_per_token >= 0.0;
+    if !usable {
+        bail!("the simulated engine needs --max-batch ≥ 1, --decode-step-us > 0 and the other costs ≥ 0");
+    }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let config = SimEngineConfig {
         model,
-        timing: multitenant::config::SimTiming::default(),
+        timing,
         faults: multitenant::config::SimFaults::default(),
         seed,
         record_truth: false,

@@ -37,7 +37,20 @@ async fn main() -> ExitCode {
             listen,
             model,
             seed,
-        } => agent::sim_engine(listen, model, seed, shutdown).await,
+            max_batch,
+            decode_step_us,
+            decode_step_us_per_seq,
+            prefill_us_per_token,
+        } => {
+            let timing = multitenant::config::SimTiming {
+                max_batch,
+                prefill_us_per_token,
+                decode_step_us,
+                decode_step_us_per_seq,
+            };
+            agent::sim_engine(listen, model, seed, timing, shutdown).await
+        }
+        Command::Bench { quick, json } => agent::bench::run(quick, json.as_deref(), shutdown).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

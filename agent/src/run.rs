@@ -671,7 +671,9 @@ impl RunContext {
                     died.push(death);
                 }
             }
-            if let Some(lost) = reports
+            if let Some(reason) = reports.iter().find_map(|r| r.failure.clone()) {
+                outcome = (TrialState::Invalid, Some(reason));
+            } else if let Some(lost) = reports
                 .iter()
                 .map(|r| r.write_errors)
                 .max()
@@ -886,12 +888,12 @@ impl RunContext {
                 if cancel.is_cancelled() {
                     break;
                 }
-                reports.push(loadgen::run(load, self.http.clone(), cancel.clone()).await);
+                reports.push(loadgen::run(load, cancel.clone()).await);
             }
         } else {
             let running: Vec<_> = loads
                 .into_iter()
-                .map(|load| tokio::spawn(loadgen::run(load, self.http.clone(), cancel.clone())))
+                .map(|load| tokio::spawn(loadgen::run(load, cancel.clone())))
                 .collect();
             for load in running {
                 match load.await {

@@ -116,12 +116,7 @@ pub async fn drive(
         clock,
         stream: stream.clone(),
     };
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(2048)
-        .tcp_nodelay(true)
-        .build()
-        .expect("client");
-    let report = loadgen::run(load, http, CancellationToken::new()).await;
+    let report = loadgen::run(load, CancellationToken::new()).await;
     stream.close().expect("close");
     let (requests, warnings) = request_events(&dir.join("solo/t.jsonl"));
     assert!(warnings.is_empty(), "{warnings:?}");

@@ -225,10 +225,13 @@ async fn read_stream(
     let mut chunk_times: Vec<u64> = Vec::new();
     let mut usage: Option<Usage> = None;
     let mut saw_done = false;
+    // One waiter on the token for the whole stream, not one per chunk.
+    let aborted = abort.cancelled();
+    tokio::pin!(aborted);
     loop {
         let read = tokio::select! {
             read = body.next() => read,
-            () = abort.cancelled() => {
+            () = &mut aborted => {
                 finish_counts(m, &chunk_times, usage);
                 fail(m, clock, ErrorKind::Cancelled, CANCELLED);
                 return;

@@ -48,7 +48,7 @@ pub struct TenantLoad {
 }
 
 /// What a load run did.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LoadReport {
     /// Requests sent, all phases.
     pub sent: u64,
@@ -57,6 +57,8 @@ pub struct LoadReport {
     /// Completed measure-phase requests per second, from their first send to their last
     /// done (the summary's request throughput); `None` when none completed.
     pub completed_rate: Option<f64>,
+    /// Why the load could not run at all, when it could not.
+    pub failure: Option<String>,
 }
 
 struct Shared {
@@ -156,7 +158,54 @@ fn ns(d: Duration) -> u64 {
 }
 
 /// Runs `load` to its end (or until `cancel`), recording every request and phase change.
-pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationToken) -> LoadReport {
+///
+/// The load runs on a thread of its own with a single-threaded runtime and its own HTTP
+/// client: every connection, stream and timestamp of the tenant lives on that thread, so no
+/// chunk waits for a wake-up from another thread, and no other work of the agent (another
+/// tenant, the samplers, the gRPC server) is queued ahead of it.
+pub async fn run(load: TenantLoad, cancel: CancellationToken) -> LoadReport {
+    let tenant = load.tenant.clone();
+    let (done, report) = tokio::sync::oneshot::channel();
+    let thread = std::thread::Builder::new()
+        .name(format!("load-{tenant}"))
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    let _ = done.send(LoadReport::failed(format!("no runtime for its load: {e}")));
+                    return;
+                }
+            };
+            let http = reqwest::Client::builder()
+                .pool_max_idle_per_host(usize::MAX)
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_default();
+            let _ = done.send(runtime.block_on(drive(load, http, cancel)));
+        });
+    if let Err(e) = thread {
+        return LoadReport::failed(format!("cannot start the load thread of {tenant}: {e}"));
+    }
+    report
+        .await
+        .unwrap_or_else(|_| LoadReport::failed(format!("the load thread of {tenant} panicked")))
+}
+
+impl LoadReport {
+    fn failed(reason: String) -> Self {
+        Self {
+            sent: 0,
+            write_errors: 0,
+            completed_rate: None,
+            failure: Some(reason),
+        }
+    }
+}
+
+async fn drive(load: TenantLoad, http: reqwest::Client, cancel: CancellationToken) -> LoadReport {
     let clock = load.clock;
     let start_ns = clock.now_ns();
     let warmup_end_ns = start_ns + ns(load.workload.warmup);
@@ -256,6 +305,7 @@ pub async fn run(load: TenantLoad, http: reqwest::Client, cancel: CancellationTo
         write_errors: shared.write_errors.load(Ordering::Relaxed),
         completed_rate: (completed > 0 && last > first)
             .then(|| completed as f64 / ((last - first) as f64 / 1e9)),
+        failure: None,
     }
 }
 

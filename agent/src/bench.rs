@@ -1,0 +1,573 @@
+//! `agent bench`: the load generator measured on the machine it runs on.
+//!
+//! Four stages, each against the simulated engine:
+//! 1. Rising open-loop rates (engine in a child process): the highest rate held with schedule
+//!    lag p99 under 1 ms, every request sent and none failed, and its streamed tokens/s.
+//! 2. CPU time of this process (the load generator and its recording) per 1,000 streamed
+//!    tokens, from `getrusage` over each rate stage.
+//! 3. Peak resident memory with 10,000 streams open at once (engine in a child process).
+//! 4. Measured-minus-true TTFT and ITL against the engine's own record of each token (engine in
+//!    this process, since the record is kept in memory), at 64 and 1,000 concurrent streams.
+//!
+//! Every figure goes through the same code as a real run: the same client, the same JSONL
+//! recording (into a temporary folder removed at the end).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use multitenant::config::{
+    Api, Arrival, ArrivalPlan, DataSource, LengthDist, SharingMode, SimFaults, SimTiming,
+    SyntheticData, Workload,
+};
+use multitenant::events::{read_stream, Event, Header, Phase, RequestEvent, StreamKind};
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+
+use crate::clock::RunClock;
+use crate::engine::sim_gpu::SimGpu;
+use crate::engine::simulated::{SimEngine, SimEngineConfig};
+use crate::loadgen::client::Target;
+use crate::loadgen::prompts::PromptFactory;
+use crate::loadgen::{self, LoadReport, TenantLoad};
+use crate::recorder::RunStreams;
+
+/// Rates tried in stage 1, requests/s.
+const RATES: [f64; 10] = [
+    100.0, 200.0, 400.0, 600.0, 800.0, 1_000.0, 1_500.0, 2_000.0, 3_000.0, 4_000.0,
+];
+/// Schedule lag p99 a rate must stay under to count as held.
+const LAG_BOUND: Duration = Duration::from_millis(1);
+/// Output tokens per request in stage 1 and 2.
+const RATE_STAGE_TOKENS: u32 = 64;
+
+/// One rate of stage 1.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateStage {
+    /// Offered requests/s.
+    pub offered: f64,
+    /// Measured sends/s.
+    pub achieved: f64,
+    /// Schedule lag p50, µs.
+    pub lag_p50_us: f64,
+    /// Schedule lag p99, µs.
+    pub lag_p99_us: f64,
+    /// Content chunks received per second (one token each).
+    pub streamed_tokens_per_s: f64,
+    /// CPU time of this process (the load generator) per 1,000 streamed tokens, ms.
+    pub cpu_ms_per_1k_tokens: f64,
+    /// CPU time of the simulated engine's process per 1,000 streamed tokens, ms: what the
+    /// engine took from the same cores.
+    pub engine_cpu_ms_per_1k_tokens: f64,
+    /// Failed requests.
+    pub failed: usize,
+    /// Whether the rate was held: lag p99 under the bound, ≥ 99% of the offered rate sent,
+    /// nothing failed.
+    pub held: bool,
+}
+
+/// Stage 3.
+#[derive(Debug, Clone, Serialize)]
+pub struct MemoryStage {
+    /// Streams open at once.
+    pub streams: u32,
+    /// Most streams seen open at one time (sent, not yet done).
+    pub peak_open: usize,
+    /// Resident memory before the stage, MiB.
+    pub rss_before_mib: f64,
+    /// Peak resident memory during it, MiB.
+    pub rss_peak_mib: f64,
+    /// (peak − before) / streams, KiB.
+    pub kib_per_stream: f64,
+}
+
+/// One concurrency of stage 4, in ms.
+#[derive(Debug, Clone, Serialize)]
+pub struct TruthStage {
+    /// Concurrent streams.
+    pub streams: u32,
+    /// Requests compared.
+    pub requests: usize,
+    /// Measured − true TTFT, p50.
+    pub ttft_err_p50_ms: f64,
+    /// Measured − true TTFT, p99.
+    pub ttft_err_p99_ms: f64,
+    /// Measured − true gap between consecutive tokens, p50.
+    pub itl_err_p50_ms: f64,
+    /// Measured − true gap, p99.
+    pub itl_err_p99_ms: f64,
+}
+
+/// Every figure of a bench run.
+#[derive(Debug, Clone, Serialize)]
+pub struct Figures {
+    /// Stage 1 and 2, in the order run.
+    pub rates: Vec<RateStage>,
+    /// Stage 3.
+    pub memory: MemoryStage,
+    /// Stage 4.
+    pub truth: Vec<TruthStage>,
+}
+
+/// Runs the bench, prints the figures, and writes them to `json` if given.
+pub async fn run(
+    quick: bool,
+    json: Option<&Path>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let scratch = std::env::temp_dir().join(format!("multitenant-bench-{}", std::process::id()));
+    let result = stages(quick, &scratch, &shutdown).await;
+    let _ = std::fs::remove_dir_all(&scratch);
+    let figures = result?;
+    print(&figures);
+    if let Some(path) = json {
+        std::fs::write(path, serde_json::to_vec_pretty(&figures)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn stages(
+    quick: bool,
+    scratch: &Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Figures> {
+    let stage_len = if quick {
+        Duration::from_millis(1_500)
+    } else {
+        Duration::from_secs(3)
+    };
+    eprintln!("bench: stage 1-2, rising rates (engine in a child process)");
+    let engine = ChildEngine::start(&SimTiming {
+        max_batch: 8_192,
+        prefill_us_per_token: 0.0,
+        decode_step_us: 10_000.0,
+        decode_step_us_per_seq: 0.0,
+    })
+    .await?;
+    let mut rates = Vec::new();
+    for (i, &rate) in RATES.iter().enumerate() {
+        if shutdown.is_cancelled() {
+            bail!("stopped");
+        }
+        let workload = synthetic(Arrival::Constant { rate }, stage_len, 16, RATE_STAGE_TOKENS);
+        let dir = scratch.join(format!("rate-{i}"));
+        let (cpu_before, engine_before) = (cpu_seconds(), engine.cpu_seconds());
+        let (_, requests) = drive(&engine.url, workload, &dir).await?;
+        let cpu = (
+            cpu_seconds() - cpu_before,
+            engine.cpu_seconds() - engine_before,
+        );
+        let stage = rate_stage(rate, stage_len, &requests, cpu);
+        eprintln!(
+            "  {:>6.0}/s: achieved {:>7.1}/s, lag p99 {:>7.1} µs, {:>8.0} tokens/s, CPU per 1k tokens {:.2} ms (engine {:.2} ms){}",
+            stage.offered,
+            stage.achieved,
+            stage.lag_p99_us,
+            stage.streamed_tokens_per_s,
+            stage.cpu_ms_per_1k_tokens,
+            stage.engine_cpu_ms_per_1k_tokens,
+            if stage.held { "" } else { "  (not held)" }
+        );
+        rates.push(stage);
+        // One stage can miss by a hiccup of the machine; two in a row is the ceiling.
+        if rates.iter().rev().take(2).filter(|r| !r.held).count() == 2 {
+            break;
+        }
+    }
+    engine.stop().await;
+
+    let streams: u32 = if quick { 2_000 } else { 10_000 };
+    eprintln!("bench: stage 3, {streams} streams open at once (engine in a child process)");
+    let engine = ChildEngine::start(&SimTiming {
+        max_batch: streams,
+        prefill_us_per_token: 0.0,
+        decode_step_us: 1_000_000.0,
+        decode_step_us_per_seq: 0.0,
+    })
+    .await?;
+    let memory = memory_stage(&engine.url, streams, &scratch.join("memory")).await?;
+    engine.stop().await;
+
+    eprintln!("bench: stage 4, measured against the engine's record (engine in this process)");
+    let mut truth = Vec::new();
+    for streams in [64, if quick { 500 } else { 1_000 }] {
+        truth.push(
+            truth_stage(
+                streams,
+                stage_len,
+                &scratch.join(format!("truth-{streams}")),
+            )
+            .await?,
+        );
+    }
+    Ok(Figures {
+        rates,
+        memory,
+        truth,
+    })
+}
+
+fn synthetic(arrival: Arrival, duration: Duration, prompt: u32, output: u32) -> Workload {
+    Workload {
+        api: Api::Chat,
+        stream: true,
+        arrival: ArrivalPlan::Single(arrival),
+        data: DataSource::Synthetic(SyntheticData {
+            prompt_tokens: LengthDist::Fixed(prompt),
+            output_tokens: LengthDist::Fixed(output),
+        }),
+        tokenizer: None,
+        warmup: Duration::from_millis(500),
+        duration,
+        max_requests: None,
+        drain_timeout: Duration::from_secs(5),
+        ignore_eos: true,
+        request_fields: serde_json::Map::new(),
+    }
+}
+
+/// Drives `workload` at `url`, recording into `dir`; returns the report and the request events
+/// of every phase.
+async fn drive(
+    url: &str,
+    workload: Workload,
+    dir: &Path,
+) -> anyhow::Result<(LoadReport, Vec<RequestEvent>)> {
+    let clock = RunClock::start();
+    let streams = RunStreams::new(dir.to_owned())?;
+    let header = Header {
+        schema_version: multitenant::events::SCHEMA_VERSION.into(),
+        tool_version: multitenant::TOOL_VERSION.into(),
+        experiment: "bench".into(),
+        run_id: "bench".into(),
+        node: "local".into(),
+        trial: "bench".into(),
+        mode: SharingMode::Solo,
+        stream: StreamKind::Tenant,
+        zero_wall_ns: clock.zero_wall_ns(),
+        simulated: true,
+        stage: None,
+        tenant: None,
+    };
+    let stream = streams.create("bench/t.jsonl", header)?;
+    let ArrivalPlan::Single(arrival) = workload.arrival else {
+        bail!("the bench drives one arrival process per stage");
+    };
+    let (prompts, _) = PromptFactory::new(&workload.data, None, 1)?;
+    let load = TenantLoad {
+        tenant: "t".into(),
+        target: Target {
+            base_url: url.into(),
+            api: workload.api,
+            model: "bench".into(),
+            api_key: None,
+            stream: workload.stream,
+            ignore_eos: workload.ignore_eos,
+            request_fields: serde_json::Map::new(),
+        },
+        workload,
+        arrival,
+        seed: 1,
+        prompts: Arc::new(prompts),
+        clock,
+        stream: stream.clone(),
+    };
+    let report = loadgen::run(load, CancellationToken::new()).await;
+    stream.close()?;
+    let requests = read_stream(&dir.join("bench/t.jsonl"))?
+        .events
+        .into_iter()
+        .filter_map(|l| match l.event {
+            Event::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect();
+    Ok((report, requests))
+}
+
+/// The figures of one rate: lag and rate over the measured phase, CPU over the whole stage
+/// against every token of the stage.
+/// `cpu_s` is (this process, the engine's) CPU seconds over the stage.
+fn rate_stage(
+    offered: f64,
+    len: Duration,
+    requests: &[RequestEvent],
+    cpu_s: (f64, f64),
+) -> RateStage {
+    let measured: Vec<&RequestEvent> = requests
+        .iter()
+        .filter(|r| r.phase == Phase::Measure)
+        .collect();
+    let mut lags: Vec<f64> = measured
+        .iter()
+        .map(|r| r.sent_ns.saturating_sub(r.scheduled_ns) as f64 / 1e3)
+        .collect();
+    let failed = measured.iter().filter(|r| r.error.is_some()).count();
+    let tokens = |rs: &mut dyn Iterator<Item = &RequestEvent>| -> usize {
+        rs.filter(|r| r.first_token_ns.is_some())
+            .map(|r| r.chunk_gaps_us.len() + 1)
+            .sum()
+    };
+    let measured_tokens = tokens(&mut measured.iter().copied());
+    let all_tokens = tokens(&mut requests.iter());
+    let achieved = measured.len() as f64 / len.as_secs_f64();
+    let (lag_p50_us, lag_p99_us) = (quantile(&mut lags, 0.5), quantile(&mut lags, 0.99));
+    RateStage {
+        offered,
+        achieved,
+        lag_p50_us,
+        lag_p99_us,
+        streamed_tokens_per_s: measured_tokens as f64 / len.as_secs_f64(),
+        cpu_ms_per_1k_tokens: cpu_s.0 * 1e3 / all_tokens.max(1) as f64 * 1e3,
+        engine_cpu_ms_per_1k_tokens: cpu_s.1 * 1e3 / all_tokens.max(1) as f64 * 1e3,
+        failed,
+        held: lag_p99_us < LAG_BOUND.as_secs_f64() * 1e6
+            && achieved >= offered * 0.99
+            && failed == 0,
+    }
+}
+
+async fn memory_stage(url: &str, streams: u32, dir: &Path) -> anyhow::Result<MemoryStage> {
+    let before = rss_mib();
+    let stop = CancellationToken::new();
+    let sampler = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut peak = 0f64;
+            while !stop.is_cancelled() {
+                peak = peak.max(rss_mib());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            peak
+        })
+    };
+    // Each request lasts 8 s (8 steps of 1 s): every stream stays open through the 4 s
+    // measured after a 3 s warmup in which the streams open one by one.
+    let mut workload = synthetic(
+        Arrival::Concurrency { n: streams },
+        Duration::from_secs(4),
+        16,
+        8,
+    );
+    workload.warmup = Duration::from_secs(3);
+    workload.drain_timeout = Duration::from_millis(500);
+    let (_, requests) = drive(url, workload, dir).await?;
+    stop.cancel();
+    let peak = sampler.await.unwrap_or(0.0);
+    let mut edges: Vec<(u64, i64)> = requests
+        .iter()
+        .flat_map(|r| [(r.sent_ns, 1), (r.done_ns, -1)])
+        .collect();
+    edges.sort_unstable();
+    let (mut open, mut peak_open) = (0i64, 0i64);
+    for (_, step) in edges {
+        open += step;
+        peak_open = peak_open.max(open);
+    }
+    Ok(MemoryStage {
+        streams,
+        peak_open: usize::try_from(peak_open).unwrap_or(0),
+        rss_before_mib: before,
+        rss_peak_mib: peak,
+        kib_per_stream: (peak - before) * 1024.0 / f64::from(streams),
+    })
+}
+
+async fn truth_stage(streams: u32, len: Duration, dir: &Path) -> anyhow::Result<TruthStage> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let config = SimEngineConfig {
+        model: "bench".into(),
+        timing: SimTiming {
+            max_batch: streams,
+            prefill_us_per_token: 0.0,
+            decode_step_us: 25_000.0,
+            decode_step_us_per_seq: 0.0,
+        },
+        faults: SimFaults::default(),
+        seed: 1,
+        record_truth: true,
+    };
+    let engine = SimEngine::start(
+        listener,
+        config,
+        Arc::new(SimGpu::new(SharingMode::Solo, 0.0)),
+    )?;
+    let mut workload = synthetic(
+        Arrival::Concurrency { n: streams },
+        len.max(Duration::from_secs(3)),
+        16,
+        64,
+    );
+    workload.warmup = Duration::from_secs(2);
+    let (_, requests) = drive(&engine.base_url(), workload, dir).await?;
+    let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+    let mut compared = 0;
+    for r in requests.iter().filter(|r| r.error.is_none()) {
+        let (Some(truth), Some(first)) = (engine.truth(&r.id), r.first_token_ns) else {
+            continue;
+        };
+        compared += 1;
+        let true_ttft = truth.emitted[0].duration_since(truth.received).as_nanos() as f64;
+        let measured_ttft = (first - r.sent_ns) as f64;
+        ttft.push((measured_ttft - true_ttft) / 1e6);
+        for (gap_us, w) in r.chunk_gaps_us.iter().zip(truth.emitted.windows(2)) {
+            let true_gap = w[1].duration_since(w[0]).as_nanos() as f64;
+            itl.push((*gap_us as f64 * 1e3 - true_gap) / 1e6);
+        }
+    }
+    engine.stop().await;
+    if compared == 0 {
+        bail!(
+            "no request of the {streams}-stream stage could be compared with the engine's record"
+        );
+    }
+    Ok(TruthStage {
+        streams,
+        requests: compared,
+        ttft_err_p50_ms: quantile(&mut ttft, 0.5),
+        ttft_err_p99_ms: quantile(&mut ttft, 0.99),
+        itl_err_p50_ms: quantile(&mut itl, 0.5),
+        itl_err_p99_ms: quantile(&mut itl, 0.99),
+    })
+}
+
+fn print(f: &Figures) {
+    println!(
+        "load generator bench (simulated engine, SIMULATED timings; this machine: {} cores)",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    println!();
+    println!("  offered/s  achieved/s  lag p50 µs  lag p99 µs  tokens/s  CPU ms/1k tokens  engine CPU  held");
+    for r in &f.rates {
+        println!(
+            "  {:>9.0}  {:>10.1}  {:>10.1}  {:>10.1}  {:>8.0}  {:>16.2}  {:>10.2}  {}",
+            r.offered,
+            r.achieved,
+            r.lag_p50_us,
+            r.lag_p99_us,
+            r.streamed_tokens_per_s,
+            r.cpu_ms_per_1k_tokens,
+            r.engine_cpu_ms_per_1k_tokens,
+            if r.held { "yes" } else { "no" }
+        );
+    }
+    match f.rates.iter().rfind(|r| r.held) {
+        Some(best) => println!(
+            "\n  highest rate held (lag p99 < 1 ms, ≥ 99% sent, no failure): {:.0} requests/s, {:.0} streamed tokens/s, {:.2} ms CPU per 1,000 tokens",
+            best.offered, best.streamed_tokens_per_s, best.cpu_ms_per_1k_tokens
+        ),
+        None => println!("\n  no rate was held"),
+    }
+    let m = &f.memory;
+    println!(
+        "  {} streams (peak {} open at once): RSS {:.1} MiB before, {:.1} MiB peak, {:.1} KiB per stream",
+        m.streams, m.peak_open, m.rss_before_mib, m.rss_peak_mib, m.kib_per_stream
+    );
+    for t in &f.truth {
+        println!(
+            "  measured − true at {} streams ({} requests): TTFT p50 {:.3} ms, p99 {:.3} ms; ITL p50 {:.3} ms, p99 {:.3} ms",
+            t.streams, t.requests, t.ttft_err_p50_ms, t.ttft_err_p99_ms, t.itl_err_p50_ms, t.itl_err_p99_ms
+        );
+    }
+}
+
+/// A simulated engine in a child process (`agent sim-engine`), stopped by its PID.
+struct ChildEngine {
+    child: tokio::process::Child,
+    url: String,
+}
+
+impl ChildEngine {
+    async fn start(timing: &SimTiming) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("locating the agent binary")?;
+        let mut child = tokio::process::Command::new(&exe)
+            .args(["sim-engine", "--listen", "127.0.0.1:0", "--model", "bench"])
+            .args(["--max-batch", &timing.max_batch.to_string()])
+            .args(["--decode-step-us", &timing.decode_step_us.to_string()])
+            .args([
+                "--decode-step-us-per-seq",
+                &timing.decode_step_us_per_seq.to_string(),
+            ])
+            .args([
+                "--prefill-us-per-token",
+                &timing.prefill_us_per_token.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {} sim-engine", exe.display()))?;
+        let stdout = child.stdout.take().context("the engine's stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .context("the simulated engine did not start within 10 s")??
+            .context("the simulated engine exited before it listened")?;
+        let url = line
+            .split(" on ")
+            .nth(1)
+            .context("unexpected first line from the simulated engine")?
+            .trim()
+            .to_owned();
+        Ok(Self { child, url })
+    }
+
+    /// User plus system CPU time of the engine process so far, seconds (0 if unreadable).
+    fn cpu_seconds(&self) -> f64 {
+        let Some(pid) = self.child.id() else {
+            return 0.0;
+        };
+        let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                // Fields after the command name's closing parenthesis start at field 3;
+                // utime and stime are fields 14 and 15.
+                let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+                let utime: f64 = fields.get(11)?.parse().ok()?;
+                let stime: f64 = fields.get(12)?.parse().ok()?;
+                Some((utime + stime) / ticks)
+            })
+            .unwrap_or(0.0)
+    }
+
+    async fn stop(mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// User plus system CPU time of this process so far, seconds.
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0.0, |u| {
+        let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+        t(u.user_time()) + t(u.system_time())
+    })
+}
+
+/// Resident memory of this process now, MiB (0 where /proc is missing).
+fn rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        })
+        .map_or(0.0, |kib| kib / 1024.0)
+}
+
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values.sort_by(f64::total_cmp);
+    let i = ((values.len() - 1) as f64 * q).round() as usize;
+    values[i]
+}
