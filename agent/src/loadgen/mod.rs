@@ -159,17 +159,20 @@ fn ns(d: Duration) -> u64 {
 
 /// Runs `load` to its end (or until `cancel`), recording every request and phase change.
 ///
-/// The load runs on a thread of its own with a single-threaded runtime and its own HTTP
-/// client: every connection, stream and timestamp of the tenant lives on that thread, so no
-/// chunk waits for a wake-up from another thread, and no other work of the agent (another
-/// tenant, the samplers, the gRPC server) is queued ahead of it.
+/// The load runs on a runtime of its own (two worker threads) with its own HTTP client: no
+/// other work of the agent (another tenant, the samplers, the gRPC server) is ever queued
+/// ahead of its sends and reads. Two workers rather than one, because an engine step hands
+/// every open stream a chunk at the same instant and one thread would read them one by one
+/// (measured at 1,000 streams: first-token delay p50 4.1 ms on one thread, 2.2 ms on two).
 pub async fn run(load: TenantLoad, cancel: CancellationToken) -> LoadReport {
     let tenant = load.tenant.clone();
     let (done, report) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
         .name(format!("load-{tenant}"))
         .spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_current_thread()
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name(format!("load-{}", load.tenant))
                 .enable_all()
                 .build()
             {
