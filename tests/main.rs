@@ -14,3 +14,4 @@ mod mps;
 mod real_vllm;
 mod request_faults;
 mod stream_resume;
+mod sweeps;

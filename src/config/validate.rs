@@ -1472,6 +1472,15 @@ nodes:
         )
         .expect("write");
         Experiment::load(&config).expect("a default output length makes it usable");
+        std::fs::write(
+            &config,
+            with("{profile: chat, tokenizer: nowhere/tokenizer.json}"),
+        )
+        .expect("write");
+        let err = Experiment::load(&config).expect_err("unreadable tokenizer");
+        let problem = &err.problems()[0];
+        assert_eq!(problem.path, "workloads.w.data.tokenizer");
+        assert!(problem.message.contains("nowhere/tokenizer.json"), "{err}");
 
         let sent =
             Experiment::with_absolute_paths(&with("{kind: jsonl, path: ok.jsonl}"), dir.path())

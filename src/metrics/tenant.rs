@@ -22,6 +22,9 @@ pub struct Definitions {
     pub window: String,
     /// Aggregate node throughput.
     pub aggregate: String,
+    /// Schedule lag.
+    #[serde(default)]
+    pub schedule_lag: String,
 }
 
 impl Default for Definitions {
@@ -33,6 +36,7 @@ impl Default for Definitions {
             e2e: "last_content_chunk_arrival - sent".into(),
             window: "first sent to last done of measure-phase requests".into(),
             aggregate: "sum of tenants' output tokens / (latest done - earliest sent over all tenants)".into(),
+            schedule_lag: "sent - scheduled; scheduled is the arrival time (open loop) or the instant the request's slot became free (closed loop: the wait for a free slot, kept apart from latency)".into(),
         }
     }
 }
