@@ -10,6 +10,7 @@
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
 //! - [`tokens`]: prompts of an exact token count from a model's `tokenizer.json`.
 //! - [`auth`]: the bearer token both sides of the gRPC API use.
+//! - [`tls`]: the certificate name and environment variables of coordinator-agent TLS.
 //! - [`proto`]: the generated gRPC types of `proto/multitenant/v1`.
 
 pub mod analysis;
@@ -19,6 +20,7 @@ pub mod dataset;
 pub mod events;
 pub mod metrics;
 pub mod proto;
+pub mod tls;
 pub mod tokens;
 
 /// Version of this build, written into every JSONL header and summary.

@@ -295,6 +295,7 @@ async fn the_summary_says_when_the_server_delivered_fewer_tokens_than_asked() {
     let endpoint = coordinator::launch::AgentEndpoint {
         url: agent.url.clone(),
         token: crate::support::test_token(),
+        tls: None,
     };
     let outcome = coordinator::run::run_experiment(
         &config_path,

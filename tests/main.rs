@@ -13,5 +13,6 @@ mod load_shapes;
 mod mps;
 mod real_vllm;
 mod request_faults;
+mod skypilot;
 mod stream_resume;
 mod sweeps;

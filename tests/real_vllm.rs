@@ -56,6 +56,7 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
     let endpoint = AgentEndpoint {
         url: agent.url.clone(),
         token: test_token(),
+        tls: None,
     };
     let outcome = run_experiment(
         &config_path,

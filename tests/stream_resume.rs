@@ -19,6 +19,7 @@ async fn a_broken_event_stream_resumes_with_nothing_lost_or_doubled() {
     let endpoint = AgentEndpoint {
         url: format!("http://127.0.0.1:{}", proxy.port),
         token: test_token(),
+        tls: None,
     };
     let config =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resume.yaml");

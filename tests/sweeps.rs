@@ -21,6 +21,7 @@ async fn run(arrival: &str, tmp: &std::path::Path) -> Outcome {
     let endpoint = AgentEndpoint {
         url: agent.url.clone(),
         token: test_token(),
+        tls: None,
     };
     let outcome = tokio::time::timeout(
         Duration::from_secs(120),

@@ -21,9 +21,14 @@ pub enum Command {
     /// Serve the gRPC API to a coordinator. The token comes from MULTITENANT_AGENT_TOKEN or
     /// --token-file, never from a flag (flags show in `ps`).
     Serve {
-        /// Address to listen on; loopback only in this version (TLS is not there yet).
+        /// Address to listen on. Without --tls, loopback only.
         #[arg(long, default_value = "127.0.0.1:7777")]
         listen: SocketAddr,
+        /// Serve TLS, requiring a client certificate: the agent's certificate, key and the
+        /// client CA come as PEM text in MULTITENANT_TLS_CERT, MULTITENANT_TLS_KEY and
+        /// MULTITENANT_TLS_CLIENT_CA. Needed to listen on anything but loopback.
+        #[arg(long)]
+        tls: bool,
         /// Folder that receives one subfolder per run.
         #[arg(long, default_value = "agent-data")]
         data_dir: PathBuf,

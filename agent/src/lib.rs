@@ -53,12 +53,13 @@ pub fn load_token(token_file: Option<&Path>) -> anyhow::Result<BearerToken> {
 
 fn require_loopback(addr: SocketAddr) -> anyhow::Result<()> {
     if !addr.ip().is_loopback() {
-        bail!("refusing to listen on {addr}: this version has no TLS, so it listens on loopback only (e.g. 127.0.0.1:7777)");
+        bail!("refusing to listen on {addr} in plain text: only loopback (e.g. 127.0.0.1:7777) goes without --tls");
     }
     Ok(())
 }
 
 /// `agent serve`: serves until `shutdown`, then stops every run and waits for their records.
+/// With `tls`, it may listen on any address; without, only on loopback.
 /// `mps_control` is the `nvidia-cuda-mps-control` that `mps` trials use.
 /// Prints `listening on <addr>` on stdout once bound, for whoever started it.
 pub async fn serve(
@@ -66,9 +67,12 @@ pub async fn serve(
     data_dir: PathBuf,
     mps_control: PathBuf,
     token: BearerToken,
+    tls: Option<server::ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    require_loopback(listen)?;
+    if tls.is_none() {
+        require_loopback(listen)?;
+    }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
@@ -81,7 +85,7 @@ pub async fn serve(
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}")?;
     stdout.flush()?;
-    let served = server::serve(listener, runs.clone(), token, shutdown.clone()).await;
+    let served = server::serve(listener, runs.clone(), token, tls, shutdown.clone()).await;
     runs.shutdown().await;
     served.context("the gRPC server failed")
 }

@@ -18,13 +18,23 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve {
             listen,
+            tls,
             data_dir,
             token_file,
             mps_control,
-        } => match agent::load_token(token_file.as_deref()) {
-            Ok(token) => agent::serve(listen, data_dir, mps_control, token, shutdown).await,
-            Err(e) => Err(e),
-        },
+        } => {
+            let tls = if tls {
+                agent::server::ServerTls::from_env().map(Some)
+            } else {
+                Ok(None)
+            };
+            match (agent::load_token(token_file.as_deref()), tls) {
+                (Ok(token), Ok(tls)) => {
+                    agent::serve(listen, data_dir, mps_control, token, tls, shutdown).await
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
         Command::Doctor {
             vllm,
             mps_control,

@@ -17,6 +17,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tokio_stream::Stream;
 use tokio_util::sync::CancellationToken;
+use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::gpu::GpuStatus;
@@ -48,14 +49,53 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     runs: Arc<RunManager>,
     token: BearerToken,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let service =
         AgentServer::with_interceptor(AgentService::new(runs), move |req| token.check(req));
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = tls {
+        builder = builder.tls_config(
+            ServerTlsConfig::new()
+                .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
+                .client_ca_root(Certificate::from_pem(tls.client_ca_pem)),
+        )?;
+    }
+    builder
         .add_service(service)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
+}
+
+/// The agent's TLS material (PEM texts): its certificate and key, and the CA whose client
+/// certificates it accepts.
+#[derive(Clone)]
+pub struct ServerTls {
+    /// Certificate (chain) of the agent.
+    pub cert_pem: String,
+    /// Its private key.
+    pub key_pem: String,
+    /// The CA of the coordinator's client certificate.
+    pub client_ca_pem: String,
+}
+
+impl ServerTls {
+    /// Reads the three PEM texts from [`multitenant::tls`]'s environment variables.
+    pub fn from_env() -> anyhow::Result<Self> {
+        use multitenant::tls::{CERT_ENV, CLIENT_CA_ENV, KEY_ENV};
+        let read = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .filter(|v| v.contains("-----BEGIN"))
+                .ok_or_else(|| anyhow::anyhow!("--tls needs a PEM text in {name}"))
+        };
+        Ok(Self {
+            cert_pem: read(CERT_ENV)?,
+            key_pem: read(KEY_ENV)?,
+            client_ca_pem: read(CLIENT_CA_ENV)?,
+        })
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<EventChunk, Status>> + Send>>;

@@ -6,7 +6,7 @@ use anyhow::Context;
 use multitenant::auth::BearerToken;
 use multitenant::proto::v1::agent_client::AgentClient;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 use tonic::{Request, Status};
 
 /// Attaches the bearer token to each request.
@@ -19,18 +19,65 @@ impl tonic::service::Interceptor for WithToken {
     }
 }
 
+/// `error` and every error under it, joined: a TLS refusal (unknown CA, wrong name, a
+/// certificate the agent does not accept) is only named at the bottom of the chain.
+pub fn with_sources(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let next = s.to_string();
+        if !text.contains(&next) {
+            text = format!("{text}: {next}");
+        }
+        source = s.source();
+    }
+    for (alert, meaning) in [
+        (
+            "UnknownCA",
+            "the other side does not trust our certificate's CA",
+        ),
+        ("BadCertificate", "the other side rejected our certificate"),
+        (
+            "CertificateRequired",
+            "the agent requires a client certificate",
+        ),
+        (
+            "invalid peer certificate",
+            "the agent's certificate is not from this experiment's CA or not for its name",
+        ),
+    ] {
+        if text.contains(alert) {
+            text = format!("{text} ({meaning})");
+        }
+    }
+    text
+}
+
 /// A client of one agent.
 pub type Client = AgentClient<InterceptedService<Channel, WithToken>>;
 
-/// Connects to `endpoint` (e.g. `http://127.0.0.1:7777`). The channel reconnects by itself
-/// after a broken connection, so one client lasts a whole experiment.
-pub async fn connect(endpoint: &str, token: BearerToken) -> anyhow::Result<Client> {
-    let channel = Endpoint::from_shared(endpoint.to_owned())
+/// Connects to `endpoint` (e.g. `http://127.0.0.1:7777`, or `https://…` with `tls`). The
+/// channel reconnects by itself after a broken connection, so one client lasts a whole
+/// experiment.
+pub async fn connect(
+    endpoint: &str,
+    token: BearerToken,
+    tls: Option<ClientTlsConfig>,
+) -> anyhow::Result<Client> {
+    let mut builder = Endpoint::from_shared(endpoint.to_owned())
         .with_context(|| format!("{endpoint:?} is not a valid agent address"))?
         .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true)
-        .connect()
-        .await
-        .with_context(|| format!("connecting to the agent at {endpoint}"))?;
+        .tcp_nodelay(true);
+    if let Some(tls) = tls {
+        builder = builder
+            .tls_config(tls)
+            .with_context(|| format!("TLS settings for {endpoint}"))?;
+    }
+    let channel = builder.connect().await.map_err(|e| {
+        anyhow::anyhow!(
+            "connecting to the agent at {endpoint}: {}",
+            with_sources(&e)
+        )
+    })?;
     Ok(AgentClient::with_interceptor(channel, WithToken(token)))
 }

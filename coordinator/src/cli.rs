@@ -30,6 +30,21 @@ pub enum Command {
         /// The experiment config (YAML).
         config: PathBuf,
     },
+    /// Print the resolved trials of every node and, for the skypilot launcher, write the
+    /// SkyPilot task files, without launching anything.
+    Plan {
+        /// The experiment config (YAML).
+        config: PathBuf,
+        /// Where to write the task files.
+        #[arg(long, default_value = "plan")]
+        output_dir: PathBuf,
+    },
+    /// Tear down every SkyPilot cluster of an experiment that is not down yet (what a killed
+    /// coordinator could not finish), and record it in the folder's clusters.json.
+    Down {
+        /// The experiment folder.
+        dir: PathBuf,
+    },
     /// Recompute the summary of an experiment folder from its JSONL streams alone.
     Analyze {
         /// The experiment folder (`runs/<name>-<utc>`).

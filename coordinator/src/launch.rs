@@ -19,10 +19,12 @@ const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// Where an agent listens and the token it wants.
 #[derive(Debug, Clone)]
 pub struct AgentEndpoint {
-    /// `http://host:port`.
+    /// `http://host:port`, or `https://host:port` with `tls`.
     pub url: String,
     /// Its token.
     pub token: BearerToken,
+    /// How to check the agent and present ourselves to it; `None` for plain loopback.
+    pub tls: Option<tonic::transport::ClientTlsConfig>,
 }
 
 /// An agent process this coordinator started.
@@ -102,6 +104,7 @@ impl LocalAgent {
             endpoint: AgentEndpoint {
                 url: format!("http://{addr}"),
                 token,
+                tls: None,
             },
         })
     }

@@ -16,6 +16,8 @@ async fn main() -> ExitCode {
     let result = match cli.command {
         Command::Validate { config } => coordinator::validate(&config),
         Command::Analyze { dir, write } => coordinator::analyze(&dir, write),
+        Command::Plan { config, output_dir } => coordinator::plan(&config, &output_dir),
+        Command::Down { dir } => coordinator::down(&dir).await,
         Command::Run { config, output_dir } => {
             let cancel = CancellationToken::new();
             tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
@@ -31,13 +33,17 @@ async fn main() -> ExitCode {
     }
 }
 
-/// First Ctrl-C: stop the runs and collect what was recorded. Later ones say what is still
-/// being waited for; leaving early would orphan the agents this process started.
+/// First Ctrl-C: stop the runs, collect what was recorded, tear down what was launched.
+/// Later ones say what is still being waited for, and which clusters are still up; leaving
+/// early would orphan the agents and clusters this process started.
 async fn cancel_on_ctrl_c(cancel: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
         cancel.cancel();
     }
     while tokio::signal::ctrl_c().await.is_ok() {
         eprintln!("still stopping: agents are closing their records and will be killed after 20 s at most");
+        if let Some(clusters) = coordinator::skypilot::still_up() {
+            eprintln!("{clusters}");
+        }
     }
 }

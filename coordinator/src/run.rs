@@ -11,7 +11,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use futures_util::future::join_all;
 use multitenant::analysis::{analyze_dir, Summary};
-use multitenant::config::{Experiment, Node};
+use multitenant::auth::{BearerToken, TOKEN_ENV};
+use multitenant::config::{Experiment, LauncherKind, Node, OnNodeFailure, SkyPilotSettings};
 use multitenant::proto::v1::{InfoRequest, StartRunRequest, StopRunRequest};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
@@ -21,13 +22,27 @@ use crate::collect::{CollectReport, Collector};
 use crate::launch::{find_agent_binary, AgentEndpoint, LocalAgent};
 use crate::progress::Progress;
 use crate::report;
+use crate::skypilot::{self, ClusterState, Ledger, Sky};
+use crate::tls::ExperimentTls;
 
 /// How each node's agent is reached.
 pub enum Launch {
+    /// As the config's `launcher:` says.
+    FromConfig,
     /// Spawn `agent serve` on this machine for every node.
     Local,
     /// Agents that already run, one per node, in node order.
     Static(Vec<AgentEndpoint>),
+}
+
+/// How one node's agent is reached, once the launcher has done its part.
+enum NodeAccess {
+    /// Spawn a local agent for it.
+    Spawn,
+    /// An agent that runs.
+    Endpoint(AgentEndpoint),
+    /// The node could not be brought up.
+    Failed(String),
 }
 
 /// A finished experiment.
@@ -65,14 +80,31 @@ pub async fn run_experiment(
         .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("config.yaml"), &config_text)
         .context("copying the config into the experiment folder")?;
+    let launch = match launch {
+        Launch::FromConfig => match &experiment.launcher.kind {
+            LauncherKind::Local => Launch::Local,
+            LauncherKind::Static(agents) => Launch::Static(static_endpoints(&experiment, agents)?),
+            LauncherKind::SkyPilot(settings) => {
+                write_plan(&dir, &experiment, "skypilot")?;
+                eprintln!("experiment folder: {}", dir.display());
+                let run = ExperimentRun {
+                    experiment: &experiment,
+                    dir: &dir,
+                    run_id: &run_id,
+                    config: &sent_config,
+                };
+                return skypilot_run(run, settings, cancel).await;
+            }
+        },
+        other => other,
+    };
     let launcher = match launch {
-        Launch::Local => "local",
         Launch::Static(_) => "static",
+        _ => "local",
     };
     write_plan(&dir, &experiment, launcher)?;
     eprintln!("experiment folder: {}", dir.display());
-
-    let endpoints: Vec<Option<AgentEndpoint>> = match launch {
+    let access: Vec<NodeAccess> = match launch {
         Launch::Static(list) => {
             if list.len() != experiment.nodes.len() {
                 bail!(
@@ -81,51 +113,37 @@ pub async fn run_experiment(
                     experiment.nodes.len()
                 );
             }
-            list.into_iter().map(Some).collect()
+            list.into_iter().map(NodeAccess::Endpoint).collect()
         }
-        Launch::Local => vec![None; experiment.nodes.len()],
+        _ => experiment.nodes.iter().map(|_| NodeAccess::Spawn).collect(),
     };
-    let agent_bin = if endpoints.iter().any(Option::is_none) {
-        Some(find_agent_binary()?)
-    } else {
-        None
+    let run = ExperimentRun {
+        experiment: &experiment,
+        dir: &dir,
+        run_id: &run_id,
+        config: &sent_config,
     };
-    let progress = Arc::new(Progress::default());
-    let stop_printing = CancellationToken::new();
-    let printer = {
-        let progress = progress.clone();
-        let stop = stop_printing.clone();
-        tokio::spawn(async move { progress.print_every(Duration::from_secs(2), stop).await })
-    };
-    let node_runs = experiment
-        .nodes
-        .iter()
-        .zip(endpoints)
-        .map(|(node, endpoint)| {
-            run_node(
-                node,
-                endpoint,
-                agent_bin.as_deref(),
-                &dir,
-                &run_id,
-                &sent_config,
-                &progress,
-                cancel.clone(),
-            )
-        });
-    let results = join_all(node_runs).await;
-    stop_printing.cancel();
-    let _ = printer.await;
-    let mut nodes = Vec::new();
-    let mut failures = Vec::new();
-    for (node, result) in experiment.nodes.iter().zip(results) {
-        match result {
-            Ok(report) => nodes.push((node.name.clone(), report)),
-            Err(e) => failures.push(format!("node {}: {e:#}", node.name)),
-        }
-    }
+    let (nodes, failures) = run_nodes(&run, access, &cancel).await?;
     let summary = analyze_dir(&dir).context("analysing the collected streams")?;
     report::write_summary_files(&dir, &summary)?;
+    finish(dir, summary, nodes, failures)
+}
+
+/// What every node of one experiment shares.
+struct ExperimentRun<'a> {
+    experiment: &'a Experiment,
+    dir: &'a Path,
+    run_id: &'a str,
+    /// The config text agents get.
+    config: &'a str,
+}
+
+fn finish(
+    dir: PathBuf,
+    summary: Summary,
+    nodes: Vec<(String, CollectReport)>,
+    failures: Vec<String>,
+) -> anyhow::Result<Outcome> {
     if !failures.is_empty() {
         bail!(
             "{}\n(whatever was collected is in {})",
@@ -138,6 +156,255 @@ pub async fn run_experiment(
         summary,
         nodes,
     })
+}
+
+/// The endpoints of a config's static agents, in node order; tokens from the environment.
+fn static_endpoints(
+    experiment: &Experiment,
+    agents: &[multitenant::config::StaticAgent],
+) -> anyhow::Result<Vec<AgentEndpoint>> {
+    let tls = match &experiment.launcher.tls {
+        Some(ca) => Some(ExperimentTls::from_user_ca(ca)?),
+        None => None,
+    };
+    experiment
+        .nodes
+        .iter()
+        .map(|node| {
+            let agent = agents
+                .iter()
+                .find(|a| a.node == node.name)
+                .with_context(|| format!("node {} has no agent", node.name))?;
+            let secret = std::env::var(&agent.token_env).with_context(|| {
+                format!(
+                    "node {}: the agent token is read from {}, which is not set",
+                    node.name, agent.token_env
+                )
+            })?;
+            let token = BearerToken::new(&secret)
+                .with_context(|| format!("node {}: the token in {}", node.name, agent.token_env))?;
+            let tls = match (&tls, agent.url.starts_with("https://")) {
+                (Some(t), true) => Some(t.client_config()),
+                _ => None,
+            };
+            Ok(AgentEndpoint {
+                url: agent.url.clone(),
+                token,
+                tls,
+            })
+        })
+        .collect()
+}
+
+/// Runs every node whose agent is reachable, at once; a node that fails is reported with its
+/// reason and the others go on.
+async fn run_nodes(
+    run: &ExperimentRun<'_>,
+    access: Vec<NodeAccess>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<(Vec<(String, CollectReport)>, Vec<String>)> {
+    let needs_binary = access.iter().any(|a| matches!(a, NodeAccess::Spawn));
+    let agent_bin = if needs_binary {
+        Some(find_agent_binary()?)
+    } else {
+        None
+    };
+    let progress = Arc::new(Progress::default());
+    let stop_printing = CancellationToken::new();
+    let printer = {
+        let progress = progress.clone();
+        let stop = stop_printing.clone();
+        tokio::spawn(async move { progress.print_every(Duration::from_secs(2), stop).await })
+    };
+    let node_runs = run
+        .experiment
+        .nodes
+        .iter()
+        .zip(access)
+        .map(|(node, access)| {
+            let agent_bin = agent_bin.as_deref();
+            let progress = &progress;
+            let cancel = cancel.clone();
+            async move {
+                let endpoint = match access {
+                    NodeAccess::Failed(reason) => bail!("{reason}"),
+                    NodeAccess::Endpoint(e) => Some(e),
+                    NodeAccess::Spawn => None,
+                };
+                run_node(
+                    node, endpoint, agent_bin, run.dir, run.run_id, run.config, progress, cancel,
+                )
+                .await
+            }
+        });
+    let results = join_all(node_runs).await;
+    stop_printing.cancel();
+    let _ = printer.await;
+    let mut nodes = Vec::new();
+    let mut failures = Vec::new();
+    for (node, result) in run.experiment.nodes.iter().zip(results) {
+        match result {
+            Ok(report) => nodes.push((node.name.clone(), report)),
+            Err(e) => failures.push(format!("node {}: {e:#}", node.name)),
+        }
+    }
+    Ok((nodes, failures))
+}
+
+/// The SkyPilot path: preflight, launch every node at once, run, and tear everything down
+/// whatever happened (unless the config keeps the nodes).
+async fn skypilot_run(
+    run: ExperimentRun<'_>,
+    settings: &SkyPilotSettings,
+    cancel: CancellationToken,
+) -> anyhow::Result<Outcome> {
+    let experiment = run.experiment;
+    // Everything that can be known wrong is refused before anything is launched.
+    let sky = Sky::find()?;
+    sky.check().await?;
+    let agent_bin = find_agent_binary()?;
+    let tls = match &experiment.launcher.tls {
+        Some(ca) => ExperimentTls::from_user_ca(ca)?,
+        None => ExperimentTls::generate(&experiment.name)?,
+    };
+    tls.write_ca(run.dir)?;
+    let run_tag = hex::encode(rand::random::<[u8; 3]>());
+    let tasks = skypilot::write_task_files(run.dir, experiment, settings, &run_tag, &agent_bin)?;
+    let node_config = skypilot::node_config(run.config, &skypilot::data_files(experiment))?;
+    let ledger = Ledger::create(run.dir)?;
+    let log_dir = run.dir.join("skypilot");
+
+    let launches = tasks.iter().map(|task| {
+        let (sky, ledger, tls, cancel) = (&sky, &ledger, &tls, cancel.clone());
+        let log = log_dir.join(format!("{}.launch.log", task.node));
+        async move {
+            ledger.set(
+                &task.node,
+                &task.cluster,
+                ClusterState::Launching,
+                "sky launch started",
+            );
+            eprintln!(
+                "node {}: launching cluster {} (output in {})",
+                task.node,
+                task.cluster,
+                log.display()
+            );
+            let brought_up = async {
+                let token = BearerToken::from_random_bytes(rand::random());
+                let mut env: Vec<(String, String)> =
+                    vec![(TOKEN_ENV.to_owned(), token.expose().to_owned())];
+                env.extend(
+                    tls.agent_secrets()?
+                        .env
+                        .into_iter()
+                        .map(|(k, v)| (k.to_owned(), v)),
+                );
+                sky.launch(task, &env, &log).await?;
+                let address = sky.endpoint(&task.cluster, settings.agent_port).await?;
+                anyhow::Ok(AgentEndpoint {
+                    url: format!("https://{address}"),
+                    token,
+                    tls: Some(tls.client_config()),
+                })
+            };
+            let result = tokio::select! {
+                r = brought_up => r,
+                () = cancel.cancelled() => Err(anyhow::anyhow!("interrupted while launching")),
+            };
+            match result {
+                Ok(endpoint) => {
+                    ledger.set(
+                        &task.node,
+                        &task.cluster,
+                        ClusterState::Up,
+                        endpoint.url.clone(),
+                    );
+                    eprintln!("node {}: up at {}", task.node, endpoint.url);
+                    NodeAccess::Endpoint(endpoint)
+                }
+                Err(e) => {
+                    let reason = format!("launching cluster {}: {e:#}", task.cluster);
+                    ledger.set(
+                        &task.node,
+                        &task.cluster,
+                        ClusterState::LaunchFailed,
+                        reason.clone(),
+                    );
+                    eprintln!("node {}: {reason}", task.node);
+                    NodeAccess::Failed(reason)
+                }
+            }
+        }
+    });
+    let access: Vec<NodeAccess> = join_all(launches).await;
+    let launch_failures: Vec<String> = experiment
+        .nodes
+        .iter()
+        .zip(&access)
+        .filter_map(|(node, a)| match a {
+            NodeAccess::Failed(reason) => Some(format!("node {}: {reason}", node.name)),
+            _ => None,
+        })
+        .collect();
+    let stop_now = cancel.is_cancelled()
+        || (!launch_failures.is_empty()
+            && experiment.launcher.on_node_failure == OnNodeFailure::Stop);
+    let ran = if stop_now {
+        None
+    } else {
+        let node_run = ExperimentRun {
+            config: &node_config,
+            ..run
+        };
+        Some(run_nodes(&node_run, access, &cancel).await)
+    };
+
+    let still_up = if experiment.launcher.keep {
+        ledger.keep_all();
+        Vec::new()
+    } else {
+        ledger.tear_down(&sky, Duration::from_secs(2), false).await
+    };
+    let mut teardown_note = Vec::new();
+    if experiment.launcher.keep {
+        let kept: Vec<String> = ledger
+            .records()
+            .into_iter()
+            .filter(|r| r.state == ClusterState::Kept)
+            .map(|r| r.cluster)
+            .collect();
+        teardown_note.push(format!("clusters kept up on purpose (launcher.keep): {}; they cost money until `coordinator down {}`", kept.join(", "), run.dir.display()));
+    }
+    if !still_up.is_empty() {
+        let names: Vec<String> = still_up
+            .iter()
+            .map(|r| format!("{} ({})", r.cluster, r.detail))
+            .collect();
+        teardown_note.push(format!("TEARDOWN FAILED, these clusters may still be running and billing: {}; run `coordinator down {}` or `sky down -y <cluster>`", names.join("; "), run.dir.display()));
+    }
+    for note in &teardown_note {
+        eprintln!("{note}");
+    }
+    let (nodes, mut failures) = match ran {
+        Some(result) => result?,
+        None if launch_failures.is_empty() => {
+            (Vec::new(), vec!["interrupted before the nodes ran".into()])
+        }
+        None => (Vec::new(), launch_failures),
+    };
+    if !still_up.is_empty() {
+        failures.extend(
+            teardown_note
+                .iter()
+                .filter(|n| n.starts_with("TEARDOWN"))
+                .cloned(),
+        );
+    }
+    let mut summary = analyze_dir(run.dir).context("analysing the collected streams")?;
+    summary.warnings.extend(teardown_note);
+    report::write_summary_files(run.dir, &summary)?;
+    finish(run.dir.to_owned(), summary, nodes, failures)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -195,16 +462,17 @@ async fn drive(
     progress: &Progress,
     cancel: CancellationToken,
 ) -> anyhow::Result<CollectReport> {
-    let mut client = agent_client::connect(&endpoint.url, endpoint.token.clone()).await?;
+    let mut client =
+        agent_client::connect(&endpoint.url, endpoint.token.clone(), endpoint.tls.clone()).await?;
     let info = client
         .info(InfoRequest {})
         .await
         .map_err(|s| {
-            anyhow::anyhow!(
-                "the agent at {} refused Info: {}",
-                endpoint.url,
-                s.message()
-            )
+            let mut reason = agent_client::with_sources(&s);
+            if endpoint.tls.is_some() && !reason.contains("certificate") {
+                reason.push_str(" (over TLS, a closed connection on the first call is how an agent refuses a client certificate it does not accept: check that it runs with this experiment's CA)");
+            }
+            anyhow::anyhow!("the agent at {} refused Info: {reason}", endpoint.url)
         })?
         .into_inner();
     let gpus = if info.gpus.is_empty() {

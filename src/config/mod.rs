@@ -5,14 +5,17 @@
 //! [`Experiment`] holds only checked values; code that takes one needs no further checks.
 
 mod error;
+mod launcher;
 mod raw;
 mod validate;
+mod validate_launcher;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 pub use error::{ConfigError, Problem};
+pub use launcher::{Launcher, LauncherKind, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa};
 
 /// A validated experiment.
 #[derive(Debug, Clone, PartialEq)]
@@ -23,19 +26,12 @@ pub struct Experiment {
     pub output_dir: PathBuf,
     /// Seed of every random choice (arrivals, prompts, simulated timing).
     pub seed: u64,
-    /// How nodes are brought up.
-    pub launcher: LauncherKind,
+    /// How nodes are brought up, reached and torn down.
+    pub launcher: Launcher,
     /// Workloads by name.
     pub workloads: BTreeMap<String, Workload>,
     /// Nodes, in file order.
     pub nodes: Vec<Node>,
-}
-
-/// How nodes are brought up.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LauncherKind {
-    /// An agent spawned on this machine, on loopback.
-    Local,
 }
 
 /// Which OpenAI API a workload calls.
@@ -616,34 +612,43 @@ impl Experiment {
     /// The YAML `text` with every relative file path in it (datasets) made absolute against
     /// `base`, so that an agent started elsewhere reads the same files.
     pub fn with_absolute_paths(text: &str, base: &std::path::Path) -> Result<String, ConfigError> {
-        let invalid = |message: String| ConfigError::Read {
+        let base = std::path::absolute(base).map_err(|e| ConfigError::Read {
             origin: base.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Self::map_file_paths(text, |path| {
+            if path.starts_with('/') {
+                path.to_owned()
+            } else {
+                base.join(path).display().to_string()
+            }
+        })
+    }
+
+    /// The YAML `text` with each file path in it (`workloads.*.data.path` and
+    /// `.tokenizer`) replaced by `map(path)`: how a launcher points a node at its copies.
+    pub fn map_file_paths(
+        text: &str,
+        mut map: impl FnMut(&str) -> String,
+    ) -> Result<String, ConfigError> {
+        let invalid = |message: String| ConfigError::Read {
+            origin: "config".into(),
             message,
         };
         let mut doc: serde_yaml::Value =
             serde_yaml::from_str(text).map_err(|e| invalid(e.to_string()))?;
-        let base = std::path::absolute(base).map_err(|e| invalid(e.to_string()))?;
         if let Some(workloads) = doc
             .get_mut("workloads")
             .and_then(serde_yaml::Value::as_mapping_mut)
         {
             for (_, workload) in workloads.iter_mut() {
-                let Some(path) = workload.get_mut("data").and_then(|d| d.get_mut("path")) else {
-                    continue;
-                };
-                if let Some(relative) = path.as_str().filter(|p| !p.starts_with('/')) {
-                    *path = serde_yaml::Value::from(base.join(relative).display().to_string());
-                }
-            }
-            for (_, workload) in workloads.iter_mut() {
-                let Some(path) = workload
-                    .get_mut("data")
-                    .and_then(|d| d.get_mut("tokenizer"))
-                else {
-                    continue;
-                };
-                if let Some(relative) = path.as_str().filter(|p| !p.starts_with('/')) {
-                    *path = serde_yaml::Value::from(base.join(relative).display().to_string());
+                for key in ["path", "tokenizer"] {
+                    let Some(value) = workload.get_mut("data").and_then(|d| d.get_mut(key)) else {
+                        continue;
+                    };
+                    if let Some(path) = value.as_str() {
+                        *value = serde_yaml::Value::from(map(path));
+                    }
                 }
             }
         }

@@ -21,6 +21,39 @@ pub struct RawExperiment {
 #[derive(Debug, Deserialize)]
 pub struct RawLauncher {
     pub kind: Option<String>,
+    pub keep: Option<bool>,
+    pub on_node_failure: Option<String>,
+    pub tls: Option<RawTls>,
+    pub agents: Option<Vec<RawStaticAgent>>,
+    pub skypilot: Option<RawSkyPilot>,
+}
+
+/// `launcher.tls:`.
+#[derive(Debug, Deserialize)]
+pub struct RawTls {
+    pub ca_cert: Option<String>,
+    pub ca_key: Option<String>,
+}
+
+/// One of `launcher.agents:`.
+#[derive(Debug, Deserialize)]
+pub struct RawStaticAgent {
+    pub node: Option<String>,
+    pub url: Option<String>,
+    pub token_env: Option<String>,
+}
+
+/// `launcher.skypilot:`.
+#[derive(Debug, Deserialize)]
+pub struct RawSkyPilot {
+    pub cluster_prefix: Option<String>,
+    pub infra: Option<String>,
+    pub use_spot: Option<bool>,
+    pub disk_size: Option<u32>,
+    pub image_id: Option<String>,
+    pub idle_minutes_to_autostop: Option<u32>,
+    pub agent_port: Option<u16>,
+    pub engine_setup: Option<String>,
 }
 
 /// One entry of `workloads:`.

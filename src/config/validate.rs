@@ -122,21 +122,21 @@ fn join(parent: &str, key: &str) -> String {
 
 /// Collects problems while building typed values; a builder returns `None` when its part is
 /// unusable, after recording why.
-struct Checker {
+pub(super) struct Checker {
     problems: Vec<Problem>,
     /// Folder that relative file paths are taken from.
-    base: PathBuf,
+    pub(super) base: PathBuf,
 }
 
 impl Checker {
-    fn problem(&mut self, path: &str, message: impl Into<String>) {
+    pub(super) fn problem(&mut self, path: &str, message: impl Into<String>) {
         self.problems.push(Problem {
             path: path.to_owned(),
             message: message.into(),
         });
     }
 
-    fn required<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
+    pub(super) fn required<T>(&mut self, value: Option<T>, path: &str) -> Option<T> {
         if value.is_none() {
             self.problem(path, "required key is missing");
         }
@@ -171,16 +171,6 @@ impl Checker {
 
     fn experiment(&mut self, raw: RawExperiment) -> Option<Experiment> {
         let name = self.name(raw.name, "name");
-        let launcher = match raw.launcher.and_then(|l| l.kind).as_deref() {
-            None | Some("local") => Some(LauncherKind::Local),
-            Some(other) => {
-                self.problem(
-                    "launcher.kind",
-                    format!("launcher {other:?} is not available yet; this version runs `local`"),
-                );
-                None
-            }
-        };
         let raw_workloads = self
             .required(raw.workloads, "workloads")
             .unwrap_or_default();
@@ -221,6 +211,7 @@ impl Checker {
         for (i, node) in nodes.iter().enumerate() {
             self.stage_counts_agree(node, &workloads, &format!("nodes[{i}].tenants"));
         }
+        let launcher = self.launcher(raw.launcher, &nodes);
         Some(Experiment {
             name: name?,
             output_dir: PathBuf::from(raw.output_dir.unwrap_or_else(|| "runs".into())),
@@ -1060,7 +1051,7 @@ impl Checker {
         if model.as_deref().is_some_and(|m| m.starts_with("volume://")) {
             self.problem(
                 &join(path, "model"),
-                "volume:// models are mounted by the SkyPilot launcher, which this version does not have; use a hub id, s3://, gs:// or a local path",
+                "volume:// models are not supported yet; use a hub id, s3://, gs:// or a local path",
             );
         }
         let model = model?;

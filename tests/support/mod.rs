@@ -170,7 +170,7 @@ impl InProcessAgent {
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {
-            agent::server::serve(listener, runs.clone(), test_token(), stop)
+            agent::server::serve(listener, runs.clone(), test_token(), None, stop)
                 .await
                 .expect("serve");
             runs.shutdown().await;

@@ -1,0 +1,253 @@
+//! Validation of the `launcher:` section, against the nodes it must bring up.
+
+use std::collections::BTreeSet;
+
+use super::raw::{RawLauncher, RawSkyPilot, RawStaticAgent};
+use super::validate::Checker;
+use super::{
+    Engine, Launcher, LauncherKind, Node, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa,
+};
+
+/// Engine set-up of a SkyPilot node unless the config gives its own.
+const DEFAULT_ENGINE_SETUP: &str = "pip install vllm";
+
+impl Checker {
+    pub(super) fn launcher(
+        &mut self,
+        raw: Option<RawLauncher>,
+        nodes: &[Node],
+    ) -> Option<Launcher> {
+        let Some(raw) = raw else {
+            return Some(Launcher {
+                kind: LauncherKind::Local,
+                keep: false,
+                on_node_failure: OnNodeFailure::Stop,
+                tls: None,
+            });
+        };
+        let on_node_failure = match raw.on_node_failure.as_deref() {
+            None | Some("stop") => Some(OnNodeFailure::Stop),
+            Some("continue") => Some(OnNodeFailure::Continue),
+            Some(other) => {
+                self.problem(
+                    "launcher.on_node_failure",
+                    format!("{other:?} is not a choice: use stop or continue"),
+                );
+                None
+            }
+        };
+        let tls = raw.tls.and_then(|t| {
+            let cert = self.required(t.ca_cert, "launcher.tls.ca_cert");
+            let key = self.required(t.ca_key, "launcher.tls.ca_key");
+            Some(UserCa {
+                cert: self.base.join(cert?),
+                key: self.base.join(key?),
+            })
+        });
+        let kind_name = raw.kind.as_deref().unwrap_or("local");
+        for (key, set, owner) in [
+            ("agents", raw.agents.is_some(), "static"),
+            ("skypilot", raw.skypilot.is_some(), "skypilot"),
+        ] {
+            if set && kind_name != owner {
+                self.problem(
+                    &format!("launcher.{key}"),
+                    format!("`{key}` belongs to the {owner} launcher, not {kind_name}"),
+                );
+            }
+        }
+        let kind = match kind_name {
+            "local" => Some(LauncherKind::Local),
+            "static" => {
+                let agents = self
+                    .required(raw.agents, "launcher.agents")
+                    .unwrap_or_default();
+                self.static_agents(agents, nodes, tls.is_some())
+                    .map(LauncherKind::Static)
+            }
+            "skypilot" => self
+                .skypilot(raw.skypilot, nodes)
+                .map(LauncherKind::SkyPilot),
+            other => {
+                self.problem(
+                    "launcher.kind",
+                    format!("{other:?} is not a launcher: use local, static or skypilot"),
+                );
+                None
+            }
+        };
+        Some(Launcher {
+            kind: kind?,
+            keep: raw.keep.unwrap_or(false),
+            on_node_failure: on_node_failure?,
+            tls,
+        })
+    }
+
+    fn static_agents(
+        &mut self,
+        raw: Vec<RawStaticAgent>,
+        nodes: &[Node],
+        have_ca: bool,
+    ) -> Option<Vec<StaticAgent>> {
+        let mut agents = Vec::new();
+        let mut seen = BTreeSet::new();
+        for (i, a) in raw.into_iter().enumerate() {
+            let path = format!("launcher.agents[{i}]");
+            let node = self.required(a.node, &format!("{path}.node"));
+            let url = self.required(a.url, &format!("{path}.url"));
+            let token_env = self.required(a.token_env, &format!("{path}.token_env"));
+            let (Some(node), Some(url), Some(token_env)) = (node, url, token_env) else {
+                continue;
+            };
+            if !nodes.iter().any(|n| n.name == node) {
+                self.problem(&format!("{path}.node"), format!("no node named {node:?}"));
+            }
+            if !seen.insert(node.clone()) {
+                self.problem(
+                    &format!("{path}.node"),
+                    format!("node {node:?} has two agents"),
+                );
+            }
+            if let Some(rest) = url.strip_prefix("http://") {
+                let host = rest.split([':', '/']).next().unwrap_or_default();
+                if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+                    self.problem(
+                        &format!("{path}.url"),
+                        format!("{url} is plain text off loopback; use https:// with launcher.tls (the agent runs with --tls)"),
+                    );
+                }
+            } else if url.starts_with("https://") {
+                if !have_ca {
+                    self.problem(
+                        &format!("{path}.url"),
+                        "an https agent needs launcher.tls {ca_cert, ca_key}: the CA that signed its certificate",
+                    );
+                }
+            } else {
+                self.problem(
+                    &format!("{path}.url"),
+                    format!("{url:?} is not an http:// or https:// address"),
+                );
+            }
+            agents.push(StaticAgent {
+                node,
+                url,
+                token_env,
+            });
+        }
+        for node in nodes.iter().filter(|n| !seen.contains(&n.name)) {
+            self.problem(
+                "launcher.agents",
+                format!("node {:?} has no agent", node.name),
+            );
+        }
+        Some(agents)
+    }
+
+    fn skypilot(&mut self, raw: Option<RawSkyPilot>, nodes: &[Node]) -> Option<SkyPilotSettings> {
+        let raw = raw.unwrap_or(RawSkyPilot {
+            cluster_prefix: None,
+            infra: None,
+            use_spot: None,
+            disk_size: None,
+            image_id: None,
+            idle_minutes_to_autostop: None,
+            agent_port: None,
+            engine_setup: None,
+        });
+        let prefix = raw.cluster_prefix.unwrap_or_else(|| "mt".into());
+        let prefix_ok = prefix.len() <= 12
+            && prefix.starts_with(|c: char| c.is_ascii_lowercase())
+            && prefix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !prefix_ok {
+            self.problem(
+                "launcher.skypilot.cluster_prefix",
+                format!("{prefix:?}: SkyPilot cluster names take a lowercase letter first, then lowercase letters, digits and '-'; 12 characters at most here"),
+            );
+        }
+        if let Some(infra) = &raw.infra {
+            let ok = !infra.is_empty()
+                && infra.split('/').count() <= 3
+                && infra
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '/' | '-' | '_' | '*'));
+            if !ok {
+                self.problem(
+                    "launcher.skypilot.infra",
+                    format!("{infra:?} is not a SkyPilot infra: write e.g. aws, aws/us-east-1, gcp/us-central1/us-central1-a or k8s"),
+                );
+            }
+        }
+        if raw.agent_port == Some(0) {
+            self.problem(
+                "launcher.skypilot.agent_port",
+                "the agent needs a fixed port to declare in resources.ports",
+            );
+        }
+        if raw.disk_size == Some(0) {
+            self.problem(
+                "launcher.skypilot.disk_size",
+                "a disk of 0 GB cannot hold an engine",
+            );
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let path = format!("nodes[{i}]");
+            let has_vllm = node
+                .tenants
+                .iter()
+                .any(|t| matches!(t.engine, Engine::Vllm(_)));
+            match &node.accelerators {
+                None if has_vllm => self.problem(
+                    &format!("{path}.accelerators"),
+                    "a node with vllm tenants needs accelerators (e.g. H100:1) for SkyPilot to pick a GPU",
+                ),
+                Some(acc) if !is_accelerator_spec(acc) => self.problem(
+                    &format!("{path}.accelerators"),
+                    format!("{acc:?} is not a SkyPilot accelerator spec: write NAME or NAME:COUNT, e.g. H100:1"),
+                ),
+                _ => {}
+            }
+            for (j, tenant) in node.tenants.iter().enumerate() {
+                let at = format!("{path}.tenants[{j}].engine");
+                match &tenant.engine {
+                    Engine::Vllm(v) if !v.model.contains("://") && (v.model.starts_with('/') || v.model.starts_with('.')) => {
+                        self.problem(
+                            &format!("{at}.model"),
+                            format!("{} is a path on this machine, which a SkyPilot node does not have; use a hub id, s3:// or gs://", v.model),
+                        );
+                    }
+                    Engine::External { url, .. } => self.problem(
+                        &format!("{at}.url"),
+                        format!("an external engine at {url} is reached from the node, not from here; run it on the node as a vllm tenant or use the static launcher"),
+                    ),
+                    _ => {}
+                }
+            }
+        }
+        Some(SkyPilotSettings {
+            cluster_prefix: prefix,
+            infra: raw.infra,
+            use_spot: raw.use_spot.unwrap_or(false),
+            disk_size: raw.disk_size,
+            image_id: raw.image_id,
+            idle_minutes_to_autostop: raw.idle_minutes_to_autostop.unwrap_or(30).max(1),
+            agent_port: raw.agent_port.unwrap_or(7777),
+            engine_setup: raw
+                .engine_setup
+                .unwrap_or_else(|| DEFAULT_ENGINE_SETUP.into()),
+        })
+    }
+}
+
+/// `NAME` or `NAME:COUNT` with COUNT a positive number (SkyPilot also takes fractions).
+fn is_accelerator_spec(spec: &str) -> bool {
+    let (name, count) = spec.split_once(':').unwrap_or((spec, "1"));
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        && count.parse::<f64>().is_ok_and(|c| c > 0.0)
+}

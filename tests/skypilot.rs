@@ -1,0 +1,426 @@
+//! The SkyPilot launcher through the real `coordinator` binary against a scripted `sky`
+//! stand-in (tests/fixtures/fake-sky.sh) that starts real agents with TLS on loopback. In
+//! every case, each cluster launched gets a `sky down`, and clusters.json says so.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use multitenant::analysis::Summary;
+
+use crate::support::binaries;
+
+/// A folder with `sky` (the stand-in) in `bin/` and its state in `state/`.
+struct SkyStandIn {
+    root: tempfile::TempDir,
+}
+
+impl SkyStandIn {
+    fn new() -> Self {
+        let root = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(root.path().join("bin")).expect("bin");
+        std::fs::create_dir_all(root.path().join("state")).expect("state");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-sky.sh");
+        std::fs::copy(script, root.path().join("bin/sky")).expect("install the stand-in");
+        Self { root }
+    }
+
+    fn state(&self) -> PathBuf {
+        self.root.path().join("state")
+    }
+
+    /// `coordinator <args>` with the stand-in first on PATH.
+    fn coordinator(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
+        let (agent, coordinator) = binaries();
+        let mut cmd = Command::new(coordinator);
+        let path = format!(
+            "{}:{}",
+            self.root.path().join("bin").display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.args(args)
+            .env("PATH", path)
+            .env("FAKE_SKY_STATE", self.state())
+            .env("FAKE_SKY_AGENT", agent)
+            .envs(env.iter().copied());
+        cmd
+    }
+
+    fn calls(&self) -> Vec<String> {
+        std::fs::read_to_string(self.state().join("calls.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    fn launched(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter_map(|c| {
+                c.strip_prefix("launch -c ")?
+                    .split(' ')
+                    .next()
+                    .map(str::to_owned)
+            })
+            .collect()
+    }
+
+    fn downed(&self) -> Vec<String> {
+        self.calls()
+            .iter()
+            .filter_map(|c| c.strip_prefix("down -y ").map(str::to_owned))
+            .collect()
+    }
+
+    /// Whether the agent the stand-in started for `cluster` still runs.
+    fn agent_running(&self, cluster: &str) -> bool {
+        let Ok(pid) = std::fs::read_to_string(self.state().join(format!("{cluster}.pid"))) else {
+            return false;
+        };
+        let pid = nix::unistd::Pid::from_raw(pid.trim().parse().expect("pid"));
+        // A zombie has exited; only a live process counts.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+            !s.rsplit_once(')')
+                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+        })
+    }
+}
+
+fn config(dir: &Path, nodes: &[&str], launcher_extra: &str, duration: &str) -> PathBuf {
+    let mut text = format!(
+        "name: sky\nlauncher:\n  kind: skypilot\n{launcher_extra}  skypilot: {{infra: aws, idle_minutes_to_autostop: 15}}\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 10}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: {duration}}}\nnodes:\n"
+    );
+    for node in nodes {
+        text.push_str(&format!(
+            "  - {{name: {node}, accelerators: \"L4:1\", trials: [mps], tenants: [{{name: t, engine: {{kind: simulated}}, workload: w}}]}}\n"
+        ));
+    }
+    let path = dir.join("sky.yaml");
+    std::fs::write(&path, text).expect("write config");
+    path
+}
+
+/// The one experiment folder under `runs`.
+fn experiment_dir(runs: &Path) -> PathBuf {
+    let dirs: Vec<PathBuf> = std::fs::read_dir(runs)
+        .expect("runs folder")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    dirs.into_iter().next().expect("one")
+}
+
+fn clusters(dir: &Path) -> Vec<serde_json::Value> {
+    serde_json::from_slice(&std::fs::read(dir.join("clusters.json")).expect("clusters.json"))
+        .expect("json")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+#[test]
+fn two_nodes_run_over_tls_and_every_cluster_is_torn_down() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), &["a", "b"], "", "2s");
+    let runs = tmp.path().join("runs");
+    let out = sky
+        .coordinator(
+            &[
+                "run",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                runs.to_str().expect("utf-8"),
+            ],
+            &[],
+        )
+        .output()
+        .expect("coordinator");
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = experiment_dir(&runs);
+
+    let launched = sky.launched();
+    assert_eq!(launched.len(), 2, "{:?}", sky.calls());
+    let mut downed = sky.downed();
+    downed.sort();
+    let mut expected = launched.clone();
+    expected.sort();
+    assert_eq!(downed, expected);
+    for record in clusters(&dir) {
+        assert_eq!(record["state"], "down", "{record}");
+    }
+    for cluster in &launched {
+        assert!(!sky.agent_running(cluster), "{cluster}'s agent still runs");
+        // The secrets arrived through the environment; the task file holds none of them.
+        let secrets = std::fs::read_to_string(sky.state().join(format!("{cluster}.secrets")))
+            .expect("secrets");
+        for name in [
+            "MULTITENANT_AGENT_TOKEN",
+            "MULTITENANT_TLS_CERT",
+            "MULTITENANT_TLS_KEY",
+            "MULTITENANT_TLS_CLIENT_CA",
+        ] {
+            assert!(secrets.contains(name), "{name} missing: {secrets}");
+        }
+        let task =
+            std::fs::read_to_string(sky.state().join(format!("{cluster}.yaml"))).expect("task");
+        assert!(!task.contains("BEGIN"), "a PEM in the task file");
+        assert!(!task.contains("envs:"), "secrets must not be envs");
+    }
+    // The agents spoke TLS: the coordinator reached them over https with the experiment's CA.
+    assert!(dir.join("ca.pem").is_file());
+    let summary: Summary =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary"))
+            .expect("parse");
+    let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(nodes, ["a", "b"]);
+    for node in &summary.nodes {
+        let tenant = &node.trials[0].tenants[0];
+        assert!(
+            tenant.metrics.completed >= 15,
+            "{}: {:?}",
+            node.node,
+            tenant.metrics
+        );
+    }
+}
+
+#[test]
+fn a_launch_failure_on_one_of_three_nodes_tears_down_all_three() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), &["a", "b", "c"], "", "2s");
+    let runs = tmp.path().join("runs");
+    let out = sky
+        .coordinator(
+            &[
+                "run",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                runs.to_str().expect("utf-8"),
+            ],
+            &[("FAKE_SKY_FAIL_LAUNCH", "-b-")],
+        )
+        .output()
+        .expect("coordinator");
+    assert!(!out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("node b: launching cluster")
+            && text(&out).contains("ResourcesUnavailableError"),
+        "{}",
+        text(&out)
+    );
+    let dir = experiment_dir(&runs);
+    let mut launched = sky.launched();
+    launched.sort();
+    let mut downed = sky.downed();
+    downed.sort();
+    assert_eq!(launched.len(), 3);
+    assert_eq!(
+        downed, launched,
+        "every launched cluster, failed or not, gets a sky down"
+    );
+    for record in clusters(&dir) {
+        assert_eq!(record["state"], "down", "{record}");
+    }
+    for cluster in &launched {
+        assert!(!sky.agent_running(cluster));
+    }
+}
+
+#[test]
+fn an_interrupted_run_and_a_failing_sky_down_still_end_with_nothing_up() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), &["a", "b"], "", "60s");
+    let runs = tmp.path().join("runs");
+    let child = sky
+        .coordinator(
+            &[
+                "run",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                runs.to_str().expect("utf-8"),
+            ],
+            &[("FAKE_SKY_FAIL_DOWN_ONCE", "1")],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("coordinator");
+    // Wait until both agents are up and their trials run, then Ctrl-C.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while sky
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("status "))
+        .count()
+        < 2
+    {
+        assert!(
+            Instant::now() < deadline,
+            "nodes never came up: {:?}",
+            sky.calls()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id()).expect("pid"));
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT");
+    let started = Instant::now();
+    let out = child.wait_with_output().expect("wait");
+    assert!(
+        started.elapsed() < Duration::from_secs(45),
+        "teardown took too long"
+    );
+    let dir = experiment_dir(&runs);
+    let launched = sky.launched();
+    assert_eq!(launched.len(), 2);
+    for cluster in &launched {
+        let downs = sky.downed().iter().filter(|d| *d == cluster).count();
+        assert_eq!(downs, 2, "{cluster}: the failed sky down is retried once");
+        assert!(!sky.agent_running(cluster));
+    }
+    for record in clusters(&dir) {
+        assert_eq!(record["state"], "down", "{record}");
+        assert!(
+            record["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("attempt 2")),
+            "{record}"
+        );
+    }
+    // What was recorded before the interrupt is collected and summarised.
+    assert!(dir.join("summary.json").is_file(), "{}", text(&out));
+}
+
+#[test]
+fn a_node_whose_agent_refuses_our_certificate_is_reported_and_the_others_run() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(
+        tmp.path(),
+        &["a", "b"],
+        "  on_node_failure: continue\n",
+        "2s",
+    );
+    let runs = tmp.path().join("runs");
+    let out = sky
+        .coordinator(
+            &[
+                "run",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                runs.to_str().expect("utf-8"),
+            ],
+            &[("FAKE_SKY_FOREIGN_CA", "-b-")],
+        )
+        .output()
+        .expect("coordinator");
+    assert!(!out.status.success(), "the failed node makes the run fail");
+    let said = text(&out);
+    assert!(
+        said.contains("node b: the agent at https://")
+            && said.contains("refused Info")
+            && said.contains("certificate"),
+        "{said}"
+    );
+    let dir = experiment_dir(&runs);
+    let summary: Summary =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary"))
+            .expect("parse");
+    let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
+    assert_eq!(nodes, ["a"], "node a ran");
+    assert_eq!(sky.downed().len(), 2);
+    for record in clusters(&dir) {
+        assert_eq!(record["state"], "down", "{record}");
+    }
+}
+
+#[test]
+fn kept_clusters_stay_up_until_coordinator_down() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), &["a"], "  keep: true\n", "1s");
+    let runs = tmp.path().join("runs");
+    let out = sky
+        .coordinator(
+            &[
+                "run",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                runs.to_str().expect("utf-8"),
+            ],
+            &[],
+        )
+        .output()
+        .expect("coordinator");
+    assert!(out.status.success(), "{}", text(&out));
+    let dir = experiment_dir(&runs);
+    assert!(sky.downed().is_empty());
+    assert_eq!(clusters(&dir)[0]["state"], "kept");
+    let summary: Summary =
+        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary"))
+            .expect("parse");
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("kept up on purpose")),
+        "{:?}",
+        summary.warnings
+    );
+    let cluster = sky.launched().pop().expect("launched");
+    assert!(sky.agent_running(&cluster));
+
+    let out = sky
+        .coordinator(&["down", dir.to_str().expect("utf-8")], &[])
+        .output()
+        .expect("down");
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(sky.downed(), std::slice::from_ref(&cluster));
+    assert_eq!(clusters(&dir)[0]["state"], "down");
+    assert!(!sky.agent_running(&cluster));
+}
+
+#[test]
+fn no_cloud_or_no_sky_is_refused_before_anything_is_launched() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), &["a"], "", "1s");
+    let runs = tmp.path().join("runs");
+    let args = [
+        "run",
+        cfg.to_str().expect("utf-8"),
+        "--output-dir",
+        runs.to_str().expect("utf-8"),
+    ];
+    let out = sky
+        .coordinator(&args, &[("FAKE_SKY_NO_CLOUD", "1")])
+        .output()
+        .expect("coordinator");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("SkyPilot has no cloud or Kubernetes enabled"),
+        "{}",
+        text(&out)
+    );
+    assert!(sky.launched().is_empty(), "{:?}", sky.calls());
+
+    let out = sky
+        .coordinator(&args, &[("PATH", "/usr/bin:/bin")])
+        .output()
+        .expect("coordinator");
+    assert!(!out.status.success());
+    assert!(
+        text(&out).contains("needs the `sky` command on PATH"),
+        "{}",
+        text(&out)
+    );
+}
