@@ -33,8 +33,61 @@ pub struct Summary {
     pub definitions: Definitions,
     /// Per node.
     pub nodes: Vec<NodeSummary>,
+    /// Per trial name that ran on more than one node: the experiment across its nodes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub across_nodes: Vec<CrossNodeTrial>,
     /// Damaged lines, missing streams and other things a reader must know.
     pub warnings: Vec<String>,
+}
+
+/// One trial across the nodes it ran on. Latency figures come from the tenants' histograms
+/// merged (never from percentiles averaged); throughputs add up, each node over its own
+/// window, since nodes run side by side.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CrossNodeTrial {
+    /// Trial name.
+    pub trial: String,
+    /// Nodes it ran on.
+    pub nodes: Vec<String>,
+    /// Measured requests completed, all nodes.
+    pub completed: u64,
+    /// Measured requests failed, all nodes.
+    pub failed: u64,
+    /// Σ of the nodes' aggregate output tokens/s.
+    pub output_tokens_per_s: Option<f64>,
+    /// TTFT over every tenant of every node, ms.
+    pub ttft_ms: Option<crate::metrics::Percentiles>,
+    /// TPOT likewise.
+    pub tpot_ms: Option<crate::metrics::Percentiles>,
+    /// ITL likewise.
+    pub itl_ms: Option<crate::metrics::Percentiles>,
+    /// E2E likewise.
+    pub e2e_ms: Option<crate::metrics::Percentiles>,
+}
+
+/// A trial's latency histograms merged over its tenants, for merging across nodes.
+#[derive(Default)]
+struct TrialHistograms {
+    ttft: crate::metrics::LatencyHistogram,
+    tpot: crate::metrics::LatencyHistogram,
+    itl: crate::metrics::LatencyHistogram,
+    e2e: crate::metrics::LatencyHistogram,
+}
+
+impl TrialHistograms {
+    fn add(&mut self, acc: &TenantAccumulator) {
+        self.ttft.merge(&acc.ttft);
+        self.tpot.merge(&acc.tpot);
+        self.itl.merge(&acc.itl);
+        self.e2e.merge(&acc.e2e);
+    }
+
+    fn merge(&mut self, other: &TrialHistograms) {
+        self.ttft.merge(&other.ttft);
+        self.tpot.merge(&other.tpot);
+        self.itl.merge(&other.itl);
+        self.e2e.merge(&other.e2e);
+    }
 }
 
 /// One node's trials.
@@ -165,21 +218,61 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         simulated: false,
         definitions: Definitions::default(),
         nodes: Vec::new(),
+        across_nodes: Vec::new(),
         warnings: Vec::new(),
     };
+    // Per trial name, in first-seen order: the nodes, their summaries and histograms.
+    let mut by_trial: Vec<(String, Vec<(String, TrialSummary)>, TrialHistograms)> = Vec::new();
     for node_dir in sorted_dirs(&nodes_dir)? {
         let node = file_name(&node_dir);
         let mut trials = Vec::new();
         for trial_dir in trial_dirs_in_run_order(&node_dir)? {
-            trials.push(analyze_trial(&trial_dir, &mut summary)?);
+            let (trial, histograms) = analyze_trial(&trial_dir, &mut summary)?;
+            let at = match by_trial.iter().position(|(name, ..)| *name == trial.trial) {
+                Some(i) => i,
+                None => {
+                    by_trial.push((trial.trial.clone(), Vec::new(), TrialHistograms::default()));
+                    by_trial.len() - 1
+                }
+            };
+            by_trial[at].1.push((node.clone(), trial.clone()));
+            by_trial[at].2.merge(&histograms);
+            trials.push(trial);
         }
         compare_with_solo(&mut trials);
         summary.nodes.push(NodeSummary { node, trials });
     }
+    summary.across_nodes = by_trial
+        .into_iter()
+        .filter(|(_, nodes, _)| nodes.len() > 1)
+        .map(|(trial, nodes, h)| {
+            let tenants = nodes.iter().flat_map(|(_, t)| &t.tenants);
+            let completed = tenants.clone().map(|t| t.metrics.completed).sum();
+            let failed = tenants.map(|t| t.metrics.failed).sum();
+            let rates: Vec<f64> = nodes
+                .iter()
+                .filter_map(|(_, t)| t.aggregate_output_tokens_per_s)
+                .collect();
+            CrossNodeTrial {
+                trial,
+                nodes: nodes.iter().map(|(n, _)| n.clone()).collect(),
+                completed,
+                failed,
+                output_tokens_per_s: (!rates.is_empty()).then(|| round3(rates.iter().sum())),
+                ttft_ms: h.ttft.percentiles(),
+                tpot_ms: h.tpot.percentiles(),
+                itl_ms: h.itl.percentiles(),
+                e2e_ms: h.e2e.percentiles(),
+            }
+        })
+        .collect();
     Ok(summary)
 }
 
-fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary, AnalysisError> {
+fn analyze_trial(
+    trial_dir: &Path,
+    summary: &mut Summary,
+) -> Result<(TrialSummary, TrialHistograms), AnalysisError> {
     let trial = file_name(trial_dir);
     let mut state = "incomplete".to_owned();
     let mut reason = None;
@@ -211,6 +304,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         ));
     }
     let mut tenants = Vec::new();
+    let mut histograms = TrialHistograms::default();
     let mut merged_window: Option<(u64, u64)> = None;
     let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
     for path in jsonl_files(trial_dir)? {
@@ -250,6 +344,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         } else {
             None
         };
+        histograms.add(&acc);
         let metrics = acc.finish();
         output_tokens += metrics.output_tokens;
         total_tokens += metrics.output_tokens + metrics.prompt_tokens;
@@ -301,7 +396,7 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         .filter(|_| !gpus.is_empty() && output_tokens > 0)
         .map(|j| j / output_tokens as f64);
     let per_s = |tokens: u64| window_s.filter(|_| tokens > 0).map(|w| tokens as f64 / w);
-    Ok(TrialSummary {
+    let trial = TrialSummary {
         trial,
         mode: mode.unwrap_or(SharingMode::Solo),
         stage,
@@ -313,7 +408,8 @@ fn analyze_trial(trial_dir: &Path, summary: &mut Summary) -> Result<TrialSummary
         colocation_gain: None,
         gpus,
         energy_per_output_token_j,
-    })
+    };
+    Ok((trial, histograms))
 }
 
 /// Schedule lag p99 above this means the load generator fell behind its own schedule.

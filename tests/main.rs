@@ -14,5 +14,6 @@ mod mps;
 mod real_vllm;
 mod request_faults;
 mod skypilot;
+mod static_launcher;
 mod stream_resume;
 mod sweeps;

@@ -433,8 +433,11 @@ fn no_cloud_or_no_sky_is_refused_before_anything_is_launched() {
 fn planned_task_files_are_what_skypilot_reads() {
     let sky = SkyStandIn::new();
     let tmp = tempfile::tempdir().expect("tempdir");
-    std::fs::write(tmp.path().join("prompts.jsonl"), "{\"prompt\": \"hi\", \"output_tokens\": 4}\n")
-        .expect("dataset");
+    std::fs::write(
+        tmp.path().join("prompts.jsonl"),
+        "{\"prompt\": \"hi\", \"output_tokens\": 4}\n",
+    )
+    .expect("dataset");
     let cfg = tmp.path().join("plan.yaml");
     std::fs::write(
         &cfg,
@@ -443,12 +446,27 @@ fn planned_task_files_are_what_skypilot_reads() {
     .expect("config");
     let out_dir = tmp.path().join("plan");
     let out = sky
-        .coordinator(&["plan", cfg.to_str().expect("utf-8"), "--output-dir", out_dir.to_str().expect("utf-8")], &[])
+        .coordinator(
+            &[
+                "plan",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                out_dir.to_str().expect("utf-8"),
+            ],
+            &[],
+        )
         .output()
         .expect("plan");
     assert!(out.status.success(), "{}", text(&out));
-    assert!(sky.calls().is_empty(), "plan launches nothing: {:?}", sky.calls());
-    let files = [out_dir.join("skypilot/gpu-a.yaml"), out_dir.join("skypilot/gpu-b.yaml")];
+    assert!(
+        sky.calls().is_empty(),
+        "plan launches nothing: {:?}",
+        sky.calls()
+    );
+    let files = [
+        out_dir.join("skypilot/gpu-a.yaml"),
+        out_dir.join("skypilot/gpu-b.yaml"),
+    ];
     for (file, accelerators) in files.iter().zip(["H100:1", "A100:2"]) {
         let task: serde_yaml::Value =
             serde_yaml::from_str(&std::fs::read_to_string(file).expect("task")).expect("yaml");
@@ -457,15 +475,29 @@ fn planned_task_files_are_what_skypilot_reads() {
         assert_eq!(task["resources"]["autostop"]["down"], true);
         assert!(task.get("envs").is_none(), "nothing in envs");
         let secrets = task["secrets"].as_mapping().expect("secrets");
-        assert!(secrets.values().all(serde_yaml::Value::is_null), "secret values never in the file");
-        assert!(task["run"].as_str().expect("run").contains("serve --listen 0.0.0.0:7777 --tls"));
+        assert!(
+            secrets.values().all(serde_yaml::Value::is_null),
+            "secret values never in the file"
+        );
+        assert!(task["run"]
+            .as_str()
+            .expect("run")
+            .contains("serve --listen 0.0.0.0:7777 --tls"));
         let mounts = task["file_mounts"].as_mapping().expect("mounts");
-        assert!(mounts.keys().any(|k| k.as_str().is_some_and(|k| k.ends_with("-prompts.jsonl"))));
+        assert!(mounts
+            .keys()
+            .any(|k| k.as_str().is_some_and(|k| k.ends_with("-prompts.jsonl"))));
     }
     let a: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&files[0]).expect("task")).expect("yaml");
-    assert!(a["setup"].as_str().expect("setup").contains("pip install vllm"));
-    assert!(a["secrets"].get("HF_TOKEN").is_some(), "env_from secrets go through SkyPilot secrets");
+    assert!(a["setup"]
+        .as_str()
+        .expect("setup")
+        .contains("pip install vllm"));
+    assert!(
+        a["secrets"].get("HF_TOKEN").is_some(),
+        "env_from secrets go through SkyPilot secrets"
+    );
 
     let Ok(python) = std::env::var("MULTITENANT_SKYPILOT_PYTHON") else {
         eprintln!("SkyPilot's parser skipped: set MULTITENANT_SKYPILOT_PYTHON to a Python with skypilot 0.14 (see .ci/run)");
@@ -478,7 +510,11 @@ fn planned_task_files_are_what_skypilot_reads() {
         .args(&files)
         .output()
         .expect("python");
-    assert!(out.status.success(), "SkyPilot refused a task: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "SkyPilot refused a task: {}",
+        text(&out)
+    );
     let read: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).expect("json line"))
@@ -490,13 +526,27 @@ fn planned_task_files_are_what_skypilot_reads() {
         assert_eq!(resources["cloud"], "AWS");
         assert_eq!(resources["use_spot"], true);
         assert_eq!(resources["ports"], serde_json::json!(["7777"]));
-        assert!(resources["autostop"].as_str().is_some_and(|a| a.contains("down=True")), "{task}");
+        assert!(
+            resources["autostop"]
+                .as_str()
+                .is_some_and(|a| a.contains("down=True")),
+            "{task}"
+        );
         assert_eq!(task["envs"], serde_json::json!([]));
         assert_eq!(task["secrets_inline"], serde_json::json!([]));
         let from_launch = task["secrets_from_launch"].as_array().expect("secrets");
-        for name in ["MULTITENANT_AGENT_TOKEN", "MULTITENANT_TLS_CERT", "MULTITENANT_TLS_KEY", "MULTITENANT_TLS_CLIENT_CA"] {
+        for name in [
+            "MULTITENANT_AGENT_TOKEN",
+            "MULTITENANT_TLS_CERT",
+            "MULTITENANT_TLS_KEY",
+            "MULTITENANT_TLS_CLIENT_CA",
+        ] {
             assert!(from_launch.iter().any(|s| s == name), "{name}: {task}");
         }
     }
-    assert!(read[0]["secrets_from_launch"].as_array().expect("a").iter().any(|s| s == "HF_TOKEN"));
+    assert!(read[0]["secrets_from_launch"]
+        .as_array()
+        .expect("a")
+        .iter()
+        .any(|s| s == "HF_TOKEN"));
 }

@@ -251,3 +251,103 @@ fn is_accelerator_spec(spec: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
         && count.parse::<f64>().is_ok_and(|c| c > 0.0)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Experiment, LauncherKind};
+
+    const NODES: &str = "workloads:\n  w: {arrival: {kind: constant, rate: 1}, data: {prompt_tokens: 4, output_tokens: 4}, duration: 1s}\nnodes:\n  - {name: a, accelerators: \"H100:1\", tenants: [{name: t, workload: w, engine: {kind: vllm, model: org/model}}]}\n  - {name: b, tenants: [{name: t, workload: w, engine: {kind: simulated}}]}\n";
+
+    fn problems(launcher: &str, nodes: &str) -> Vec<(String, String)> {
+        let text = format!("name: l\nlauncher:\n{launcher}{nodes}");
+        match Experiment::from_yaml(&text, "l.yaml") {
+            Ok(_) => Vec::new(),
+            Err(e) => e
+                .problems()
+                .iter()
+                .map(|p| (p.path.clone(), p.message.clone()))
+                .collect(),
+        }
+    }
+
+    fn has(found: &[(String, String)], path: &str, words: &str) -> bool {
+        found.iter().any(|(p, m)| p == path && m.contains(words))
+    }
+
+    #[test]
+    fn static_agents_must_cover_every_node_and_speak_tls_off_loopback() {
+        let found = problems(
+            "  kind: static\n  agents:\n    - {node: a, url: \"http://10.0.0.5:7777\", token_env: A}\n    - {node: a, url: \"https://gpu:7777\", token_env: B}\n    - {node: c, url: \"ftp://x\", token_env: C}\n",
+            NODES,
+        );
+        assert!(
+            has(&found, "launcher.agents[0].url", "plain text off loopback"),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "launcher.agents[1].node", "has two agents"),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "launcher.agents[1].url", "needs launcher.tls"),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "launcher.agents[2].node", "no node named \"c\""),
+            "{found:?}"
+        );
+        assert!(
+            has(
+                &found,
+                "launcher.agents[2].url",
+                "not an http:// or https://"
+            ),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "launcher.agents", "node \"b\" has no agent"),
+            "{found:?}"
+        );
+        let ok = problems(
+            "  kind: static\n  agents:\n    - {node: a, url: \"http://127.0.0.1:7777\", token_env: A}\n    - {node: b, url: \"http://127.0.0.1:7778\", token_env: B}\n",
+            NODES,
+        );
+        assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn skypilot_refuses_what_it_cannot_express() {
+        let nodes = NODES
+            .replace("engine: {kind: simulated}", "engine: {kind: vllm, model: /home/me/model}")
+            .replace("\"H100:1\"", "\"H100:many\"")
+            + "  - {name: c, accelerators: L4, tenants: [{name: t, workload: w, engine: {kind: external, url: \"http://x:1\", model: m}}]}\n";
+        let found = problems(
+            "  kind: skypilot\n  skypilot: {cluster_prefix: Bad_Prefix, infra: \"aws us-east\", agent_port: 0}\n",
+            &nodes,
+        );
+        for (path, words) in [
+            ("launcher.skypilot.cluster_prefix", "lowercase letter first"),
+            ("launcher.skypilot.infra", "is not a SkyPilot infra"),
+            ("launcher.skypilot.agent_port", "fixed port"),
+            ("nodes[0].accelerators", "not a SkyPilot accelerator spec"),
+            ("nodes[1].accelerators", "needs accelerators"),
+            ("nodes[1].tenants[0].engine.model", "a path on this machine"),
+            ("nodes[2].tenants[0].engine.url", "reached from the node"),
+        ] {
+            assert!(has(&found, path, words), "{path}: {found:?}");
+        }
+        let e = Experiment::from_yaml(
+            &format!("name: l\nlauncher:\n  kind: skypilot\n  keep: true\n  on_node_failure: continue\n{NODES}"),
+            "ok.yaml",
+        )
+        .expect("valid");
+        let LauncherKind::SkyPilot(settings) = &e.launcher.kind else {
+            panic!("skypilot");
+        };
+        assert_eq!(
+            (settings.agent_port, settings.idle_minutes_to_autostop),
+            (7777, 30)
+        );
+        assert!(e.launcher.keep);
+    }
+}

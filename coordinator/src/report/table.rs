@@ -67,6 +67,44 @@ fn render_comparison(summary: &Summary) -> Option<String> {
     (rows > 0).then(|| table.to_string())
 }
 
+/// Each trial that ran on several nodes, across them (merged histograms, summed throughput),
+/// or `None` for a one-node experiment.
+fn render_across_nodes(summary: &Summary) -> Option<String> {
+    if summary.across_nodes.is_empty() {
+        return None;
+    }
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header([
+        "trial",
+        "nodes",
+        "done",
+        "failed",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "TPOT p50 ms",
+        "TPOT p99 ms",
+        "out tok/s",
+    ]);
+    for t in &summary.across_nodes {
+        table.add_row([
+            t.trial.clone(),
+            t.nodes.join(", "),
+            t.completed.to_string(),
+            t.failed.to_string(),
+            ms(t.ttft_ms.as_ref(), |p| p.p50),
+            ms(t.ttft_ms.as_ref(), |p| p.p99),
+            ms(t.tpot_ms.as_ref(), |p| p.p50),
+            ms(t.tpot_ms.as_ref(), |p| p.p99),
+            rate(t.output_tokens_per_s),
+        ]);
+    }
+    for column in table.column_iter_mut().skip(2) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    Some(table.to_string())
+}
+
 /// Renders the summary; every missing figure shows as `-`, never as 0.
 pub fn render_table(summary: &Summary) -> String {
     let mut table = Table::new();
@@ -136,6 +174,13 @@ pub fn render_table(summary: &Summary) -> String {
     if let Some(comparison) = comparison {
         out.push_str("sharing vs solo (shared / solo; latency above 1 is slower, throughput below 1 is less)\n");
         out.push_str(&comparison);
+        out.push('\n');
+    }
+    if let Some(across) = render_across_nodes(summary) {
+        out.push_str(
+            "across nodes (latency from every tenant's merged histogram; throughput summed)\n",
+        );
+        out.push_str(&across);
         out.push('\n');
     }
     for warning in &summary.warnings {
