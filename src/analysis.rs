@@ -65,6 +65,13 @@ pub struct CrossNodeTrial {
     pub e2e_ms: Option<crate::metrics::Percentiles>,
 }
 
+/// One trial name and its runs on every node, while the summary is built.
+struct TrialOnNodes {
+    name: String,
+    runs: Vec<(String, TrialSummary)>,
+    histograms: TrialHistograms,
+}
+
 /// A trial's latency histograms merged over its tenants, for merging across nodes.
 #[derive(Default)]
 struct TrialHistograms {
@@ -222,21 +229,25 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         warnings: Vec::new(),
     };
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
-    let mut by_trial: Vec<(String, Vec<(String, TrialSummary)>, TrialHistograms)> = Vec::new();
+    let mut by_trial: Vec<TrialOnNodes> = Vec::new();
     for node_dir in sorted_dirs(&nodes_dir)? {
         let node = file_name(&node_dir);
         let mut trials = Vec::new();
         for trial_dir in trial_dirs_in_run_order(&node_dir)? {
             let (trial, histograms) = analyze_trial(&trial_dir, &mut summary)?;
-            let at = match by_trial.iter().position(|(name, ..)| *name == trial.trial) {
+            let at = match by_trial.iter().position(|t| t.name == trial.trial) {
                 Some(i) => i,
                 None => {
-                    by_trial.push((trial.trial.clone(), Vec::new(), TrialHistograms::default()));
+                    by_trial.push(TrialOnNodes {
+                        name: trial.trial.clone(),
+                        runs: Vec::new(),
+                        histograms: TrialHistograms::default(),
+                    });
                     by_trial.len() - 1
                 }
             };
-            by_trial[at].1.push((node.clone(), trial.clone()));
-            by_trial[at].2.merge(&histograms);
+            by_trial[at].runs.push((node.clone(), trial.clone()));
+            by_trial[at].histograms.merge(&histograms);
             trials.push(trial);
         }
         compare_with_solo(&mut trials);
@@ -244,27 +255,33 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
     }
     summary.across_nodes = by_trial
         .into_iter()
-        .filter(|(_, nodes, _)| nodes.len() > 1)
-        .map(|(trial, nodes, h)| {
-            let tenants = nodes.iter().flat_map(|(_, t)| &t.tenants);
-            let completed = tenants.clone().map(|t| t.metrics.completed).sum();
-            let failed = tenants.map(|t| t.metrics.failed).sum();
-            let rates: Vec<f64> = nodes
-                .iter()
-                .filter_map(|(_, t)| t.aggregate_output_tokens_per_s)
-                .collect();
-            CrossNodeTrial {
-                trial,
-                nodes: nodes.iter().map(|(n, _)| n.clone()).collect(),
-                completed,
-                failed,
-                output_tokens_per_s: (!rates.is_empty()).then(|| round3(rates.iter().sum())),
-                ttft_ms: h.ttft.percentiles(),
-                tpot_ms: h.tpot.percentiles(),
-                itl_ms: h.itl.percentiles(),
-                e2e_ms: h.e2e.percentiles(),
-            }
-        })
+        .filter(|t| t.runs.len() > 1)
+        .map(
+            |TrialOnNodes {
+                 name: trial,
+                 runs: nodes,
+                 histograms: h,
+             }| {
+                let tenants = nodes.iter().flat_map(|(_, t)| &t.tenants);
+                let completed = tenants.clone().map(|t| t.metrics.completed).sum();
+                let failed = tenants.map(|t| t.metrics.failed).sum();
+                let rates: Vec<f64> = nodes
+                    .iter()
+                    .filter_map(|(_, t)| t.aggregate_output_tokens_per_s)
+                    .collect();
+                CrossNodeTrial {
+                    trial,
+                    nodes: nodes.iter().map(|(n, _)| n.clone()).collect(),
+                    completed,
+                    failed,
+                    output_tokens_per_s: (!rates.is_empty()).then(|| round3(rates.iter().sum())),
+                    ttft_ms: h.ttft.percentiles(),
+                    tpot_ms: h.tpot.percentiles(),
+                    itl_ms: h.itl.percentiles(),
+                    e2e_ms: h.e2e.percentiles(),
+                }
+            },
+        )
         .collect();
     Ok(summary)
 }
