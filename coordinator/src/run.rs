@@ -308,9 +308,24 @@ async fn skypilot_run(
                     tls: Some(tls.client_config()),
                 })
             };
+            let started = std::time::Instant::now();
+            let still_launching = async {
+                let mut every = tokio::time::interval(Duration::from_secs(15));
+                every.tick().await;
+                loop {
+                    every.tick().await;
+                    eprintln!(
+                        "node {}: still launching cluster {} ({} s)",
+                        task.node,
+                        task.cluster,
+                        started.elapsed().as_secs()
+                    );
+                }
+            };
             let result = tokio::select! {
                 r = brought_up => r,
                 () = cancel.cancelled() => Err(anyhow::anyhow!("interrupted while launching")),
+                () = still_launching => unreachable!("the progress ticker never ends"),
             };
             match result {
                 Ok(endpoint) => {
