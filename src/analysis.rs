@@ -157,6 +157,9 @@ pub struct TenantSummary {
     /// The measurements.
     #[serde(flatten)]
     pub metrics: TenantMetrics,
+    /// The tenant's SLO, judged, when the config set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<crate::slo::SloResult>,
     /// What the load generator or the server did not do as asked (the client fell behind
     /// its schedule, sent fewer requests than offered, or outputs were not of the asked
     /// length); empty when all was as asked.
@@ -342,9 +345,16 @@ fn analyze_trial(
         summary.simulated |= header.simulated;
         mode.get_or_insert(header.mode);
         let mut acc = TenantAccumulator::default();
+        let mut good = 0u64;
         for line in &stream.events {
             match &line.event {
-                Event::Request(r) => acc.request(r),
+                Event::Request(r) => {
+                    acc.request(r);
+                    let measured = r.phase == crate::events::Phase::Measure;
+                    if measured && tenant.slo.as_ref().is_some_and(|s| s.request_meets(r)) {
+                        good += 1;
+                    }
+                }
                 Event::Phase(p) => acc.phase(p.phase, p.at_ns),
                 _ => {}
             }
@@ -384,6 +394,7 @@ fn analyze_trial(
             simulated: header.simulated,
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
+            slo: tenant.slo.as_ref().map(|s| s.judge(&metrics, good)),
             metrics,
             load_checks: checks,
             slowdown: None,

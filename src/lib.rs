@@ -7,6 +7,7 @@
 //! - [`dataset`]: ShareGPT and JSONL prompt files, read with every bad entry reported.
 //! - [`events`]: the JSONL event format (the spec is in that module's docs), its writer and reader.
 //! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
+//! - [`slo`]: service-level objectives, judged per tenant and trial, and goodput.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
 //! - [`tokens`]: prompts of an exact token count from a model's `tokenizer.json`.
 //! - [`auth`]: the bearer token both sides of the gRPC API use.
@@ -20,6 +21,7 @@ pub mod dataset;
 pub mod events;
 pub mod metrics;
 pub mod proto;
+pub mod slo;
 pub mod tls;
 pub mod tokens;
 

@@ -31,6 +31,7 @@ fn header(stream: StreamKind, tenant: Option<&str>) -> Header {
             offered_rate: Some(2.0),
             streaming: true,
             forced_length: true,
+            slo: None,
         }),
     }
 }

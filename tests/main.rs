@@ -14,6 +14,7 @@ mod mps;
 mod real_vllm;
 mod request_faults;
 mod skypilot;
+mod slos;
 mod static_launcher;
 mod stream_resume;
 mod sweeps;

@@ -812,6 +812,7 @@ impl RunContext {
                 offered_rate: arrival.offered_rate(),
                 streaming: workload.stream,
                 forced_length: workload.ignore_eos,
+                slo: (!workload.slo.is_empty()).then(|| workload.slo.clone()),
             };
             let stream = self.run.streams.create(
                 &format!("{}/{}.jsonl", trial.name, tenant.name),

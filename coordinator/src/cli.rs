@@ -24,6 +24,9 @@ pub enum Command {
         /// Put the experiment folder here instead of the config's `output_dir`.
         #[arg(long)]
         output_dir: Option<PathBuf>,
+        /// Exit with status 3 when a tenant of a finished trial misses its SLO.
+        #[arg(long)]
+        fail_on_slo: bool,
     },
     /// Check a config and list every problem in it, without running anything.
     Validate {
@@ -52,5 +55,8 @@ pub enum Command {
         /// Also write `summary.json` and `summary.csv` into the folder (they are overwritten).
         #[arg(long)]
         write: bool,
+        /// Exit with status 3 when a tenant of a finished trial misses its SLO.
+        #[arg(long)]
+        fail_on_slo: bool,
     },
 }

@@ -102,24 +102,46 @@ pub async fn down(dir: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How a command that judges SLOs ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// Done, and no SLO failure was asked to fail the command.
+    Done,
+    /// `--fail-on-slo` was given and a tenant missed its SLO.
+    SloMissed,
+}
+
+/// Exit status of `run` and `analyze` with `--fail-on-slo` when an SLO was missed (1 is any
+/// other failure), so a CI pipeline can tell the two apart.
+pub const SLO_MISSED_EXIT: u8 = 3;
+
+fn verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdict {
+    if fail_on_slo && !report::slo_failures(summary).is_empty() {
+        Verdict::SloMissed
+    } else {
+        Verdict::Done
+    }
+}
+
 /// `coordinator analyze`: prints the summary of an experiment folder.
-pub fn analyze(dir: &Path, write: bool) -> anyhow::Result<()> {
+pub fn analyze(dir: &Path, write: bool, fail_on_slo: bool) -> anyhow::Result<Verdict> {
     let summary = analyze_dir(dir).with_context(|| format!("analysing {}", dir.display()))?;
     if write {
         report::write_summary_files(dir, &summary)?;
     }
     print!("{}", report::render_table(&summary));
-    Ok(())
+    Ok(verdict(&summary, fail_on_slo))
 }
 
 /// `coordinator run`: runs the experiment with locally spawned agents and prints the summary.
 pub async fn run(
     config: &Path,
     output_dir: Option<&Path>,
+    fail_on_slo: bool,
     cancel: CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Verdict> {
     let outcome = run::run_experiment(config, output_dir, run::Launch::FromConfig, cancel).await?;
     print!("{}", report::render_table(&outcome.summary));
     println!("results: {}", outcome.dir.display());
-    Ok(())
+    Ok(verdict(&outcome.summary, fail_on_slo))
 }

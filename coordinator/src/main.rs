@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use coordinator::cli::{Cli, Command};
+use coordinator::Verdict;
 use tokio_util::sync::CancellationToken;
 
 #[tokio::main]
@@ -14,18 +15,29 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let result = match cli.command {
-        Command::Validate { config } => coordinator::validate(&config),
-        Command::Analyze { dir, write } => coordinator::analyze(&dir, write),
-        Command::Plan { config, output_dir } => coordinator::plan(&config, &output_dir),
-        Command::Down { dir } => coordinator::down(&dir).await,
-        Command::Run { config, output_dir } => {
+        Command::Validate { config } => coordinator::validate(&config).map(|()| Verdict::Done),
+        Command::Analyze {
+            dir,
+            write,
+            fail_on_slo,
+        } => coordinator::analyze(&dir, write, fail_on_slo),
+        Command::Plan { config, output_dir } => {
+            coordinator::plan(&config, &output_dir).map(|()| Verdict::Done)
+        }
+        Command::Down { dir } => coordinator::down(&dir).await.map(|()| Verdict::Done),
+        Command::Run {
+            config,
+            output_dir,
+            fail_on_slo,
+        } => {
             let cancel = CancellationToken::new();
             tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
-            coordinator::run(&config, output_dir.as_deref(), cancel).await
+            coordinator::run(&config, output_dir.as_deref(), fail_on_slo, cancel).await
         }
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(Verdict::Done) => ExitCode::SUCCESS,
+        Ok(Verdict::SloMissed) => ExitCode::from(coordinator::SLO_MISSED_EXIT),
         Err(e) => {
             eprintln!("coordinator: {e:#}");
             ExitCode::FAILURE

@@ -72,6 +72,8 @@ pub struct Workload {
     /// Extra fields put into every request body as given (`temperature`, `top_p`,
     /// engine-specific ones such as vLLM's `min_tokens`).
     pub request_fields: serde_json::Map<String, serde_json::Value>,
+    /// The SLO its tenants are judged by: the workload's own `slo:`, else the experiment's.
+    pub slo: crate::slo::Slo,
 }
 
 /// An arrival process.

@@ -13,6 +13,7 @@ pub struct RawExperiment {
     pub output_dir: Option<String>,
     pub seed: Option<u64>,
     pub launcher: Option<RawLauncher>,
+    pub slo: Option<RawSlo>,
     pub workloads: Option<BTreeMap<String, RawWorkload>>,
     pub nodes: Option<Vec<RawNode>>,
 }
@@ -69,6 +70,17 @@ pub struct RawWorkload {
     pub drain_timeout: Option<String>,
     pub ignore_eos: Option<bool>,
     pub request_fields: Option<BTreeMap<String, serde_json::Value>>,
+    pub slo: Option<RawSlo>,
+}
+
+/// `slo:` (top level, or a workload's own).
+#[derive(Debug, Deserialize)]
+pub struct RawSlo {
+    pub ttft_ms: Option<BTreeMap<String, f64>>,
+    pub tpot_ms: Option<BTreeMap<String, f64>>,
+    pub itl_ms: Option<BTreeMap<String, f64>>,
+    pub e2e_ms: Option<BTreeMap<String, f64>>,
+    pub error_rate: Option<f64>,
 }
 
 /// `arrival:` of a workload.

@@ -178,12 +178,13 @@ impl Checker {
         // does not also make each tenant that uses it look wrong.
         let workload_names: Vec<String> = raw_workloads.keys().cloned().collect();
         let mut workloads = BTreeMap::new();
+        let default_slo = raw.slo.map(|s| self.slo(s, "slo")).unwrap_or_default();
         for (key, w) in raw_workloads {
             let path = format!("workloads.{key}");
             if !key.chars().all(is_name_char) {
                 self.problem(&path, "workload names use letters, digits, '-', '_' or '.'");
             }
-            if let Some(w) = self.workload(w, &path) {
+            if let Some(w) = self.workload(w, &path, &default_slo) {
                 workloads.insert(key, w);
             }
         }
@@ -247,7 +248,51 @@ impl Checker {
         }
     }
 
-    fn workload(&mut self, raw: RawWorkload, path: &str) -> Option<Workload> {
+    fn slo(&mut self, raw: RawSlo, path: &str) -> crate::slo::Slo {
+        let mut slo = crate::slo::Slo::default();
+        for (name, bounds, into) in [
+            ("ttft_ms", raw.ttft_ms, &mut slo.ttft_ms),
+            ("tpot_ms", raw.tpot_ms, &mut slo.tpot_ms),
+            ("itl_ms", raw.itl_ms, &mut slo.itl_ms),
+            ("e2e_ms", raw.e2e_ms, &mut slo.e2e_ms),
+        ] {
+            for (q, limit) in bounds.unwrap_or_default() {
+                let at = format!("{path}.{name}.{q}");
+                let Some(quantile) = crate::slo::Quantile::parse(&q) else {
+                    let names: Vec<&str> =
+                        crate::slo::Quantile::ALL.iter().map(|q| q.name()).collect();
+                    self.problem(
+                        &at,
+                        format!("{q:?} is not a percentile: use {}", names.join(", ")),
+                    );
+                    continue;
+                };
+                if !(limit.is_finite() && limit > 0.0) {
+                    self.problem(&at, format!("a bound must be > 0 ms, got {limit}"));
+                    continue;
+                }
+                into.insert(quantile, limit);
+            }
+        }
+        if let Some(rate) = raw.error_rate {
+            if (0.0..=1.0).contains(&rate) {
+                slo.error_rate = Some(rate);
+            } else {
+                self.problem(
+                    &format!("{path}.error_rate"),
+                    format!("an error rate is a share in 0..=1, got {rate}"),
+                );
+            }
+        }
+        slo
+    }
+
+    fn workload(
+        &mut self,
+        raw: RawWorkload,
+        path: &str,
+        default_slo: &crate::slo::Slo,
+    ) -> Option<Workload> {
         let api = match raw.api.as_deref() {
             None | Some("chat") => Some(Api::Chat),
             Some("completions") => Some(Api::Completions),
@@ -290,6 +335,10 @@ impl Checker {
         if raw.max_requests == Some(0) {
             self.problem(&join(path, "max_requests"), "must be at least 1");
         }
+        let slo = match raw.slo {
+            Some(own) => self.slo(own, &join(path, "slo")),
+            None => default_slo.clone(),
+        };
         let mut request_fields = serde_json::Map::new();
         for (key, value) in raw.request_fields.unwrap_or_default() {
             let at = format!("{path}.request_fields.{key}");
@@ -321,6 +370,7 @@ impl Checker {
             drain_timeout,
             ignore_eos: raw.ignore_eos.unwrap_or(true),
             request_fields,
+            slo,
         })
     }
 

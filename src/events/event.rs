@@ -116,6 +116,9 @@ pub struct TenantHeader {
     /// length means the server did not do as asked.
     #[serde(default)]
     pub forced_length: bool,
+    /// The SLO the tenant is judged by, when the config set one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<crate::slo::Slo>,
 }
 
 /// Which phase a request was scheduled in.

@@ -32,6 +32,9 @@ const HEADER: &[&str] = &[
     "slowdown_tpot_p50",
     "aggregate_output_tokens_per_s",
     "energy_per_output_token_j",
+    "slo",
+    "goodput_rps",
+    "slo_attainment",
 ];
 
 fn number(v: Option<f64>) -> String {
@@ -44,6 +47,15 @@ fn field(text: &str) -> String {
         format!("\"{}\"", text.replace('"', "\"\""))
     } else {
         text.to_owned()
+    }
+}
+
+/// `pass`, `fail`, or empty without an SLO.
+fn slo_verdict(slo: Option<&multitenant::slo::SloResult>) -> &'static str {
+    match slo {
+        Some(s) if s.pass => "pass",
+        Some(_) => "fail",
+        None => "",
     }
 }
 
@@ -87,6 +99,9 @@ pub fn render_csv(summary: &Summary) -> String {
                     number(t.slowdown.and_then(|s| s.tpot_p50)),
                     number(trial.aggregate_output_tokens_per_s),
                     number(trial.energy_per_output_token_j),
+                    slo_verdict(t.slo.as_ref()).to_owned(),
+                    number(t.slo.as_ref().and_then(|s| s.goodput_rps)),
+                    number(t.slo.as_ref().and_then(|s| s.attainment)),
                 ];
                 out.push_str(&row.join(","));
                 out.push('\n');

@@ -5,7 +5,7 @@ mod csv;
 mod table;
 
 pub use csv::render_csv;
-pub use table::render_table;
+pub use table::{render_table, slo_failures};
 
 use std::path::Path;
 

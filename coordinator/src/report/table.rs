@@ -122,6 +122,7 @@ pub fn render_table(summary: &Summary) -> String {
         "out tok/s",
         "offered/s",
         "achieved/s",
+        "SLO",
     ]);
     for node in &summary.nodes {
         for trial in &node.trials {
@@ -145,6 +146,11 @@ pub fn render_table(summary: &Summary) -> String {
                     rate(m.throughput.map(|t| t.output_tokens_per_s)),
                     rate(t.offered_rate),
                     rate(m.achieved_rate),
+                    match t.slo.as_ref() {
+                        Some(s) if s.pass => "pass".into(),
+                        Some(_) => "FAIL".into(),
+                        None => "-".into(),
+                    },
                 ]);
             }
             let mut total: Vec<Cell> = vec![
@@ -154,7 +160,7 @@ pub fn render_table(summary: &Summary) -> String {
             ];
             total.extend((0..6).map(|_| Cell::new("")));
             total.push(Cell::new(rate(trial.aggregate_output_tokens_per_s)));
-            total.extend((0..2).map(|_| Cell::new("")));
+            total.extend((0..3).map(|_| Cell::new("")));
             table.add_row(total);
         }
     }
@@ -183,8 +189,42 @@ pub fn render_table(summary: &Summary) -> String {
         out.push_str(&across);
         out.push('\n');
     }
+    for failure in slo_failures(summary) {
+        out.push_str(&format!("SLO failed: {failure}\n"));
+    }
     for warning in &summary.warnings {
         out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+/// Every tenant of every finished trial that missed its SLO, with the bounds it missed.
+pub fn slo_failures(summary: &Summary) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in &summary.nodes {
+        for trial in node.trials.iter().filter(|t| t.state == "finished") {
+            for t in &trial.tenants {
+                let Some(slo) = t.slo.as_ref().filter(|s| !s.pass) else {
+                    continue;
+                };
+                let missed: Vec<String> = slo
+                    .checks
+                    .iter()
+                    .filter(|c| c.verdict != "pass")
+                    .map(|c| match c.measured {
+                        Some(m) => format!("{} {m:.2} > {}", c.bound, c.limit),
+                        None => format!("{} has no data (limit {})", c.bound, c.limit),
+                    })
+                    .collect();
+                out.push(format!(
+                    "{}/{}/{}: {}",
+                    node.node,
+                    trial.trial,
+                    t.tenant,
+                    missed.join(", ")
+                ));
+            }
+        }
     }
     out
 }
