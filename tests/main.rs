@@ -5,6 +5,7 @@ mod support;
 mod agent_api;
 mod agent_auth;
 mod analysis_files;
+mod compare;
 mod configs;
 mod end_to_end;
 mod engine_supervisor;

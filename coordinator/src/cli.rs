@@ -48,6 +48,16 @@ pub enum Command {
         /// The experiment folder.
         dir: PathBuf,
     },
+    /// Two or more experiment folders side by side: each figure of each tenant, and how the
+    /// later ones changed against the first (better or worse).
+    Compare {
+        /// Experiment folders; the first is the baseline.
+        #[arg(required = true, num_args = 2..)]
+        dirs: Vec<PathBuf>,
+        /// Also write the comparison as JSON to this file.
+        #[arg(long)]
+        json: Option<PathBuf>,
+    },
     /// Recompute the summary of an experiment folder from its JSONL streams alone.
     Analyze {
         /// The experiment folder (`runs/<name>-<utc>`).

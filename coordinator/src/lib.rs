@@ -123,6 +123,38 @@ fn verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdi
     }
 }
 
+/// `coordinator compare`: experiments side by side, the first as the baseline.
+pub fn compare(dirs: &[std::path::PathBuf], json: Option<&Path>) -> anyhow::Result<()> {
+    let summaries = dirs
+        .iter()
+        .map(|d| analyze_dir(d).with_context(|| format!("analysing {}", d.display())))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let labels: Vec<String> = dirs
+        .iter()
+        .map(|d| {
+            d.file_name().map_or_else(
+                || d.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            )
+        })
+        .collect();
+    let figures = report::compare::compare(&summaries);
+    if summaries.iter().any(|s| s.simulated) {
+        println!("[SIMULATED engine in at least one experiment: its latencies come from the timing model]");
+    }
+    print!(
+        "{}",
+        report::compare::render_comparison_table(&labels, &figures)
+    );
+    println!();
+    if let Some(path) = json {
+        let doc = serde_json::json!({"experiments": labels, "figures": figures});
+        std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// `coordinator analyze`: prints the summary of an experiment folder.
 pub fn analyze(dir: &Path, write: bool, fail_on_slo: bool) -> anyhow::Result<Verdict> {
     let summary = analyze_dir(dir).with_context(|| format!("analysing {}", dir.display()))?;

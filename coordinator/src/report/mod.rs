@@ -1,6 +1,7 @@
 //! Turning a [`Summary`] into what people read: the terminal table, `summary.json` and
-//! `summary.csv`.
+//! `summary.csv`, and experiments compared side by side.
 
+pub mod compare;
 mod csv;
 mod table;
 
