@@ -16,8 +16,11 @@ enum Better {
     Higher,
 }
 
+/// Reads one figure of a tenant.
+type Pick = fn(&TenantSummary) -> Option<f64>;
+
 /// The figures compared, with how to read each.
-const FIGURES: [(&str, Better, fn(&TenantSummary) -> Option<f64>); 7] = [
+const FIGURES: [(&str, Better, Pick); 7] = [
     ("ttft_p50_ms", Better::Lower, |t| {
         t.metrics.ttft_ms.map(|p| p.p50)
     }),
