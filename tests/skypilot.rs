@@ -46,6 +46,21 @@ impl SkyStandIn {
         cmd
     }
 
+    /// `coordinator run <cfg> --output-dir <runs>`, to its end.
+    fn run(&self, cfg: &Path, runs: &Path, env: &[(&str, &str)]) -> Output {
+        self.coordinator(
+            &[
+                "run",
+                cfg.to_str().expect("utf-8"),
+                "--output-dir",
+                runs.to_str().expect("utf-8"),
+            ],
+            env,
+        )
+        .output()
+        .expect("coordinator")
+    }
+
     fn calls(&self) -> Vec<String> {
         std::fs::read_to_string(self.state().join("calls.log"))
             .unwrap_or_default()
@@ -111,6 +126,11 @@ fn experiment_dir(runs: &Path) -> PathBuf {
     dirs.into_iter().next().expect("one")
 }
 
+fn summary(dir: &Path) -> Summary {
+    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary.json"))
+        .expect("parse")
+}
+
 fn clusters(dir: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(dir.join("clusters.json")).expect("clusters.json"))
         .expect("json")
@@ -130,18 +150,7 @@ fn two_nodes_run_over_tls_and_every_cluster_is_torn_down() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path(), &["a", "b"], "", "2s");
     let runs = tmp.path().join("runs");
-    let out = sky
-        .coordinator(
-            &[
-                "run",
-                cfg.to_str().expect("utf-8"),
-                "--output-dir",
-                runs.to_str().expect("utf-8"),
-            ],
-            &[],
-        )
-        .output()
-        .expect("coordinator");
+    let out = sky.run(&cfg, &runs, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let dir = experiment_dir(&runs);
 
@@ -175,9 +184,7 @@ fn two_nodes_run_over_tls_and_every_cluster_is_torn_down() {
     }
     // The agents spoke TLS: the coordinator reached them over https with the experiment's CA.
     assert!(dir.join("ca.pem").is_file());
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary"))
-            .expect("parse");
+    let summary = summary(&dir);
     let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(nodes, ["a", "b"]);
     for node in &summary.nodes {
@@ -197,18 +204,7 @@ fn a_launch_failure_on_one_of_three_nodes_tears_down_all_three() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path(), &["a", "b", "c"], "", "2s");
     let runs = tmp.path().join("runs");
-    let out = sky
-        .coordinator(
-            &[
-                "run",
-                cfg.to_str().expect("utf-8"),
-                "--output-dir",
-                runs.to_str().expect("utf-8"),
-            ],
-            &[("FAKE_SKY_FAIL_LAUNCH", "-b-")],
-        )
-        .output()
-        .expect("coordinator");
+    let out = sky.run(&cfg, &runs, &[("FAKE_SKY_FAIL_LAUNCH", "-b-")]);
     assert!(!out.status.success(), "{}", text(&out));
     assert!(
         text(&out).contains("node b: launching cluster")
@@ -311,18 +307,7 @@ fn a_node_whose_agent_refuses_our_certificate_is_reported_and_the_others_run() {
         "2s",
     );
     let runs = tmp.path().join("runs");
-    let out = sky
-        .coordinator(
-            &[
-                "run",
-                cfg.to_str().expect("utf-8"),
-                "--output-dir",
-                runs.to_str().expect("utf-8"),
-            ],
-            &[("FAKE_SKY_FOREIGN_CA", "-b-")],
-        )
-        .output()
-        .expect("coordinator");
+    let out = sky.run(&cfg, &runs, &[("FAKE_SKY_FOREIGN_CA", "-b-")]);
     assert!(!out.status.success(), "the failed node makes the run fail");
     let said = text(&out);
     assert!(
@@ -332,9 +317,7 @@ fn a_node_whose_agent_refuses_our_certificate_is_reported_and_the_others_run() {
         "{said}"
     );
     let dir = experiment_dir(&runs);
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary"))
-            .expect("parse");
+    let summary = summary(&dir);
     let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(nodes, ["a"], "node a ran");
     assert_eq!(sky.downed().len(), 2);
@@ -349,25 +332,12 @@ fn kept_clusters_stay_up_until_coordinator_down() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path(), &["a"], "  keep: true\n", "1s");
     let runs = tmp.path().join("runs");
-    let out = sky
-        .coordinator(
-            &[
-                "run",
-                cfg.to_str().expect("utf-8"),
-                "--output-dir",
-                runs.to_str().expect("utf-8"),
-            ],
-            &[],
-        )
-        .output()
-        .expect("coordinator");
+    let out = sky.run(&cfg, &runs, &[]);
     assert!(out.status.success(), "{}", text(&out));
     let dir = experiment_dir(&runs);
     assert!(sky.downed().is_empty());
     assert_eq!(clusters(&dir)[0]["state"], "kept");
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary"))
-            .expect("parse");
+    let summary = summary(&dir);
     assert!(
         summary
             .warnings
