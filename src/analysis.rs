@@ -474,6 +474,57 @@ fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
     out
 }
 
+/// One tenant of one trial under a peer's definitions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantVariant {
+    /// Node.
+    pub node: String,
+    /// Trial.
+    pub trial: String,
+    /// Tenant.
+    pub tenant: String,
+    /// The figures, by the peer's names.
+    #[serde(flatten)]
+    pub metrics: crate::metrics::variants::VariantMetrics,
+}
+
+/// Every tenant of every trial of the experiment in `dir`, under `peer`'s definitions.
+pub fn peer_variants(
+    dir: &Path,
+    peer: crate::metrics::variants::Peer,
+) -> Result<Vec<TenantVariant>, AnalysisError> {
+    let nodes_dir = dir.join("nodes");
+    if !nodes_dir.is_dir() {
+        return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
+    }
+    let mut out = Vec::new();
+    for node_dir in sorted_dirs(&nodes_dir)? {
+        for trial_dir in trial_dirs_in_run_order(&node_dir)? {
+            for path in jsonl_files(&trial_dir)? {
+                let stream = read_stream(&path)?;
+                let Some(tenant) = stream.header.tenant.as_ref() else {
+                    continue;
+                };
+                let requests: Vec<crate::events::RequestEvent> = stream
+                    .events
+                    .iter()
+                    .filter_map(|l| match &l.event {
+                        Event::Request(r) => Some(r.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                out.push(TenantVariant {
+                    node: file_name(&node_dir),
+                    trial: file_name(&trial_dir),
+                    tenant: tenant.name.clone(),
+                    metrics: crate::metrics::variants::variant(peer, &requests),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Fills slowdown and co-location gain of every shared trial from the node's solo trials (of
 /// the same sweep stage). Only solo trials that finished count as baselines.
 fn compare_with_solo(trials: &mut [TrialSummary]) {

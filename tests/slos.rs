@@ -93,4 +93,49 @@ fn a_missed_slo_fails_run_and_analyze_only_when_asked() {
     };
     assert_eq!(analyze(true), Some(3));
     assert_eq!(analyze(false), Some(0));
+
+    // The same events under GuideLLM's definitions: its inter_token_latency is our TPOT
+    // formula and its time_to_first_token our TTFT, so those agree to the microsecond.
+    let out = Command::new(coordinator)
+        .arg("analyze")
+        .arg(&dir)
+        .args(["--definitions", "guidellm", "--write"])
+        .output()
+        .expect("analyze");
+    let printed = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("under guidellm's definitions"),
+        "{printed}"
+    );
+    let variants: Vec<serde_json::Value> = serde_json::from_slice(
+        &std::fs::read(format!("{dir}/summary.guidellm.json")).expect("variant file"),
+    )
+    .expect("parse");
+    assert_eq!(variants.len(), 2);
+    for v in &variants {
+        let tenant = tenants
+            .iter()
+            .find(|t| v["tenant"] == t.tenant.as_str())
+            .expect("tenant");
+        let ours = tenant.metrics.tpot_ms.expect("tpot").p50;
+        let theirs = v["figures"]["inter_token_latency_ms"]["p50"]
+            .as_f64()
+            .expect("itl");
+        assert!((ours - theirs).abs() < 1e-9, "{ours} vs {theirs}");
+        let ttft = tenant.metrics.ttft_ms.expect("ttft").p50;
+        let their_ttft = v["figures"]["time_to_first_token_ms"]["p50"]
+            .as_f64()
+            .expect("ttft");
+        assert!((ttft - their_ttft).abs() < 1e-9, "{ttft} vs {their_ttft}");
+        assert!(v["figures"]["time_per_output_token_ms"]["p50"].is_number());
+    }
+    let out = Command::new(coordinator)
+        .arg("analyze")
+        .arg(&dir)
+        .args(["--definitions", "llmperf"])
+        .output()
+        .expect("analyze");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("use vllm, guidellm or aiperf"));
 }

@@ -68,5 +68,10 @@ pub enum Command {
         /// Exit with status 3 when a tenant of a finished trial misses its SLO.
         #[arg(long)]
         fail_on_slo: bool,
+        /// Also print every tenant's figures under a peer tool's definitions (vllm, guidellm
+        /// or aiperf), recomputed from the same events; with --write, into
+        /// `summary.<peer>.json` too.
+        #[arg(long)]
+        definitions: Option<String>,
     },
 }

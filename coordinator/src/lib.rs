@@ -155,13 +155,38 @@ pub fn compare(dirs: &[std::path::PathBuf], json: Option<&Path>) -> anyhow::Resu
     Ok(())
 }
 
-/// `coordinator analyze`: prints the summary of an experiment folder.
-pub fn analyze(dir: &Path, write: bool, fail_on_slo: bool) -> anyhow::Result<Verdict> {
+/// `coordinator analyze`: prints the summary of an experiment folder, and with `definitions`
+/// the same events under a peer tool's definitions.
+pub fn analyze(
+    dir: &Path,
+    write: bool,
+    fail_on_slo: bool,
+    definitions: Option<&str>,
+) -> anyhow::Result<Verdict> {
+    let peer = definitions
+        .map(|name| {
+            multitenant::metrics::variants::Peer::parse(name)
+                .with_context(|| format!("--definitions {name:?}: use vllm, guidellm or aiperf"))
+        })
+        .transpose()?;
     let summary = analyze_dir(dir).with_context(|| format!("analysing {}", dir.display()))?;
     if write {
         report::write_summary_files(dir, &summary)?;
     }
     print!("{}", report::render_table(&summary));
+    if let Some(peer) = peer {
+        let variants = multitenant::analysis::peer_variants(dir, peer)
+            .with_context(|| format!("analysing {}", dir.display()))?;
+        print!(
+            "{}",
+            report::render_variants(definitions.unwrap_or_default(), &variants)
+        );
+        if write {
+            let path = dir.join(format!("summary.{}.json", definitions.unwrap_or_default()));
+            std::fs::write(&path, serde_json::to_vec_pretty(&variants)?)
+                .with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
     Ok(verdict(&summary, fail_on_slo))
 }
 

@@ -20,7 +20,8 @@ async fn main() -> ExitCode {
             dir,
             write,
             fail_on_slo,
-        } => coordinator::analyze(&dir, write, fail_on_slo),
+            definitions,
+        } => coordinator::analyze(&dir, write, fail_on_slo, definitions.as_deref()),
         Command::Plan { config, output_dir } => {
             coordinator::plan(&config, &output_dir).map(|()| Verdict::Done)
         }

@@ -8,6 +8,7 @@ pub mod gpu;
 mod histogram;
 pub mod slowdown;
 mod tenant;
+pub mod variants;
 
 pub(crate) use histogram::round3;
 pub use histogram::{LatencyHistogram, Percentiles};

@@ -6,7 +6,7 @@ mod csv;
 mod table;
 
 pub use csv::render_csv;
-pub use table::{render_table, slo_failures};
+pub use table::{render_table, render_variants, slo_failures};
 
 use std::path::Path;
 

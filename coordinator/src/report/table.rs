@@ -228,3 +228,39 @@ pub fn slo_failures(summary: &Summary) -> Vec<String> {
     }
     out
 }
+
+/// Every tenant's figures under a peer's definitions (p50, p99, mean), with what differs from
+/// the peer's own computation.
+pub fn render_variants(peer: &str, variants: &[multitenant::analysis::TenantVariant]) -> String {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header([
+        "node", "trial", "tenant", "figure", "p50 ms", "p99 ms", "mean ms",
+    ]);
+    for v in variants {
+        for (name, p) in &v.metrics.figures {
+            table.add_row([
+                v.node.clone(),
+                v.trial.clone(),
+                v.tenant.clone(),
+                name.clone(),
+                ms(p.as_ref(), |p| p.p50),
+                ms(p.as_ref(), |p| p.p99),
+                ms(p.as_ref(), |p| p.mean),
+            ]);
+        }
+    }
+    for column in table.column_iter_mut().skip(4) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+    let mut out =
+        format!("under {peer}'s definitions (same events, that tool's formulas and names)\n");
+    out.push_str(&table.to_string());
+    out.push('\n');
+    if let Some(v) = variants.first() {
+        for note in &v.metrics.notes {
+            out.push_str(&format!("note: {note}\n"));
+        }
+    }
+    out
+}
