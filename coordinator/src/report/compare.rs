@@ -3,8 +3,6 @@
 //! direction that change means (lower latency is better, higher throughput is better). A
 //! figure missing on either side is `-`, never a change from zero.
 
-use comfy_table::presets::UTF8_FULL_CONDENSED;
-use comfy_table::{CellAlignment, Table};
 use multitenant::analysis::{Summary, TenantSummary};
 use serde::Serialize;
 
@@ -129,11 +127,9 @@ fn tenants(s: &Summary) -> Vec<(String, &TenantSummary)> {
 
 /// The comparison as a terminal table, one column per experiment.
 pub fn render_comparison_table(labels: &[String], figures: &[ComparedFigure]) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
     let mut header = vec!["tenant".to_owned(), "figure".to_owned()];
     header.extend(labels.iter().cloned());
-    table.set_header(header);
+    let mut table = super::table::styled(header);
     for f in figures {
         let mut row = vec![f.tenant.clone(), f.figure.clone()];
         for (i, v) in f.values.iter().enumerate() {
@@ -146,8 +142,6 @@ pub fn render_comparison_table(labels: &[String], figures: &[ComparedFigure]) ->
         }
         table.add_row(row);
     }
-    for column in table.column_iter_mut().skip(2) {
-        column.set_cell_alignment(CellAlignment::Right);
-    }
+    super::table::align_numbers(&mut table, 2);
     table.to_string()
 }

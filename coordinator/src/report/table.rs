@@ -5,6 +5,21 @@ use comfy_table::{Cell, CellAlignment, Table};
 use multitenant::analysis::Summary;
 use multitenant::metrics::Percentiles;
 
+/// A table in the house style, with `header`.
+pub(super) fn styled<T: Into<comfy_table::Cell>>(header: impl IntoIterator<Item = T>) -> Table {
+    let mut table = Table::new();
+    table.load_preset(UTF8_FULL_CONDENSED);
+    table.set_header(header);
+    table
+}
+
+/// Right-aligns every column from the `first` on: the figures.
+pub(super) fn align_numbers(table: &mut Table, first: usize) {
+    for column in table.column_iter_mut().skip(first) {
+        column.set_cell_alignment(CellAlignment::Right);
+    }
+}
+
 fn ms(p: Option<&Percentiles>, pick: fn(&Percentiles) -> f64) -> String {
     p.map_or("-".into(), |p| format!("{:.2}", pick(p)))
 }
@@ -20,9 +35,7 @@ fn times(v: Option<f64>) -> String {
 /// The slowdown of each tenant of each shared trial and the trial's co-location gain, or
 /// `None` when no shared trial had a solo baseline.
 fn render_comparison(summary: &Summary) -> Option<String> {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header([
+    let mut table = styled([
         "node",
         "trial",
         "tenant",
@@ -61,9 +74,7 @@ fn render_comparison(summary: &Summary) -> Option<String> {
             }
         }
     }
-    for column in table.column_iter_mut().skip(3) {
-        column.set_cell_alignment(CellAlignment::Right);
-    }
+    align_numbers(&mut table, 3);
     (rows > 0).then(|| table.to_string())
 }
 
@@ -73,9 +84,7 @@ fn render_across_nodes(summary: &Summary) -> Option<String> {
     if summary.across_nodes.is_empty() {
         return None;
     }
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header([
+    let mut table = styled([
         "trial",
         "nodes",
         "done",
@@ -99,17 +108,13 @@ fn render_across_nodes(summary: &Summary) -> Option<String> {
             rate(t.output_tokens_per_s),
         ]);
     }
-    for column in table.column_iter_mut().skip(2) {
-        column.set_cell_alignment(CellAlignment::Right);
-    }
+    align_numbers(&mut table, 2);
     Some(table.to_string())
 }
 
 /// Renders the summary; every missing figure shows as `-`, never as 0.
 pub fn render_table(summary: &Summary) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header([
+    let mut table = styled([
         "node",
         "trial",
         "tenant",
@@ -164,9 +169,7 @@ pub fn render_table(summary: &Summary) -> String {
             table.add_row(total);
         }
     }
-    for column in table.column_iter_mut().skip(3) {
-        column.set_cell_alignment(CellAlignment::Right);
-    }
+    align_numbers(&mut table, 3);
     let mut out = String::new();
     let comparison = render_comparison(summary);
     let label = if summary.simulated {
@@ -232,9 +235,7 @@ pub fn slo_failures(summary: &Summary) -> Vec<String> {
 /// Every tenant's figures under a peer's definitions (p50, p99, mean), with what differs from
 /// the peer's own computation.
 pub fn render_variants(peer: &str, variants: &[multitenant::analysis::TenantVariant]) -> String {
-    let mut table = Table::new();
-    table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header([
+    let mut table = styled([
         "node", "trial", "tenant", "figure", "p50 ms", "p99 ms", "mean ms",
     ]);
     for v in variants {
@@ -250,9 +251,7 @@ pub fn render_variants(peer: &str, variants: &[multitenant::analysis::TenantVari
             ]);
         }
     }
-    for column in table.column_iter_mut().skip(4) {
-        column.set_cell_alignment(CellAlignment::Right);
-    }
+    align_numbers(&mut table, 4);
     let mut out =
         format!("under {peer}'s definitions (same events, that tool's formulas and names)\n");
     out.push_str(&table.to_string());
