@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::binaries;
+use crate::support::{binaries, results_dir};
 
 fn run_at(rate: u32, tmp: &Path) -> PathBuf {
     let (_, coordinator) = binaries();
@@ -26,13 +26,7 @@ fn run_at(rate: u32, tmp: &Path) -> PathBuf {
         .expect("run");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}");
-    PathBuf::from(
-        stdout
-            .lines()
-            .find_map(|l| l.strip_prefix("results: "))
-            .expect("results")
-            .trim(),
-    )
+    results_dir(&stdout)
 }
 
 #[test]

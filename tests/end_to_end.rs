@@ -6,7 +6,7 @@ use std::process::Command;
 
 use multitenant::analysis::Summary;
 
-use crate::support::binaries;
+use crate::support::{binaries, read_summary, results_dir};
 
 fn table_of(stdout: &str) -> String {
     stdout
@@ -35,12 +35,7 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         stdout,
         String::from_utf8_lossy(&run.stderr)
     );
-    let dir = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results line")
-        .trim()
-        .to_owned();
+    let dir = results_dir(&stdout);
 
     for trial in ["solo-chat-a", "solo-pinned-b", "mps"] {
         assert!(stdout.contains(trial), "{trial} missing from\n{stdout}");
@@ -51,10 +46,7 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
     );
     assert!(stdout.contains("= node aggregate"));
 
-    let summary: Summary = serde_json::from_slice(
-        &std::fs::read(format!("{dir}/summary.json")).expect("summary.json"),
-    )
-    .expect("parse");
+    let summary: Summary = read_summary(&dir);
     // No GPU here: the agent said so once per trial, and wrote no GPU numbers at all.
     assert!(
         summary
@@ -64,7 +56,7 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         "{:?}",
         summary.warnings
     );
-    assert!(!std::path::Path::new(&format!("{dir}/nodes/local/mps/gpu.jsonl")).exists());
+    assert!(!dir.join("nodes/local/mps/gpu.jsonl").exists());
     assert!(summary.nodes[0]
         .trials
         .iter()
@@ -149,7 +141,7 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         table_of(&stdout),
         "analyze must print what run printed"
     );
-    let csv = std::fs::read_to_string(format!("{dir}/summary.csv")).expect("summary.csv");
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).expect("summary.csv");
     let rows: Vec<&str> = csv.lines().collect();
     assert_eq!(
         rows.len(),
@@ -175,9 +167,6 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         "nodes/local/mps/agent.jsonl",
         "nodes/local/mps/host.jsonl",
     ] {
-        assert!(
-            std::path::Path::new(&format!("{dir}/{file}")).is_file(),
-            "{file} missing"
-        );
+        assert!(dir.join(file).is_file(), "{file} missing");
     }
 }

@@ -6,9 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use multitenant::analysis::Summary;
-
-use crate::support::binaries;
+use crate::support::{binaries, read_summary};
 
 /// A folder with `sky` (the stand-in) in `bin/` and its state in `state/`.
 struct SkyStandIn {
@@ -126,11 +124,6 @@ fn experiment_dir(runs: &Path) -> PathBuf {
     dirs.into_iter().next().expect("one")
 }
 
-fn summary(dir: &Path) -> Summary {
-    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary.json"))
-        .expect("parse")
-}
-
 fn clusters(dir: &Path) -> Vec<serde_json::Value> {
     serde_json::from_slice(&std::fs::read(dir.join("clusters.json")).expect("clusters.json"))
         .expect("json")
@@ -184,7 +177,7 @@ fn two_nodes_run_over_tls_and_every_cluster_is_torn_down() {
     }
     // The agents spoke TLS: the coordinator reached them over https with the experiment's CA.
     assert!(dir.join("ca.pem").is_file());
-    let summary = summary(&dir);
+    let summary = read_summary(&dir);
     let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(nodes, ["a", "b"]);
     for node in &summary.nodes {
@@ -317,7 +310,7 @@ fn a_node_whose_agent_refuses_our_certificate_is_reported_and_the_others_run() {
         "{said}"
     );
     let dir = experiment_dir(&runs);
-    let summary = summary(&dir);
+    let summary = read_summary(&dir);
     let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
     assert_eq!(nodes, ["a"], "node a ran");
     assert_eq!(sky.downed().len(), 2);
@@ -337,7 +330,7 @@ fn kept_clusters_stay_up_until_coordinator_down() {
     let dir = experiment_dir(&runs);
     assert!(sky.downed().is_empty());
     assert_eq!(clusters(&dir)[0]["state"], "kept");
-    let summary = summary(&dir);
+    let summary = read_summary(&dir);
     assert!(
         summary
             .warnings

@@ -4,9 +4,7 @@
 
 use std::process::Command;
 
-use multitenant::analysis::Summary;
-
-use crate::support::binaries;
+use crate::support::{binaries, read_summary, results_dir};
 
 #[test]
 fn a_missed_slo_fails_run_and_analyze_only_when_asked() {
@@ -39,15 +37,8 @@ fn a_missed_slo_fails_run_and_analyze_only_when_asked() {
         "{stdout}"
     );
     assert!(!stdout.contains("SLO failed: n/mps/quick"), "{stdout}");
-    let dir = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results")
-        .trim()
-        .to_owned();
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(format!("{dir}/summary.json")).expect("summary"))
-            .expect("parse");
+    let dir = results_dir(&stdout);
+    let summary = read_summary(&dir);
     let tenants = &summary.nodes[0].trials[0].tenants;
     let quick = tenants.iter().find(|t| t.tenant == "quick").expect("quick");
     let strict = tenants
@@ -70,7 +61,7 @@ fn a_missed_slo_fails_run_and_analyze_only_when_asked() {
     );
     // The workload's own SLO replaces the experiment's: no error-rate bound on `strict`.
     assert_eq!(strict_slo.checks.len(), 1);
-    let csv = std::fs::read_to_string(format!("{dir}/summary.csv")).expect("csv");
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).expect("csv");
     assert!(csv
         .lines()
         .next()
@@ -109,7 +100,7 @@ fn a_missed_slo_fails_run_and_analyze_only_when_asked() {
         "{printed}"
     );
     let variants: Vec<serde_json::Value> = serde_json::from_slice(
-        &std::fs::read(format!("{dir}/summary.guidellm.json")).expect("variant file"),
+        &std::fs::read(dir.join("summary.guidellm.json")).expect("variant file"),
     )
     .expect("parse");
     assert_eq!(variants.len(), 2);

@@ -4,9 +4,7 @@
 
 use std::process::Command;
 
-use multitenant::analysis::Summary;
-
-use crate::support::{binaries, test_token, InProcessAgent};
+use crate::support::{binaries, read_summary, results_dir, test_token, InProcessAgent};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_static_agents_give_one_summary_with_merged_histograms() {
@@ -50,15 +48,7 @@ async fn two_static_agents_give_one_summary_with_merged_histograms() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(stdout.contains("across nodes"), "{stdout}");
-    let dir = stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("results: "))
-        .expect("results line")
-        .trim()
-        .to_owned();
-    let summary: Summary =
-        serde_json::from_slice(&std::fs::read(format!("{dir}/summary.json")).expect("summary"))
-            .expect("parse");
+    let summary = read_summary(&results_dir(&stdout));
     let per_node: Vec<_> = summary
         .nodes
         .iter()

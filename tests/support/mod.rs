@@ -265,6 +265,23 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
     })
 }
 
+/// The experiment folder that `coordinator run` names on its `results:` line.
+pub fn results_dir(stdout: &str) -> PathBuf {
+    PathBuf::from(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("results: "))
+            .unwrap_or_else(|| panic!("no results line in\n{stdout}"))
+            .trim(),
+    )
+}
+
+/// The `summary.json` of an experiment folder.
+pub fn read_summary(dir: &Path) -> multitenant::analysis::Summary {
+    serde_json::from_slice(&std::fs::read(dir.join("summary.json")).expect("summary.json"))
+        .expect("summary.json parses")
+}
+
 /// Every regular file under `dir`, as paths relative to it, sorted.
 pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     fn walk(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) {
