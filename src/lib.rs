@@ -21,6 +21,7 @@ pub mod dataset;
 pub mod events;
 pub mod metrics;
 pub mod proto;
+pub mod series;
 pub mod slo;
 pub mod tls;
 pub mod tokens;

@@ -230,6 +230,38 @@ pub struct RequestEvent {
     pub error: Option<RequestError>,
 }
 
+impl RequestEvent {
+    /// TTFT (DESIGN.md §6): first content chunk − sent; `None` for a failed request or one
+    /// without content.
+    pub fn ttft_ns(&self) -> Option<u64> {
+        self.succeeded()?;
+        Some(self.first_token_ns?.saturating_sub(self.sent_ns))
+    }
+
+    /// E2E: last content chunk − sent, or done − sent for a response without content chunks;
+    /// `None` for a failed request.
+    pub fn e2e_ns(&self) -> Option<u64> {
+        self.succeeded()?;
+        Some(
+            self.last_token_ns
+                .unwrap_or(self.done_ns)
+                .saturating_sub(self.sent_ns),
+        )
+    }
+
+    /// TPOT: (last − first content chunk) / (output tokens − 1); `None` below two tokens.
+    pub fn tpot_ns(&self) -> Option<u64> {
+        self.succeeded()?;
+        let tokens = self.output_tokens.filter(|&n| n >= 2)?;
+        let span = self.last_token_ns?.checked_sub(self.first_token_ns?)?;
+        Some(span / u64::from(tokens - 1))
+    }
+
+    fn succeeded(&self) -> Option<()> {
+        self.error.is_none().then_some(())
+    }
+}
+
 /// The prompt of one request, written after its trial's load so that sending never waits on it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct PromptEvent {

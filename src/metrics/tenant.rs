@@ -161,14 +161,14 @@ impl TenantAccumulator {
             Some(TokenSource::Counted) => self.counted_counts += 1,
             None => {}
         }
-        if let (Some(first), Some(last)) = (r.first_token_ns, r.last_token_ns) {
-            self.ttft.record_ns(first.saturating_sub(r.sent_ns));
-            self.e2e.record_ns(last.saturating_sub(r.sent_ns));
-            if output >= 2 {
-                self.tpot.record_ns((last - first) / u64::from(output - 1));
-            }
-        } else {
-            self.e2e.record_ns(r.done_ns.saturating_sub(r.sent_ns));
+        if let (Some(ttft), Some(_)) = (r.ttft_ns(), r.last_token_ns) {
+            self.ttft.record_ns(ttft);
+        }
+        if let Some(tpot) = r.tpot_ns() {
+            self.tpot.record_ns(tpot);
+        }
+        if let Some(e2e) = r.e2e_ns() {
+            self.e2e.record_ns(e2e);
         }
         for &gap in &r.chunk_gaps_us {
             self.itl.record_us(gap);

@@ -1,11 +1,15 @@
-//! Turning a [`Summary`] into what people read: the terminal table, `summary.json` and
-//! `summary.csv`, and experiments compared side by side.
+//! Turning a [`Summary`] into what people read: the terminal table, `summary.json`,
+//! `summary.csv`, `report.html` with its plots (also under `plots/`), and experiments compared
+//! side by side.
 
 pub mod compare;
 mod csv;
+mod html;
+pub mod plots;
 mod table;
 
 pub use csv::render_csv;
+pub use html::render_html;
 pub use table::{render_table, render_variants, slo_failures};
 
 use std::path::Path;
@@ -13,12 +17,24 @@ use std::path::Path;
 use anyhow::Context;
 use multitenant::analysis::Summary;
 
-/// Writes `summary.json` and `summary.csv` into the experiment folder.
+/// Writes `summary.json`, `summary.csv`, `report.html` and `plots/*.svg` into the experiment
+/// folder `dir` (the plots read its streams again for the per-request series).
 pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(summary).context("serializing the summary")? + "\n";
-    for (name, text) in [("summary.json", json), ("summary.csv", render_csv(summary))] {
-        let path = dir.join(name);
-        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+    let series = multitenant::series::read_series(dir)
+        .with_context(|| format!("reading the series of {} for plots", dir.display()))?;
+    let plots = plots::draw_all(summary, &series)?;
+    let plots_dir = dir.join("plots");
+    std::fs::create_dir_all(&plots_dir)
+        .with_context(|| format!("creating {}", plots_dir.display()))?;
+    for plot in &plots.drawn {
+        write(&plots_dir.join(&plot.file), &plot.svg)?;
     }
-    Ok(())
+    write(&dir.join("summary.json"), &json)?;
+    write(&dir.join("summary.csv"), &render_csv(summary))?;
+    write(&dir.join("report.html"), &render_html(summary, &plots))
+}
+
+fn write(path: &Path, text: &str) -> anyhow::Result<()> {
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }

@@ -158,6 +158,16 @@ pub fn render_table(summary: &Summary) -> String {
                     },
                 ]);
             }
+            for missing in &trial.missing {
+                let mut row = vec![
+                    node.node.clone(),
+                    trial_label.clone(),
+                    missing.tenant.clone(),
+                    "stream missing".into(),
+                ];
+                row.extend((0..9).map(|_| "-".to_owned()));
+                table.add_row(row);
+            }
             let mut total: Vec<Cell> = vec![
                 Cell::new(&node.node),
                 Cell::new(&trial_label),

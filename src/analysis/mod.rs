@@ -3,8 +3,12 @@
 //!
 //! Layout read: `<dir>/nodes/<node>/<trial>/{<tenant>.jsonl, agent.jsonl, host.jsonl}`.
 
+mod plan;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+
+use plan::PlannedTrial;
 
 use serde::{Deserialize, Serialize};
 
@@ -137,6 +141,19 @@ pub struct TrialSummary {
     /// Energy of every GPU over the window / Σ output tokens, J; only when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_per_output_token_j: Option<f64>,
+    /// Tenant streams the plan expected but the folder does not hold readably; these tenants
+    /// have no figures at all in this trial.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing: Vec<MissingStream>,
+}
+
+/// A tenant stream that should be in a trial folder and is not, or cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MissingStream {
+    /// The tenant.
+    pub tenant: String,
+    /// What is wrong, naming the file.
+    pub reason: String,
 }
 
 /// One tenant in one trial.
@@ -231,13 +248,20 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         across_nodes: Vec::new(),
         warnings: Vec::new(),
     };
+    let mut plan = plan::read_plan(dir, &mut summary.warnings);
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
     let mut by_trial: Vec<TrialOnNodes> = Vec::new();
     for node_dir in sorted_dirs(&nodes_dir)? {
         let node = file_name(&node_dir);
+        let mut planned = plan.remove(&node).unwrap_or_default();
         let mut trials = Vec::new();
         for trial_dir in trial_dirs_in_run_order(&node_dir)? {
-            let (trial, histograms) = analyze_trial(&trial_dir, &mut summary)?;
+            let name = file_name(&trial_dir);
+            let expected = planned
+                .iter()
+                .position(|t| t.trial == name)
+                .map(|i| planned.remove(i));
+            let (trial, histograms) = analyze_trial(&trial_dir, expected, &mut summary)?;
             let at = match by_trial.iter().position(|t| t.name == trial.trial) {
                 Some(i) => i,
                 None => {
@@ -253,7 +277,20 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
             by_trial[at].histograms.merge(&histograms);
             trials.push(trial);
         }
+        trials.extend(
+            planned
+                .into_iter()
+                .map(|t| missing_trial(t, &node_dir, &mut summary.warnings)),
+        );
         compare_with_solo(&mut trials);
+        summary.nodes.push(NodeSummary { node, trials });
+    }
+    for (node, planned) in plan {
+        let node_dir = nodes_dir.join(&node);
+        let trials = planned
+            .into_iter()
+            .map(|t| missing_trial(t, &node_dir, &mut summary.warnings))
+            .collect();
         summary.nodes.push(NodeSummary { node, trials });
     }
     summary.across_nodes = by_trial
@@ -289,8 +326,44 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
     Ok(summary)
 }
 
+/// A planned trial whose folder is not there: every tenant is missing, no figure is made up.
+fn missing_trial(
+    planned: PlannedTrial,
+    node_dir: &Path,
+    warnings: &mut Vec<String>,
+) -> TrialSummary {
+    let folder = node_dir.join(&planned.trial);
+    let reason = format!(
+        "{} does not exist (plan.json lists this trial)",
+        folder.display()
+    );
+    warnings.push(format!("{}: {reason}; no figures", planned.trial));
+    TrialSummary {
+        trial: planned.trial,
+        mode: planned.mode,
+        stage: None,
+        state: "missing".into(),
+        reason: Some(reason.clone()),
+        tenants: Vec::new(),
+        aggregate_output_tokens_per_s: None,
+        aggregate_total_tokens_per_s: None,
+        gpus: Vec::new(),
+        colocation_gain: None,
+        energy_per_output_token_j: None,
+        missing: planned
+            .tenants
+            .into_iter()
+            .map(|tenant| MissingStream {
+                tenant,
+                reason: reason.clone(),
+            })
+            .collect(),
+    }
+}
+
 fn analyze_trial(
     trial_dir: &Path,
+    planned: Option<PlannedTrial>,
     summary: &mut Summary,
 ) -> Result<(TrialSummary, TrialHistograms), AnalysisError> {
     let trial = file_name(trial_dir);
@@ -299,8 +372,11 @@ fn analyze_trial(
     let mut mode = None;
     let mut stage = None;
     let agent_path = trial_dir.join("agent.jsonl");
-    if agent_path.is_file() {
-        let agent = read_stream(&agent_path)?;
+    let agent = agent_path.is_file().then(|| read_stream(&agent_path));
+    if let Some(Err(e)) = &agent {
+        summary.warnings.push(format!("{e}; trial state unknown"));
+    }
+    if let Some(Ok(agent)) = agent {
         summary.warnings.extend(agent.warnings);
         mode = Some(agent.header.mode);
         stage = agent.header.stage;
@@ -317,7 +393,7 @@ fn analyze_trial(
                 _ => {}
             }
         }
-    } else {
+    } else if agent.is_none() {
         summary.warnings.push(format!(
             "{}: agent.jsonl is missing; trial state unknown",
             trial_dir.display()
@@ -327,8 +403,20 @@ fn analyze_trial(
     let mut histograms = TrialHistograms::default();
     let mut merged_window: Option<(u64, u64)> = None;
     let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
+    let mut missing = Vec::new();
     for path in jsonl_files(trial_dir)? {
-        let stream = read_stream(&path)?;
+        let stream = match read_stream(&path) {
+            Ok(stream) => stream,
+            Err(e) => {
+                summary.warnings.push(format!("{e}; stream left out"));
+                let name = file_name(&path);
+                missing.push(MissingStream {
+                    tenant: name.trim_end_matches(".jsonl").to_owned(),
+                    reason: e.to_string(),
+                });
+                continue;
+            }
+        };
         summary.warnings.extend(stream.warnings.iter().cloned());
         let header = &stream.header;
         if header.stream != StreamKind::Tenant {
@@ -401,6 +489,21 @@ fn analyze_trial(
             server,
         });
     }
+    for tenant in planned.map(|p| p.tenants).unwrap_or_default() {
+        let known = tenants.iter().any(|t: &TenantSummary| t.tenant == tenant)
+            || missing.iter().any(|m| m.tenant == tenant);
+        if !known {
+            let path = trial_dir.join(format!("{tenant}.jsonl"));
+            let reason = format!(
+                "{} does not exist (plan.json lists this tenant)",
+                path.display()
+            );
+            summary
+                .warnings
+                .push(format!("{trial}/{tenant}: {reason}; no figures"));
+            missing.push(MissingStream { tenant, reason });
+        }
+    }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
     let gpu_path = trial_dir.join("gpu.jsonl");
     let gpus = match (merged_window, gpu_path.is_file()) {
@@ -436,6 +539,7 @@ fn analyze_trial(
         colocation_gain: None,
         gpus,
         energy_per_output_token_j,
+        missing,
     };
     Ok((trial, histograms))
 }
@@ -604,7 +708,7 @@ fn server_metrics(
     })
 }
 
-fn file_name(path: &Path) -> String {
+pub(crate) fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default()
@@ -620,13 +724,13 @@ fn list(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(paths)
 }
 
-fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+pub(crate) fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?.into_iter().filter(|p| p.is_dir()).collect())
 }
 
 /// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl`, `gpu.jsonl`, prompts and
 /// engine scrapes are read apart).
-fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+pub(crate) fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     Ok(list(dir)?
         .into_iter()
         .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
@@ -645,7 +749,7 @@ fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
 
 /// Trials ordered as they ran: by the zero time and first event time of their agent stream,
 /// falling back to name order.
-fn trial_dirs_in_run_order(node_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
+pub(crate) fn trial_dirs_in_run_order(node_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
     let mut keyed: BTreeMap<(u64, String), PathBuf> = BTreeMap::new();
     for dir in sorted_dirs(node_dir)? {
         let started = read_stream(&dir.join("agent.jsonl"))

@@ -1,0 +1,528 @@
+//! `report.html`: one self-contained page (no network, no external file) with the summary's
+//! tables, sortable by any column and coloured by SLO verdict and trial state, the plots inline,
+//! what could not be shown and why, and the metric definitions.
+//!
+//! A figure without data is shown as "no data" and sorts last; it is never a 0 or a NaN.
+
+use std::fmt::Write;
+
+use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
+use multitenant::metrics::Percentiles;
+
+use super::plots::Plots;
+
+const STYLE: &str = r#"
+body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d1d1f; }
+h1 { font-size: 22px; margin-bottom: 4px; }
+h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
+.simulated { background: #fff3cd; border: 1px solid #e0c060; padding: 6px 10px; display: inline-block; }
+table { border-collapse: collapse; margin: 8px 0 16px; }
+th, td { border: 1px solid #d0d0d0; padding: 3px 8px; }
+th { background: #f3f3f3; cursor: pointer; user-select: none; white-space: nowrap; }
+th[aria-sort=ascending]::after { content: " \25B2"; }
+th[aria-sort=descending]::after { content: " \25BC"; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; }
+td.na { color: #888; font-style: italic; text-align: center; }
+td.pass { background: #d4edda; }
+td.fail { background: #f8d7da; font-weight: 600; }
+tr.not-finished td { background: #fafafa; color: #777; }
+tr.missing td { background: #fff3f3; }
+.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
+figure { margin: 0; }
+figure svg { width: 100%; height: auto; }
+figure.wide { grid-column: 1 / -1; }
+figcaption { font-weight: 600; margin-bottom: 4px; }
+ul.warnings li, ul.gaps li { margin: 2px 0; }
+#script-errors:empty { display: none; }
+#script-errors { color: #a00; border: 1px solid #a00; padding: 6px; }
+"#;
+
+/// Click a header to sort by it; again to reverse. "no data" cells stay last either way.
+const SCRIPT: &str = r#"
+function cellKey(cell) {
+  if (!cell || cell.classList.contains('na')) return null;
+  var v = cell.getAttribute('data-v');
+  return v !== null ? parseFloat(v) : cell.textContent.toLowerCase();
+}
+function sortTable(table, column, th) {
+  var ascending = th.getAttribute('aria-sort') !== 'ascending';
+  table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
+  th.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
+  var body = table.tBodies[0];
+  var rows = Array.prototype.slice.call(body.rows);
+  rows.sort(function (a, b) {
+    var x = cellKey(a.cells[column]), y = cellKey(b.cells[column]);
+    if (x === null || y === null) return (x === null) - (y === null);
+    return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1);
+  });
+  rows.forEach(function (r) { body.appendChild(r); });
+}
+document.querySelectorAll('table.sortable').forEach(function (table) {
+  table.querySelectorAll('thead th').forEach(function (th, column) {
+    th.setAttribute('role', 'button');
+    th.tabIndex = 0;
+    th.addEventListener('click', function () { sortTable(table, column, th); });
+    th.addEventListener('keydown', function (e) { if (e.key === 'Enter') sortTable(table, column, th); });
+  });
+});
+"#;
+
+/// Escapes text for HTML content and attribute values.
+pub(super) fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// One table cell.
+pub(super) enum Cell {
+    /// Text, sorted as text.
+    Text(String),
+    /// A number shown with `decimals` and a suffix, sorted by value; no value shows "no data".
+    Num(Option<f64>, usize, &'static str),
+    /// Text with a CSS class (pass, fail).
+    Marked(String, &'static str),
+}
+
+impl Cell {
+    fn render(&self, out: &mut String) {
+        match self {
+            Cell::Text(t) => {
+                let _ = write!(out, "<td>{}</td>", escape(t));
+            }
+            Cell::Num(Some(v), decimals, suffix) if v.is_finite() => {
+                let _ = write!(
+                    out,
+                    "<td class=\"num\" data-v=\"{v}\">{v:.decimals$}{suffix}</td>"
+                );
+            }
+            Cell::Num(..) => out.push_str("<td class=\"na\" title=\"no data\">no data</td>"),
+            Cell::Marked(t, class) => {
+                let _ = write!(out, "<td class=\"{class}\">{}</td>", escape(t));
+            }
+        }
+    }
+}
+
+/// A sortable table; `rows` pairs a row's CSS class (may be empty) with its cells.
+pub(super) fn table(out: &mut String, header: &[&str], rows: &[(&str, Vec<Cell>)]) {
+    out.push_str("<table class=\"sortable\"><thead><tr>");
+    for h in header {
+        let _ = write!(out, "<th>{}</th>", escape(h));
+    }
+    out.push_str("</tr></thead><tbody>\n");
+    for (class, cells) in rows {
+        if class.is_empty() {
+            out.push_str("<tr>");
+        } else {
+            let _ = write!(out, "<tr class=\"{class}\">");
+        }
+        for cell in cells {
+            cell.render(out);
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</tbody></table>\n");
+}
+
+/// The page's frame around `body`: title, style, the error catcher and the sort script.
+pub(super) fn page(title: &str, body: &str) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{title}</title><style>{STYLE}</style></head><body>\n\
+         <div id=\"script-errors\" role=\"alert\"></div>\n\
+         <script>window.addEventListener('error', function (e) {{\
+         document.getElementById('script-errors').textContent += 'Report script error: ' + e.message + '\\n'; }});</script>\n\
+         {body}\n<script>{SCRIPT}</script>\n</body></html>\n",
+        title = escape(title),
+    )
+}
+
+fn pct(p: Option<&Percentiles>, pick: fn(&Percentiles) -> f64) -> Cell {
+    Cell::Num(p.map(pick), 2, "")
+}
+
+fn slo_cell(t: &TenantSummary) -> Cell {
+    match &t.slo {
+        Some(s) if s.pass => Cell::Marked("pass".into(), "pass"),
+        Some(_) => Cell::Marked("FAIL".into(), "fail"),
+        None => Cell::Text("none set".into()),
+    }
+}
+
+fn trial_label(trial: &TrialSummary) -> String {
+    match &trial.reason {
+        Some(reason) if trial.state != "finished" => {
+            format!("{} ({}: {reason})", trial.trial, trial.state)
+        }
+        _ if trial.state != "finished" => format!("{} ({})", trial.trial, trial.state),
+        _ => trial.trial.clone(),
+    }
+}
+
+fn tenants_table(out: &mut String, summary: &Summary) {
+    let header = [
+        "node",
+        "trial",
+        "tenant",
+        "model",
+        "sent",
+        "done",
+        "failed",
+        "offered/s",
+        "achieved/s",
+        "out tok/s",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "TPOT p50 ms",
+        "TPOT p99 ms",
+        "ITL p99 ms",
+        "E2E p99 ms",
+        "TTFT p99 vs solo",
+        "out tok/s vs solo",
+        "SLO",
+    ];
+    let mut rows = Vec::new();
+    for node in &summary.nodes {
+        for trial in &node.trials {
+            let class = if trial.state == "finished" {
+                ""
+            } else {
+                "not-finished"
+            };
+            for t in &trial.tenants {
+                let m = &t.metrics;
+                let slowdown = t.slowdown;
+                rows.push((
+                    class,
+                    vec![
+                        Cell::Text(node.node.clone()),
+                        Cell::Text(trial_label(trial)),
+                        Cell::Text(t.tenant.clone()),
+                        Cell::Text(t.model.clone()),
+                        Cell::Num(Some(m.sent as f64), 0, ""),
+                        Cell::Num(Some(m.completed as f64), 0, ""),
+                        Cell::Num(Some(m.failed as f64), 0, ""),
+                        Cell::Num(t.offered_rate, 2, ""),
+                        Cell::Num(m.achieved_rate, 2, ""),
+                        Cell::Num(m.throughput.map(|x| x.output_tokens_per_s), 1, ""),
+                        pct(m.ttft_ms.as_ref(), |p| p.p50),
+                        pct(m.ttft_ms.as_ref(), |p| p.p99),
+                        pct(m.tpot_ms.as_ref(), |p| p.p50),
+                        pct(m.tpot_ms.as_ref(), |p| p.p99),
+                        pct(m.itl_ms.as_ref(), |p| p.p99),
+                        pct(m.e2e_ms.as_ref(), |p| p.p99),
+                        Cell::Num(slowdown.and_then(|s| s.ttft_p99), 2, "×"),
+                        Cell::Num(slowdown.and_then(|s| s.output_tokens_per_s), 2, "×"),
+                        slo_cell(t),
+                    ],
+                ));
+            }
+            for missing in &trial.missing {
+                let mut cells = vec![
+                    Cell::Text(node.node.clone()),
+                    Cell::Text(trial_label(trial)),
+                    Cell::Text(missing.tenant.clone()),
+                    Cell::Marked(format!("stream missing: {}", missing.reason), "fail"),
+                ];
+                cells.extend((4..header.len()).map(|_| Cell::Num(None, 0, "")));
+                rows.push(("missing", cells));
+            }
+        }
+    }
+    table(out, &header, &rows);
+}
+
+fn trials_table(out: &mut String, summary: &Summary) {
+    let header = [
+        "node",
+        "trial",
+        "mode",
+        "state",
+        "tenants",
+        "aggregate out tok/s",
+        "aggregate total tok/s",
+        "co-location gain",
+        "J per output token",
+        "GPU util mean %",
+        "GPU memory max GiB",
+        "GPU power mean W",
+    ];
+    let mut rows = Vec::new();
+    for node in &summary.nodes {
+        for trial in &node.trials {
+            let gpus = &trial.gpus;
+            let mean = |pick: fn(&multitenant::metrics::gpu::GpuTrialSummary) -> Option<f64>| {
+                let v: Vec<f64> = gpus.iter().filter_map(pick).collect();
+                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+            };
+            let state = match &trial.reason {
+                Some(r) => format!("{}: {r}", trial.state),
+                None => trial.state.clone(),
+            };
+            let state_class = if trial.state == "finished" {
+                "pass"
+            } else {
+                "fail"
+            };
+            rows.push((
+                "",
+                vec![
+                    Cell::Text(node.node.clone()),
+                    Cell::Text(trial.trial.clone()),
+                    Cell::Text(format!("{:?}", trial.mode).to_lowercase()),
+                    Cell::Marked(state, state_class),
+                    Cell::Num(Some(trial.tenants.len() as f64), 0, ""),
+                    Cell::Num(trial.aggregate_output_tokens_per_s, 1, ""),
+                    Cell::Num(trial.aggregate_total_tokens_per_s, 1, ""),
+                    Cell::Num(trial.colocation_gain, 2, "×"),
+                    Cell::Num(trial.energy_per_output_token_j, 4, ""),
+                    Cell::Num(mean(|g| g.utilization_mean_pct), 1, ""),
+                    Cell::Num(
+                        gpus.iter()
+                            .filter_map(|g| g.memory_used_max_bytes)
+                            .max()
+                            .map(|b| b as f64 / (1u64 << 30) as f64),
+                        2,
+                        "",
+                    ),
+                    Cell::Num(mean(|g| g.power_mean_w), 1, ""),
+                ],
+            ));
+        }
+    }
+    table(out, &header, &rows);
+}
+
+fn slo_table(out: &mut String, summary: &Summary) -> bool {
+    let mut rows = Vec::new();
+    for node in &summary.nodes {
+        for trial in &node.trials {
+            for t in &trial.tenants {
+                let Some(slo) = &t.slo else { continue };
+                for check in &slo.checks {
+                    let class = if check.verdict == "pass" {
+                        "pass"
+                    } else {
+                        "fail"
+                    };
+                    rows.push((
+                        "",
+                        vec![
+                            Cell::Text(node.node.clone()),
+                            Cell::Text(trial_label(trial)),
+                            Cell::Text(t.tenant.clone()),
+                            Cell::Text(check.bound.clone()),
+                            Cell::Num(Some(check.limit), 3, ""),
+                            Cell::Num(check.measured, 3, ""),
+                            Cell::Marked(check.verdict.clone(), class),
+                            Cell::Num(slo.goodput_rps, 2, ""),
+                            Cell::Num(slo.attainment.map(|a| a * 100.0), 1, "%"),
+                        ],
+                    ));
+                }
+            }
+        }
+    }
+    if rows.is_empty() {
+        return false;
+    }
+    table(
+        out,
+        &[
+            "node",
+            "trial",
+            "tenant",
+            "bound",
+            "limit",
+            "measured",
+            "verdict",
+            "goodput req/s",
+            "attainment",
+        ],
+        &rows,
+    );
+    true
+}
+
+fn across_nodes_table(out: &mut String, summary: &Summary) {
+    let rows: Vec<_> = summary
+        .across_nodes
+        .iter()
+        .map(|t| {
+            (
+                "",
+                vec![
+                    Cell::Text(t.trial.clone()),
+                    Cell::Text(t.nodes.join(", ")),
+                    Cell::Num(Some(t.completed as f64), 0, ""),
+                    Cell::Num(Some(t.failed as f64), 0, ""),
+                    pct(t.ttft_ms.as_ref(), |p| p.p50),
+                    pct(t.ttft_ms.as_ref(), |p| p.p99),
+                    pct(t.tpot_ms.as_ref(), |p| p.p50),
+                    pct(t.tpot_ms.as_ref(), |p| p.p99),
+                    Cell::Num(t.output_tokens_per_s, 1, ""),
+                ],
+            )
+        })
+        .collect();
+    table(
+        out,
+        &[
+            "trial",
+            "nodes",
+            "done",
+            "failed",
+            "TTFT p50 ms",
+            "TTFT p99 ms",
+            "TPOT p50 ms",
+            "TPOT p99 ms",
+            "out tok/s",
+        ],
+        &rows,
+    );
+}
+
+fn definitions_table(out: &mut String, summary: &Summary) {
+    let d = &summary.definitions;
+    let rows: Vec<_> = [
+        ("TTFT", &d.ttft),
+        ("TPOT", &d.tpot),
+        ("ITL", &d.itl),
+        ("E2E", &d.e2e),
+        ("throughput window", &d.window),
+        ("aggregate throughput", &d.aggregate),
+        ("schedule lag", &d.schedule_lag),
+    ]
+    .into_iter()
+    .map(|(name, text)| ("", vec![Cell::Text(name.into()), Cell::Text(text.clone())]))
+    .collect();
+    table(out, &["figure", "definition (DESIGN.md §6)"], &rows);
+}
+
+fn plots_section(out: &mut String, plots: &Plots) {
+    out.push_str("<div class=\"plots\">\n");
+    for plot in &plots.drawn {
+        let class = if plot.file.ends_with("timeline.svg") {
+            " class=\"wide\""
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            "<figure{class} data-plot=\"{file}\"><figcaption>{title} \
+             <a href=\"plots/{file}\">(SVG)</a></figcaption>\n{svg}</figure>\n",
+            file = escape(&plot.file),
+            title = escape(&plot.title),
+            svg = strip_xml_declaration(&plot.svg),
+        );
+    }
+    out.push_str("</div>\n");
+    if !plots.gaps.is_empty() {
+        out.push_str("<h3>Not plotted</h3><ul class=\"gaps\">\n");
+        for gap in &plots.gaps {
+            let _ = writeln!(
+                out,
+                "<li><b>{}</b>: {}</li>",
+                escape(&gap.title),
+                escape(&gap.reason)
+            );
+        }
+        out.push_str("</ul>\n");
+    }
+}
+
+fn strip_xml_declaration(svg: &str) -> &str {
+    match svg.strip_prefix("<?xml") {
+        Some(rest) => rest.find("?>").map_or(svg, |i| rest[i + 2..].trim_start()),
+        None => svg,
+    }
+}
+
+/// Renders the whole report of `summary` with `plots`.
+pub fn render_html(summary: &Summary, plots: &Plots) -> String {
+    let mut body = String::new();
+    let _ = writeln!(
+        body,
+        "<h1>multitenant report: {}</h1>\n<p>summary schema {}, multitenant {}</p>",
+        escape(&summary.experiment),
+        escape(&summary.schema_version),
+        multitenant::TOOL_VERSION,
+    );
+    if summary.simulated {
+        body.push_str(
+            "<p class=\"simulated\"><b>SIMULATED engine:</b> latencies come from the simulated \
+             engine's timing model, not from a GPU.</p>\n",
+        );
+    }
+    let failures = super::slo_failures(summary);
+    if !failures.is_empty() {
+        body.push_str("<h2>SLO misses</h2><ul class=\"warnings\">\n");
+        for f in &failures {
+            let _ = writeln!(body, "<li>{}</li>", escape(f));
+        }
+        body.push_str("</ul>\n");
+    }
+    body.push_str("<h2>Tenants</h2>\n");
+    tenants_table(&mut body, summary);
+    body.push_str("<h2>Trials</h2>\n");
+    trials_table(&mut body, summary);
+    let mut slos = String::new();
+    if slo_table(&mut slos, summary) {
+        body.push_str("<h2>SLO checks</h2>\n");
+        body.push_str(&slos);
+    }
+    if !summary.across_nodes.is_empty() {
+        body.push_str("<h2>Across nodes</h2>\n");
+        across_nodes_table(&mut body, summary);
+    }
+    body.push_str("<h2>Plots</h2>\n");
+    plots_section(&mut body, plots);
+    if !summary.warnings.is_empty() {
+        body.push_str("<h2>Warnings</h2><ul class=\"warnings\">\n");
+        for w in &summary.warnings {
+            let _ = writeln!(body, "<li>{}</li>", escape(w));
+        }
+        body.push_str("</ul>\n");
+    }
+    body.push_str("<h2>Definitions</h2>\n");
+    definitions_table(&mut body, summary);
+    page(&format!("multitenant: {}", summary.experiment), &body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escapes_markup_and_shows_missing_numbers_as_no_data() {
+        assert_eq!(
+            escape("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+        let mut out = String::new();
+        for cell in [
+            Cell::Num(None, 2, ""),
+            Cell::Num(Some(f64::NAN), 2, ""),
+            Cell::Num(Some(1.5), 2, "×"),
+        ] {
+            cell.render(&mut out);
+        }
+        assert_eq!(
+            out,
+            "<td class=\"na\" title=\"no data\">no data</td>\
+             <td class=\"na\" title=\"no data\">no data</td>\
+             <td class=\"num\" data-v=\"1.5\">1.50×</td>"
+        );
+    }
+}

@@ -1,0 +1,721 @@
+//! The report's plots, drawn by plotters as SVG documents: latency CDFs per tenant (one line
+//! per trial, so solo and shared sit on one axis), a timeline per node (throughput and TTFT of
+//! every tenant, then the GPU's utilization, memory, power and SM activity, with trial
+//! boundaries), offered against achieved rate, and slowdown bars.
+//!
+//! A plot with nothing to show is not drawn; it becomes a [`PlotGap`] that says why, so an
+//! empty axis never stands in for "no data".
+
+use std::collections::BTreeMap;
+
+use anyhow::anyhow;
+use multitenant::analysis::Summary;
+use multitenant::events::GpuSample;
+use multitenant::series::{ExperimentSeries, NodeSeries, RequestPoint};
+use plotters::coord::Shift;
+use plotters::prelude::*;
+
+/// A drawn plot.
+#[derive(Debug, Clone)]
+pub struct Plot {
+    /// File name under `plots/`.
+    pub file: String,
+    /// Node it belongs to.
+    pub node: String,
+    /// Title shown above it in the report.
+    pub title: String,
+    /// The SVG document.
+    pub svg: String,
+}
+
+/// A plot that was not drawn, and why.
+#[derive(Debug, Clone)]
+pub struct PlotGap {
+    /// Node it belongs to.
+    pub node: String,
+    /// The plot's title.
+    pub title: String,
+    /// Why there is nothing to draw.
+    pub reason: String,
+}
+
+/// Every plot of an experiment.
+#[derive(Debug, Clone, Default)]
+pub struct Plots {
+    /// Drawn, in report order.
+    pub drawn: Vec<Plot>,
+    /// Not drawn, with reasons.
+    pub gaps: Vec<PlotGap>,
+}
+
+/// Colours told apart by most readers, one per tenant (tenth onward repeat).
+const PALETTE: [RGBColor; 10] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+    RGBColor(188, 189, 34),
+    RGBColor(23, 190, 207),
+];
+
+const FONT: &str = "sans-serif";
+const WIDTH: u32 = 900;
+/// Most points a line gets; longer series are thinned evenly (CDFs) or binned (timelines).
+const MAX_LINE_POINTS: usize = 400;
+/// Timeline bins per node run, at least one second each.
+const TIMELINE_BINS: u64 = 200;
+
+type DrawResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Draws every plot of `summary` and `series`.
+pub fn draw_all(summary: &Summary, series: &ExperimentSeries) -> anyhow::Result<Plots> {
+    let mut plots = Plots::default();
+    for node in &series.nodes {
+        let colours = TenantColours::of(node);
+        for (metric, pick) in [
+            ("TTFT", (|r| r.ttft_ns) as fn(&RequestPoint) -> Option<u64>),
+            ("TPOT", |r| r.tpot_ns),
+        ] {
+            for tenant in colours.names() {
+                latency_cdf(&mut plots, node, tenant, metric, pick)?;
+            }
+        }
+        timeline(&mut plots, node, &colours)?;
+        offered_vs_achieved(&mut plots, summary, &node.node, &colours)?;
+        slowdown_bars(&mut plots, summary, &node.node)?;
+    }
+    Ok(plots)
+}
+
+/// A stable colour per tenant name within a node.
+struct TenantColours(BTreeMap<String, RGBColor>);
+
+impl TenantColours {
+    fn of(node: &NodeSeries) -> Self {
+        let mut names: Vec<&str> = node
+            .trials
+            .iter()
+            .flat_map(|t| t.tenants.iter().map(|x| x.tenant.as_str()))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Self(
+            names
+                .into_iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_owned(), PALETTE[i % PALETTE.len()]))
+                .collect(),
+        )
+    }
+
+    fn names(&self) -> impl Iterator<Item = &str> {
+        self.0.keys().map(String::as_str)
+    }
+
+    fn of_tenant(&self, tenant: &str) -> RGBColor {
+        self.0.get(tenant).copied().unwrap_or(PALETTE[7])
+    }
+}
+
+/// Renders one SVG of `height` pixels with `draw`.
+fn svg(
+    file: &str,
+    height: u32,
+    draw: impl FnOnce(&DrawingArea<SVGBackend, Shift>) -> DrawResult,
+) -> anyhow::Result<String> {
+    let mut out = String::new();
+    {
+        let root = SVGBackend::with_string(&mut out, (WIDTH, height)).into_drawing_area();
+        let drawn: DrawResult = (|| {
+            root.fill(&WHITE)?;
+            draw(&root)?;
+            root.present()?;
+            Ok(())
+        })();
+        drawn.map_err(|e| anyhow!("drawing {file}: {e}"))?;
+    }
+    Ok(out)
+}
+
+/// File names keep to letters, digits, `-` and `.`.
+fn file_name(parts: &[&str]) -> String {
+    let joined = parts.join("-");
+    let clean: String = joined
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    format!("{clean}.svg")
+}
+
+fn ms(ns: u64) -> f64 {
+    ns as f64 / 1e6
+}
+
+/// The CDF of `values` (sorted ascending) as at most [`MAX_LINE_POINTS`] points.
+fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
+    let n = values.len();
+    let step = n.div_ceil(MAX_LINE_POINTS).max(1);
+    let mut points: Vec<(f64, f64)> = (0..n)
+        .step_by(step)
+        .map(|i| (values[i], (i + 1) as f64 / n as f64))
+        .collect();
+    if let Some(&last) = values.last() {
+        points.push((last, 1.0));
+    }
+    points
+}
+
+fn latency_cdf(
+    plots: &mut Plots,
+    node: &NodeSeries,
+    tenant: &str,
+    metric: &str,
+    pick: fn(&RequestPoint) -> Option<u64>,
+) -> anyhow::Result<()> {
+    let title = format!("{metric} CDF of {tenant} on {}, per trial", node.node);
+    let lines: Vec<(String, Vec<f64>)> = node
+        .trials
+        .iter()
+        .filter_map(|trial| {
+            let t = trial.tenants.iter().find(|t| t.tenant == tenant)?;
+            let mut values: Vec<f64> = t.requests.iter().filter_map(pick).map(ms).collect();
+            values.sort_by(f64::total_cmp);
+            (!values.is_empty()).then(|| (trial.trial.clone(), values))
+        })
+        .collect();
+    if lines.is_empty() {
+        plots.gaps.push(PlotGap {
+            node: node.node.clone(),
+            title,
+            reason: format!("no measured request of {tenant} has a {metric}"),
+        });
+        return Ok(());
+    }
+    let x_max = lines
+        .iter()
+        .filter_map(|(_, v)| v.last().copied())
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.05;
+    let file = file_name(&[&node.node, tenant, &metric.to_lowercase(), "cdf"]);
+    let svg = svg(&file, 360, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&title, (FONT, 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..x_max, 0.0..1.0)?;
+        chart
+            .configure_mesh()
+            .x_desc(format!("{metric} (ms)"))
+            .y_desc("share of requests")
+            .light_line_style(WHITE)
+            .draw()?;
+        for (i, (trial, values)) in lines.iter().enumerate() {
+            let colour = PALETTE[i % PALETTE.len()];
+            chart
+                .draw_series(LineSeries::new(cdf_points(values), colour.stroke_width(2)))?
+                .label(format!("{trial} (n={})", values.len()))
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                });
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })?;
+    plots.drawn.push(Plot {
+        file,
+        node: node.node.clone(),
+        title,
+        svg,
+    });
+    Ok(())
+}
+
+/// The node's time axis: its origin, its end and the bin width, all in ns.
+struct TimeAxis {
+    origin: u64,
+    end: u64,
+    bin: u64,
+}
+
+impl TimeAxis {
+    fn of(node: &NodeSeries) -> Option<Self> {
+        let requests = node
+            .trials
+            .iter()
+            .flat_map(|t| &t.tenants)
+            .flat_map(|t| &t.requests);
+        let starts = node.trials.iter().filter_map(|t| t.started_ns);
+        let ends = node.trials.iter().filter_map(|t| t.ended_ns);
+        let origin = starts
+            .chain(requests.clone().map(|r| r.sent_ns))
+            .chain(node.gpu.iter().map(|s| s.at_ns))
+            .min()?;
+        let end = ends
+            .chain(requests.map(|r| r.done_ns))
+            .chain(node.gpu.iter().map(|s| s.at_ns))
+            .max()?;
+        let span = end.saturating_sub(origin).max(1);
+        Some(Self {
+            origin,
+            end,
+            bin: (span / TIMELINE_BINS).max(1_000_000_000),
+        })
+    }
+
+    fn seconds(&self, ns: u64) -> f64 {
+        ns.saturating_sub(self.origin) as f64 / 1e9
+    }
+
+    fn range(&self) -> std::ops::Range<f64> {
+        0.0..self.seconds(self.end).max(1.0)
+    }
+
+    fn bin_of(&self, ns: u64) -> u64 {
+        ns.saturating_sub(self.origin) / self.bin
+    }
+
+    fn bin_mid_s(&self, bin: u64) -> f64 {
+        (bin as f64 + 0.5) * self.bin as f64 / 1e9
+    }
+}
+
+/// One line of a timeline panel.
+struct Line {
+    label: Option<String>,
+    colour: RGBColor,
+    points: Vec<(f64, f64)>,
+}
+
+/// One panel of a timeline: a y-axis name and its lines.
+struct Panel {
+    y_desc: String,
+    lines: Vec<Line>,
+}
+
+fn timeline(plots: &mut Plots, node: &NodeSeries, colours: &TenantColours) -> anyhow::Result<()> {
+    let title = format!("Timeline of {}: requests and GPU, trials marked", node.node);
+    let Some(axis) = TimeAxis::of(node) else {
+        plots.gaps.push(PlotGap {
+            node: node.node.clone(),
+            title,
+            reason: "no request, trial event or GPU sample has a time".into(),
+        });
+        return Ok(());
+    };
+    let mut panels = request_panels(node, &axis, colours);
+    let gpu = gpu_panels(&node.gpu, &axis);
+    if gpu.is_empty() {
+        plots.gaps.push(PlotGap {
+            node: node.node.clone(),
+            title: format!("GPU timeline of {}", node.node),
+            reason: "no GPU sample was recorded (NVML unavailable: GPU sampling was off)".into(),
+        });
+    }
+    panels.extend(gpu);
+    let boundaries: Vec<(f64, &str)> = node
+        .trials
+        .iter()
+        .filter_map(|t| Some((axis.seconds(t.started_ns?), t.trial.as_str())))
+        .collect();
+    let file = file_name(&[&node.node, "timeline"]);
+    let height = 60 + 210 * panels.len() as u32;
+    let svg = svg(&file, height, |root| {
+        let root = root.titled(&title, (FONT, 16))?;
+        let areas = root.split_evenly((panels.len(), 1));
+        for (panel, area) in panels.iter().zip(&areas) {
+            let y_max = panel
+                .lines
+                .iter()
+                .flat_map(|l| l.points.iter().map(|p| p.1))
+                .fold(0.0, f64::max)
+                .max(1e-3)
+                * 1.1;
+            let mut chart = ChartBuilder::on(area)
+                .margin(8)
+                .x_label_area_size(30)
+                .y_label_area_size(60)
+                .build_cartesian_2d(axis.range(), 0.0..y_max)?;
+            chart
+                .configure_mesh()
+                .x_desc("seconds since the node's first trial")
+                .y_desc(panel.y_desc.as_str())
+                .light_line_style(WHITE)
+                .draw()?;
+            for &(x, trial) in &boundaries {
+                let style = BLACK.mix(0.4).stroke_width(1);
+                chart.draw_series(std::iter::once(PathElement::new(
+                    vec![(x, 0.0), (x, y_max)],
+                    style,
+                )))?;
+                chart.draw_series(std::iter::once(Text::new(
+                    trial.to_owned(),
+                    (x, y_max),
+                    (FONT, 11).into_font().color(&BLACK.mix(0.6)),
+                )))?;
+            }
+            for line in &panel.lines {
+                let drawn = chart.draw_series(LineSeries::new(
+                    line.points.iter().copied(),
+                    line.colour.stroke_width(2),
+                ))?;
+                if let Some(label) = &line.label {
+                    let colour = line.colour;
+                    drawn.label(label.as_str()).legend(move |(x, y)| {
+                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
+                    });
+                }
+            }
+            if panel.lines.iter().any(|l| l.label.is_some()) {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK)
+                    .draw()?;
+            }
+        }
+        Ok(())
+    })?;
+    plots.drawn.push(Plot {
+        file,
+        node: node.node.clone(),
+        title,
+        svg,
+    });
+    Ok(())
+}
+
+/// Output tokens per second and TTFT p50 per bin, a line per tenant and trial (labelled once
+/// per tenant, so a tenant keeps its colour across trials).
+fn request_panels(node: &NodeSeries, axis: &TimeAxis, colours: &TenantColours) -> Vec<Panel> {
+    let mut throughput = Panel {
+        y_desc: "output tokens/s".into(),
+        lines: Vec::new(),
+    };
+    let mut ttft = Panel {
+        y_desc: "TTFT p50 (ms)".into(),
+        lines: Vec::new(),
+    };
+    let mut labelled: Vec<&str> = Vec::new();
+    for trial in &node.trials {
+        for tenant in &trial.tenants {
+            let mut tokens: BTreeMap<u64, u64> = BTreeMap::new();
+            let mut ttfts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
+            for r in &tenant.requests {
+                if !r.failed {
+                    *tokens.entry(axis.bin_of(r.done_ns)).or_default() +=
+                        u64::from(r.output_tokens);
+                }
+                if let Some(t) = r.ttft_ns {
+                    ttfts.entry(axis.bin_of(r.sent_ns)).or_default().push(t);
+                }
+            }
+            if tokens.is_empty() && ttfts.is_empty() {
+                continue;
+            }
+            let label = (!labelled.contains(&tenant.tenant.as_str())).then(|| {
+                labelled.push(&tenant.tenant);
+                tenant.tenant.clone()
+            });
+            let colour = colours.of_tenant(&tenant.tenant);
+            let bin_s = axis.bin as f64 / 1e9;
+            throughput.lines.push(Line {
+                label: label.clone(),
+                colour,
+                points: tokens
+                    .into_iter()
+                    .map(|(bin, n)| (axis.bin_mid_s(bin), n as f64 / bin_s))
+                    .collect(),
+            });
+            ttft.lines.push(Line {
+                label,
+                colour,
+                points: ttfts
+                    .into_iter()
+                    .map(|(bin, mut v)| {
+                        v.sort_unstable();
+                        (axis.bin_mid_s(bin), ms(v[v.len() / 2]))
+                    })
+                    .collect(),
+            });
+        }
+    }
+    [throughput, ttft]
+        .into_iter()
+        .filter(|p| !p.lines.is_empty())
+        .collect()
+}
+
+/// One panel per GPU figure that at least one sample has, a line per GPU.
+fn gpu_panels(samples: &[GpuSample], axis: &TimeAxis) -> Vec<Panel> {
+    type Figure = fn(&GpuSample) -> Option<f64>;
+    let figures: [(&str, Figure); 4] = [
+        ("GPU utilization %", |s| {
+            s.utilization_gpu_pct.map(f64::from)
+        }),
+        ("memory used (GiB)", |s| {
+            s.memory_used_bytes.map(|b| b as f64 / (1u64 << 30) as f64)
+        }),
+        ("power (W)", |s| s.power_mw.map(|mw| f64::from(mw) / 1000.0)),
+        ("SM activity % (GPM)", |s| s.gpm_sm_util_pct),
+    ];
+    let mut gpus: Vec<u32> = samples.iter().map(|s| s.gpu).collect();
+    gpus.sort_unstable();
+    gpus.dedup();
+    figures
+        .into_iter()
+        .filter_map(|(y_desc, figure)| {
+            let lines: Vec<Line> = gpus
+                .iter()
+                .enumerate()
+                .map(|(i, &gpu)| Line {
+                    label: (gpus.len() > 1).then(|| format!("GPU {gpu}")),
+                    colour: PALETTE[i % PALETTE.len()],
+                    points: samples
+                        .iter()
+                        .filter(|s| s.gpu == gpu)
+                        .filter_map(|s| Some((axis.seconds(s.at_ns), figure(s)?)))
+                        .collect(),
+                })
+                .filter(|l| !l.points.is_empty())
+                .collect();
+            (!lines.is_empty()).then(|| Panel {
+                y_desc: y_desc.into(),
+                lines,
+            })
+        })
+        .collect()
+}
+
+fn offered_vs_achieved(
+    plots: &mut Plots,
+    summary: &Summary,
+    node: &str,
+    colours: &TenantColours,
+) -> anyhow::Result<()> {
+    let title = format!("Offered against achieved request rate on {node}");
+    let points: Vec<(String, String, f64, f64)> = summary
+        .nodes
+        .iter()
+        .filter(|n| n.node == node)
+        .flat_map(|n| &n.trials)
+        .flat_map(|t| t.tenants.iter().map(move |x| (t, x)))
+        .filter_map(|(t, x)| {
+            Some((
+                t.trial.clone(),
+                x.tenant.clone(),
+                x.offered_rate?,
+                x.metrics.achieved_rate?,
+            ))
+        })
+        .collect();
+    if points.is_empty() {
+        plots.gaps.push(PlotGap {
+            node: node.into(),
+            title,
+            reason: "no tenant had an open-loop arrival with an achieved rate (closed-loop \
+                     tenants have no offered rate)"
+                .into(),
+        });
+        return Ok(());
+    }
+    let max = points
+        .iter()
+        .map(|p| p.2.max(p.3))
+        .fold(0.0, f64::max)
+        .max(1e-3)
+        * 1.1;
+    let file = file_name(&[node, "offered-vs-achieved"]);
+    let svg = svg(&file, 420, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&title, (FONT, 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(56)
+            .build_cartesian_2d(0.0..max, 0.0..max)?;
+        chart
+            .configure_mesh()
+            .x_desc("offered (requests/s)")
+            .y_desc("achieved (requests/s)")
+            .light_line_style(WHITE)
+            .draw()?;
+        chart
+            .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.3)))?
+            .label("achieved = offered")
+            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.3)));
+        let mut labelled: Vec<&str> = Vec::new();
+        for (trial, tenant, offered, achieved) in &points {
+            let colour = colours.of_tenant(tenant);
+            chart.draw_series(std::iter::once(Text::new(
+                trial.clone(),
+                (*offered, *achieved),
+                (FONT, 11).into_font().color(&BLACK.mix(0.6)),
+            )))?;
+            let drawn = chart.draw_series(std::iter::once(Circle::new(
+                (*offered, *achieved),
+                5,
+                colour.filled(),
+            )))?;
+            if !labelled.contains(&tenant.as_str()) {
+                labelled.push(tenant);
+                drawn
+                    .label(tenant.as_str())
+                    .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
+            }
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })?;
+    plots.drawn.push(Plot {
+        file,
+        node: node.into(),
+        title,
+        svg,
+    });
+    Ok(())
+}
+
+/// The slowdown ratios shown as bars, with their names.
+const SLOWDOWN_BARS: [&str; 4] = ["TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99"];
+
+fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Result<()> {
+    let title = format!("Slowdown against solo on {node} (shared / solo; 1 = no slowdown)");
+    let groups: Vec<(String, [Option<f64>; 4])> = summary
+        .nodes
+        .iter()
+        .filter(|n| n.node == node)
+        .flat_map(|n| &n.trials)
+        .flat_map(|t| t.tenants.iter().map(move |x| (t, x)))
+        .filter_map(|(t, x)| {
+            let s = x.slowdown?;
+            let bars = [s.ttft_p50, s.ttft_p99, s.tpot_p50, s.tpot_p99];
+            bars.iter()
+                .any(Option::is_some)
+                .then(|| (format!("{}/{}", t.trial, x.tenant), bars))
+        })
+        .collect();
+    if groups.is_empty() {
+        plots.gaps.push(PlotGap {
+            node: node.into(),
+            title,
+            reason: "no shared trial has a tenant whose solo trial also ran".into(),
+        });
+        return Ok(());
+    }
+    let y_max = groups
+        .iter()
+        .flat_map(|(_, b)| b.iter().flatten().copied())
+        .fold(1.0, f64::max)
+        * 1.15;
+    let file = file_name(&[node, "slowdown"]);
+    let svg = svg(&file, 400, |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption(&title, (FONT, 16))
+            .margin(10)
+            .x_label_area_size(40)
+            .y_label_area_size(50)
+            .build_cartesian_2d(0.0..groups.len() as f64, 0.0..y_max)?;
+        chart
+            .configure_mesh()
+            .disable_x_mesh()
+            .x_labels(0)
+            .y_desc("shared / solo")
+            .light_line_style(WHITE)
+            .draw()?;
+        let width = 0.8 / SLOWDOWN_BARS.len() as f64;
+        for (bar, name) in SLOWDOWN_BARS.iter().enumerate() {
+            let colour = PALETTE[bar];
+            let rects = groups.iter().enumerate().filter_map(|(g, (_, values))| {
+                let value = values[bar]?;
+                let x0 = g as f64 + 0.1 + bar as f64 * width;
+                Some(Rectangle::new(
+                    [(x0, 0.0), (x0 + width * 0.9, value)],
+                    colour.filled(),
+                ))
+            });
+            chart
+                .draw_series(rects)?
+                .label(*name)
+                .legend(move |(x, y)| {
+                    Rectangle::new([(x, y - 5), (x + 12, y + 5)], colour.filled())
+                });
+        }
+        chart.draw_series(LineSeries::new(
+            [(0.0, 1.0), (groups.len() as f64, 1.0)],
+            BLACK.stroke_width(1),
+        ))?;
+        for (g, (name, _)) in groups.iter().enumerate() {
+            chart.draw_series(std::iter::once(Text::new(
+                name.clone(),
+                (g as f64 + 0.1, y_max * 0.97),
+                (FONT, 12).into_font(),
+            )))?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperRight)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .draw()?;
+        Ok(())
+    })?;
+    plots.drawn.push(Plot {
+        file,
+        node: node.into(),
+        title,
+        svg,
+    });
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cdf_points_thin_long_series_and_end_at_one() {
+        let values: Vec<f64> = (1..=1000).map(f64::from).collect();
+        let points = cdf_points(&values);
+        assert!(
+            points.len() <= MAX_LINE_POINTS + 1,
+            "{} points",
+            points.len()
+        );
+        assert_eq!(points[0], (1.0, 0.001));
+        assert_eq!(points.last(), Some(&(1000.0, 1.0)));
+        assert!(points
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert_eq!(cdf_points(&[5.0]), [(5.0, 1.0), (5.0, 1.0)]);
+    }
+
+    #[test]
+    fn file_names_keep_to_safe_characters() {
+        assert_eq!(
+            file_name(&["node a", "t/1", "ttft", "cdf"]),
+            "node-a-t-1-ttft-cdf.svg"
+        );
+    }
+}
