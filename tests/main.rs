@@ -13,6 +13,7 @@ mod ground_truth;
 mod load_shapes;
 mod mps;
 mod real_vllm;
+mod report_html;
 mod request_faults;
 mod skypilot;
 mod slos;
