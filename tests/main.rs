@@ -9,6 +9,7 @@ mod compare;
 mod configs;
 mod end_to_end;
 mod engine_supervisor;
+mod golden;
 mod ground_truth;
 mod load_shapes;
 mod mps;

@@ -6,14 +6,16 @@ use serde::{Deserialize, Serialize};
 /// Largest latency recorded exactly: one hour. Longer values are clamped to it.
 const MAX_US: u64 = 3_600_000_000;
 
-/// Latencies in µs, 1 µs to 1 h, 3 significant digits. Min, max and mean are kept exactly
-/// beside the histogram, whose buckets are 0.1% wide.
+/// Latencies in µs, 1 µs to 1 h, 3 significant digits. Min, max, mean and standard deviation
+/// are kept exactly beside the histogram, whose buckets are 0.1% wide; a percentile is the
+/// upper edge of its value's bucket (at most 0.1% high), kept within the exact min and max.
 #[derive(Debug, Clone)]
 pub struct LatencyHistogram {
     hist: Histogram<u64>,
     min_us: u64,
     max_us: u64,
     sum_us: u128,
+    sum_sq_us: u128,
 }
 
 impl Default for LatencyHistogram {
@@ -32,6 +34,7 @@ impl LatencyHistogram {
             min_us: u64::MAX,
             max_us: 0,
             sum_us: 0,
+            sum_sq_us: 0,
         }
     }
 
@@ -47,6 +50,7 @@ impl LatencyHistogram {
         self.min_us = self.min_us.min(us);
         self.max_us = self.max_us.max(us);
         self.sum_us += u128::from(us);
+        self.sum_sq_us += u128::from(us) * u128::from(us);
     }
 
     /// Adds every value of `other`.
@@ -57,6 +61,14 @@ impl LatencyHistogram {
         self.min_us = self.min_us.min(other.min_us);
         self.max_us = self.max_us.max(other.max_us);
         self.sum_us += other.sum_us;
+        self.sum_sq_us += other.sum_sq_us;
+    }
+
+    /// Population standard deviation of the recorded values, µs.
+    fn stddev_us(&self) -> f64 {
+        let n = self.hist.len() as f64;
+        let mean = self.sum_us as f64 / n;
+        (self.sum_sq_us as f64 / n - mean * mean).max(0.0).sqrt()
     }
 
     /// The distribution in milliseconds, or `None` when empty.
@@ -75,7 +87,7 @@ impl LatencyHistogram {
         Some(Percentiles {
             count: self.hist.len(),
             mean: round3(self.sum_us as f64 / self.hist.len() as f64 / 1_000.0),
-            stddev: round3(self.hist.stdev() / 1_000.0),
+            stddev: round3(self.stddev_us() / 1_000.0),
             min: ms(self.min_us),
             p50: q(0.50),
             p90: q(0.90),
@@ -146,5 +158,19 @@ mod tests {
         a.merge(&b);
         let p = a.percentiles().expect("data");
         assert_eq!((p.count, p.min, p.max), (2, 1.0, 3.0));
+        assert_eq!((p.mean, p.stddev), (2.0, 1.0), "exact, from both sides");
+    }
+
+    #[test]
+    fn percentiles_report_their_bucket_edge_and_the_spread_is_exact() {
+        let mut h = LatencyHistogram::new();
+        for ms in [20, 20, 30, 30] {
+            h.record_ns(ms * 1_000_000);
+        }
+        let p = h.percentiles().expect("data");
+        // 20 ms falls in a bucket 16 µs wide (16.384–32.767 ms): its upper edge is 20.015 ms.
+        // 30 ms's edge, 30.015 ms, is past the maximum and is held at it.
+        assert_eq!((p.p50, p.p90, p.p99, p.max), (20.015, 30.0, 30.0, 30.0));
+        assert_eq!((p.mean, p.stddev), (25.0, 5.0));
     }
 }

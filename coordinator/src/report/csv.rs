@@ -106,6 +106,20 @@ pub fn render_csv(summary: &Summary) -> String {
                 out.push_str(&row.join(","));
                 out.push('\n');
             }
+            // A tenant whose stream is missing: named, with its state saying so, and every
+            // figure empty.
+            for missing in &trial.missing {
+                let mut row = vec![
+                    field(&node.node),
+                    field(&trial.trial),
+                    mode.clone(),
+                    "stream missing".to_owned(),
+                    field(&missing.tenant),
+                ];
+                row.resize(HEADER.len(), String::new());
+                out.push_str(&row.join(","));
+                out.push('\n');
+            }
         }
     }
     out
