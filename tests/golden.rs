@@ -18,16 +18,10 @@
 //!   TTFT 80, gaps 40. One GPU sampled at 6500, 7500, 8500, 9500: utilization 40, 60, 80,
 //!   50 %; 100 W throughout (energy counter +100 J per second).
 
-use std::path::{Path, PathBuf};
-
 use coordinator::report::{render_csv, render_table};
 use multitenant::analysis::{analyze_dir, Summary, TenantSummary};
 
-fn fixture(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(name)
-}
+use crate::support::{copy_tree, fixture};
 
 fn tenant<'a>(summary: &'a Summary, trial: &str, tenant: &str) -> &'a TenantSummary {
     summary.nodes[0]
@@ -135,7 +129,7 @@ fn check_by_hand(s: &Summary) {
 fn a_hand_built_experiment_gives_exactly_the_golden_summary_csv_and_table() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("golden");
-    copy_dir(&fixture("golden"), &dir);
+    copy_tree(&fixture("golden"), &dir);
     let summary = analyze_dir(&dir).expect("analysis");
     check_by_hand(&summary);
 
@@ -169,19 +163,6 @@ fn a_hand_built_experiment_gives_exactly_the_golden_summary_csv_and_table() {
                 text.lines().nth(line),
                 want.lines().nth(line)
             );
-        }
-    }
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for entry in std::fs::read_dir(from).expect("read fixture") {
-        let entry = entry.expect("entry");
-        let target = to.join(entry.file_name());
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).expect("copy");
         }
     }
 }

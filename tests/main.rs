@@ -7,6 +7,7 @@ mod agent_auth;
 mod analysis_files;
 mod compare;
 mod configs;
+mod damaged_reports;
 mod end_to_end;
 mod engine_supervisor;
 mod golden;
