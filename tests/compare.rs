@@ -1,6 +1,6 @@
 //! `coordinator compare` on two real local runs that differ only in offered rate: the busier
 //! run's batches are larger, so its TPOT is worse and its throughput better, and the
-//! comparison says so in the table and the JSON.
+//! comparison says so in the table, the JSON and the HTML page.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,12 +36,15 @@ fn compare_shows_the_direction_of_a_higher_offered_rate() {
     let busy = run_at(30, tmp.path());
     let (_, coordinator) = binaries();
     let json = tmp.path().join("compare.json");
+    let html = tmp.path().join("compare.html");
     let out = Command::new(coordinator)
         .arg("compare")
         .arg(&calm)
         .arg(&busy)
         .arg("--json")
         .arg(&json)
+        .arg("--html")
+        .arg(&html)
         .output()
         .expect("compare");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -67,4 +70,24 @@ fn compare_shows_the_direction_of_a_higher_offered_rate() {
         stdout.contains("worse") && stdout.contains("better"),
         "{stdout}"
     );
+    // The HTML page colours the same cells: the busy run's TPOT row worse, its throughput
+    // better.
+    let page = std::fs::read_to_string(&html).expect("compare.html");
+    let row = |figure: &str| {
+        page.lines()
+            .find(|l| l.contains("<td>n/mps/t</td>") && l.contains(&format!("<td>{figure}</td>")))
+            .unwrap_or_else(|| panic!("no {figure} row in {page}"))
+            .to_owned()
+    };
+    assert!(
+        row("tpot_p50_ms").contains("class=\"num worse\""),
+        "{}",
+        row("tpot_p50_ms")
+    );
+    assert!(
+        row("output_tokens_per_s").contains("class=\"num better\""),
+        "{}",
+        row("output_tokens_per_s")
+    );
+    assert!(page.contains("SIMULATED engine"));
 }

@@ -57,6 +57,10 @@ pub enum Command {
         /// Also write the comparison as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Also write the comparison as a self-contained HTML page (sortable, coloured by
+        /// better and worse) to this file.
+        #[arg(long)]
+        html: Option<PathBuf>,
     },
     /// Recompute the summary of an experiment folder from its JSONL streams alone.
     Analyze {

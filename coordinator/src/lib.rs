@@ -124,7 +124,11 @@ fn verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdi
 }
 
 /// `coordinator compare`: experiments side by side, the first as the baseline.
-pub fn compare(dirs: &[std::path::PathBuf], json: Option<&Path>) -> anyhow::Result<()> {
+pub fn compare(
+    dirs: &[std::path::PathBuf],
+    json: Option<&Path>,
+    html: Option<&Path>,
+) -> anyhow::Result<()> {
     let summaries = dirs
         .iter()
         .map(|d| analyze_dir(d).with_context(|| format!("analysing {}", d.display())))
@@ -139,7 +143,8 @@ pub fn compare(dirs: &[std::path::PathBuf], json: Option<&Path>) -> anyhow::Resu
         })
         .collect();
     let figures = report::compare::compare(&summaries);
-    if summaries.iter().any(|s| s.simulated) {
+    let simulated = summaries.iter().any(|s| s.simulated);
+    if simulated {
         println!("[SIMULATED engine in at least one experiment: its latencies come from the timing model]");
     }
     print!(
@@ -151,6 +156,10 @@ pub fn compare(dirs: &[std::path::PathBuf], json: Option<&Path>) -> anyhow::Resu
         let doc = serde_json::json!({"experiments": labels, "figures": figures});
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
+    }
+    if let Some(path) = html {
+        let page = report::compare::render_comparison_html(&labels, &figures, simulated);
+        std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
 }

@@ -26,8 +26,8 @@ async fn main() -> ExitCode {
             coordinator::plan(&config, &output_dir).map(|()| Verdict::Done)
         }
         Command::Down { dir } => coordinator::down(&dir).await.map(|()| Verdict::Done),
-        Command::Compare { dirs, json } => {
-            coordinator::compare(&dirs, json.as_deref()).map(|()| Verdict::Done)
+        Command::Compare { dirs, json, html } => {
+            coordinator::compare(&dirs, json.as_deref(), html.as_deref()).map(|()| Verdict::Done)
         }
         Command::Run {
             config,

@@ -23,8 +23,9 @@ th[aria-sort=ascending]::after { content: " \25B2"; }
 th[aria-sort=descending]::after { content: " \25BC"; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 td.na { color: #888; font-style: italic; text-align: center; }
-td.pass { background: #d4edda; }
-td.fail { background: #f8d7da; font-weight: 600; }
+td.pass, td.better { background: #d4edda; }
+td.fail, td.worse { background: #f8d7da; font-weight: 600; }
+td.same { color: #555; }
 tr.not-finished td { background: #fafafa; color: #777; }
 tr.missing td { background: #fff3f3; }
 .plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
@@ -91,6 +92,8 @@ pub(super) enum Cell {
     Num(Option<f64>, usize, &'static str),
     /// Text with a CSS class (pass, fail).
     Marked(String, &'static str),
+    /// A number sorted by value but shown as `text`, with a CSS class (better, worse, same).
+    Figure(f64, String, &'static str),
 }
 
 impl Cell {
@@ -108,6 +111,13 @@ impl Cell {
             Cell::Num(..) => out.push_str("<td class=\"na\" title=\"no data\">no data</td>"),
             Cell::Marked(t, class) => {
                 let _ = write!(out, "<td class=\"{class}\">{}</td>", escape(t));
+            }
+            Cell::Figure(v, text, class) => {
+                let _ = write!(
+                    out,
+                    "<td class=\"num {class}\" data-v=\"{v}\">{}</td>",
+                    escape(text)
+                );
             }
         }
     }
