@@ -9,7 +9,9 @@
 use std::path::Path;
 
 use crate::analysis::{self, AnalysisError};
-use crate::events::{read_stream, Event, GpuSample, Phase, RequestEvent, StreamKind, TrialState};
+use crate::events::{
+    read_stream, Event, GpuSample, Phase, PromptEvent, RequestEvent, StreamKind, TrialState,
+};
 
 /// Every node of an experiment.
 #[derive(Debug, Clone, Default)]
@@ -51,6 +53,8 @@ pub struct TenantSeries {
     pub offered_rate: Option<f64>,
     /// Measure-phase requests, in send order.
     pub requests: Vec<RequestPoint>,
+    /// Prompts whose answer was kept (`keep_responses`), in request order.
+    pub answers: Vec<PromptEvent>,
 }
 
 /// The timings of one measured request.
@@ -150,10 +154,22 @@ fn read_trial(trial_dir: &Path) -> Result<TrialSeries, AnalysisError> {
             })
             .collect();
         requests.sort_by_key(|r| r.sent_ns);
+        let answers = read_stream(&trial_dir.join(format!("{}.prompts.jsonl", tenant.name)))
+            .map(|s| {
+                s.events
+                    .into_iter()
+                    .filter_map(|l| match l.event {
+                        Event::Prompt(p) if p.response.is_some() => Some(p),
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
         tenants.push(TenantSeries {
             tenant: tenant.name.clone(),
             offered_rate: tenant.offered_rate,
             requests,
+            answers,
         });
     }
     Ok(TrialSeries {

@@ -106,6 +106,8 @@ fn every_event_kind_round_trips_exactly() {
             prompt_tokens: Some(12),
             max_tokens: 64,
             text: "a \"quoted\" prompt\nover two lines".into(),
+            expected: Some("the answer".into()),
+            response: Some(" tok1 tok2".into()),
         }),
         Event::HostSample(HostSample {
             at_ns: 6,

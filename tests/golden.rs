@@ -16,7 +16,10 @@
 //! - mps, measure 7000–9000: `a` sent at 7000…8500 every 500, TTFT 40, gaps 20, and a
 //!   request at 8750 that failed (HTTP 503, done at 8760); `b` sent at 7250…8750 every 500,
 //!   TTFT 80, gaps 40. One GPU sampled at 6500, 7500, 8500, 9500: utilization 40, 60, 80,
-//!   50 %; 100 W throughout (energy counter +100 J per second).
+//!   50 %; 100 W throughout (energy counter +100 J per second). Answers kept in mps, scored
+//!   against expected outputs: `a` answered " Paris" to "Paris" and " red, green and blue" to
+//!   "red yellow blue" (its third prompt kept no answer); `b` answered " paris" and
+//!   " red yellow blue".
 
 use coordinator::report::{render_csv, render_table};
 use multitenant::analysis::{analyze_dir, Summary, TenantSummary};
@@ -122,6 +125,20 @@ fn check_by_hand(s: &Summary) {
         mps.energy_per_output_token_j.expect("J/token"),
         199.1 / 40.0
     ));
+    // a: one exact match of two; ROUGE-L 1 and, for [red green and blue] against
+    // [red yellow blue], LCS 2: P 2/4, R 2/3, F1 4/7; mean (1 + 4/7) / 2 = 0.786.
+    let q = tenant(s, "mps", "a").quality.as_ref().expect("a's answers");
+    assert_eq!(
+        (q.kept, q.scored, q.exact_match, q.rouge_l),
+        (2, 2, Some(0.5), Some(0.786))
+    );
+    // b: "paris" is not an exact match for "Paris" (case), but ROUGE-L lower-cases: 1 and 1.
+    let q = tenant(s, "mps", "b").quality.as_ref().expect("b's answers");
+    assert_eq!((q.exact_match, q.rouge_l), (Some(0.5), Some(1.0)));
+    assert!(
+        tenant(s, "solo-a", "a").quality.is_none(),
+        "no answers kept there"
+    );
     assert!(s.warnings.is_empty(), "{:?}", s.warnings);
 }
 

@@ -5,6 +5,7 @@ mod support;
 mod agent_api;
 mod agent_auth;
 mod analysis_files;
+mod answers;
 mod compare;
 mod configs;
 mod damaged_reports;

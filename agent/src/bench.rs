@@ -226,6 +226,7 @@ fn synthetic(arrival: Arrival, duration: Duration, prompt: u32, output: u32) -> 
         drain_timeout: Duration::from_secs(5),
         ignore_eos: true,
         request_fields: serde_json::Map::new(),
+        keep_responses: 0,
         slo: multitenant::slo::Slo::default(),
     }
 }

@@ -441,12 +441,15 @@ impl RunContext {
             )?;
             for index in 0..report.sent {
                 let prompt = factory.prompt(index);
+                let response = report.responses.get(&index).cloned();
                 stream.append(&Event::Prompt(PromptEvent {
                     id: loadgen::request_id(&tenant.name, index),
                     origin: prompt.origin,
                     prompt_tokens: prompt.tokens,
                     max_tokens: prompt.max_tokens,
                     text: prompt.text,
+                    expected: prompt.expected.filter(|_| response.is_some()),
+                    response,
                 }))?;
             }
             stream.close()?;

@@ -17,6 +17,7 @@ use crate::events::{
     read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TenantHeader, TrialState,
 };
 use crate::metrics::gpu::{self, GpuTrialSummary};
+use crate::metrics::quality::QualitySummary;
 use crate::metrics::round3;
 use crate::metrics::slowdown::{colocation_gain, Slowdown};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
@@ -188,6 +189,10 @@ pub struct TenantSummary {
     /// The engine's own view, from its `/metrics`, when it has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server: Option<ServerMetrics>,
+    /// Its kept answers scored against the dataset's expected outputs, when answers were kept
+    /// (`keep_responses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quality: Option<QualitySummary>,
 }
 
 /// What the engine itself reported (vLLM's Prometheus histograms), as means over the window
@@ -452,13 +457,20 @@ fn analyze_trial(
                 Some(merged_window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         }
         let engine_path = trial_dir.join(format!("{}.engine.jsonl", tenant.name));
-        let server = if engine_path.is_file() {
-            let engine = read_stream(&engine_path)?;
-            summary.warnings.extend(engine.warnings.iter().cloned());
-            server_metrics(&engine.events, acc.measure_start_ns())
-        } else {
-            None
+        let server = match engine_path.is_file().then(|| read_stream(&engine_path)) {
+            Some(Ok(engine)) => {
+                summary.warnings.extend(engine.warnings.iter().cloned());
+                server_metrics(&engine.events, acc.measure_start_ns())
+            }
+            Some(Err(e)) => {
+                summary
+                    .warnings
+                    .push(format!("{e}; engine metrics left out"));
+                None
+            }
+            None => None,
         };
+        let quality = answer_quality(trial_dir, &tenant.name, &mut summary.warnings);
         histograms.add(&acc);
         let metrics = acc.finish();
         output_tokens += metrics.output_tokens;
@@ -487,6 +499,7 @@ fn analyze_trial(
             load_checks: checks,
             slowdown: None,
             server,
+            quality,
         });
     }
     for tenant in planned.map(|p| p.tenants).unwrap_or_default() {
@@ -542,6 +555,36 @@ fn analyze_trial(
         missing,
     };
     Ok((trial, histograms))
+}
+
+/// The scores of a tenant's kept answers in `trial_dir`, from its prompts stream; `None` when
+/// it kept none (or the stream is absent or unreadable, which is warned).
+fn answer_quality(
+    trial_dir: &Path,
+    tenant: &str,
+    warnings: &mut Vec<String>,
+) -> Option<QualitySummary> {
+    let path = trial_dir.join(format!("{tenant}.prompts.jsonl"));
+    if !path.is_file() {
+        return None;
+    }
+    let stream = match read_stream(&path) {
+        Ok(stream) => stream,
+        Err(e) => {
+            warnings.push(format!("{e}; answers not scored"));
+            return None;
+        }
+    };
+    warnings.extend(stream.warnings.iter().cloned());
+    let answers: Vec<(&str, Option<&str>)> = stream
+        .events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::Prompt(p) => Some((p.response.as_deref()?, p.expected.as_deref())),
+            _ => None,
+        })
+        .collect();
+    (!answers.is_empty()).then(|| QualitySummary::of(answers))
 }
 
 /// Schedule lag p99 above this means the load generator fell behind its own schedule.

@@ -74,6 +74,11 @@ pub struct Workload {
     pub request_fields: serde_json::Map<String, serde_json::Value>,
     /// The SLO its tenants are judged by: the workload's own `slo:`, else the experiment's.
     pub slo: crate::slo::Slo,
+    /// How many requests per tenant and trial keep their response text (in the prompts
+    /// stream), for reading answers side by side and scoring them against a dataset's
+    /// expected outputs: those whose prompt is one of the dataset's first `keep_responses`
+    /// entries (file order), or for synthetic prompts the first `keep_responses` requests.
+    pub keep_responses: u32,
 }
 
 /// An arrival process.

@@ -71,6 +71,7 @@ pub struct RawWorkload {
     pub ignore_eos: Option<bool>,
     pub request_fields: Option<BTreeMap<String, serde_json::Value>>,
     pub slo: Option<RawSlo>,
+    pub keep_responses: Option<u32>,
 }
 
 /// `slo:` (top level, or a workload's own).

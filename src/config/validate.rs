@@ -371,6 +371,7 @@ impl Checker {
             ignore_eos: raw.ignore_eos.unwrap_or(true),
             request_fields,
             slo,
+            keep_responses: raw.keep_responses.unwrap_or(0),
         })
     }
 

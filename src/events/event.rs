@@ -278,6 +278,13 @@ pub struct PromptEvent {
     pub prompt_tokens: Option<u32>,
     /// The text sent (as the user message for chat).
     pub text: String,
+    /// The dataset entry's reference answer, when it has one and the response was kept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// The generated text of a completed request whose response was kept
+    /// (`keep_responses`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<String>,
 }
 
 /// A phase change of the load generator.

@@ -6,6 +6,7 @@
 
 pub mod gpu;
 mod histogram;
+pub mod quality;
 pub mod slowdown;
 mod tenant;
 pub mod variants;

@@ -67,6 +67,7 @@ pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32
         ignore_eos: true,
         tokenizer: None,
         request_fields: serde_json::Map::new(),
+        keep_responses: 0,
         slo: multitenant::slo::Slo::default(),
     }
 }

@@ -58,6 +58,8 @@ pub struct Measured {
     pub status: Option<u16>,
     /// Failure, if any.
     pub error: Option<RequestError>,
+    /// The generated text, when it was asked to be kept.
+    pub text: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -97,6 +99,19 @@ struct Usage {
 }
 
 impl Chunk {
+    /// Appends the first choice's generated text (not reasoning) to `out`.
+    fn append_text(&self, out: &mut String) {
+        if let Some(c) = self.choices.first() {
+            let delta = c.delta.as_ref().or(c.message.as_ref());
+            for text in [c.text.as_deref(), delta.and_then(|d| d.content.as_deref())]
+                .into_iter()
+                .flatten()
+            {
+                out.push_str(text);
+            }
+        }
+    }
+
     /// Whether the first choice carries generated text (or reasoning text).
     fn has_content(&self) -> bool {
         self.choices.first().is_some_and(|c| {
@@ -121,7 +136,8 @@ fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<
 }
 
 /// Sends `prompt` as request `id` and measures it. Never fails: errors are in the result.
-/// When `abort` fires, the request ends as `cancelled` with what it received so far.
+/// When `abort` fires, the request ends as `cancelled` with what it received so far. With
+/// `keep_text`, the generated text is collected into [`Measured::text`].
 pub async fn execute(
     http: &reqwest::Client,
     target: &Target,
@@ -129,6 +145,7 @@ pub async fn execute(
     prompt: &Prompt,
     clock: &RunClock,
     abort: &CancellationToken,
+    keep_text: bool,
 ) -> Measured {
     let (path, mut body) = match target.api {
         Api::Completions => (
@@ -158,7 +175,9 @@ pub async fn execute(
     if let Some(key) = &target.api_key {
         request = request.bearer_auth(key);
     }
+    let text = keep_text.then(String::new);
     let mut m = Measured {
+        text,
         sent_ns: clock.now_ns(),
         ..Measured::default()
     };
@@ -291,6 +310,9 @@ async fn read_stream(
             }
             if chunk.has_content() {
                 chunk_times.push(at);
+                if let Some(text) = m.text.as_mut() {
+                    chunk.append_text(text);
+                }
             }
             if chunk.usage.is_some() {
                 usage = chunk.usage;
@@ -357,6 +379,9 @@ async fn read_whole(response: reqwest::Response, m: &mut Measured, clock: &RunCl
     m.done_ns = clock.now_ns();
     match serde_json::from_slice::<Chunk>(&bytes) {
         Ok(chunk) if chunk.error.is_none() => {
+            if let Some(text) = m.text.as_mut() {
+                chunk.append_text(text);
+            }
             let counted = u32::from(chunk.has_content());
             apply_usage(m, chunk.usage, counted);
         }

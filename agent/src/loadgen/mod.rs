@@ -12,6 +12,7 @@ pub mod prompts;
 pub mod schedule;
 pub mod sse;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -59,6 +60,8 @@ pub struct LoadReport {
     pub completed_rate: Option<f64>,
     /// Why the load could not run at all, when it could not.
     pub failure: Option<String>,
+    /// The generated text of each completed request that kept it, by request index.
+    pub responses: BTreeMap<u64, String>,
 }
 
 struct Shared {
@@ -74,6 +77,8 @@ struct Shared {
     stop: CancellationToken,
     /// Cancelled when in-flight requests must be abandoned.
     abort: CancellationToken,
+    /// Kept response texts by request index (few: `keep_responses` per tenant and trial).
+    responses: std::sync::Mutex<BTreeMap<u64, String>>,
 }
 
 impl Shared {
@@ -107,16 +112,27 @@ impl Shared {
     async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) {
         let id = request_id(&self.load.tenant, index);
         let prompt = self.load.prompts.prompt(index);
+        let keep_text = self
+            .load
+            .prompts
+            .keeps_response(index, self.load.workload.keep_responses);
         let clock = &self.load.clock;
-        let measured = client::execute(
+        let mut measured = client::execute(
             &self.http,
             &self.load.target,
             &id,
             &prompt,
             clock,
             &self.abort,
+            keep_text,
         )
         .await;
+        if let Some(text) = measured.text.take().filter(|_| measured.error.is_none()) {
+            self.responses
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(index, text);
+        }
         let phase = if scheduled_ns < self.warmup_end_ns {
             Phase::Warmup
         } else {
@@ -204,6 +220,7 @@ impl LoadReport {
             write_errors: 0,
             completed_rate: None,
             failure: Some(reason),
+            responses: BTreeMap::new(),
         }
     }
 }
@@ -232,6 +249,7 @@ async fn drive(load: TenantLoad, http: reqwest::Client, cancel: CancellationToke
         warmup_end_ns,
         stop: cancel.child_token(),
         abort: cancel.child_token(),
+        responses: std::sync::Mutex::new(BTreeMap::new()),
     });
     let tracker = TaskTracker::new();
     if warmup_end_ns > start_ns {
@@ -299,6 +317,8 @@ async fn drive(load: TenantLoad, http: reqwest::Client, cancel: CancellationToke
     let completed = shared.measured_completed.load(Ordering::Relaxed);
     let first = shared.measured_first_sent_ns.load(Ordering::Relaxed);
     let last = shared.measured_last_done_ns.load(Ordering::Relaxed);
+    let responses =
+        std::mem::take(&mut *shared.responses.lock().unwrap_or_else(|e| e.into_inner()));
     LoadReport {
         sent: shared
             .load
@@ -309,6 +329,7 @@ async fn drive(load: TenantLoad, http: reqwest::Client, cancel: CancellationToke
         completed_rate: (completed > 0 && last > first)
             .then(|| completed as f64 / ((last - first) as f64 / 1e9)),
         failure: None,
+        responses,
     }
 }
 

@@ -49,6 +49,8 @@ pub struct Prompt {
     pub max_tokens: u32,
     /// Where it came from: `synthetic`, or the dataset entry's `file:line` / `file[index]`.
     pub origin: String,
+    /// The dataset entry's reference answer, when it has one.
+    pub expected: Option<String>,
 }
 
 /// Makes the prompt of request `index` of a tenant.
@@ -116,6 +118,18 @@ impl PromptFactory {
         ))
     }
 
+    /// Whether request `index` keeps its response text when `keep` responses are asked for:
+    /// its prompt is one of the dataset's first `keep` entries in file order (so every tenant
+    /// keeps the answers to the same prompts), or, for synthetic prompts, `index < keep`.
+    pub fn keeps_response(&self, index: u64, keep: u32) -> bool {
+        match &self.source {
+            Source::Synthetic(_) => index < u64::from(keep),
+            Source::Dataset { order, .. } => {
+                order[(index % order.len() as u64) as usize] < keep as usize
+            }
+        }
+    }
+
     /// The prompt of request `index`; the same index always gives the same prompt.
     pub fn prompt(&self, index: u64) -> Prompt {
         let mut rng = StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
@@ -155,6 +169,7 @@ impl PromptFactory {
                     text,
                     max_tokens,
                     origin: entry.origin.clone(),
+                    expected: entry.expected.clone(),
                 }
             }
         }
@@ -179,6 +194,7 @@ fn synthetic(
             text,
             max_tokens,
             origin: "synthetic".into(),
+            expected: None,
         };
     }
     let mut text = prefix;
@@ -192,6 +208,7 @@ fn synthetic(
         tokens: None,
         max_tokens,
         origin: "synthetic".into(),
+        expected: None,
     }
 }
 

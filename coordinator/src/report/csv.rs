@@ -35,6 +35,9 @@ const HEADER: &[&str] = &[
     "slo",
     "goodput_rps",
     "slo_attainment",
+    "answers_scored",
+    "exact_match",
+    "rouge_l",
 ];
 
 fn number(v: Option<f64>) -> String {
@@ -102,6 +105,12 @@ pub fn render_csv(summary: &Summary) -> String {
                     slo_verdict(t.slo.as_ref()).to_owned(),
                     number(t.slo.as_ref().and_then(|s| s.goodput_rps)),
                     number(t.slo.as_ref().and_then(|s| s.attainment)),
+                    t.quality
+                        .as_ref()
+                        .map(|q| q.scored.to_string())
+                        .unwrap_or_default(),
+                    number(t.quality.as_ref().and_then(|q| q.exact_match)),
+                    number(t.quality.as_ref().and_then(|q| q.rouge_l)),
                 ];
                 out.push_str(&row.join(","));
                 out.push('\n');

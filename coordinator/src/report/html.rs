@@ -8,6 +8,7 @@ use std::fmt::Write;
 
 use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
 use multitenant::metrics::Percentiles;
+use multitenant::series::ExperimentSeries;
 
 use super::plots::Plots;
 
@@ -34,6 +35,7 @@ figure svg { width: 100%; height: auto; }
 figure.wide { grid-column: 1 / -1; }
 figcaption { font-weight: 600; margin-bottom: 4px; }
 ul.warnings li, ul.gaps li { margin: 2px 0; }
+tr.answer td { white-space: pre-wrap; vertical-align: top; max-width: 48ch; }
 #script-errors:empty { display: none; }
 #script-errors { color: #a00; border: 1px solid #a00; padding: 6px; }
 "#;
@@ -459,8 +461,8 @@ fn strip_xml_declaration(svg: &str) -> &str {
     }
 }
 
-/// Renders the whole report of `summary` with `plots`.
-pub fn render_html(summary: &Summary, plots: &Plots) -> String {
+/// Renders the whole report of `summary` with `plots`, and the kept answers of `series`.
+pub fn render_html(summary: &Summary, plots: &Plots, series: &ExperimentSeries) -> String {
     let mut body = String::new();
     let _ = writeln!(
         body,
@@ -498,6 +500,7 @@ pub fn render_html(summary: &Summary, plots: &Plots) -> String {
     }
     body.push_str("<h2>Plots</h2>\n");
     plots_section(&mut body, plots);
+    super::answers::render(&mut body, summary, series);
     if !summary.warnings.is_empty() {
         body.push_str("<h2>Warnings</h2><ul class=\"warnings\">\n");
         for w in &summary.warnings {

@@ -2,6 +2,7 @@
 //! `summary.csv`, `report.html` with its plots (also under `plots/`), and experiments compared
 //! side by side.
 
+mod answers;
 pub mod compare;
 mod csv;
 mod html;
@@ -32,7 +33,10 @@ pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> 
     }
     write(&dir.join("summary.json"), &json)?;
     write(&dir.join("summary.csv"), &render_csv(summary))?;
-    write(&dir.join("report.html"), &render_html(summary, &plots))
+    write(
+        &dir.join("report.html"),
+        &render_html(summary, &plots, &series),
+    )
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {

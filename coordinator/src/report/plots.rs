@@ -161,16 +161,23 @@ fn ms(ns: u64) -> f64 {
     ns as f64 / 1e6
 }
 
-/// The CDF of `values` (sorted ascending) as at most [`MAX_LINE_POINTS`] points.
+/// The empirical CDF of `values` (sorted ascending) as a step line: at each kept value it
+/// rises from the share below it to the share at or below it. Long series keep every k-th
+/// value (at most [`MAX_LINE_POINTS`] steps) and always the last.
 fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
     let n = values.len();
     let step = n.div_ceil(MAX_LINE_POINTS).max(1);
-    let mut points: Vec<(f64, f64)> = (0..n)
-        .step_by(step)
-        .map(|i| (values[i], (i + 1) as f64 / n as f64))
-        .collect();
-    if let Some(&last) = values.last() {
-        points.push((last, 1.0));
+    let mut kept: Vec<usize> = (0..n).step_by(step).collect();
+    if n > 0 && kept.last() != Some(&(n - 1)) {
+        kept.push(n - 1);
+    }
+    let mut points = Vec::with_capacity(kept.len() * 2);
+    let mut below = 0.0;
+    for i in kept {
+        let at_or_below = (i + 1) as f64 / n as f64;
+        points.push((values[i], below));
+        points.push((values[i], at_or_below));
+        below = at_or_below;
     }
     points
 }
@@ -695,20 +702,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cdf_points_thin_long_series_and_end_at_one() {
+    fn cdf_points_step_thin_long_series_and_end_at_one() {
         let values: Vec<f64> = (1..=1000).map(f64::from).collect();
         let points = cdf_points(&values);
         assert!(
-            points.len() <= MAX_LINE_POINTS + 1,
+            points.len() <= 2 * (MAX_LINE_POINTS + 1),
             "{} points",
             points.len()
         );
-        assert_eq!(points[0], (1.0, 0.001));
+        assert_eq!(points[..2], [(1.0, 0.0), (1.0, 0.001)]);
         assert_eq!(points.last(), Some(&(1000.0, 1.0)));
         assert!(points
             .windows(2)
             .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
-        assert_eq!(cdf_points(&[5.0]), [(5.0, 1.0), (5.0, 1.0)]);
+        // {20, 20, 30, 30}: half the requests at 20 ms or less, all at 30 ms or less.
+        let steps = cdf_points(&[20.0, 20.0, 30.0, 30.0]);
+        assert_eq!(
+            steps[..4],
+            [(20.0, 0.0), (20.0, 0.25), (20.0, 0.25), (20.0, 0.5)]
+        );
+        assert_eq!(
+            steps[4..],
+            [(30.0, 0.5), (30.0, 0.75), (30.0, 0.75), (30.0, 1.0)]
+        );
     }
 
     #[test]

@@ -205,8 +205,36 @@ pub fn render_table(summary: &Summary) -> String {
     for failure in slo_failures(summary) {
         out.push_str(&format!("SLO failed: {failure}\n"));
     }
+    for line in answer_scores(summary) {
+        out.push_str(&format!("answers: {line}\n"));
+    }
     for warning in &summary.warnings {
         out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+/// One line per tenant and trial whose answers were kept: how many, and their scores.
+fn answer_scores(summary: &Summary) -> Vec<String> {
+    let mut out = Vec::new();
+    for node in &summary.nodes {
+        for trial in &node.trials {
+            for t in &trial.tenants {
+                let Some(q) = &t.quality else { continue };
+                let scores = match (q.exact_match, q.rouge_l) {
+                    (Some(exact), Some(rouge)) => format!(
+                        "{} scored against expected outputs: exact match {:.1}%, ROUGE-L {rouge:.3}",
+                        q.scored,
+                        exact * 100.0
+                    ),
+                    _ => "no expected outputs to score against".into(),
+                };
+                out.push(format!(
+                    "{}/{}/{}: {} kept, {scores}",
+                    node.node, trial.trial, t.tenant, q.kept
+                ));
+            }
+        }
     }
     out
 }
