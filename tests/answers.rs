@@ -3,11 +3,9 @@
 //! dataset's first two entries keep their answers; each is scored (exact match, ROUGE-L) in
 //! summary.json, and report.html shows the two tenants' answers side by side.
 
-use std::process::Command;
-
 use multitenant::events::{read_stream, Event};
 
-use crate::support::{binaries, read_summary, results_dir};
+use crate::support::{read_summary, run_experiment};
 
 #[test]
 fn kept_answers_are_scored_and_shown_side_by_side() {
@@ -21,27 +19,11 @@ fn kept_answers_are_scored_and_shown_side_by_side() {
          {\"prompt\": \"say three things\", \"output_tokens\": 3}\n",
     )
     .expect("dataset");
-    let cfg = tmp.path().join("answers.yaml");
-    std::fs::write(
-        &cfg,
+    let dir = run_experiment(
+        tmp.path(),
+        "answers",
         "name: answers\nworkloads:\n  w: {arrival: {kind: constant, rate: 10}, data: {kind: jsonl, path: qa.jsonl}, warmup: 0s, duration: 2s, keep_responses: 2}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {name: x, engine: {kind: simulated}, workload: w}\n      - {name: y, engine: {kind: simulated}, workload: w}\n",
-    )
-    .expect("config");
-    let (_, coordinator) = binaries();
-    let out = Command::new(coordinator)
-        .arg("run")
-        .arg(&cfg)
-        .arg("--output-dir")
-        .arg(tmp.path().join("runs"))
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
     );
-    let dir = results_dir(&stdout);
     let summary = read_summary(&dir);
 
     for tenant in ["x", "y"] {
@@ -83,7 +65,6 @@ fn kept_answers_are_scored_and_shown_side_by_side() {
             Some(round3((first as f64 + 0.75 * second as f64) / kept as f64))
         );
     }
-    assert!(stdout.contains("answers: n/mps/x:"), "{stdout}");
 
     let html = std::fs::read_to_string(dir.join("report.html")).expect("report");
     assert!(html.contains("<h2>Answers side by side</h2>"));

@@ -5,28 +5,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{binaries, results_dir};
+use crate::support::{binaries, run_experiment};
 
 fn run_at(rate: u32, tmp: &Path) -> PathBuf {
-    let (_, coordinator) = binaries();
     // Each decode step costs 5 ms plus 0.5 ms per running sequence: at 2/s about one request
     // runs at a time, at 30/s about nine.
-    let cfg = tmp.join(format!("rate-{rate}.yaml"));
-    std::fs::write(
-        &cfg,
-        format!("name: rate-{rate}\nworkloads:\n  w: {{arrival: {{kind: constant, rate: {rate}}}, data: {{prompt_tokens: 8, output_tokens: 32}}, warmup: 1s, duration: 3s}}\nnodes:\n  - {{name: n, trials: [mps], tenants: [{{name: t, engine: {{kind: simulated, timing: {{decode_step_us: 5000, decode_step_us_per_seq: 500}}}}, workload: w}}]}}\n"),
+    run_experiment(
+        tmp,
+        &format!("rate-{rate}"),
+        &format!("name: rate-{rate}\nworkloads:\n  w: {{arrival: {{kind: constant, rate: {rate}}}, data: {{prompt_tokens: 8, output_tokens: 32}}, warmup: 1s, duration: 3s}}\nnodes:\n  - {{name: n, trials: [mps], tenants: [{{name: t, engine: {{kind: simulated, timing: {{decode_step_us: 5000, decode_step_us_per_seq: 500}}}}, workload: w}}]}}\n"),
     )
-    .expect("config");
-    let out = Command::new(coordinator)
-        .arg("run")
-        .arg(&cfg)
-        .arg("--output-dir")
-        .arg(tmp.join("runs"))
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    results_dir(&stdout)
 }
 
 #[test]

@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::support::{binaries, results_dir};
+use crate::support::run_experiment;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
 
@@ -40,23 +40,11 @@ fn chromium(page: &Path, profile: &Path, extra: &[&str]) -> (String, String) {
 }
 
 fn run_two_tenants(tmp: &Path) -> PathBuf {
-    let (_, coordinator) = binaries();
-    let cfg = tmp.join("report.yaml");
-    std::fs::write(
-        &cfg,
+    run_experiment(
+        tmp,
+        "report",
         "name: report\nworkloads:\n  w: {arrival: {kind: poisson, rate: 8}, data: {prompt_tokens: 16, output_tokens: 16}, warmup: 1s, duration: 3s, slo: {ttft_ms: {p99: 1000}}}\n  strict: {arrival: {kind: constant, rate: 5}, data: {prompt_tokens: 16, output_tokens: 16}, warmup: 1s, duration: 3s, slo: {ttft_ms: {p50: 0.5}}}\nnodes:\n  - name: n\n    trials: [solo, mps]\n    tenants:\n      - {name: small, engine: {kind: simulated, timing: {decode_step_us: 3000}}, workload: w}\n      - {name: large, engine: {kind: simulated, timing: {decode_step_us: 8000}}, workload: strict}\n",
     )
-    .expect("config");
-    let out = Command::new(coordinator)
-        .arg("run")
-        .arg(&cfg)
-        .arg("--output-dir")
-        .arg(tmp.join("runs"))
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
-    results_dir(&stdout)
 }
 
 /// How many times `needle` occurs in `haystack`.

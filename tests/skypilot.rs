@@ -312,7 +312,19 @@ fn a_node_whose_agent_refuses_our_certificate_is_reported_and_the_others_run() {
     let dir = experiment_dir(&runs);
     let summary = read_summary(&dir);
     let nodes: Vec<&str> = summary.nodes.iter().map(|n| n.node.as_str()).collect();
-    assert_eq!(nodes, ["a"], "node a ran");
+    assert_eq!(nodes, ["a", "b"]);
+    assert!(
+        summary.nodes[0]
+            .trials
+            .iter()
+            .all(|t| t.state == "finished"),
+        "node a ran"
+    );
+    // Node b's planned trials are there, named as never run, with no figure.
+    for trial in &summary.nodes[1].trials {
+        assert_eq!(trial.state, "missing", "{trial:?}");
+        assert!(trial.tenants.is_empty() && !trial.missing.is_empty());
+    }
     assert_eq!(sky.downed().len(), 2);
     for record in clusters(&dir) {
         assert_eq!(record["state"], "down", "{record}");

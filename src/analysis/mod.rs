@@ -22,8 +22,9 @@ use crate::metrics::round3;
 use crate::metrics::slowdown::{colocation_gain, Slowdown};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
 
-/// Version of the summary.json layout.
-pub const SUMMARY_SCHEMA_VERSION: &str = "1.0";
+/// Version of the summary.json layout (1.1 added `missing` streams per trial and `quality` of
+/// kept answers per tenant).
+pub const SUMMARY_SCHEMA_VERSION: &str = "1.1";
 
 /// The results of one experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -308,6 +308,28 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
     values[rank - 1]
 }
 
+/// Writes `yaml` to `<tmp>/<name>.yaml`, runs `coordinator run` on it with `<tmp>/runs` as the
+/// output folder, asserts it succeeded, and returns the experiment folder.
+pub fn run_experiment(tmp: &Path, name: &str, yaml: &str) -> PathBuf {
+    let (_, coordinator) = binaries();
+    let cfg = tmp.join(format!("{name}.yaml"));
+    std::fs::write(&cfg, yaml).expect("config");
+    let out = std::process::Command::new(coordinator)
+        .arg("run")
+        .arg(&cfg)
+        .arg("--output-dir")
+        .arg(tmp.join("runs"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    results_dir(&stdout)
+}
+
 /// Copies every file under `from` to the same place under `to`.
 pub fn copy_tree(from: &Path, to: &Path) {
     for file in files_under(from) {

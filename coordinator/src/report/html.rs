@@ -388,21 +388,7 @@ fn across_nodes_table(out: &mut String, summary: &Summary) {
             )
         })
         .collect();
-    table(
-        out,
-        &[
-            "trial",
-            "nodes",
-            "done",
-            "failed",
-            "TTFT p50 ms",
-            "TTFT p99 ms",
-            "TPOT p50 ms",
-            "TPOT p99 ms",
-            "out tok/s",
-        ],
-        &rows,
-    );
+    table(out, &super::table::ACROSS_NODES_HEADER, &rows);
 }
 
 fn definitions_table(out: &mut String, summary: &Summary) {

@@ -7,12 +7,14 @@
 //! empty axis never stands in for "no data".
 
 use std::collections::BTreeMap;
+use std::ops::Range;
 
 use anyhow::anyhow;
 use multitenant::analysis::Summary;
 use multitenant::events::GpuSample;
 use multitenant::series::{ExperimentSeries, NodeSeries, RequestPoint};
-use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
+use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
 
 /// A drawn plot.
@@ -48,6 +50,72 @@ pub struct Plots {
     pub gaps: Vec<PlotGap>,
 }
 
+impl Plots {
+    fn add(&mut self, node: &str, file: String, title: String, svg: String) {
+        self.drawn.push(Plot {
+            file,
+            node: node.to_owned(),
+            title,
+            svg,
+        });
+    }
+
+    fn gap(&mut self, node: &str, title: String, reason: impl Into<String>) {
+        self.gaps.push(PlotGap {
+            node: node.to_owned(),
+            title,
+            reason: reason.into(),
+        });
+    }
+}
+
+/// An x-y chart of `x` against `y` on `area`, with a caption when given and axes named.
+fn xy_chart<'a, 'b>(
+    area: &'a DrawingArea<SVGBackend<'b>, Shift>,
+    caption: Option<&str>,
+    (x, y): (Range<f64>, Range<f64>),
+    (x_desc, y_desc): (&str, &str),
+) -> Result<XyChart<'a, 'b>, Box<dyn std::error::Error>> {
+    let mut builder = ChartBuilder::on(area);
+    if let Some(caption) = caption {
+        builder.caption(caption, (FONT, 16));
+    }
+    let mut chart = builder
+        .margin(10)
+        .x_label_area_size(36)
+        .y_label_area_size(60)
+        .build_cartesian_2d(x, y)?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .light_line_style(WHITE)
+        .draw()?;
+    Ok(chart)
+}
+
+/// The legend mark of a line in `colour`.
+fn line_mark(colour: RGBAColor, width: u32) -> impl Fn((i32, i32)) -> PathElement<(i32, i32)> {
+    move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(width))
+}
+
+/// Draws the legend of `chart`'s labelled series at `position`.
+fn draw_legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> DrawResult
+where
+    DB::ErrorType: 'static,
+{
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .draw()?;
+    Ok(())
+}
+
 /// Colours told apart by most readers, one per tenant (tenth onward repeat).
 const PALETTE: [RGBColor; 10] = [
     RGBColor(31, 119, 180),
@@ -70,6 +138,8 @@ const MAX_LINE_POINTS: usize = 400;
 const TIMELINE_BINS: u64 = 200;
 
 type DrawResult = Result<(), Box<dyn std::error::Error>>;
+type XyChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
 
 /// Draws every plot of `summary` and `series`.
 pub fn draw_all(summary: &Summary, series: &ExperimentSeries) -> anyhow::Result<Plots> {
@@ -201,11 +271,11 @@ fn latency_cdf(
         })
         .collect();
     if lines.is_empty() {
-        plots.gaps.push(PlotGap {
-            node: node.node.clone(),
+        plots.gap(
+            &node.node,
             title,
-            reason: format!("no measured request of {tenant} has a {metric}"),
-        });
+            format!("no measured request of {tenant} has a {metric}"),
+        );
         return Ok(());
     }
     let x_max = lines
@@ -216,41 +286,24 @@ fn latency_cdf(
         * 1.05;
     let file = file_name(&[&node.node, tenant, &metric.to_lowercase(), "cdf"]);
     let svg = svg(&file, 360, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&title, (FONT, 16))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(50)
-            .build_cartesian_2d(0.0..x_max, 0.0..1.0)?;
-        chart
-            .configure_mesh()
-            .x_desc(format!("{metric} (ms)"))
-            .y_desc("share of requests")
-            .light_line_style(WHITE)
-            .draw()?;
+        let x_desc = format!("{metric} (ms)");
+        let mut chart = xy_chart(
+            root,
+            Some(&title),
+            (0.0..x_max, 0.0..1.0),
+            (&x_desc, "share of requests"),
+        )?;
         for (i, (trial, values)) in lines.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             chart
                 .draw_series(LineSeries::new(cdf_points(values), colour.stroke_width(2)))?
                 .label(format!("{trial} (n={})", values.len()))
-                .legend(move |(x, y)| {
-                    PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                });
+                .legend(line_mark(colour.to_rgba(), 2));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })?;
-    plots.drawn.push(Plot {
-        file,
-        node: node.node.clone(),
-        title,
-        svg,
-    });
+    plots.add(&node.node, file, title, svg);
     Ok(())
 }
 
@@ -319,21 +372,21 @@ struct Panel {
 fn timeline(plots: &mut Plots, node: &NodeSeries, colours: &TenantColours) -> anyhow::Result<()> {
     let title = format!("Timeline of {}: requests and GPU, trials marked", node.node);
     let Some(axis) = TimeAxis::of(node) else {
-        plots.gaps.push(PlotGap {
-            node: node.node.clone(),
+        plots.gap(
+            &node.node,
             title,
-            reason: "no request, trial event or GPU sample has a time".into(),
-        });
+            "no request, trial event or GPU sample has a time",
+        );
         return Ok(());
     };
     let mut panels = request_panels(node, &axis, colours);
     let gpu = gpu_panels(&node.gpu, &axis);
     if gpu.is_empty() {
-        plots.gaps.push(PlotGap {
-            node: node.node.clone(),
-            title: format!("GPU timeline of {}", node.node),
-            reason: "no GPU sample was recorded (NVML unavailable: GPU sampling was off)".into(),
-        });
+        plots.gap(
+            &node.node,
+            format!("GPU timeline of {}", node.node),
+            "no GPU sample was recorded (NVML unavailable: GPU sampling was off)",
+        );
     }
     panels.extend(gpu);
     let boundaries: Vec<(f64, &str)> = node
@@ -354,17 +407,12 @@ fn timeline(plots: &mut Plots, node: &NodeSeries, colours: &TenantColours) -> an
                 .fold(0.0, f64::max)
                 .max(1e-3)
                 * 1.1;
-            let mut chart = ChartBuilder::on(area)
-                .margin(8)
-                .x_label_area_size(30)
-                .y_label_area_size(60)
-                .build_cartesian_2d(axis.range(), 0.0..y_max)?;
-            chart
-                .configure_mesh()
-                .x_desc("seconds since the node's first trial")
-                .y_desc(panel.y_desc.as_str())
-                .light_line_style(WHITE)
-                .draw()?;
+            let mut chart = xy_chart(
+                area,
+                None,
+                (axis.range(), 0.0..y_max),
+                ("seconds since the node's first trial", &panel.y_desc),
+            )?;
             for &(x, trial) in &boundaries {
                 let style = BLACK.mix(0.4).stroke_width(1);
                 chart.draw_series(std::iter::once(PathElement::new(
@@ -384,28 +432,18 @@ fn timeline(plots: &mut Plots, node: &NodeSeries, colours: &TenantColours) -> an
                 ))?;
                 if let Some(label) = &line.label {
                     let colour = line.colour;
-                    drawn.label(label.as_str()).legend(move |(x, y)| {
-                        PathElement::new(vec![(x, y), (x + 16, y)], colour.stroke_width(2))
-                    });
+                    drawn
+                        .label(label.as_str())
+                        .legend(line_mark(colour.to_rgba(), 2));
                 }
             }
             if panel.lines.iter().any(|l| l.label.is_some()) {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK)
-                    .draw()?;
+                draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
             }
         }
         Ok(())
     })?;
-    plots.drawn.push(Plot {
-        file,
-        node: node.node.clone(),
-        title,
-        svg,
-    });
+    plots.add(&node.node, file, title, svg);
     Ok(())
 }
 
@@ -534,13 +572,12 @@ fn offered_vs_achieved(
         })
         .collect();
     if points.is_empty() {
-        plots.gaps.push(PlotGap {
-            node: node.into(),
+        plots.gap(
+            node,
             title,
-            reason: "no tenant had an open-loop arrival with an achieved rate (closed-loop \
-                     tenants have no offered rate)"
-                .into(),
-        });
+            "no tenant had an open-loop arrival with an achieved rate (closed-loop \
+                     tenants have no offered rate)",
+        );
         return Ok(());
     }
     let max = points
@@ -551,22 +588,16 @@ fn offered_vs_achieved(
         * 1.1;
     let file = file_name(&[node, "offered-vs-achieved"]);
     let svg = svg(&file, 420, |root| {
-        let mut chart = ChartBuilder::on(root)
-            .caption(&title, (FONT, 16))
-            .margin(10)
-            .x_label_area_size(40)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0.0..max, 0.0..max)?;
-        chart
-            .configure_mesh()
-            .x_desc("offered (requests/s)")
-            .y_desc("achieved (requests/s)")
-            .light_line_style(WHITE)
-            .draw()?;
+        let mut chart = xy_chart(
+            root,
+            Some(&title),
+            (0.0..max, 0.0..max),
+            ("offered (requests/s)", "achieved (requests/s)"),
+        )?;
         chart
             .draw_series(LineSeries::new([(0.0, 0.0), (max, max)], BLACK.mix(0.3)))?
             .label("achieved = offered")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], BLACK.mix(0.3)));
+            .legend(line_mark(BLACK.mix(0.3), 1));
         let mut labelled: Vec<&str> = Vec::new();
         for (trial, tenant, offered, achieved) in &points {
             let colour = colours.of_tenant(tenant);
@@ -587,20 +618,10 @@ fn offered_vs_achieved(
                     .legend(move |(x, y)| Circle::new((x + 8, y), 5, colour.filled()));
             }
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     })?;
-    plots.drawn.push(Plot {
-        file,
-        node: node.into(),
-        title,
-        svg,
-    });
+    plots.add(node, file, title, svg);
     Ok(())
 }
 
@@ -624,11 +645,11 @@ fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Re
         })
         .collect();
     if groups.is_empty() {
-        plots.gaps.push(PlotGap {
-            node: node.into(),
+        plots.gap(
+            node,
             title,
-            reason: "no shared trial has a tenant whose solo trial also ran".into(),
-        });
+            "no shared trial has a tenant whose solo trial also ran",
+        );
         return Ok(());
     }
     let y_max = groups
@@ -680,20 +701,10 @@ fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Re
                 (FONT, 12).into_font(),
             )))?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .draw()?;
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })?;
-    plots.drawn.push(Plot {
-        file,
-        node: node.into(),
-        title,
-        svg,
-    });
+    plots.add(node, file, title, svg);
     Ok(())
 }
 

@@ -78,23 +78,26 @@ fn render_comparison(summary: &Summary) -> Option<String> {
     (rows > 0).then(|| table.to_string())
 }
 
+/// The columns of the across-nodes table, in the terminal and in report.html.
+pub(super) const ACROSS_NODES_HEADER: [&str; 9] = [
+    "trial",
+    "nodes",
+    "done",
+    "failed",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "TPOT p50 ms",
+    "TPOT p99 ms",
+    "out tok/s",
+];
+
 /// Each trial that ran on several nodes, across them (merged histograms, summed throughput),
 /// or `None` for a one-node experiment.
 fn render_across_nodes(summary: &Summary) -> Option<String> {
     if summary.across_nodes.is_empty() {
         return None;
     }
-    let mut table = styled([
-        "trial",
-        "nodes",
-        "done",
-        "failed",
-        "TTFT p50 ms",
-        "TTFT p99 ms",
-        "TPOT p50 ms",
-        "TPOT p99 ms",
-        "out tok/s",
-    ]);
+    let mut table = styled(ACROSS_NODES_HEADER);
     for t in &summary.across_nodes {
         table.add_row([
             t.trial.clone(),
