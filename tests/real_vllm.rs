@@ -46,7 +46,7 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
         .expect("MULTITENANT_VLLM_MODEL (from scripts/vllm-cpu-setup.sh)");
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = format!(
-        "name: real-vllm\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 4}}, data: {{prompt_tokens: 32, output_tokens: 128, tokenizer: {model}/tokenizer.json}}, warmup: 0s, duration: 15s}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
+        "name: real-vllm\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 4}}, data: {{prompt_tokens: 32, output_tokens: 128, tokenizer: {model}/tokenizer.json}}, warmup: 0s, duration: 15s, keep_responses: 2}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
         tenant("a", 0, &bin, &model),
         tenant("b", 1, &bin, &model)
     );
@@ -112,6 +112,26 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
             t.tenant
         );
     }
+    // The first two answers of each tenant were kept as vLLM streamed them, and the report
+    // shows them beside its plots.
+    for t in ["a", "b"] {
+        let prompts = read_stream(&trial_dir.join(format!("{t}.prompts.jsonl"))).expect("prompts");
+        let kept: Vec<&str> = prompts
+            .events
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::Prompt(p) => p.response.as_deref(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kept.len(), 2, "{t}: kept answers");
+        assert!(kept.iter().all(|a| !a.trim().is_empty()), "{t}: {kept:?}");
+    }
+    let report = std::fs::read_to_string(outcome.dir.join("report.html")).expect("report.html");
+    assert!(
+        report.contains("data-plot=\"n-a-ttft-cdf.svg\"")
+            && report.contains("Answers side by side")
+    );
     // Both engines were stopped: their process groups are gone.
     let agent_log = read_stream(&trial_dir.join("agent.jsonl")).expect("agent stream");
     let groups: Vec<i32> = agent_log

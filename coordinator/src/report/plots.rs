@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 
 use anyhow::anyhow;
-use multitenant::analysis::Summary;
+use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
 use multitenant::events::GpuSample;
 use multitenant::series::{ExperimentSeries, NodeSeries, RequestPoint};
 use plotters::coord::types::RangedCoordf64;
@@ -549,6 +549,19 @@ fn gpu_panels(samples: &[GpuSample], axis: &TimeAxis) -> Vec<Panel> {
         .collect()
 }
 
+/// Every tenant of every trial that `node` ran, with its trial.
+fn tenants_of<'a>(
+    summary: &'a Summary,
+    node: &'a str,
+) -> impl Iterator<Item = (&'a TrialSummary, &'a TenantSummary)> {
+    summary
+        .nodes
+        .iter()
+        .filter(move |n| n.node == node)
+        .flat_map(|n| &n.trials)
+        .flat_map(|t| t.tenants.iter().map(move |x| (t, x)))
+}
+
 fn offered_vs_achieved(
     plots: &mut Plots,
     summary: &Summary,
@@ -556,12 +569,7 @@ fn offered_vs_achieved(
     colours: &TenantColours,
 ) -> anyhow::Result<()> {
     let title = format!("Offered against achieved request rate on {node}");
-    let points: Vec<(String, String, f64, f64)> = summary
-        .nodes
-        .iter()
-        .filter(|n| n.node == node)
-        .flat_map(|n| &n.trials)
-        .flat_map(|t| t.tenants.iter().map(move |x| (t, x)))
+    let points: Vec<(String, String, f64, f64)> = tenants_of(summary, node)
         .filter_map(|(t, x)| {
             Some((
                 t.trial.clone(),
@@ -630,12 +638,7 @@ const SLOWDOWN_BARS: [&str; 4] = ["TTFT p50", "TTFT p99", "TPOT p50", "TPOT p99"
 
 fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Result<()> {
     let title = format!("Slowdown against solo on {node} (shared / solo; 1 = no slowdown)");
-    let groups: Vec<(String, [Option<f64>; 4])> = summary
-        .nodes
-        .iter()
-        .filter(|n| n.node == node)
-        .flat_map(|n| &n.trials)
-        .flat_map(|t| t.tenants.iter().map(move |x| (t, x)))
+    let groups: Vec<(String, [Option<f64>; 4])> = tenants_of(summary, node)
         .filter_map(|(t, x)| {
             let s = x.slowdown?;
             let bars = [s.ttft_p50, s.ttft_p99, s.tpot_p50, s.tpot_p99];
