@@ -208,6 +208,7 @@ pub async fn run(
 ) -> anyhow::Result<Verdict> {
     let outcome = run::run_experiment(config, output_dir, run::Launch::FromConfig, cancel).await?;
     print!("{}", report::render_table(&outcome.summary));
+    println!("report: {}", outcome.dir.join("report.html").display());
     println!("results: {}", outcome.dir.display());
     Ok(verdict(&outcome.summary, fail_on_slo))
 }
