@@ -1,5 +1,5 @@
 //! The golden experiment, damaged the ways real folders get damaged: a tenant stream deleted,
-//! one cut mid-line, one whose header is gone, a trial folder that never appeared, a trial
+//! one cut mid-line, one whose header is gone, a GPU stream cut inside its header, a trial folder that never appeared, a trial
 //! marked invalid, and a tenant whose every request failed. `coordinator analyze --write`
 //! still writes every report; each says what is missing and why, and no figure is made up
 //! from nothing (no NaN, no 0 ms latency standing in for "no data").
@@ -33,6 +33,10 @@ fn damage(dir: &Path) {
     let text = std::fs::read_to_string(&a).expect("read");
     let cut = text.find("\"id\":\"a-5\"").expect("a-5") + 12;
     std::fs::write(&a, &text[..cut]).expect("write");
+    // mps: the GPU stream is ten bytes of a header.
+    let gpu = trials.join("mps/gpu.jsonl");
+    let text = std::fs::read_to_string(&gpu).expect("read");
+    std::fs::write(&gpu, &text[..10]).expect("write");
     // mps: every request of b failed, and the trial was marked invalid when its engine died.
     edit_lines(&trials.join("mps/b.jsonl"), |mut v| {
         if v["type"] == "request" {
@@ -114,6 +118,15 @@ fn a_damaged_experiment_still_reports_and_names_every_gap() {
     assert_eq!(
         mps.reason.as_deref(),
         Some("engine of b exited with status 1")
+    );
+    assert!(mps.gpus.is_empty() && mps.energy_per_output_token_j.is_none());
+    assert!(
+        summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("gpu.jsonl:1") && w.contains("no GPU figures")),
+        "{:?}",
+        summary.warnings
     );
     let b = mps.tenants.iter().find(|t| t.tenant == "b").expect("b");
     assert_eq!((b.metrics.sent, b.metrics.completed), (4, 0));

@@ -122,7 +122,8 @@ pub struct TrialSummary {
     /// The sweep stage this trial ran (1-based), when its workloads sweep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<u32>,
-    /// `finished`, `invalid`, `stopped`, or `incomplete` when no end was recorded.
+    /// `finished`, `invalid`, `stopped`, `missing` (planned, but its folder is not there), or
+    /// `incomplete` when no end was recorded.
     pub state: String,
     /// Why the trial is not valid, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -520,9 +521,20 @@ fn analyze_trial(
     }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
     let gpu_path = trial_dir.join("gpu.jsonl");
-    let gpus = match (merged_window, gpu_path.is_file()) {
-        (Some(window), true) => {
-            let stream = read_stream(&gpu_path)?;
+    let gpu_stream = match (merged_window, gpu_path.is_file()) {
+        (Some(_), true) => match read_stream(&gpu_path) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                summary
+                    .warnings
+                    .push(format!("{e}; no GPU figures for this trial"));
+                None
+            }
+        },
+        _ => None,
+    };
+    let gpus = match (merged_window, gpu_stream) {
+        (Some(window), Some(stream)) => {
             summary.warnings.extend(stream.warnings.iter().cloned());
             let samples: Vec<GpuSample> = stream
                 .events
