@@ -369,6 +369,18 @@ pub enum SharingMode {
     Exclusive,
 }
 
+impl SharingMode {
+    /// The name used in configs and outputs.
+    pub fn name(self) -> &'static str {
+        match self {
+            SharingMode::Solo => "solo",
+            SharingMode::Mps => "mps",
+            SharingMode::Timeslice => "timeslice",
+            SharingMode::Exclusive => "exclusive",
+        }
+    }
+}
+
 /// One trial as it will run: a name (its folder), a mode and the tenants in it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trial {
@@ -665,5 +677,22 @@ impl Experiment {
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&Node> {
         self.nodes.iter().find(|n| n.name == name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SharingMode;
+
+    #[test]
+    fn mode_names_are_their_serialized_names() {
+        for mode in [
+            SharingMode::Solo,
+            SharingMode::Mps,
+            SharingMode::Timeslice,
+            SharingMode::Exclusive,
+        ] {
+            assert_eq!(serde_json::to_value(mode).ok(), Some(mode.name().into()));
+        }
     }
 }

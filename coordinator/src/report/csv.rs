@@ -68,10 +68,7 @@ pub fn render_csv(summary: &Summary) -> String {
     let p = |p: Option<Percentiles>, pick: fn(&Percentiles) -> f64| number(p.as_ref().map(pick));
     for node in &summary.nodes {
         for trial in &node.trials {
-            let mode = serde_json::to_value(trial.mode)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_owned))
-                .unwrap_or_default();
+            let mode = trial.mode.name().to_owned();
             for t in &trial.tenants {
                 let m = &t.metrics;
                 let row = [

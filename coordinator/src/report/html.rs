@@ -292,7 +292,7 @@ fn trials_table(out: &mut String, summary: &Summary) {
                 vec![
                     Cell::Text(node.node.clone()),
                     Cell::Text(trial.trial.clone()),
-                    Cell::Text(format!("{:?}", trial.mode).to_lowercase()),
+                    Cell::Text(trial.mode.name().into()),
                     Cell::Marked(state, state_class),
                     Cell::Num(Some(trial.tenants.len() as f64), 0, ""),
                     Cell::Num(trial.aggregate_output_tokens_per_s, 1, ""),
