@@ -11,7 +11,7 @@ use crate::support::{binaries, read_summary, results_dir};
 fn table_of(stdout: &str) -> String {
     stdout
         .lines()
-        .filter(|l| !l.starts_with("results:"))
+        .filter(|l| !l.starts_with("results:") && !l.starts_with("report:"))
         .collect::<Vec<_>>()
         .join("\n")
 }
