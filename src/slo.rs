@@ -217,29 +217,13 @@ fn check(bound: String, limit: f64, measured: Option<f64>) -> SloCheck {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::testing::completed;
     use crate::events::Phase;
     use crate::metrics::TenantAccumulator;
 
+    /// Request `id`, sent at `id` seconds.
     fn request(id: u64, ttft_ms: u64, tokens: u32, gap_ms: u64) -> RequestEvent {
-        let sent = id * 1_000_000_000;
-        let first = sent + ttft_ms * 1_000_000;
-        let last = first + u64::from(tokens - 1) * gap_ms * 1_000_000;
-        RequestEvent {
-            id: format!("r{id}"),
-            phase: Phase::Measure,
-            scheduled_ns: sent,
-            sent_ns: sent,
-            first_token_ns: Some(first),
-            last_token_ns: Some(last),
-            done_ns: last,
-            chunk_gaps_us: vec![gap_ms * 1_000; tokens as usize - 1],
-            max_tokens: tokens,
-            prompt_tokens: Some(4),
-            output_tokens: Some(tokens),
-            token_source: Some(crate::events::TokenSource::Usage),
-            status: Some(200),
-            error: None,
-        }
+        completed(id * 1_000, ttft_ms, gap_ms, tokens)
     }
 
     /// Four requests: TTFT 10, 20, 30 and 400 ms, TPOT 5 ms. Bounds TTFT p50 ≤ 50 ms (met:

@@ -31,6 +31,8 @@
 
 mod event;
 mod reader;
+#[cfg(test)]
+pub(crate) mod testing;
 mod writer;
 
 pub use event::*;

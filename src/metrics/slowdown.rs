@@ -71,7 +71,8 @@ pub fn colocation_gain(aggregate: Option<f64>, solo_throughputs: &[Option<f64>])
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::events::{Phase, RequestEvent, TokenSource};
+    use crate::events::testing::completed;
+    use crate::events::Phase;
     use crate::metrics::TenantAccumulator;
 
     /// One tenant's metrics: requests sent every second, with TTFT and per-token time given.
@@ -79,25 +80,7 @@ mod tests {
         let mut acc = TenantAccumulator::default();
         acc.phase(Phase::Measure, 0);
         for i in 0..n {
-            let sent = i * 1_000_000_000;
-            let first = sent + ttft_ms * 1_000_000;
-            let last = first + 9 * tpot_ms * 1_000_000;
-            acc.request(&RequestEvent {
-                id: format!("r{i}"),
-                phase: Phase::Measure,
-                scheduled_ns: sent,
-                sent_ns: sent,
-                first_token_ns: Some(first),
-                last_token_ns: Some(last),
-                done_ns: last,
-                chunk_gaps_us: vec![],
-                max_tokens: 10,
-                prompt_tokens: Some(1),
-                output_tokens: Some(10),
-                token_source: Some(TokenSource::Usage),
-                status: Some(200),
-                error: None,
-            });
+            acc.request(&completed(i * 1_000, ttft_ms, tpot_ms, 10));
         }
         acc.finish()
     }

@@ -237,25 +237,16 @@ impl TenantAccumulator {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::events::testing::completed;
     use crate::events::{ErrorKind, RequestError};
 
+    /// A completed request sent at `sent_ms` whose first and last tokens arrive at `first_ms`
+    /// and `last_ms`, its stream closing 0.1 ms after the last.
     fn request(sent_ms: u64, first_ms: u64, last_ms: u64, tokens: u32) -> RequestEvent {
-        RequestEvent {
-            id: format!("r{sent_ms}"),
-            phase: Phase::Measure,
-            scheduled_ns: sent_ms * 1_000_000,
-            sent_ns: sent_ms * 1_000_000,
-            first_token_ns: Some(first_ms * 1_000_000),
-            last_token_ns: Some(last_ms * 1_000_000),
-            done_ns: last_ms * 1_000_000 + 100_000,
-            chunk_gaps_us: vec![],
-            max_tokens: tokens,
-            prompt_tokens: Some(10),
-            output_tokens: Some(tokens),
-            token_source: Some(TokenSource::Usage),
-            status: Some(200),
-            error: None,
-        }
+        let gap_ms = last_ms.saturating_sub(first_ms) / u64::from(tokens - 1);
+        let mut r = completed(sent_ms, first_ms.saturating_sub(sent_ms), gap_ms, tokens);
+        r.done_ns += 100_000;
+        r
     }
 
     #[test]
