@@ -21,18 +21,14 @@ use multitenant::config::{
     Api, Arrival, ArrivalPlan, DataSource, LengthDist, SharingMode, SimFaults, SimTiming,
     SyntheticData, Workload,
 };
-use multitenant::events::{read_stream, Event, Header, Phase, RequestEvent, StreamKind};
+use multitenant::events::{Phase, RequestEvent};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::RunClock;
 use crate::engine::sim_gpu::SimGpu;
 use crate::engine::simulated::{SimEngine, SimEngineConfig};
-use crate::loadgen::client::Target;
-use crate::loadgen::prompts::PromptFactory;
-use crate::loadgen::{self, LoadReport, TenantLoad};
-use crate::recorder::RunStreams;
+use crate::loadgen::{self, LoadReport};
 
 /// Rates tried in stage 1, requests/s.
 const RATES: [f64; 10] = [
@@ -231,63 +227,14 @@ fn synthetic(arrival: Arrival, duration: Duration, prompt: u32, output: u32) -> 
     }
 }
 
-/// Drives `workload` at `url`, recording into `dir`; returns the report and the request events
-/// of every phase.
+/// Drives `workload` at `url` into `dir` and returns its report and request events.
 async fn drive(
     url: &str,
     workload: Workload,
     dir: &Path,
 ) -> anyhow::Result<(LoadReport, Vec<RequestEvent>)> {
-    let clock = RunClock::start();
-    let streams = RunStreams::new(dir.to_owned())?;
-    let header = Header {
-        schema_version: multitenant::events::SCHEMA_VERSION.into(),
-        tool_version: multitenant::TOOL_VERSION.into(),
-        experiment: "bench".into(),
-        run_id: "bench".into(),
-        node: "local".into(),
-        trial: "bench".into(),
-        mode: SharingMode::Solo,
-        stream: StreamKind::Tenant,
-        zero_wall_ns: clock.zero_wall_ns(),
-        simulated: true,
-        stage: None,
-        tenant: None,
-    };
-    let stream = streams.create("bench/t.jsonl", header)?;
-    let ArrivalPlan::Single(arrival) = workload.arrival else {
-        bail!("the bench drives one arrival process per stage");
-    };
-    let (prompts, _) = PromptFactory::new(&workload.data, None, 1)?;
-    let load = TenantLoad {
-        tenant: "t".into(),
-        target: Target {
-            base_url: url.into(),
-            api: workload.api,
-            model: "bench".into(),
-            api_key: None,
-            stream: workload.stream,
-            ignore_eos: workload.ignore_eos,
-            request_fields: serde_json::Map::new(),
-        },
-        workload,
-        arrival,
-        seed: 1,
-        prompts: Arc::new(prompts),
-        clock,
-        stream: stream.clone(),
-    };
-    let report = loadgen::run(load, CancellationToken::new()).await;
-    stream.close()?;
-    let requests = read_stream(&dir.join("bench/t.jsonl"))?
-        .events
-        .into_iter()
-        .filter_map(|l| match l.event {
-            Event::Request(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    Ok((report, requests))
+    let recorded = loadgen::standalone::drive(url, "bench", workload, dir, "bench", 1).await?;
+    Ok((recorded.report, recorded.requests))
 }
 
 /// The figures of one rate: lag and rate over the measured phase, CPU over the whole stage

@@ -12,17 +12,14 @@ use agent::clock::RunClock;
 use agent::engine::sim_gpu::SimGpu;
 use agent::engine::simulated::{SimEngine, SimEngineConfig};
 use agent::gpu::NodeGpus;
-use agent::loadgen::client::Target;
-use agent::loadgen::prompts::PromptFactory;
-use agent::loadgen::{self, LoadReport, TenantLoad};
-use agent::recorder::RunStreams;
+use agent::loadgen::{self, LoadReport};
 use agent::run::RunManager;
 use multitenant::auth::BearerToken;
 use multitenant::config::{
     Api, Arrival, ArrivalPlan, DataSource, LengthDist, SharingMode, SimFaults, SimTiming,
     SyntheticData, Workload,
 };
-use multitenant::events::{read_stream, Event, Header, RequestEvent, StreamKind, SCHEMA_VERSION};
+use multitenant::events::{read_stream, Event, RequestEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -78,51 +75,11 @@ pub async fn drive(
     workload: Workload,
     dir: &Path,
 ) -> (LoadReport, RunClock, Vec<RequestEvent>) {
-    let clock = RunClock::start();
-    let streams = RunStreams::new(dir.to_owned()).expect("streams");
-    let header = Header {
-        schema_version: SCHEMA_VERSION.into(),
-        tool_version: "test".into(),
-        experiment: "t".into(),
-        run_id: "r".into(),
-        node: "n".into(),
-        trial: "solo".into(),
-        mode: SharingMode::Solo,
-        stream: StreamKind::Tenant,
-        zero_wall_ns: clock.zero_wall_ns(),
-        simulated: true,
-        stage: None,
-        tenant: None,
-    };
-    let stream = streams.create("solo/t.jsonl", header).expect("stream");
-    let target = Target {
-        base_url: base_url.into(),
-        api: workload.api,
-        model: "sim".into(),
-        api_key: None,
-        stream: workload.stream,
-        ignore_eos: workload.ignore_eos,
-        request_fields: workload.request_fields.clone(),
-    };
-    let ArrivalPlan::Single(arrival) = workload.arrival else {
-        panic!("drive runs one arrival process, not a sweep");
-    };
-    let (prompts, _) = PromptFactory::new(&workload.data, None, 5).expect("prompts");
-    let load = TenantLoad {
-        tenant: "t".into(),
-        target,
-        workload,
-        arrival,
-        prompts: Arc::new(prompts),
-        seed: 5,
-        clock,
-        stream: stream.clone(),
-    };
-    let report = loadgen::run(load, CancellationToken::new()).await;
-    stream.close().expect("close");
-    let (requests, warnings) = request_events(&dir.join("solo/t.jsonl"));
-    assert!(warnings.is_empty(), "{warnings:?}");
-    (report, clock, requests)
+    let recorded = loadgen::standalone::drive(base_url, "sim", workload, dir, "solo", 5)
+        .await
+        .expect("drive");
+    assert!(recorded.warnings.is_empty(), "{:?}", recorded.warnings);
+    (recorded.report, recorded.clock, recorded.requests)
 }
 
 /// The request events of the stream at `path`, and the reader's warnings.

@@ -11,6 +11,7 @@ pub mod dispatch;
 pub mod prompts;
 pub mod schedule;
 pub mod sse;
+pub mod standalone;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
