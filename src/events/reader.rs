@@ -15,6 +15,16 @@ pub struct StreamContents {
     pub warnings: Vec<String>,
 }
 
+impl StreamContents {
+    /// The request events, in file order.
+    pub fn requests(&self) -> impl Iterator<Item = &super::RequestEvent> {
+        self.events.iter().filter_map(|l| match &l.event {
+            Event::Request(r) => Some(r),
+            _ => None,
+        })
+    }
+}
+
 /// Why a stream could not be read at all.
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -19,7 +19,7 @@ use multitenant::config::{
     Api, Arrival, ArrivalPlan, DataSource, LengthDist, SharingMode, SimFaults, SimTiming,
     SyntheticData, Workload,
 };
-use multitenant::events::{read_stream, Event, RequestEvent};
+use multitenant::events::{read_stream, RequestEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -85,15 +85,7 @@ pub async fn drive(
 /// The request events of the stream at `path`, and the reader's warnings.
 pub fn request_events(path: &Path) -> (Vec<RequestEvent>, Vec<String>) {
     let contents = read_stream(path).expect("a readable stream");
-    let requests = contents
-        .events
-        .into_iter()
-        .filter_map(|l| match l.event {
-            Event::Request(r) => Some(r),
-            _ => None,
-        })
-        .collect();
-    (requests, contents.warnings)
+    (contents.requests().cloned().collect(), contents.warnings)
 }
 
 /// An agent serving in this process on a free loopback port.

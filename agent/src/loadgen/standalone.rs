@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use multitenant::config::{ArrivalPlan, SharingMode, Workload};
-use multitenant::events::{read_stream, Event, Header, RequestEvent, StreamKind};
+use multitenant::events::{read_stream, Header, RequestEvent, StreamKind};
 use tokio_util::sync::CancellationToken;
 
 use super::client::Target;
@@ -82,18 +82,10 @@ pub async fn drive(
     let report = super::run(load, CancellationToken::new()).await;
     stream.close()?;
     let contents = read_stream(&dir.join(&path))?;
-    let requests = contents
-        .events
-        .into_iter()
-        .filter_map(|l| match l.event {
-            Event::Request(r) => Some(r),
-            _ => None,
-        })
-        .collect();
     Ok(Recorded {
         report,
         clock,
-        requests,
+        requests: contents.requests().cloned().collect(),
         warnings: contents.warnings,
     })
 }
