@@ -9,6 +9,7 @@
 //! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
 //! - [`slo`]: service-level objectives, judged per tenant and trial, and goodput.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
+//! - [`series`]: the same folder as per-request and per-sample time series, for plots.
 //! - [`tokens`]: prompts of an exact token count from a model's `tokenizer.json`.
 //! - [`auth`]: the bearer token both sides of the gRPC API use.
 //! - [`tls`]: the certificate name and environment variables of coordinator-agent TLS.
