@@ -46,6 +46,15 @@ pub struct Summary {
     pub warnings: Vec<String>,
 }
 
+impl Summary {
+    /// Every trial of every node, with its node's name, in node then run order.
+    pub fn trials(&self) -> impl Iterator<Item = (&str, &TrialSummary)> {
+        self.nodes
+            .iter()
+            .flat_map(|n| n.trials.iter().map(move |t| (n.node.as_str(), t)))
+    }
+}
+
 /// One trial across the nodes it ran on. Latency figures come from the tenants' histograms
 /// merged (never from percentiles averaged); throughputs add up, each node over its own
 /// window, since nodes run side by side.

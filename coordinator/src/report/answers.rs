@@ -127,12 +127,9 @@ fn answer_cell(prompt: Option<&PromptEvent>) -> Cell {
 
 fn scores_table(out: &mut String, summary: &Summary, node: &str, trial: &str) {
     let rows: Vec<(&str, Vec<Cell>)> = summary
-        .nodes
-        .iter()
-        .filter(|n| n.node == node)
-        .flat_map(|n| &n.trials)
-        .filter(|t| t.trial == trial)
-        .flat_map(|t| &t.tenants)
+        .trials()
+        .filter(|(n, t)| *n == node && t.trial == trial)
+        .flat_map(|(_, t)| &t.tenants)
         .filter_map(|t| {
             let q = t.quality.as_ref()?;
             Some((

@@ -66,66 +66,64 @@ fn slo_verdict(slo: Option<&multitenant::slo::SloResult>) -> &'static str {
 pub fn render_csv(summary: &Summary) -> String {
     let mut out = HEADER.join(",") + "\n";
     let p = |p: Option<Percentiles>, pick: fn(&Percentiles) -> f64| number(p.as_ref().map(pick));
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            let mode = trial.mode.name().to_owned();
-            for t in &trial.tenants {
-                let m = &t.metrics;
-                let row = [
-                    field(&node.node),
-                    field(&trial.trial),
-                    mode.clone(),
-                    field(&trial.state),
-                    field(&t.tenant),
-                    field(&t.model),
-                    field(&t.engine),
-                    t.simulated.to_string(),
-                    m.sent.to_string(),
-                    m.completed.to_string(),
-                    m.failed.to_string(),
-                    p(m.ttft_ms, |p| p.p50),
-                    p(m.ttft_ms, |p| p.p99),
-                    p(m.tpot_ms, |p| p.p50),
-                    p(m.tpot_ms, |p| p.p99),
-                    p(m.itl_ms, |p| p.p50),
-                    p(m.itl_ms, |p| p.p99),
-                    p(m.e2e_ms, |p| p.p50),
-                    p(m.e2e_ms, |p| p.p99),
-                    p(m.schedule_lag_ms, |p| p.p99),
-                    number(m.throughput.map(|t| t.output_tokens_per_s)),
-                    number(t.offered_rate),
-                    number(m.achieved_rate),
-                    number(t.slowdown.and_then(|s| s.ttft_p50)),
-                    number(t.slowdown.and_then(|s| s.tpot_p50)),
-                    number(trial.aggregate_output_tokens_per_s),
-                    number(trial.energy_per_output_token_j),
-                    slo_verdict(t.slo.as_ref()).to_owned(),
-                    number(t.slo.as_ref().and_then(|s| s.goodput_rps)),
-                    number(t.slo.as_ref().and_then(|s| s.attainment)),
-                    t.quality
-                        .as_ref()
-                        .map(|q| q.scored.to_string())
-                        .unwrap_or_default(),
-                    number(t.quality.as_ref().and_then(|q| q.exact_match)),
-                    number(t.quality.as_ref().and_then(|q| q.rouge_l)),
-                ];
-                out.push_str(&row.join(","));
-                out.push('\n');
-            }
-            // A tenant whose stream is missing: named, with its state saying so, and every
-            // figure empty.
-            for missing in &trial.missing {
-                let mut row = vec![
-                    field(&node.node),
-                    field(&trial.trial),
-                    mode.clone(),
-                    "stream missing".to_owned(),
-                    field(&missing.tenant),
-                ];
-                row.resize(HEADER.len(), String::new());
-                out.push_str(&row.join(","));
-                out.push('\n');
-            }
+    for (node, trial) in summary.trials() {
+        let mode = trial.mode.name().to_owned();
+        for t in &trial.tenants {
+            let m = &t.metrics;
+            let row = [
+                field(node),
+                field(&trial.trial),
+                mode.clone(),
+                field(&trial.state),
+                field(&t.tenant),
+                field(&t.model),
+                field(&t.engine),
+                t.simulated.to_string(),
+                m.sent.to_string(),
+                m.completed.to_string(),
+                m.failed.to_string(),
+                p(m.ttft_ms, |p| p.p50),
+                p(m.ttft_ms, |p| p.p99),
+                p(m.tpot_ms, |p| p.p50),
+                p(m.tpot_ms, |p| p.p99),
+                p(m.itl_ms, |p| p.p50),
+                p(m.itl_ms, |p| p.p99),
+                p(m.e2e_ms, |p| p.p50),
+                p(m.e2e_ms, |p| p.p99),
+                p(m.schedule_lag_ms, |p| p.p99),
+                number(m.throughput.map(|t| t.output_tokens_per_s)),
+                number(t.offered_rate),
+                number(m.achieved_rate),
+                number(t.slowdown.and_then(|s| s.ttft_p50)),
+                number(t.slowdown.and_then(|s| s.tpot_p50)),
+                number(trial.aggregate_output_tokens_per_s),
+                number(trial.energy_per_output_token_j),
+                slo_verdict(t.slo.as_ref()).to_owned(),
+                number(t.slo.as_ref().and_then(|s| s.goodput_rps)),
+                number(t.slo.as_ref().and_then(|s| s.attainment)),
+                t.quality
+                    .as_ref()
+                    .map(|q| q.scored.to_string())
+                    .unwrap_or_default(),
+                number(t.quality.as_ref().and_then(|q| q.exact_match)),
+                number(t.quality.as_ref().and_then(|q| q.rouge_l)),
+            ];
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        // A tenant whose stream is missing: named, with its state saying so, and every
+        // figure empty.
+        for missing in &trial.missing {
+            let mut row = vec![
+                field(node),
+                field(&trial.trial),
+                mode.clone(),
+                "stream missing".to_owned(),
+                field(&missing.tenant),
+            ];
+            row.resize(HEADER.len(), String::new());
+            out.push_str(&row.join(","));
+            out.push('\n');
         }
     }
     out

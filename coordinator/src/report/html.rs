@@ -205,51 +205,49 @@ fn tenants_table(out: &mut String, summary: &Summary) {
         "SLO",
     ];
     let mut rows = Vec::new();
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            let class = if trial.state == "finished" {
-                ""
-            } else {
-                "not-finished"
-            };
-            for t in &trial.tenants {
-                let m = &t.metrics;
-                let slowdown = t.slowdown;
-                rows.push((
-                    class,
-                    vec![
-                        Cell::Text(node.node.clone()),
-                        Cell::Text(trial_label(trial)),
-                        Cell::Text(t.tenant.clone()),
-                        Cell::Text(t.model.clone()),
-                        Cell::Num(Some(m.sent as f64), 0, ""),
-                        Cell::Num(Some(m.completed as f64), 0, ""),
-                        Cell::Num(Some(m.failed as f64), 0, ""),
-                        Cell::Num(t.offered_rate, 2, ""),
-                        Cell::Num(m.achieved_rate, 2, ""),
-                        Cell::Num(m.throughput.map(|x| x.output_tokens_per_s), 1, ""),
-                        pct(m.ttft_ms.as_ref(), |p| p.p50),
-                        pct(m.ttft_ms.as_ref(), |p| p.p99),
-                        pct(m.tpot_ms.as_ref(), |p| p.p50),
-                        pct(m.tpot_ms.as_ref(), |p| p.p99),
-                        pct(m.itl_ms.as_ref(), |p| p.p99),
-                        pct(m.e2e_ms.as_ref(), |p| p.p99),
-                        Cell::Num(slowdown.and_then(|s| s.ttft_p99), 2, "×"),
-                        Cell::Num(slowdown.and_then(|s| s.output_tokens_per_s), 2, "×"),
-                        slo_cell(t),
-                    ],
-                ));
-            }
-            for missing in &trial.missing {
-                let mut cells = vec![
-                    Cell::Text(node.node.clone()),
+    for (node, trial) in summary.trials() {
+        let class = if trial.state == "finished" {
+            ""
+        } else {
+            "not-finished"
+        };
+        for t in &trial.tenants {
+            let m = &t.metrics;
+            let slowdown = t.slowdown;
+            rows.push((
+                class,
+                vec![
+                    Cell::Text(node.to_owned()),
                     Cell::Text(trial_label(trial)),
-                    Cell::Text(missing.tenant.clone()),
-                    Cell::Marked(format!("stream missing: {}", missing.reason), "fail"),
-                ];
-                cells.extend((4..header.len()).map(|_| Cell::Num(None, 0, "")));
-                rows.push(("missing", cells));
-            }
+                    Cell::Text(t.tenant.clone()),
+                    Cell::Text(t.model.clone()),
+                    Cell::Num(Some(m.sent as f64), 0, ""),
+                    Cell::Num(Some(m.completed as f64), 0, ""),
+                    Cell::Num(Some(m.failed as f64), 0, ""),
+                    Cell::Num(t.offered_rate, 2, ""),
+                    Cell::Num(m.achieved_rate, 2, ""),
+                    Cell::Num(m.throughput.map(|x| x.output_tokens_per_s), 1, ""),
+                    pct(m.ttft_ms.as_ref(), |p| p.p50),
+                    pct(m.ttft_ms.as_ref(), |p| p.p99),
+                    pct(m.tpot_ms.as_ref(), |p| p.p50),
+                    pct(m.tpot_ms.as_ref(), |p| p.p99),
+                    pct(m.itl_ms.as_ref(), |p| p.p99),
+                    pct(m.e2e_ms.as_ref(), |p| p.p99),
+                    Cell::Num(slowdown.and_then(|s| s.ttft_p99), 2, "×"),
+                    Cell::Num(slowdown.and_then(|s| s.output_tokens_per_s), 2, "×"),
+                    slo_cell(t),
+                ],
+            ));
+        }
+        for missing in &trial.missing {
+            let mut cells = vec![
+                Cell::Text(node.to_owned()),
+                Cell::Text(trial_label(trial)),
+                Cell::Text(missing.tenant.clone()),
+                Cell::Marked(format!("stream missing: {}", missing.reason), "fail"),
+            ];
+            cells.extend((4..header.len()).map(|_| Cell::Num(None, 0, "")));
+            rows.push(("missing", cells));
         }
     }
     table(out, &header, &rows);
@@ -271,78 +269,74 @@ fn trials_table(out: &mut String, summary: &Summary) {
         "GPU power mean W",
     ];
     let mut rows = Vec::new();
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            let gpus = &trial.gpus;
-            let mean = |pick: fn(&multitenant::metrics::gpu::GpuTrialSummary) -> Option<f64>| {
-                let v: Vec<f64> = gpus.iter().filter_map(pick).collect();
-                (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
-            };
-            let state = match &trial.reason {
-                Some(r) => format!("{}: {r}", trial.state),
-                None => trial.state.clone(),
-            };
-            let state_class = if trial.state == "finished" {
-                "pass"
-            } else {
-                "fail"
-            };
-            rows.push((
-                "",
-                vec![
-                    Cell::Text(node.node.clone()),
-                    Cell::Text(trial.trial.clone()),
-                    Cell::Text(trial.mode.name().into()),
-                    Cell::Marked(state, state_class),
-                    Cell::Num(Some(trial.tenants.len() as f64), 0, ""),
-                    Cell::Num(trial.aggregate_output_tokens_per_s, 1, ""),
-                    Cell::Num(trial.aggregate_total_tokens_per_s, 1, ""),
-                    Cell::Num(trial.colocation_gain, 2, "×"),
-                    Cell::Num(trial.energy_per_output_token_j, 4, ""),
-                    Cell::Num(mean(|g| g.utilization_mean_pct), 1, ""),
-                    Cell::Num(
-                        gpus.iter()
-                            .filter_map(|g| g.memory_used_max_bytes)
-                            .max()
-                            .map(|b| b as f64 / (1u64 << 30) as f64),
-                        2,
-                        "",
-                    ),
-                    Cell::Num(mean(|g| g.power_mean_w), 1, ""),
-                ],
-            ));
-        }
+    for (node, trial) in summary.trials() {
+        let gpus = &trial.gpus;
+        let mean = |pick: fn(&multitenant::metrics::gpu::GpuTrialSummary) -> Option<f64>| {
+            let v: Vec<f64> = gpus.iter().filter_map(pick).collect();
+            (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64)
+        };
+        let state = match &trial.reason {
+            Some(r) => format!("{}: {r}", trial.state),
+            None => trial.state.clone(),
+        };
+        let state_class = if trial.state == "finished" {
+            "pass"
+        } else {
+            "fail"
+        };
+        rows.push((
+            "",
+            vec![
+                Cell::Text(node.to_owned()),
+                Cell::Text(trial.trial.clone()),
+                Cell::Text(trial.mode.name().into()),
+                Cell::Marked(state, state_class),
+                Cell::Num(Some(trial.tenants.len() as f64), 0, ""),
+                Cell::Num(trial.aggregate_output_tokens_per_s, 1, ""),
+                Cell::Num(trial.aggregate_total_tokens_per_s, 1, ""),
+                Cell::Num(trial.colocation_gain, 2, "×"),
+                Cell::Num(trial.energy_per_output_token_j, 4, ""),
+                Cell::Num(mean(|g| g.utilization_mean_pct), 1, ""),
+                Cell::Num(
+                    gpus.iter()
+                        .filter_map(|g| g.memory_used_max_bytes)
+                        .max()
+                        .map(|b| b as f64 / (1u64 << 30) as f64),
+                    2,
+                    "",
+                ),
+                Cell::Num(mean(|g| g.power_mean_w), 1, ""),
+            ],
+        ));
     }
     table(out, &header, &rows);
 }
 
 fn slo_table(out: &mut String, summary: &Summary) -> bool {
     let mut rows = Vec::new();
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            for t in &trial.tenants {
-                let Some(slo) = &t.slo else { continue };
-                for check in &slo.checks {
-                    let class = if check.verdict == "pass" {
-                        "pass"
-                    } else {
-                        "fail"
-                    };
-                    rows.push((
-                        "",
-                        vec![
-                            Cell::Text(node.node.clone()),
-                            Cell::Text(trial_label(trial)),
-                            Cell::Text(t.tenant.clone()),
-                            Cell::Text(check.bound.clone()),
-                            Cell::Num(Some(check.limit), 3, ""),
-                            Cell::Num(check.measured, 3, ""),
-                            Cell::Marked(check.verdict.clone(), class),
-                            Cell::Num(slo.goodput_rps, 2, ""),
-                            Cell::Num(slo.attainment.map(|a| a * 100.0), 1, "%"),
-                        ],
-                    ));
-                }
+    for (node, trial) in summary.trials() {
+        for t in &trial.tenants {
+            let Some(slo) = &t.slo else { continue };
+            for check in &slo.checks {
+                let class = if check.verdict == "pass" {
+                    "pass"
+                } else {
+                    "fail"
+                };
+                rows.push((
+                    "",
+                    vec![
+                        Cell::Text(node.to_owned()),
+                        Cell::Text(trial_label(trial)),
+                        Cell::Text(t.tenant.clone()),
+                        Cell::Text(check.bound.clone()),
+                        Cell::Num(Some(check.limit), 3, ""),
+                        Cell::Num(check.measured, 3, ""),
+                        Cell::Marked(check.verdict.clone(), class),
+                        Cell::Num(slo.goodput_rps, 2, ""),
+                        Cell::Num(slo.attainment.map(|a| a * 100.0), 1, "%"),
+                    ],
+                ));
             }
         }
     }

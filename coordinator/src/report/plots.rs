@@ -555,11 +555,9 @@ fn tenants_of<'a>(
     node: &'a str,
 ) -> impl Iterator<Item = (&'a TrialSummary, &'a TenantSummary)> {
     summary
-        .nodes
-        .iter()
-        .filter(move |n| n.node == node)
-        .flat_map(|n| &n.trials)
-        .flat_map(|t| t.tenants.iter().map(move |x| (t, x)))
+        .trials()
+        .filter(move |(n, _)| *n == node)
+        .flat_map(|(_, t)| t.tenants.iter().map(move |x| (t, x)))
 }
 
 fn offered_vs_achieved(

@@ -46,32 +46,30 @@ fn render_comparison(summary: &Summary) -> Option<String> {
         "out tok/s",
     ]);
     let mut rows = 0;
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            for t in &trial.tenants {
-                let Some(s) = t.slowdown else { continue };
-                rows += 1;
-                table.add_row([
-                    node.node.clone(),
-                    trial.trial.clone(),
-                    t.tenant.clone(),
-                    times(s.ttft_p50),
-                    times(s.ttft_p99),
-                    times(s.tpot_p50),
-                    times(s.tpot_p99),
-                    times(s.output_tokens_per_s),
-                ]);
-            }
-            if let Some(gain) = trial.colocation_gain {
-                let mut row = vec![
-                    node.node.clone(),
-                    trial.trial.clone(),
-                    "= co-location gain".into(),
-                ];
-                row.extend((0..4).map(|_| String::new()));
-                row.push(times(Some(gain)));
-                table.add_row(row);
-            }
+    for (node, trial) in summary.trials() {
+        for t in &trial.tenants {
+            let Some(s) = t.slowdown else { continue };
+            rows += 1;
+            table.add_row([
+                node.to_owned(),
+                trial.trial.clone(),
+                t.tenant.clone(),
+                times(s.ttft_p50),
+                times(s.ttft_p99),
+                times(s.tpot_p50),
+                times(s.tpot_p99),
+                times(s.output_tokens_per_s),
+            ]);
+        }
+        if let Some(gain) = trial.colocation_gain {
+            let mut row = vec![
+                node.to_owned(),
+                trial.trial.clone(),
+                "= co-location gain".into(),
+            ];
+            row.extend((0..4).map(|_| String::new()));
+            row.push(times(Some(gain)));
+            table.add_row(row);
         }
     }
     align_numbers(&mut table, 3);
@@ -132,55 +130,53 @@ pub fn render_table(summary: &Summary) -> String {
         "achieved/s",
         "SLO",
     ]);
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            let trial_label = if trial.state == "finished" {
-                trial.trial.clone()
-            } else {
-                format!("{} ({})", trial.trial, trial.state)
-            };
-            for t in &trial.tenants {
-                let m = &t.metrics;
-                table.add_row([
-                    node.node.clone(),
-                    trial_label.clone(),
-                    t.tenant.clone(),
-                    m.completed.to_string(),
-                    m.failed.to_string(),
-                    ms(m.ttft_ms.as_ref(), |p| p.p50),
-                    ms(m.ttft_ms.as_ref(), |p| p.p99),
-                    ms(m.tpot_ms.as_ref(), |p| p.p50),
-                    ms(m.tpot_ms.as_ref(), |p| p.p99),
-                    rate(m.throughput.map(|t| t.output_tokens_per_s)),
-                    rate(t.offered_rate),
-                    rate(m.achieved_rate),
-                    match t.slo.as_ref() {
-                        Some(s) if s.pass => "pass".into(),
-                        Some(_) => "FAIL".into(),
-                        None => "-".into(),
-                    },
-                ]);
-            }
-            for missing in &trial.missing {
-                let mut row = vec![
-                    node.node.clone(),
-                    trial_label.clone(),
-                    missing.tenant.clone(),
-                    "stream missing".into(),
-                ];
-                row.extend((0..9).map(|_| "-".to_owned()));
-                table.add_row(row);
-            }
-            let mut total: Vec<Cell> = vec![
-                Cell::new(&node.node),
-                Cell::new(&trial_label),
-                Cell::new("= node aggregate"),
-            ];
-            total.extend((0..6).map(|_| Cell::new("")));
-            total.push(Cell::new(rate(trial.aggregate_output_tokens_per_s)));
-            total.extend((0..3).map(|_| Cell::new("")));
-            table.add_row(total);
+    for (node, trial) in summary.trials() {
+        let trial_label = if trial.state == "finished" {
+            trial.trial.clone()
+        } else {
+            format!("{} ({})", trial.trial, trial.state)
+        };
+        for t in &trial.tenants {
+            let m = &t.metrics;
+            table.add_row([
+                node.to_owned(),
+                trial_label.clone(),
+                t.tenant.clone(),
+                m.completed.to_string(),
+                m.failed.to_string(),
+                ms(m.ttft_ms.as_ref(), |p| p.p50),
+                ms(m.ttft_ms.as_ref(), |p| p.p99),
+                ms(m.tpot_ms.as_ref(), |p| p.p50),
+                ms(m.tpot_ms.as_ref(), |p| p.p99),
+                rate(m.throughput.map(|t| t.output_tokens_per_s)),
+                rate(t.offered_rate),
+                rate(m.achieved_rate),
+                match t.slo.as_ref() {
+                    Some(s) if s.pass => "pass".into(),
+                    Some(_) => "FAIL".into(),
+                    None => "-".into(),
+                },
+            ]);
         }
+        for missing in &trial.missing {
+            let mut row = vec![
+                node.to_owned(),
+                trial_label.clone(),
+                missing.tenant.clone(),
+                "stream missing".into(),
+            ];
+            row.extend((0..9).map(|_| "-".to_owned()));
+            table.add_row(row);
+        }
+        let mut total: Vec<Cell> = vec![
+            Cell::new(node),
+            Cell::new(&trial_label),
+            Cell::new("= node aggregate"),
+        ];
+        total.extend((0..6).map(|_| Cell::new("")));
+        total.push(Cell::new(rate(trial.aggregate_output_tokens_per_s)));
+        total.extend((0..3).map(|_| Cell::new("")));
+        table.add_row(total);
     }
     align_numbers(&mut table, 3);
     let mut out = String::new();
@@ -220,23 +216,21 @@ pub fn render_table(summary: &Summary) -> String {
 /// One line per tenant and trial whose answers were kept: how many, and their scores.
 fn answer_scores(summary: &Summary) -> Vec<String> {
     let mut out = Vec::new();
-    for node in &summary.nodes {
-        for trial in &node.trials {
-            for t in &trial.tenants {
-                let Some(q) = &t.quality else { continue };
-                let scores = match (q.exact_match, q.rouge_l) {
-                    (Some(exact), Some(rouge)) => format!(
-                        "{} scored against expected outputs: exact match {:.1}%, ROUGE-L {rouge:.3}",
-                        q.scored,
-                        exact * 100.0
-                    ),
-                    _ => "no expected outputs to score against".into(),
-                };
-                out.push(format!(
-                    "{}/{}/{}: {} kept, {scores}",
-                    node.node, trial.trial, t.tenant, q.kept
-                ));
-            }
+    for (node, trial) in summary.trials() {
+        for t in &trial.tenants {
+            let Some(q) = &t.quality else { continue };
+            let scores = match (q.exact_match, q.rouge_l) {
+                (Some(exact), Some(rouge)) => format!(
+                    "{} scored against expected outputs: exact match {:.1}%, ROUGE-L {rouge:.3}",
+                    q.scored,
+                    exact * 100.0
+                ),
+                _ => "no expected outputs to score against".into(),
+            };
+            out.push(format!(
+                "{}/{}/{}: {} kept, {scores}",
+                node, trial.trial, t.tenant, q.kept
+            ));
         }
     }
     out
@@ -245,29 +239,27 @@ fn answer_scores(summary: &Summary) -> Vec<String> {
 /// Every tenant of every finished trial that missed its SLO, with the bounds it missed.
 pub fn slo_failures(summary: &Summary) -> Vec<String> {
     let mut out = Vec::new();
-    for node in &summary.nodes {
-        for trial in node.trials.iter().filter(|t| t.state == "finished") {
-            for t in &trial.tenants {
-                let Some(slo) = t.slo.as_ref().filter(|s| !s.pass) else {
-                    continue;
-                };
-                let missed: Vec<String> = slo
-                    .checks
-                    .iter()
-                    .filter(|c| c.verdict != "pass")
-                    .map(|c| match c.measured {
-                        Some(m) => format!("{} {m:.2} > {}", c.bound, c.limit),
-                        None => format!("{} has no data (limit {})", c.bound, c.limit),
-                    })
-                    .collect();
-                out.push(format!(
-                    "{}/{}/{}: {}",
-                    node.node,
-                    trial.trial,
-                    t.tenant,
-                    missed.join(", ")
-                ));
-            }
+    for (node, trial) in summary.trials().filter(|(_, t)| t.state == "finished") {
+        for t in &trial.tenants {
+            let Some(slo) = t.slo.as_ref().filter(|s| !s.pass) else {
+                continue;
+            };
+            let missed: Vec<String> = slo
+                .checks
+                .iter()
+                .filter(|c| c.verdict != "pass")
+                .map(|c| match c.measured {
+                    Some(m) => format!("{} {m:.2} > {}", c.bound, c.limit),
+                    None => format!("{} has no data (limit {})", c.bound, c.limit),
+                })
+                .collect();
+            out.push(format!(
+                "{}/{}/{}: {}",
+                node,
+                trial.trial,
+                t.tenant,
+                missed.join(", ")
+            ));
         }
     }
     out
