@@ -22,8 +22,6 @@ use plotters::prelude::*;
 pub struct Plot {
     /// File name under `plots/`.
     pub file: String,
-    /// Node it belongs to.
-    pub node: String,
     /// Title shown above it in the report.
     pub title: String,
     /// The SVG document.
@@ -33,8 +31,6 @@ pub struct Plot {
 /// A plot that was not drawn, and why.
 #[derive(Debug, Clone)]
 pub struct PlotGap {
-    /// Node it belongs to.
-    pub node: String,
     /// The plot's title.
     pub title: String,
     /// Why there is nothing to draw.
@@ -51,18 +47,12 @@ pub struct Plots {
 }
 
 impl Plots {
-    fn add(&mut self, node: &str, file: String, title: String, svg: String) {
-        self.drawn.push(Plot {
-            file,
-            node: node.to_owned(),
-            title,
-            svg,
-        });
+    fn add(&mut self, file: String, title: String, svg: String) {
+        self.drawn.push(Plot { file, title, svg });
     }
 
-    fn gap(&mut self, node: &str, title: String, reason: impl Into<String>) {
+    fn gap(&mut self, title: String, reason: impl Into<String>) {
         self.gaps.push(PlotGap {
-            node: node.to_owned(),
             title,
             reason: reason.into(),
         });
@@ -272,7 +262,6 @@ fn latency_cdf(
         .collect();
     if lines.is_empty() {
         plots.gap(
-            &node.node,
             title,
             format!("no measured request of {tenant} has a {metric}"),
         );
@@ -303,7 +292,7 @@ fn latency_cdf(
         draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
         Ok(())
     })?;
-    plots.add(&node.node, file, title, svg);
+    plots.add(file, title, svg);
     Ok(())
 }
 
@@ -372,18 +361,13 @@ struct Panel {
 fn timeline(plots: &mut Plots, node: &NodeSeries, colours: &TenantColours) -> anyhow::Result<()> {
     let title = format!("Timeline of {}: requests and GPU, trials marked", node.node);
     let Some(axis) = TimeAxis::of(node) else {
-        plots.gap(
-            &node.node,
-            title,
-            "no request, trial event or GPU sample has a time",
-        );
+        plots.gap(title, "no request, trial event or GPU sample has a time");
         return Ok(());
     };
     let mut panels = request_panels(node, &axis, colours);
     let gpu = gpu_panels(&node.gpu, &axis);
     if gpu.is_empty() {
         plots.gap(
-            &node.node,
             format!("GPU timeline of {}", node.node),
             "no GPU sample was recorded (NVML unavailable: GPU sampling was off)",
         );
@@ -443,7 +427,7 @@ fn timeline(plots: &mut Plots, node: &NodeSeries, colours: &TenantColours) -> an
         }
         Ok(())
     })?;
-    plots.add(&node.node, file, title, svg);
+    plots.add(file, title, svg);
     Ok(())
 }
 
@@ -579,7 +563,6 @@ fn offered_vs_achieved(
         .collect();
     if points.is_empty() {
         plots.gap(
-            node,
             title,
             "no tenant had an open-loop arrival with an achieved rate (closed-loop \
                      tenants have no offered rate)",
@@ -627,7 +610,7 @@ fn offered_vs_achieved(
         draw_legend(&mut chart, SeriesLabelPosition::UpperLeft)?;
         Ok(())
     })?;
-    plots.add(node, file, title, svg);
+    plots.add(file, title, svg);
     Ok(())
 }
 
@@ -647,7 +630,6 @@ fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Re
         .collect();
     if groups.is_empty() {
         plots.gap(
-            node,
             title,
             "no shared trial has a tenant whose solo trial also ran",
         );
@@ -705,7 +687,7 @@ fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Re
         draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())
     })?;
-    plots.add(node, file, title, svg);
+    plots.add(file, title, svg);
     Ok(())
 }
 
