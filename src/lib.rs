@@ -6,6 +6,8 @@
 //! - [`config`]: the experiment YAML, parsed strictly and validated into an [`config::Experiment`].
 //! - [`dataset`]: ShareGPT and JSONL prompt files, read with every bad entry reported.
 //! - [`events`]: the JSONL event format (the spec is in that module's docs), its writer and reader.
+//! - [`layout`]: the experiment folder: every path and file name, the one walker of its trial
+//!   streams, and `plan.json`.
 //! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
 //! - [`slo`]: service-level objectives, judged per tenant and trial, and goodput.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
@@ -20,6 +22,7 @@ pub mod auth;
 pub mod config;
 pub mod dataset;
 pub mod events;
+pub mod layout;
 pub mod metrics;
 pub mod proto;
 pub mod series;

@@ -8,10 +8,11 @@
 
 use std::path::Path;
 
-use crate::analysis::{self, AnalysisError};
+use crate::analysis::AnalysisError;
 use crate::events::{
     read_stream, Event, GpuSample, Phase, PromptEvent, RequestEvent, StreamKind, TrialState,
 };
+use crate::layout::{ExperimentDir, StreamName, TrialDir};
 
 /// Every node of an experiment.
 #[derive(Debug, Clone, Default)]
@@ -96,17 +97,17 @@ impl RequestPoint {
 
 /// Reads the series of the experiment folder `dir`.
 pub fn read_series(dir: &Path) -> Result<ExperimentSeries, AnalysisError> {
-    let nodes_dir = dir.join("nodes");
-    if !nodes_dir.is_dir() {
+    let experiment = ExperimentDir::new(dir);
+    if !experiment.is_experiment() {
         return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
     }
     let mut nodes = Vec::new();
-    for node_dir in analysis::sorted_dirs(&nodes_dir)? {
+    for node_dir in experiment.nodes()? {
         let mut trials = Vec::new();
         let mut gpu = Vec::new();
-        for trial_dir in analysis::trial_dirs_in_run_order(&node_dir)? {
+        for trial_dir in node_dir.trials_in_run_order()? {
             trials.push(read_trial(&trial_dir)?);
-            if let Ok(stream) = read_stream(&trial_dir.join("gpu.jsonl")) {
+            if let Ok(stream) = read_stream(&trial_dir.stream(&StreamName::Gpu)) {
                 gpu.extend(stream.events.into_iter().filter_map(|l| match l.event {
                     Event::GpuSample(s) => Some(s),
                     _ => None,
@@ -115,7 +116,7 @@ pub fn read_series(dir: &Path) -> Result<ExperimentSeries, AnalysisError> {
         }
         gpu.sort_by_key(|s| (s.at_ns, s.gpu));
         nodes.push(NodeSeries {
-            node: analysis::file_name(&node_dir),
+            node: node_dir.name,
             trials,
             gpu,
         });
@@ -123,9 +124,9 @@ pub fn read_series(dir: &Path) -> Result<ExperimentSeries, AnalysisError> {
     Ok(ExperimentSeries { nodes })
 }
 
-fn read_trial(trial_dir: &Path) -> Result<TrialSeries, AnalysisError> {
+fn read_trial(trial_dir: &TrialDir) -> Result<TrialSeries, AnalysisError> {
     let (mut started_ns, mut ended_ns) = (None, None);
-    if let Ok(agent) = read_stream(&trial_dir.join("agent.jsonl")) {
+    if let Ok(agent) = read_stream(&trial_dir.stream(&StreamName::Agent)) {
         for line in &agent.events {
             if let Event::Trial(t) = &line.event {
                 if t.state == TrialState::Started {
@@ -137,8 +138,8 @@ fn read_trial(trial_dir: &Path) -> Result<TrialSeries, AnalysisError> {
         }
     }
     let mut tenants = Vec::new();
-    for path in analysis::jsonl_files(trial_dir)? {
-        let Ok(stream) = read_stream(&path) else {
+    for found in trial_dir.tenant_streams()? {
+        let Ok(stream) = read_stream(&found.path) else {
             continue;
         };
         let (StreamKind::Tenant, Some(tenant)) = (stream.header.stream, &stream.header.tenant)
@@ -154,7 +155,7 @@ fn read_trial(trial_dir: &Path) -> Result<TrialSeries, AnalysisError> {
             })
             .collect();
         requests.sort_by_key(|r| r.sent_ns);
-        let answers = read_stream(&trial_dir.join(format!("{}.prompts.jsonl", tenant.name)))
+        let answers = read_stream(&trial_dir.stream(&StreamName::Prompts(tenant.name.clone())))
             .map(|s| {
                 s.events
                     .into_iter()
@@ -173,7 +174,7 @@ fn read_trial(trial_dir: &Path) -> Result<TrialSeries, AnalysisError> {
         });
     }
     Ok(TrialSeries {
-        trial: analysis::file_name(trial_dir),
+        trial: trial_dir.name.clone(),
         started_ns,
         ended_ns,
         tenants,

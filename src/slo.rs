@@ -114,7 +114,37 @@ pub struct SloCheck {
     /// What was measured; `None` without data.
     pub measured: Option<f64>,
     /// `pass`, `fail` or `no data`.
-    pub verdict: String,
+    pub verdict: SloVerdict,
+}
+
+/// The verdict on one bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SloVerdict {
+    /// Measured within the limit.
+    #[serde(rename = "pass")]
+    Pass,
+    /// Measured beyond the limit.
+    #[serde(rename = "fail")]
+    Fail,
+    /// Nothing to measure: a bound without data fails.
+    #[serde(rename = "no data")]
+    NoData,
+}
+
+impl SloVerdict {
+    /// The word written into summaries and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            SloVerdict::Pass => "pass",
+            SloVerdict::Fail => "fail",
+            SloVerdict::NoData => "no data",
+        }
+    }
+
+    /// Whether the bound held.
+    pub fn passed(self) -> bool {
+        self == SloVerdict::Pass
+    }
 }
 
 /// A tenant's SLO, judged.
@@ -189,7 +219,7 @@ impl Slo {
         }
         let window = metrics.throughput.map(|t| t.window_s);
         SloResult {
-            pass: checks.iter().all(|c| c.verdict == "pass"),
+            pass: checks.iter().all(|c| c.verdict.passed()),
             checks,
             goodput_rps: window
                 .filter(|w| *w > 0.0)
@@ -202,15 +232,15 @@ impl Slo {
 
 fn check(bound: String, limit: f64, measured: Option<f64>) -> SloCheck {
     let verdict = match measured {
-        None => "no data",
-        Some(m) if m <= limit => "pass",
-        Some(_) => "fail",
+        None => SloVerdict::NoData,
+        Some(m) if m <= limit => SloVerdict::Pass,
+        Some(_) => SloVerdict::Fail,
     };
     SloCheck {
         bound,
         limit,
         measured,
-        verdict: verdict.into(),
+        verdict,
     }
 }
 
@@ -257,7 +287,7 @@ mod tests {
         let verdicts: Vec<(&str, &str)> = result
             .checks
             .iter()
-            .map(|c| (c.bound.as_str(), c.verdict.as_str()))
+            .map(|c| (c.bound.as_str(), c.verdict.name()))
             .collect();
         assert_eq!(
             verdicts,
@@ -285,7 +315,7 @@ mod tests {
         one.phase(Phase::Measure, 0);
         one.request(&request(1, 10, 1, 0));
         let judged = itl.judge(&one.finish(), 1);
-        assert_eq!(judged.checks[0].verdict, "no data");
+        assert_eq!(judged.checks[0].verdict, SloVerdict::NoData);
         assert!(!judged.pass);
     }
 }

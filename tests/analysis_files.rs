@@ -276,7 +276,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
     assert!(s.simulated);
     let t = &s.nodes[0].trials[0];
     assert_eq!(
-        (t.trial.as_str(), t.state.as_str(), t.mode),
+        (t.trial.as_str(), t.state.name(), t.mode),
         ("mps", "finished", SharingMode::Mps)
     );
     let a = &t.tenants[0].metrics;

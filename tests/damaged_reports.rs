@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::support::{binaries, copy_tree, fixture, read_summary};
+use multitenant::analysis::TrialStatus;
 
 /// Rewrites every line of the stream at `path` with `edit`.
 fn edit_lines(path: &Path, edit: impl Fn(serde_json::Value) -> serde_json::Value) {
@@ -111,10 +112,10 @@ fn a_damaged_experiment_still_reports_and_names_every_gap() {
     assert_eq!(solo_b.missing[0].tenant, "b");
     assert!(solo_b.missing[0].reason.contains("b.jsonl does not exist"));
     let timeslice = trial("timeslice");
-    assert_eq!(timeslice.state, "missing");
+    assert_eq!(timeslice.state, TrialStatus::Missing);
     assert_eq!(timeslice.missing.len(), 2);
     let mps = trial("mps");
-    assert_eq!(mps.state, "invalid");
+    assert_eq!(mps.state, TrialStatus::Invalid);
     assert_eq!(
         mps.reason.as_deref(),
         Some("engine of b exited with status 1")

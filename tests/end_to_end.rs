@@ -7,6 +7,7 @@ use std::process::Command;
 use multitenant::analysis::Summary;
 
 use crate::support::{binaries, read_summary, results_dir};
+use multitenant::analysis::TrialStatus;
 
 fn table_of(stdout: &str) -> String {
     stdout
@@ -70,7 +71,7 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
         "trials in the order they ran"
     );
     let mps = &node.trials[2];
-    assert_eq!(mps.state, "finished");
+    assert_eq!(mps.state, TrialStatus::Finished);
     assert_eq!(mps.tenants.len(), 2);
     for t in &mps.tenants {
         let m = &t.metrics;

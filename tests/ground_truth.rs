@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use multitenant::config::{Arrival, ArrivalPlan, SimFaults, SimTiming};
 
-use crate::support::{constant_workload, drive, quantile, sim_engine};
+use crate::support::{constant_workload, quantile, record_load, sim_engine};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn measured_ttft_and_tpot_match_the_engines_ground_truth() {
@@ -25,7 +25,7 @@ async fn measured_ttft_and_tpot_match_the_engines_ground_truth() {
     let engine = sim_engine(timing, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
     let workload = constant_workload(40.0, Duration::from_secs(3), 64, 32);
-    let (report, clock, requests) = drive(&engine.base_url(), workload, dir.path()).await;
+    let (report, clock, requests) = record_load(&engine.base_url(), workload, dir.path()).await;
     assert_eq!(report.sent, 120);
     assert_eq!(requests.len(), 120);
 
@@ -113,7 +113,7 @@ async fn a_thousand_concurrent_streams_are_measured_against_the_engines_truth() 
     let mut workload = constant_workload(1.0, Duration::from_secs(4), 16, 64);
     workload.arrival = ArrivalPlan::Single(Arrival::Concurrency { n: 1_000 });
     workload.warmup = Duration::from_secs(2);
-    let (report, clock, requests) = drive(&engine.base_url(), workload, dir.path()).await;
+    let (report, clock, requests) = record_load(&engine.base_url(), workload, dir.path()).await;
     assert_eq!(
         requests.len() as u64,
         report.sent,

@@ -11,7 +11,7 @@ use multitenant::events::{read_stream, ErrorKind, Event, Phase, RequestEvent};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::support::{constant_workload, drive, sim_engine};
+use crate::support::{constant_workload, record_load, sim_engine};
 
 /// An engine fast enough that it never holds the load generator back.
 fn fast_timing() -> SimTiming {
@@ -70,7 +70,7 @@ async fn seeded_runs_realise_each_arrival_process() {
     let runs = cases
         .iter()
         .zip(&dirs)
-        .map(|((arrival, ..), dir)| drive(&url, workload(*arrival, 4), dir.path()));
+        .map(|((arrival, ..), dir)| record_load(&url, workload(*arrival, 4), dir.path()));
     let results = futures_util::future::join_all(runs).await;
     for ((arrival, mean_gap, cv, cv_err), (report, _, requests)) in cases.iter().zip(&results) {
         assert_eq!(requests.len() as u64, report.sent, "{arrival:?}");
@@ -109,7 +109,7 @@ async fn a_ramp_run_climbs_from_one_rate_to_the_other() {
         to: 250.0,
         spacing: Spacing::Constant,
     };
-    let (_, _, requests) = drive(&engine.base_url(), workload(arrival, 4), dir.path()).await;
+    let (_, _, requests) = record_load(&engine.base_url(), workload(arrival, 4), dir.path()).await;
     let start = requests
         .iter()
         .map(|r| r.scheduled_ns)
@@ -157,7 +157,7 @@ async fn the_duration_ends_the_run_on_time_with_every_request_accounted_for() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut w = constant_workload(10.0, Duration::from_secs(1), 4, 200);
     w.drain_timeout = Duration::from_millis(500);
-    let (report, _, requests) = drive(&engine.base_url(), w, dir.path()).await;
+    let (report, _, requests) = record_load(&engine.base_url(), w, dir.path()).await;
     assert_eq!(report.sent, 10, "10/s for 1 s");
     assert_eq!(requests.len(), 10, "every request sent has its event");
     for r in &requests {
@@ -193,7 +193,7 @@ async fn the_duration_ends_the_run_on_time_with_every_request_accounted_for() {
     let mut w = constant_workload(50.0, Duration::from_secs(10), 4, 2);
     w.max_requests = Some(25);
     let started = std::time::Instant::now();
-    let (report, _, requests) = drive(&engine.base_url(), w, dir.path()).await;
+    let (report, _, requests) = record_load(&engine.base_url(), w, dir.path()).await;
     assert_eq!((report.sent, requests.len()), (25, 25));
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -264,7 +264,7 @@ async fn extra_fields_are_sent_and_short_outputs_are_reported_not_averaged_in() 
         .as_object()
         .cloned()
         .expect("object");
-    let (report, _, requests) = drive(&url, w, dir.path()).await;
+    let (report, _, requests) = record_load(&url, w, dir.path()).await;
     assert_eq!(requests.len() as u64, report.sent);
     let body = bodies.recv().await.expect("a request body");
     assert_eq!(body["temperature"], 0.25);

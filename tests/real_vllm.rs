@@ -25,6 +25,7 @@ use multitenant::events::{read_stream, Event};
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{request_events, test_token, InProcessAgent};
+use multitenant::analysis::TrialStatus;
 
 fn tenant(name: &str, core: u32, bin: &str, model: &str) -> String {
     format!(
@@ -67,7 +68,7 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
     .await
     .expect("experiment");
     let trial = &outcome.summary.nodes[0].trials[0];
-    assert_eq!(trial.state, "finished", "{:?}", trial.reason);
+    assert_eq!(trial.state, TrialStatus::Finished, "{:?}", trial.reason);
     assert!(
         !outcome.summary.simulated,
         "real engines are not labelled simulated"

@@ -9,7 +9,7 @@ use multitenant::events::ErrorKind;
 use multitenant::events::Phase;
 use multitenant::metrics::TenantAccumulator;
 
-use crate::support::{constant_workload, drive, sim_engine};
+use crate::support::{constant_workload, record_load, sim_engine};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_fault_becomes_a_failed_request_with_its_reason_and_the_run_goes_on() {
@@ -24,7 +24,7 @@ async fn each_fault_becomes_a_failed_request_with_its_reason_and_the_run_goes_on
     };
     let engine = sim_engine(timing, faults).await;
     let dir = tempfile::tempdir().expect("tempdir");
-    let (report, _, requests) = drive(
+    let (report, _, requests) = record_load(
         &engine.base_url(),
         constant_workload(50.0, Duration::from_secs(2), 16, 8),
         dir.path(),

@@ -7,6 +7,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use crate::support::{binaries, read_summary};
+use multitenant::analysis::TrialStatus;
 
 /// A folder with `sky` (the stand-in) in `bin/` and its state in `state/`.
 struct SkyStandIn {
@@ -317,12 +318,12 @@ fn a_node_whose_agent_refuses_our_certificate_is_reported_and_the_others_run() {
         summary.nodes[0]
             .trials
             .iter()
-            .all(|t| t.state == "finished"),
+            .all(|t| t.state == TrialStatus::Finished),
         "node a ran"
     );
     // Node b's planned trials are there, named as never run, with no figure.
     for trial in &summary.nodes[1].trials {
-        assert_eq!(trial.state, "missing", "{trial:?}");
+        assert_eq!(trial.state, TrialStatus::Missing, "{trial:?}");
         assert!(trial.tenants.is_empty() && !trial.missing.is_empty());
     }
     assert_eq!(sky.downed().len(), 2);

@@ -10,6 +10,7 @@ use multitenant::analysis::TrialSummary;
 use tokio_util::sync::CancellationToken;
 
 use crate::support::{test_token, InProcessAgent};
+use multitenant::analysis::TrialStatus;
 
 async fn run(arrival: &str, tmp: &std::path::Path) -> Outcome {
     let config = format!(
@@ -70,7 +71,7 @@ async fn a_rate_sweep_runs_each_stage_as_a_trial_with_its_own_baseline() {
     for (stage, rate) in [(1u32, 10.0), (2, 30.0)] {
         let shared = trial(&outcome, &format!("mps.s{stage}"));
         assert_eq!(shared.stage, Some(stage));
-        assert_eq!(shared.state, "finished", "{:?}", shared.reason);
+        assert_eq!(shared.state, TrialStatus::Finished, "{:?}", shared.reason);
         for t in &shared.tenants {
             assert_eq!(t.offered_rate, Some(rate), "{}", t.tenant);
             let solo = trial(&outcome, &format!("solo-{}.s{stage}", t.tenant));

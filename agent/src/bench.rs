@@ -151,7 +151,7 @@ async fn stages(
         let workload = synthetic(Arrival::Constant { rate }, stage_len, 16, RATE_STAGE_TOKENS);
         let dir = scratch.join(format!("rate-{i}"));
         let (cpu_before, engine_before) = (cpu_seconds(), engine.cpu_seconds());
-        let (_, requests) = drive(&engine.url, workload, &dir).await?;
+        let (_, requests) = load_and_read(&engine.url, workload, &dir).await?;
         let cpu = (
             cpu_seconds() - cpu_before,
             engine.cpu_seconds() - engine_before,
@@ -228,12 +228,13 @@ fn synthetic(arrival: Arrival, duration: Duration, prompt: u32, output: u32) -> 
 }
 
 /// Drives `workload` at `url` into `dir` and returns its report and request events.
-async fn drive(
+async fn load_and_read(
     url: &str,
     workload: Workload,
     dir: &Path,
 ) -> anyhow::Result<(LoadReport, Vec<RequestEvent>)> {
-    let recorded = loadgen::standalone::drive(url, "bench", workload, dir, "bench", 1).await?;
+    let recorded =
+        loadgen::standalone::record_workload(url, "bench", workload, dir, "bench", 1).await?;
     Ok((recorded.report, recorded.requests))
 }
 
@@ -303,7 +304,7 @@ async fn memory_stage(url: &str, streams: u32, dir: &Path) -> anyhow::Result<Mem
     );
     workload.warmup = Duration::from_secs(3);
     workload.drain_timeout = Duration::from_millis(500);
-    let (_, requests) = drive(url, workload, dir).await?;
+    let (_, requests) = load_and_read(url, workload, dir).await?;
     stop.cancel();
     let peak = sampler.await.unwrap_or(0.0);
     let mut edges: Vec<(u64, i64)> = requests
@@ -351,7 +352,7 @@ async fn truth_stage(streams: u32, len: Duration, dir: &Path) -> anyhow::Result<
         64,
     );
     workload.warmup = Duration::from_secs(2);
-    let (_, requests) = drive(&engine.base_url(), workload, dir).await?;
+    let (_, requests) = load_and_read(&engine.base_url(), workload, dir).await?;
     let (mut ttft, mut itl) = (Vec::new(), Vec::new());
     let mut compared = 0;
     for r in requests.iter().filter(|r| r.error.is_none()) {

@@ -1,7 +1,8 @@
 //! The multitenant agent: one per GPU node.
 //!
 //! - [`server`]: the authenticated gRPC API.
-//! - [`run`]: runs and trials: engines up, load on, streams recorded, engines down.
+//! - [`run`]: runs and trials: engines up, load on, streams recorded, engines down; one
+//!   `TenantSlot` per tenant, failures typed as [`run::TrialFailure`].
 //! - [`engine`]: the simulated engine (a real OpenAI-compatible server) and external engines.
 //! - [`loadgen`]: arrivals, synthetic prompts, the streaming client and its SSE parser.
 //! - [`recorder`]: the JSONL files on disk and the resumable reading behind `StreamEvents`.
@@ -133,4 +134,69 @@ pub async fn sim_engine(
     shutdown.cancelled().await;
     engine.stop().await;
     Ok(())
+}
+
+/// Runs one command of the command line until it ends or `shutdown`.
+pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyhow::Result<()> {
+    use cli::Command;
+    match command {
+        Command::Serve {
+            listen,
+            tls,
+            data_dir,
+            token_file,
+            mps_control,
+        } => {
+            let tls = if tls {
+                server::ServerTls::from_env().map(Some)
+            } else {
+                Ok(None)
+            };
+            match (load_token(token_file.as_deref()), tls) {
+                (Ok(token), Ok(tls)) => {
+                    serve(listen, data_dir, mps_control, token, tls, shutdown).await
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+            }
+        }
+        Command::Doctor {
+            vllm,
+            mps_control,
+            data_dir,
+        } => {
+            doctor(&vllm, &mps_control, &data_dir).await;
+            Ok(())
+        }
+        Command::SimEngine {
+            listen,
+            model,
+            seed,
+            max_batch,
+            decode_step_us,
+            decode_step_us_per_seq,
+            prefill_us_per_token,
+        } => {
+            let timing = multitenant::config::SimTiming {
+                max_batch,
+                prefill_us_per_token,
+                decode_step_us,
+                decode_step_us_per_seq,
+            };
+            sim_engine(listen, model, seed, timing, shutdown).await
+        }
+        Command::Bench { quick, json } => bench::run(quick, json.as_deref(), shutdown).await,
+    }
+}
+
+/// Cancels `shutdown` on the first SIGINT or SIGTERM.
+pub async fn stop_on_signal(shutdown: CancellationToken) {
+    let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+    else {
+        return;
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
 }

@@ -1,11 +1,14 @@
 //! The multitenant coordinator.
 //!
-//! - [`mod@run`]: `coordinator run`, from config to summary.
-//! - [`launch`]: bringing agents up (local spawn, or static endpoints).
+//! - [`mod@run`]: `coordinator run`, from config to summary, through any launcher.
+//! - [`launch`]: the [`launch::Launcher`] trait and its local, static and SkyPilot launchers.
+//! - [`skypilot`]: the `sky` CLI, the task files and the cluster ledger behind `coordinator down`.
 //! - [`agent_client`]: authenticated gRPC client.
 //! - [`collect`]: byte-identical, resumable copies of the agents' streams.
 //! - [`progress`]: live per-tenant lines.
-//! - [`report`]: terminal table and `summary.json`.
+//! - [`report`]: what people read: the terminal table, `summary.json`, `summary.csv`,
+//!   `report.html` with its plots, and comparisons; one module per format.
+//! - [`tls`]: the experiment CA and the certificates of coordinator and agents.
 
 pub mod agent_client;
 pub mod cli;
@@ -116,7 +119,7 @@ pub enum Verdict {
 pub const SLO_MISSED_EXIT: u8 = 3;
 
 fn verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdict {
-    if fail_on_slo && !report::slo_failures(summary).is_empty() {
+    if fail_on_slo && !summary.slo_misses().is_empty() {
         Verdict::SloMissed
     } else {
         Verdict::Done
@@ -147,10 +150,7 @@ pub fn compare(
     if simulated {
         println!("[SIMULATED engine in at least one experiment: its latencies come from the timing model]");
     }
-    print!(
-        "{}",
-        report::compare::render_comparison_table(&labels, &figures)
-    );
+    print!("{}", report::render_comparison_table(&labels, &figures));
     println!();
     if let Some(path) = json {
         let doc = serde_json::json!({"experiments": labels, "figures": figures});
@@ -158,7 +158,7 @@ pub fn compare(
             .with_context(|| format!("writing {}", path.display()))?;
     }
     if let Some(path) = html {
-        let page = report::compare::render_comparison_html(&labels, &figures, simulated);
+        let page = report::render_comparison_html(&labels, &figures, simulated);
         std::fs::write(path, page).with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
@@ -191,7 +191,8 @@ pub fn analyze(
             report::render_variants(definitions.unwrap_or_default(), &variants)
         );
         if write {
-            let path = dir.join(format!("summary.{}.json", definitions.unwrap_or_default()));
+            let path = multitenant::layout::ExperimentDir::new(dir)
+                .peer_summary(definitions.unwrap_or_default());
             std::fs::write(&path, serde_json::to_vec_pretty(&variants)?)
                 .with_context(|| format!("writing {}", path.display()))?;
         }
@@ -208,7 +209,52 @@ pub async fn run(
 ) -> anyhow::Result<Verdict> {
     let outcome = run::run_experiment(config, output_dir, run::Launch::FromConfig, cancel).await?;
     print!("{}", report::render_table(&outcome.summary));
-    println!("report: {}", outcome.dir.join("report.html").display());
+    let report = multitenant::layout::ExperimentDir::new(&outcome.dir)
+        .file(multitenant::layout::REPORT_HTML);
+    println!("report: {}", report.display());
     println!("results: {}", outcome.dir.display());
     Ok(verdict(&outcome.summary, fail_on_slo))
+}
+
+/// Runs one command of the command line; `run` stops its experiment on Ctrl-C.
+pub async fn execute(command: cli::Command) -> anyhow::Result<Verdict> {
+    use cli::Command;
+    match command {
+        Command::Validate { config } => validate(&config).map(|()| Verdict::Done),
+        Command::Analyze {
+            dir,
+            write,
+            fail_on_slo,
+            definitions,
+        } => analyze(&dir, write, fail_on_slo, definitions.as_deref()),
+        Command::Plan { config, output_dir } => plan(&config, &output_dir).map(|()| Verdict::Done),
+        Command::Down { dir } => down(&dir).await.map(|()| Verdict::Done),
+        Command::Compare { dirs, json, html } => {
+            compare(&dirs, json.as_deref(), html.as_deref()).map(|()| Verdict::Done)
+        }
+        Command::Run {
+            config,
+            output_dir,
+            fail_on_slo,
+        } => {
+            let cancel = CancellationToken::new();
+            tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+            run(&config, output_dir.as_deref(), fail_on_slo, cancel).await
+        }
+    }
+}
+
+/// First Ctrl-C: stop the runs, collect what was recorded, tear down what was launched.
+/// Later ones say what is still being waited for, and which clusters are still up; leaving
+/// early would orphan the agents and clusters this process started.
+pub async fn cancel_on_ctrl_c(cancel: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        cancel.cancel();
+    }
+    while tokio::signal::ctrl_c().await.is_ok() {
+        eprintln!("still stopping: agents are closing their records and will be killed after 20 s at most");
+        if let Some(clusters) = skypilot::still_up() {
+            eprintln!("{clusters}");
+        }
+    }
 }

@@ -186,7 +186,7 @@ pub fn write_task_files(
     run_tag: &str,
     agent_binary: &Path,
 ) -> anyhow::Result<Vec<TaskFile>> {
-    let task_dir = dir.join("skypilot");
+    let task_dir = dir.join(multitenant::layout::SKYPILOT_DIR);
     std::fs::create_dir_all(&task_dir)
         .with_context(|| format!("creating {}", task_dir.display()))?;
     let files = data_files(experiment);
@@ -360,7 +360,7 @@ impl Ledger {
     /// A new, empty ledger at `dir/clusters.json`.
     pub fn create(dir: &Path) -> anyhow::Result<Self> {
         let ledger = Self {
-            path: dir.join("clusters.json"),
+            path: dir.join(multitenant::layout::CLUSTERS_FILE),
             records: Mutex::new(Vec::new()),
         };
         ledger.save()?;
@@ -370,7 +370,7 @@ impl Ledger {
 
     /// The ledger of an earlier experiment.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
-        let path = dir.join("clusters.json");
+        let path = dir.join(multitenant::layout::CLUSTERS_FILE);
         let text = std::fs::read_to_string(&path).with_context(|| {
             format!(
                 "{} has no clusters.json: nothing was launched through SkyPilot there",

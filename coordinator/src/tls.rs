@@ -111,7 +111,7 @@ impl ExperimentTls {
 
     /// Writes the CA certificate (public) to `dir/ca.pem`, for whoever inspects the agents.
     pub fn write_ca(&self, dir: &Path) -> anyhow::Result<()> {
-        let path = dir.join("ca.pem");
+        let path = dir.join(multitenant::layout::CA_PEM);
         std::fs::write(&path, &self.ca_pem).with_context(|| format!("writing {}", path.display()))
     }
 }

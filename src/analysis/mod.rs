@@ -1,14 +1,10 @@
 //! From a folder of JSONL streams to a [`Summary`]: a pure function of the files, so a summary
 //! computed during a run and one recomputed later by `coordinator analyze` are the same.
 //!
-//! Layout read: `<dir>/nodes/<node>/<trial>/{<tenant>.jsonl, agent.jsonl, host.jsonl}`.
+//! The folder is walked through [`crate::layout`]: its node, trial and stream folders and
+//! `plan.json`, never by file names spelled here.
 
-mod plan;
-
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-use plan::PlannedTrial;
 
 use serde::{Deserialize, Serialize};
 
@@ -16,6 +12,7 @@ use crate::config::SharingMode;
 use crate::events::{
     read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TenantHeader, TrialState,
 };
+use crate::layout::{ExperimentDir, ListError, NodeDir, Plan, PlanTrial, StreamName, TrialDir};
 use crate::metrics::gpu::{self, GpuTrialSummary};
 use crate::metrics::quality::QualitySummary;
 use crate::metrics::round3;
@@ -52,6 +49,37 @@ impl Summary {
         self.nodes
             .iter()
             .flat_map(|n| n.trials.iter().map(move |t| (n.node.as_str(), t)))
+    }
+
+    /// Every tenant of every finished trial that missed its SLO, as
+    /// `node/trial/tenant: the bounds it missed`; empty when every SLO held. What `--fail-on-slo`
+    /// judges.
+    pub fn slo_misses(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (node, trial) in self.trials().filter(|(_, t)| t.state.is_finished()) {
+            for t in &trial.tenants {
+                let Some(slo) = t.slo.as_ref().filter(|s| !s.pass) else {
+                    continue;
+                };
+                let missed: Vec<String> = slo
+                    .checks
+                    .iter()
+                    .filter(|c| !c.verdict.passed())
+                    .map(|c| match c.measured {
+                        Some(m) => format!("{} {m:.2} > {}", c.bound, c.limit),
+                        None => format!("{} has no data (limit {})", c.bound, c.limit),
+                    })
+                    .collect();
+                out.push(format!(
+                    "{}/{}/{}: {}",
+                    node,
+                    trial.trial,
+                    t.tenant,
+                    missed.join(", ")
+                ));
+            }
+        }
+        out
     }
 }
 
@@ -131,9 +159,8 @@ pub struct TrialSummary {
     /// The sweep stage this trial ran (1-based), when its workloads sweep.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stage: Option<u32>,
-    /// `finished`, `invalid`, `stopped`, `missing` (planned, but its folder is not there), or
-    /// `incomplete` when no end was recorded.
-    pub state: String,
+    /// How the trial ended, as its agent stream and the folder say.
+    pub state: TrialStatus,
     /// Why the trial is not valid, when it is not.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
@@ -153,10 +180,60 @@ pub struct TrialSummary {
     /// Energy of every GPU over the window / Σ output tokens, J; only when measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub energy_per_output_token_j: Option<f64>,
-    /// Tenant streams the plan expected but the folder does not hold readably; these tenants
-    /// have no figures at all in this trial.
+    /// Tenant streams the plan expected but the folder does not hold readably, or that the
+    /// agent marked invalid; these tenants have no figures at all in this trial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<MissingStream>,
+}
+
+/// How a trial ended, as analysis finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrialStatus {
+    /// It ran to its end and its figures are valid.
+    Finished,
+    /// It ended, but its figures cannot be trusted (the reason says why).
+    Invalid,
+    /// The run was stopped during it.
+    Stopped,
+    /// Planned, but its folder is not there.
+    Missing,
+    /// Its folder is there, but no end was recorded.
+    Incomplete,
+}
+
+impl TrialStatus {
+    /// The name written into summaries and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            TrialStatus::Finished => "finished",
+            TrialStatus::Invalid => "invalid",
+            TrialStatus::Stopped => "stopped",
+            TrialStatus::Missing => "missing",
+            TrialStatus::Incomplete => "incomplete",
+        }
+    }
+
+    /// Whether the trial's figures can be used.
+    pub fn is_finished(self) -> bool {
+        self == TrialStatus::Finished
+    }
+
+    /// The summary's reading of a trial's last recorded state.
+    fn from_recorded(state: TrialState) -> Self {
+        match state {
+            TrialState::Finished => TrialStatus::Finished,
+            TrialState::Invalid => TrialStatus::Invalid,
+            TrialState::Stopped => TrialStatus::Stopped,
+            TrialState::Started => TrialStatus::Incomplete,
+        }
+    }
+}
+
+impl std::fmt::Display for TrialStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A tenant stream that should be in a trial folder and is not, or cannot be read.
@@ -237,13 +314,8 @@ pub enum AnalysisError {
     #[error("{} holds no nodes/ folder: is it an experiment folder?", .0.display())]
     NotAnExperiment(PathBuf),
     /// A folder could not be listed.
-    #[error("cannot list {}: {source}", path.display())]
-    List {
-        /// The folder.
-        path: PathBuf,
-        /// The I/O error.
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    List(#[from] ListError),
     /// A stream is unreadable as a whole.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -251,8 +323,8 @@ pub enum AnalysisError {
 
 /// Analyses the experiment folder `dir`.
 pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
-    let nodes_dir = dir.join("nodes");
-    if !nodes_dir.is_dir() {
+    let experiment = ExperimentDir::new(dir);
+    if !experiment.is_experiment() {
         return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
     }
     let mut summary = Summary {
@@ -264,18 +336,17 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         across_nodes: Vec::new(),
         warnings: Vec::new(),
     };
-    let mut plan = plan::read_plan(dir, &mut summary.warnings);
+    let mut plan = read_plan(&experiment, &mut summary.warnings);
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
     let mut by_trial: Vec<TrialOnNodes> = Vec::new();
-    for node_dir in sorted_dirs(&nodes_dir)? {
-        let node = file_name(&node_dir);
-        let mut planned = plan.remove(&node).unwrap_or_default();
+    for node_dir in experiment.nodes()? {
+        let node = node_dir.name.clone();
+        let mut planned = take_planned(&mut plan, &node);
         let mut trials = Vec::new();
-        for trial_dir in trial_dirs_in_run_order(&node_dir)? {
-            let name = file_name(&trial_dir);
+        for trial_dir in node_dir.trials_in_run_order()? {
             let expected = planned
                 .iter()
-                .position(|t| t.trial == name)
+                .position(|t| t.trial == trial_dir.name)
                 .map(|i| planned.remove(i));
             let (trial, histograms) = analyze_trial(&trial_dir, expected, &mut summary)?;
             let at = match by_trial.iter().position(|t| t.name == trial.trial) {
@@ -301,13 +372,19 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         compare_with_solo(&mut trials);
         summary.nodes.push(NodeSummary { node, trials });
     }
-    for (node, planned) in plan {
-        let node_dir = nodes_dir.join(&node);
+    let mut unreported: Vec<_> = plan.map(|p| p.nodes).unwrap_or_default();
+    unreported.sort_by(|a, b| a.node.cmp(&b.node));
+    for planned in unreported {
+        let node_dir = experiment.node(&planned.node);
         let trials = planned
+            .trials
             .into_iter()
             .map(|t| missing_trial(t, &node_dir, &mut summary.warnings))
             .collect();
-        summary.nodes.push(NodeSummary { node, trials });
+        summary.nodes.push(NodeSummary {
+            node: planned.node,
+            trials,
+        });
     }
     summary.across_nodes = by_trial
         .into_iter()
@@ -344,11 +421,11 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
 
 /// A planned trial whose folder is not there: every tenant is missing, no figure is made up.
 fn missing_trial(
-    planned: PlannedTrial,
-    node_dir: &Path,
+    planned: PlanTrial,
+    node_dir: &NodeDir,
     warnings: &mut Vec<String>,
 ) -> TrialSummary {
-    let folder = node_dir.join(&planned.trial);
+    let folder = node_dir.trial(&planned.trial).path;
     let reason = format!(
         "{} does not exist (plan.json lists this trial)",
         folder.display()
@@ -358,7 +435,7 @@ fn missing_trial(
         trial: planned.trial,
         mode: planned.mode,
         stage: None,
-        state: "missing".into(),
+        state: TrialStatus::Missing,
         reason: Some(reason.clone()),
         tenants: Vec::new(),
         aggregate_output_tokens_per_s: None,
@@ -369,8 +446,8 @@ fn missing_trial(
         missing: planned
             .tenants
             .into_iter()
-            .map(|tenant| MissingStream {
-                tenant,
+            .map(|t| MissingStream {
+                tenant: t.tenant,
                 reason: reason.clone(),
             })
             .collect(),
@@ -378,16 +455,17 @@ fn missing_trial(
 }
 
 fn analyze_trial(
-    trial_dir: &Path,
-    planned: Option<PlannedTrial>,
+    trial_dir: &TrialDir,
+    planned: Option<PlanTrial>,
     summary: &mut Summary,
 ) -> Result<(TrialSummary, TrialHistograms), AnalysisError> {
-    let trial = file_name(trial_dir);
-    let mut state = "incomplete".to_owned();
+    let trial = trial_dir.name.clone();
+    let mut state = TrialStatus::Incomplete;
     let mut reason = None;
     let mut mode = None;
     let mut stage = None;
-    let agent_path = trial_dir.join("agent.jsonl");
+    let mut invalidated: Vec<(String, String)> = Vec::new();
+    let agent_path = trial_dir.stream(&StreamName::Agent);
     let agent = agent_path.is_file().then(|| read_stream(&agent_path));
     if let Some(Err(e)) = &agent {
         summary.warnings.push(format!("{e}; trial state unknown"));
@@ -399,20 +477,18 @@ fn analyze_trial(
         for line in &agent.events {
             match &line.event {
                 Event::Trial(t) if t.state != TrialState::Started => {
-                    state = serde_json::to_value(t.state)
-                        .ok()
-                        .and_then(|v| v.as_str().map(str::to_owned))
-                        .unwrap_or_default();
+                    state = TrialStatus::from_recorded(t.state);
                     reason = t.reason.clone();
                 }
                 Event::Warning(w) => push_once(&mut summary.warnings, &trial, &w.message),
+                Event::TenantInvalid(t) => invalidated.push((t.tenant.clone(), t.reason.clone())),
                 _ => {}
             }
         }
     } else if agent.is_none() {
         summary.warnings.push(format!(
             "{}: agent.jsonl is missing; trial state unknown",
-            trial_dir.display()
+            trial_dir.path.display()
         ));
     }
     let mut tenants = Vec::new();
@@ -420,14 +496,14 @@ fn analyze_trial(
     let mut merged_window: Option<(u64, u64)> = None;
     let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
     let mut missing = Vec::new();
-    for path in jsonl_files(trial_dir)? {
+    for found in trial_dir.tenant_streams()? {
+        let path = found.path;
         let stream = match read_stream(&path) {
             Ok(stream) => stream,
             Err(e) => {
                 summary.warnings.push(format!("{e}; stream left out"));
-                let name = file_name(&path);
                 missing.push(MissingStream {
-                    tenant: name.trim_end_matches(".jsonl").to_owned(),
+                    tenant: found.name.tenant().unwrap_or_default().to_owned(),
                     reason: e.to_string(),
                 });
                 continue;
@@ -448,6 +524,16 @@ fn analyze_trial(
         summary.experiment.clone_from(&header.experiment);
         summary.simulated |= header.simulated;
         mode.get_or_insert(header.mode);
+        if let Some((_, reason)) = invalidated.iter().find(|(t, _)| *t == tenant.name) {
+            summary
+                .warnings
+                .push(format!("{trial}/{}: {reason}; no figures", tenant.name));
+            missing.push(MissingStream {
+                tenant: tenant.name,
+                reason: format!("{reason} (agent.jsonl)"),
+            });
+            continue;
+        }
         let mut acc = TenantAccumulator::default();
         let mut good = 0u64;
         for line in &stream.events {
@@ -467,7 +553,7 @@ fn analyze_trial(
             merged_window =
                 Some(merged_window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         }
-        let engine_path = trial_dir.join(format!("{}.engine.jsonl", tenant.name));
+        let engine_path = trial_dir.stream(&StreamName::EngineMetrics(tenant.name.clone()));
         let server = match engine_path.is_file().then(|| read_stream(&engine_path)) {
             Some(Ok(engine)) => {
                 summary.warnings.extend(engine.warnings.iter().cloned());
@@ -514,10 +600,11 @@ fn analyze_trial(
         });
     }
     for tenant in planned.map(|p| p.tenants).unwrap_or_default() {
+        let tenant = tenant.tenant;
         let known = tenants.iter().any(|t: &TenantSummary| t.tenant == tenant)
             || missing.iter().any(|m| m.tenant == tenant);
         if !known {
-            let path = trial_dir.join(format!("{tenant}.jsonl"));
+            let path = trial_dir.stream(&StreamName::Tenant(tenant.clone()));
             let reason = format!(
                 "{} does not exist (plan.json lists this tenant)",
                 path.display()
@@ -529,7 +616,7 @@ fn analyze_trial(
         }
     }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
-    let gpu_path = trial_dir.join("gpu.jsonl");
+    let gpu_path = trial_dir.stream(&StreamName::Gpu);
     let gpu_stream = match (merged_window, gpu_path.is_file()) {
         (Some(_), true) => match read_stream(&gpu_path) {
             Ok(stream) => Some(stream),
@@ -582,11 +669,11 @@ fn analyze_trial(
 /// The scores of a tenant's kept answers in `trial_dir`, from its prompts stream; `None` when
 /// it kept none (or the stream is absent or unreadable, which is warned).
 fn answer_quality(
-    trial_dir: &Path,
+    trial_dir: &TrialDir,
     tenant: &str,
     warnings: &mut Vec<String>,
 ) -> Option<QualitySummary> {
-    let path = trial_dir.join(format!("{tenant}.prompts.jsonl"));
+    let path = trial_dir.stream(&StreamName::Prompts(tenant.to_owned()));
     if !path.is_file() {
         return None;
     }
@@ -662,15 +749,15 @@ pub fn peer_variants(
     dir: &Path,
     peer: crate::metrics::variants::Peer,
 ) -> Result<Vec<TenantVariant>, AnalysisError> {
-    let nodes_dir = dir.join("nodes");
-    if !nodes_dir.is_dir() {
+    let experiment = ExperimentDir::new(dir);
+    if !experiment.is_experiment() {
         return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
     }
     let mut out = Vec::new();
-    for node_dir in sorted_dirs(&nodes_dir)? {
-        for trial_dir in trial_dirs_in_run_order(&node_dir)? {
-            for path in jsonl_files(&trial_dir)? {
-                let stream = read_stream(&path)?;
+    for node_dir in experiment.nodes()? {
+        for trial_dir in node_dir.trials_in_run_order()? {
+            for found in trial_dir.tenant_streams()? {
+                let stream = read_stream(&found.path)?;
                 let Some(tenant) = stream.header.tenant.as_ref() else {
                     continue;
                 };
@@ -683,8 +770,8 @@ pub fn peer_variants(
                     })
                     .collect();
                 out.push(TenantVariant {
-                    node: file_name(&node_dir),
-                    trial: file_name(&trial_dir),
+                    node: node_dir.name.clone(),
+                    trial: trial_dir.name.clone(),
                     tenant: tenant.name.clone(),
                     metrics: crate::metrics::variants::variant(peer, &requests),
                 });
@@ -699,7 +786,7 @@ pub fn peer_variants(
 fn compare_with_solo(trials: &mut [TrialSummary]) {
     let solos: Vec<(Option<u32>, TenantSummary)> = trials
         .iter()
-        .filter(|t| t.mode == SharingMode::Solo && t.state == "finished")
+        .filter(|t| t.mode == SharingMode::Solo && t.state.is_finished())
         .filter_map(|t| Some((t.stage, t.tenants.first()?.clone())))
         .collect();
     for trial in trials.iter_mut().filter(|t| t.mode != SharingMode::Solo) {
@@ -773,60 +860,33 @@ fn server_metrics(
     })
 }
 
-pub(crate) fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-fn list(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
-    let entries = std::fs::read_dir(dir).map_err(|source| AnalysisError::List {
-        path: dir.to_owned(),
-        source,
-    })?;
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    Ok(paths)
-}
-
-pub(crate) fn sorted_dirs(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
-    Ok(list(dir)?.into_iter().filter(|p| p.is_dir()).collect())
-}
-
-/// Tenant streams of a trial, in name order (`agent.jsonl`, `host.jsonl`, `gpu.jsonl`, prompts and
-/// engine scrapes are read apart).
-pub(crate) fn jsonl_files(dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
-    Ok(list(dir)?
-        .into_iter()
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .filter(|p| {
-            !matches!(
-                file_name(p).as_str(),
-                "agent.jsonl" | "host.jsonl" | "gpu.jsonl"
-            )
-        })
-        .filter(|p| {
-            let name = file_name(p);
-            !name.ends_with(".engine.jsonl") && !name.ends_with(".prompts.jsonl")
-        })
-        .collect())
-}
-
-/// Trials ordered as they ran: by the zero time and first event time of their agent stream,
-/// falling back to name order.
-pub(crate) fn trial_dirs_in_run_order(node_dir: &Path) -> Result<Vec<PathBuf>, AnalysisError> {
-    let mut keyed: BTreeMap<(u64, String), PathBuf> = BTreeMap::new();
-    for dir in sorted_dirs(node_dir)? {
-        let started = read_stream(&dir.join("agent.jsonl"))
-            .ok()
-            .and_then(|s| {
-                s.events.iter().find_map(|l| match &l.event {
-                    Event::Trial(t) => Some(t.at_ns),
-                    _ => None,
-                })
-            })
-            .unwrap_or(u64::MAX);
-        keyed.insert((started, file_name(&dir)), dir);
+/// The plan in the folder: `None` when there is none (nothing to check against); an
+/// unreadable one is warned and treated as none.
+fn read_plan(experiment: &ExperimentDir, warnings: &mut Vec<String>) -> Option<Plan> {
+    let path = experiment.file(crate::layout::PLAN_FILE);
+    if !path.is_file() {
+        return None;
     }
-    Ok(keyed.into_values().collect())
+    match Plan::read(&path) {
+        Ok(plan) => Some(plan),
+        Err(_) => {
+            warnings.push(format!(
+                "{}: not a plan this version reads; missing trials and streams are not checked",
+                path.display()
+            ));
+            None
+        }
+    }
+}
+
+/// Takes node `node`'s planned trials out of `plan`, so that the nodes left over are the
+/// planned nodes that never reported.
+fn take_planned(plan: &mut Option<Plan>, node: &str) -> Vec<PlanTrial> {
+    let Some(plan) = plan else {
+        return Vec::new();
+    };
+    match plan.nodes.iter().position(|n| n.node == node) {
+        Some(i) => plan.nodes.remove(i).trials,
+        None => Vec::new(),
+    }
 }

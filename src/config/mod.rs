@@ -4,16 +4,21 @@
 //! with its YAML path (`nodes[0].tenants[1].port`), so a user fixes a file in one pass.
 //! [`Experiment`] holds only checked values; code that takes one needs no further checks.
 
+mod capacity;
 mod error;
 mod launcher;
 mod raw;
 mod validate;
+mod validate_capacity;
 mod validate_launcher;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+pub use capacity::{
+    configured_rate, open_loop_rate, probe_trial_name, with_rate, Capacity, Direction, Search,
+};
 pub use error::{ConfigError, Problem};
 pub use launcher::{Launcher, LauncherKind, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa};
 
@@ -32,6 +37,8 @@ pub struct Experiment {
     pub workloads: BTreeMap<String, Workload>,
     /// Nodes, in file order.
     pub nodes: Vec<Node>,
+    /// The SLO capacity search, when the config asks for one (`capacity:`).
+    pub capacity: Option<Capacity>,
 }
 
 /// Which OpenAI API a workload calls.
@@ -239,8 +246,9 @@ impl ArrivalPlan {
         }
     }
 
-    /// What stage `index` (0-based) runs; a single process runs in every stage.
-    pub fn stage(&self, index: Option<usize>) -> StageArrival {
+    /// What `stage` runs; a single process runs in every stage, and no stage is the first.
+    pub fn stage(&self, stage: Option<Stage>) -> StageArrival {
+        let index = stage.map(Stage::index);
         match (self, index) {
             (ArrivalPlan::Single(a), _) => StageArrival::Fixed(*a),
             (ArrivalPlan::Stages(stages), i) => {
@@ -391,8 +399,30 @@ pub struct Trial {
     pub mode: SharingMode,
     /// Indices into [`Node::tenants`].
     pub tenants: Vec<usize>,
-    /// The sweep stage (0-based) this trial runs, when a tenant's workload sweeps.
-    pub stage: Option<usize>,
+    /// The sweep stage this trial runs, when a tenant's workload sweeps.
+    pub stage: Option<Stage>,
+}
+
+/// A stage of a sweep, counted from 1 everywhere: trial names (`mps.s2`), stream headers and
+/// summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Stage(u32);
+
+impl Stage {
+    /// Stage `number` (1-based); `None` for 0.
+    pub fn new(number: u32) -> Option<Self> {
+        (number >= 1).then_some(Self(number))
+    }
+
+    /// Its number, from 1.
+    pub fn number(self) -> u32 {
+        self.0
+    }
+
+    /// Its position in a list of stages, from 0.
+    pub fn index(self) -> usize {
+        self.0 as usize - 1
+    }
 }
 
 impl Node {
@@ -411,10 +441,13 @@ impl Node {
         self.unstaged_trials()
             .into_iter()
             .flat_map(|trial| {
-                (0..stages).map(move |k| Trial {
-                    name: format!("{}.s{}", trial.name, k + 1),
-                    stage: Some(k),
-                    ..trial.clone()
+                (1..=stages).map(move |k| {
+                    let stage = Stage::new(u32::try_from(k).unwrap_or(u32::MAX));
+                    Trial {
+                        name: format!("{}.s{k}", trial.name),
+                        stage,
+                        ..trial.clone()
+                    }
                 })
             })
             .collect()

@@ -14,8 +14,29 @@ pub struct RawExperiment {
     pub seed: Option<u64>,
     pub launcher: Option<RawLauncher>,
     pub slo: Option<RawSlo>,
+    pub capacity: Option<RawCapacity>,
     pub workloads: Option<BTreeMap<String, RawWorkload>>,
     pub nodes: Option<Vec<RawNode>>,
+}
+
+/// `capacity:`.
+#[derive(Debug, Deserialize)]
+pub struct RawCapacity {
+    pub probe: Option<RawProbe>,
+    pub min_rate: Option<f64>,
+    pub max_rate: Option<f64>,
+    pub precision: Option<f64>,
+    pub repeats: Option<u32>,
+    pub max_probes: Option<u32>,
+    pub mix: Option<BTreeMap<String, f64>>,
+    pub directions: Option<u32>,
+}
+
+/// `capacity.probe:`.
+#[derive(Debug, Deserialize)]
+pub struct RawProbe {
+    pub warmup: Option<String>,
+    pub duration: Option<String>,
 }
 
 /// `launcher:`.

@@ -155,7 +155,7 @@ impl Checker {
         Some(name)
     }
 
-    fn duration(&mut self, value: Option<String>, path: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, value: Option<String>, path: &str) -> Option<Duration> {
         let text = value?;
         match humantime::parse_duration(&text) {
             Ok(d) => Some(d),
@@ -213,6 +213,9 @@ impl Checker {
             self.stage_counts_agree(node, &workloads, &format!("nodes[{i}].tenants"));
         }
         let launcher = self.launcher(raw.launcher, &nodes);
+        let capacity = raw
+            .capacity
+            .and_then(|c| self.capacity(c, &nodes, &workloads));
         Some(Experiment {
             name: name?,
             output_dir: PathBuf::from(raw.output_dir.unwrap_or_else(|| "runs".into())),
@@ -220,6 +223,7 @@ impl Checker {
             launcher: launcher?,
             workloads,
             nodes,
+            capacity,
         })
     }
 
@@ -1376,10 +1380,10 @@ nodes:
         let plan = &e.workloads["w"].arrival;
         assert_eq!(plan.stage_count(), Some(5));
         assert_eq!(
-            plan.stage(Some(1)),
+            plan.stage(Stage::new(2)),
             StageArrival::Fixed(Arrival::Concurrency { n: 256 })
         );
-        let StageArrival::AutoRate { step, sweep } = plan.stage(Some(4)) else {
+        let StageArrival::AutoRate { step, sweep } = plan.stage(Stage::new(5)) else {
             panic!("stage 5 is a rate stage");
         };
         assert_eq!(step, 3);

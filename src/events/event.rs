@@ -42,6 +42,8 @@ pub enum Event {
     GpuSample(GpuSample),
     /// The prompt a request sent.
     Prompt(PromptEvent),
+    /// One tenant's figures in the trial are not valid (the others' are).
+    TenantInvalid(TenantInvalidEvent),
 }
 
 /// What stream a file holds.
@@ -320,6 +322,18 @@ pub struct TrialEvent {
     /// Why, for `invalid` and `stopped`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+}
+
+/// One tenant of a trial whose figures cannot be trusted, while the trial's other tenants'
+/// can (its load task ended abnormally).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TenantInvalidEvent {
+    /// When.
+    pub at_ns: u64,
+    /// The tenant.
+    pub tenant: String,
+    /// Why.
+    pub reason: String,
 }
 
 /// State of an engine.

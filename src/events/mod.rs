@@ -1,25 +1,30 @@
 //! The JSONL event format: what the agent writes and every analysis reads.
 //!
 //! # Files
-//! One file per stream, under `<trial>/` of a node's folder: `<tenant>.jsonl` (request events of
-//! one tenant), `agent.jsonl` (trial, engine and phase lifecycle, warnings), `host.jsonl`
-//! (host samples), `gpu.jsonl` (NVML samples, only where NVML works) and, for engines with a
-//! Prometheus endpoint, `<tenant>.engine.jsonl` (scrapes of its `/metrics`).
+//! One file per stream, under `<trial>/` of a node's folder (names from
+//! [`crate::layout::StreamName`]): `<tenant>.jsonl` (request events of one tenant),
+//! `agent.jsonl` (trial, engine, MPS and phase lifecycle, warnings), `host.jsonl` (host
+//! samples), `gpu.jsonl` (NVML samples, only where NVML works), `<tenant>.prompts.jsonl` (the
+//! prompt of every request the tenant sent, with the kept answers and their expected outputs,
+//! written after its load) and, for engines with a Prometheus endpoint,
+//! `<tenant>.engine.jsonl` (scrapes of its `/metrics`).
 //!
 //! # Lines
 //! Every line is one JSON object ending in `\n`, with a `seq` (the line's index in its file, the
 //! header being 0) and a `type`:
 //!
 //! - `header` (line 0 only): `schema_version` (`"MAJOR.MINOR"`), `tool_version`, `experiment`,
-//!   `run_id`, `node`, `trial`, `mode` (`solo|mps|timeslice`), `stream`
-//!   (`tenant|agent|host|gpu|engine_metrics`), `zero_wall_ns` (UTC wall-clock nanoseconds of
-//!   the run's monotonic zero), `simulated`
-//!   (whether anything in the stream comes from the simulated engine) and, for tenant streams,
-//!   `tenant` (name, model, engine kind, workload, API, arrival, offered rate, streaming).
+//!   `run_id`, `node`, `trial`, `mode` (`solo|mps|timeslice|exclusive`), `stream`
+//!   (`tenant|agent|host|gpu|engine_metrics|prompts`), `zero_wall_ns` (UTC wall-clock
+//!   nanoseconds of the run's monotonic zero), `simulated` (whether anything in the stream
+//!   comes from the simulated engine), `stage` (1-based, for a stage of a sweep) and, for tenant
+//!   streams, `tenant` (name, model, engine kind, workload, API, arrival, offered rate,
+//!   streaming, forced length, SLO).
 //! - `request`: one finished request, see [`RequestEvent`].
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`.
-//! - `trial`, `engine`, `mps`, `warning`, `host_sample`, `gpu_sample`, `engine_metrics`: lifecycle
-//!   and samples, see [`Event`].
+//! - `prompt` (prompts streams): one request's prompt, see [`PromptEvent`].
+//! - `trial`, `engine`, `mps`, `warning`, `tenant_invalid`, `host_sample`, `gpu_sample`,
+//!   `engine_metrics`: lifecycle and samples, see [`Event`].
 //!
 //! All times are nanoseconds on the node's monotonic clock since the run's zero (`*_ns`), so
 //! differences between any two times of one node are exact; `chunk_gaps_us` are microseconds.

@@ -70,12 +70,12 @@ pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32
 }
 
 /// Drives `workload` at `base_url` and returns the report, the clock and the request events.
-pub async fn drive(
+pub async fn record_load(
     base_url: &str,
     workload: Workload,
     dir: &Path,
 ) -> (LoadReport, RunClock, Vec<RequestEvent>) {
-    let recorded = loadgen::standalone::drive(base_url, "sim", workload, dir, "solo", 5)
+    let recorded = loadgen::standalone::record_workload(base_url, "sim", workload, dir, "solo", 5)
         .await
         .expect("drive");
     assert!(recorded.warnings.is_empty(), "{:?}", recorded.warnings);

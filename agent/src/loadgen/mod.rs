@@ -174,14 +174,25 @@ fn ns(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
+/// A tenant's load whose thread or task panicked: its figures in the trial cannot be trusted,
+/// the other tenants' can.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("its load task ended abnormally ({0}); its figures in this trial are not valid")]
+pub struct LoadPanicked(pub String);
+
 /// Runs `load` to its end (or until `cancel`), recording every request and phase change.
+/// A load that cannot start is a report with its `failure`; one that panics is
+/// [`LoadPanicked`].
 ///
 /// The load runs on a runtime of its own (two worker threads) with its own HTTP client: no
 /// other work of the agent (another tenant, the samplers, the gRPC server) is ever queued
 /// ahead of its sends and reads. Two workers rather than one, because an engine step hands
 /// every open stream a chunk at the same instant and one thread would read them one by one
 /// (measured at 1,000 streams: first-token delay p50 4.1 ms on one thread, 2.2 ms on two).
-pub async fn run(load: TenantLoad, cancel: CancellationToken) -> LoadReport {
+pub async fn run_tenant_load(
+    load: TenantLoad,
+    cancel: CancellationToken,
+) -> Result<LoadReport, LoadPanicked> {
     let tenant = load.tenant.clone();
     let (done, report) = tokio::sync::oneshot::channel();
     let thread = std::thread::Builder::new()
@@ -204,14 +215,16 @@ pub async fn run(load: TenantLoad, cancel: CancellationToken) -> LoadReport {
                 .tcp_nodelay(true)
                 .build()
                 .unwrap_or_default();
-            let _ = done.send(runtime.block_on(drive(load, http, cancel)));
+            let _ = done.send(runtime.block_on(send_and_record(load, http, cancel)));
         });
     if let Err(e) = thread {
-        return LoadReport::failed(format!("cannot start the load thread of {tenant}: {e}"));
+        return Ok(LoadReport::failed(format!(
+            "cannot start the load thread of {tenant}: {e}"
+        )));
     }
     report
         .await
-        .unwrap_or_else(|_| LoadReport::failed(format!("the load thread of {tenant} panicked")))
+        .map_err(|_| LoadPanicked(format!("the load thread of {tenant} panicked")))
 }
 
 impl LoadReport {
@@ -226,7 +239,11 @@ impl LoadReport {
     }
 }
 
-async fn drive(load: TenantLoad, http: reqwest::Client, cancel: CancellationToken) -> LoadReport {
+async fn send_and_record(
+    load: TenantLoad,
+    http: reqwest::Client,
+    cancel: CancellationToken,
+) -> LoadReport {
     let clock = load.clock;
     let start_ns = clock.now_ns();
     let warmup_end_ns = start_ns + ns(load.workload.warmup);

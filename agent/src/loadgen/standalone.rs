@@ -30,7 +30,7 @@ pub struct Recorded {
 /// Drives `workload` (one arrival process, not a sweep) at `model` behind `base_url` with
 /// prompts and arrivals from `seed`, records it as tenant `t` of trial `trial` under `dir`,
 /// and reads the stream back.
-pub async fn drive(
+pub async fn record_workload(
     base_url: &str,
     model: &str,
     workload: Workload,
@@ -79,7 +79,7 @@ pub async fn drive(
         clock,
         stream: stream.clone(),
     };
-    let report = super::run(load, CancellationToken::new()).await;
+    let report = super::run_tenant_load(load, CancellationToken::new()).await?;
     stream.close()?;
     let contents = read_stream(&dir.join(&path))?;
     Ok(Recorded {

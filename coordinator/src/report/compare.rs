@@ -52,7 +52,36 @@ pub struct ComparedFigure {
     /// Per later experiment: (later − first) / first, when both exist and first ≠ 0.
     pub change: Vec<Option<f64>>,
     /// Per later experiment: `better`, `worse`, `same` (within 1%) or `-`.
-    pub direction: Vec<String>,
+    pub direction: Vec<Direction>,
+}
+
+/// What a later experiment's change in a figure means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Direction {
+    /// The figure moved the good way by more than 1%.
+    #[serde(rename = "better")]
+    Better,
+    /// The figure moved the bad way by more than 1%.
+    #[serde(rename = "worse")]
+    Worse,
+    /// Within 1% of the baseline.
+    #[serde(rename = "same")]
+    Same,
+    /// The figure is missing on either side.
+    #[serde(rename = "-")]
+    NoData,
+}
+
+impl Direction {
+    /// The word printed for it.
+    pub fn name(self) -> &'static str {
+        match self {
+            Direction::Better => "better",
+            Direction::Worse => "worse",
+            Direction::Same => "same",
+            Direction::NoData => "-",
+        }
+    }
 }
 
 /// Compares `summaries` figure by figure against the first.
@@ -91,12 +120,15 @@ pub fn compare(summaries: &[Summary]) -> Vec<ComparedFigure> {
             let direction = change
                 .iter()
                 .map(|c| match c {
-                    None => "-".to_owned(),
-                    Some(c) if c.abs() < 0.01 => "same".to_owned(),
+                    None => Direction::NoData,
+                    Some(c) if c.abs() < 0.01 => Direction::Same,
                     Some(c) => {
                         let up = *c > 0.0;
-                        let good = (better == Better::Higher) == up;
-                        if good { "better" } else { "worse" }.to_owned()
+                        if (better == Better::Higher) == up {
+                            Direction::Better
+                        } else {
+                            Direction::Worse
+                        }
                     }
                 })
                 .collect();
@@ -123,74 +155,4 @@ fn tenants(s: &Summary) -> Vec<(String, &TenantSummary)> {
             })
         })
         .collect()
-}
-
-/// The comparison as a terminal table, one column per experiment.
-pub fn render_comparison_table(labels: &[String], figures: &[ComparedFigure]) -> String {
-    let mut header = vec!["tenant".to_owned(), "figure".to_owned()];
-    header.extend(labels.iter().cloned());
-    let mut table = super::table::styled(header);
-    for f in figures {
-        let mut row = vec![f.tenant.clone(), f.figure.clone()];
-        for (i, v) in f.values.iter().enumerate() {
-            let value = v.map_or("-".into(), |v| format!("{v:.2}"));
-            let cell = match i.checked_sub(1).map(|j| (f.change[j], &f.direction[j])) {
-                Some((Some(c), d)) => format!("{value} ({:+.1}%, {d})", c * 100.0),
-                _ => value,
-            };
-            row.push(cell);
-        }
-        table.add_row(row);
-    }
-    super::table::align_numbers(&mut table, 2);
-    table.to_string()
-}
-
-/// The comparison as a page of its own: one sortable table, each later value coloured by
-/// whether it is better or worse than the first experiment's.
-pub fn render_comparison_html(
-    labels: &[String],
-    figures: &[ComparedFigure],
-    simulated: bool,
-) -> String {
-    use super::html::{escape, page, table, Cell};
-    let mut header = vec!["tenant", "figure"];
-    header.extend(labels.iter().map(String::as_str));
-    let rows: Vec<(&str, Vec<Cell>)> = figures
-        .iter()
-        .map(|f| {
-            let mut cells = vec![Cell::Text(f.tenant.clone()), Cell::Text(f.figure.clone())];
-            for (i, v) in f.values.iter().enumerate() {
-                let later = i
-                    .checked_sub(1)
-                    .map(|j| (f.change[j], f.direction[j].as_str()));
-                cells.push(match (v, later) {
-                    (Some(v), Some((Some(c), d))) => {
-                        let class = match d {
-                            "better" => "better",
-                            "worse" => "worse",
-                            _ => "same",
-                        };
-                        Cell::Figure(*v, format!("{v:.2} ({:+.1}%, {d})", c * 100.0), class)
-                    }
-                    (v, _) => Cell::Num(*v, 2, ""),
-                });
-            }
-            ("", cells)
-        })
-        .collect();
-    let mut body = format!(
-        "<h1>multitenant comparison</h1>\n<p>Baseline: <b>{}</b>; every later experiment's \
-         change is against it (lower latency and error rate are better, higher throughput is \
-         better; within 1% is the same).</p>\n",
-        escape(&labels[0])
-    );
-    if simulated {
-        body.push_str(
-            "<p class=\"simulated\"><b>SIMULATED engine</b> in at least one experiment: its \
-             latencies come from the timing model.</p>\n",
-        );
-    }
-    table(&mut body, &header, &rows);
-    page("multitenant comparison", &body)
 }

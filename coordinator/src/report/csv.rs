@@ -40,8 +40,11 @@ const HEADER: &[&str] = &[
     "rouge_l",
 ];
 
+/// How CSV shows a figure that has no data: an empty field, never a 0.
+const NO_DATA: &str = "";
+
 fn number(v: Option<f64>) -> String {
-    v.map(|v| format!("{v}")).unwrap_or_default()
+    v.map_or_else(|| NO_DATA.to_owned(), |v| format!("{v}"))
 }
 
 /// Quotes a field when CSV needs it.
@@ -58,7 +61,7 @@ fn slo_verdict(slo: Option<&multitenant::slo::SloResult>) -> &'static str {
     match slo {
         Some(s) if s.pass => "pass",
         Some(_) => "fail",
-        None => "",
+        None => NO_DATA,
     }
 }
 
@@ -74,7 +77,7 @@ pub fn render_csv(summary: &Summary) -> String {
                 field(node),
                 field(&trial.trial),
                 mode.clone(),
-                field(&trial.state),
+                field(trial.state.name()),
                 field(&t.tenant),
                 field(&t.model),
                 field(&t.engine),

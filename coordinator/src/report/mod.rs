@@ -2,7 +2,6 @@
 //! `summary.csv`, `report.html` with its plots (also under `plots/`), and experiments compared
 //! side by side.
 
-mod answers;
 pub mod compare;
 mod csv;
 mod html;
@@ -10,13 +9,14 @@ pub mod plots;
 mod table;
 
 pub use csv::render_csv;
-pub use html::render_html;
-pub use table::{render_table, render_variants, slo_failures};
+pub use html::{render_comparison_html, render_html};
+pub use table::{render_comparison_table, render_table, render_variants};
 
 use std::path::Path;
 
 use anyhow::Context;
 use multitenant::analysis::Summary;
+use multitenant::layout::{self, ExperimentDir};
 
 /// Writes `summary.json`, `summary.csv`, `report.html` and `plots/*.svg` into the experiment
 /// folder `dir` (the plots read its streams again for the per-request series).
@@ -25,16 +25,17 @@ pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> 
     let series = multitenant::series::read_series(dir)
         .with_context(|| format!("reading the series of {} for plots", dir.display()))?;
     let plots = plots::draw_all(summary, &series)?;
-    let plots_dir = dir.join("plots");
+    let folder = ExperimentDir::new(dir);
+    let plots_dir = folder.file(layout::PLOTS_DIR);
     std::fs::create_dir_all(&plots_dir)
         .with_context(|| format!("creating {}", plots_dir.display()))?;
     for plot in &plots.drawn {
         write(&plots_dir.join(&plot.file), &plot.svg)?;
     }
-    write(&dir.join("summary.json"), &json)?;
-    write(&dir.join("summary.csv"), &render_csv(summary))?;
+    write(&folder.file(layout::SUMMARY_JSON), &json)?;
+    write(&folder.file(layout::SUMMARY_CSV), &render_csv(summary))?;
     write(
-        &dir.join("report.html"),
+        &folder.file(layout::REPORT_HTML),
         &render_html(summary, &plots, &series),
     )
 }

@@ -5,6 +5,9 @@ use comfy_table::{Cell, CellAlignment, Table};
 use multitenant::analysis::Summary;
 use multitenant::metrics::Percentiles;
 
+/// How the terminal shows a figure or verdict that has no data.
+const NO_DATA: &str = "-";
+
 /// A table in the house style, with `header`.
 pub(super) fn styled<T: Into<comfy_table::Cell>>(header: impl IntoIterator<Item = T>) -> Table {
     let mut table = Table::new();
@@ -21,15 +24,15 @@ pub(super) fn align_numbers(table: &mut Table, first: usize) {
 }
 
 fn ms(p: Option<&Percentiles>, pick: fn(&Percentiles) -> f64) -> String {
-    p.map_or("-".into(), |p| format!("{:.2}", pick(p)))
+    p.map_or(NO_DATA.into(), |p| format!("{:.2}", pick(p)))
 }
 
 fn rate(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.1}"))
+    v.map_or(NO_DATA.into(), |v| format!("{v:.1}"))
 }
 
 fn times(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.2}x"))
+    v.map_or(NO_DATA.into(), |v| format!("{v:.2}x"))
 }
 
 /// The slowdown of each tenant of each shared trial and the trial's co-location gain, or
@@ -131,7 +134,7 @@ pub fn render_table(summary: &Summary) -> String {
         "SLO",
     ]);
     for (node, trial) in summary.trials() {
-        let trial_label = if trial.state == "finished" {
+        let trial_label = if trial.state.is_finished() {
             trial.trial.clone()
         } else {
             format!("{} ({})", trial.trial, trial.state)
@@ -154,7 +157,7 @@ pub fn render_table(summary: &Summary) -> String {
                 match t.slo.as_ref() {
                     Some(s) if s.pass => "pass".into(),
                     Some(_) => "FAIL".into(),
-                    None => "-".into(),
+                    None => NO_DATA.into(),
                 },
             ]);
         }
@@ -165,7 +168,7 @@ pub fn render_table(summary: &Summary) -> String {
                 missing.tenant.clone(),
                 "stream missing".into(),
             ];
-            row.extend((0..9).map(|_| "-".to_owned()));
+            row.extend((0..9).map(|_| NO_DATA.to_owned()));
             table.add_row(row);
         }
         let mut total: Vec<Cell> = vec![
@@ -201,7 +204,7 @@ pub fn render_table(summary: &Summary) -> String {
         out.push_str(&across);
         out.push('\n');
     }
-    for failure in slo_failures(summary) {
+    for failure in summary.slo_misses() {
         out.push_str(&format!("SLO failed: {failure}\n"));
     }
     for line in answer_scores(summary) {
@@ -230,35 +233,6 @@ fn answer_scores(summary: &Summary) -> Vec<String> {
             out.push(format!(
                 "{}/{}/{}: {} kept, {scores}",
                 node, trial.trial, t.tenant, q.kept
-            ));
-        }
-    }
-    out
-}
-
-/// Every tenant of every finished trial that missed its SLO, with the bounds it missed.
-pub fn slo_failures(summary: &Summary) -> Vec<String> {
-    let mut out = Vec::new();
-    for (node, trial) in summary.trials().filter(|(_, t)| t.state == "finished") {
-        for t in &trial.tenants {
-            let Some(slo) = t.slo.as_ref().filter(|s| !s.pass) else {
-                continue;
-            };
-            let missed: Vec<String> = slo
-                .checks
-                .iter()
-                .filter(|c| c.verdict != "pass")
-                .map(|c| match c.measured {
-                    Some(m) => format!("{} {m:.2} > {}", c.bound, c.limit),
-                    None => format!("{} has no data (limit {})", c.bound, c.limit),
-                })
-                .collect();
-            out.push(format!(
-                "{}/{}/{}: {}",
-                node,
-                trial.trial,
-                t.tenant,
-                missed.join(", ")
             ));
         }
     }
@@ -295,4 +269,28 @@ pub fn render_variants(peer: &str, variants: &[multitenant::analysis::TenantVari
         }
     }
     out
+}
+
+/// The comparison as a terminal table, one column per experiment.
+pub fn render_comparison_table(
+    labels: &[String],
+    figures: &[super::compare::ComparedFigure],
+) -> String {
+    let mut header = vec!["tenant".to_owned(), "figure".to_owned()];
+    header.extend(labels.iter().cloned());
+    let mut table = styled(header);
+    for f in figures {
+        let mut row = vec![f.tenant.clone(), f.figure.clone()];
+        for (i, v) in f.values.iter().enumerate() {
+            let value = v.map_or(NO_DATA.into(), |v| format!("{v:.2}"));
+            let cell = match i.checked_sub(1).map(|j| (f.change[j], &f.direction[j])) {
+                Some((Some(c), d)) => format!("{value} ({:+.1}%, {})", c * 100.0, d.name()),
+                _ => value,
+            };
+            row.push(cell);
+        }
+        table.add_row(row);
+    }
+    align_numbers(&mut table, 2);
+    table.to_string()
 }

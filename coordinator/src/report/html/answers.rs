@@ -10,7 +10,7 @@ use multitenant::events::PromptEvent;
 use multitenant::metrics::quality::{exact_match, rouge_l};
 use multitenant::series::ExperimentSeries;
 
-use super::html::{escape, table, Cell};
+use super::{escape, table, Cell};
 
 /// Most prompts shown per trial; the scores cover every kept answer.
 const MAX_ROWS: usize = 50;

@@ -1,8 +1,6 @@
 //! `report.html`: one self-contained page (no network, no external file) with the summary's
 //! tables, sortable by any column and coloured by SLO verdict and trial state, the plots inline,
 //! what could not be shown and why, and the metric definitions.
-//!
-//! A figure without data is shown as "no data" and sorts last; it is never a 0 or a NaN.
 
 use std::fmt::Write;
 
@@ -10,155 +8,8 @@ use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
 use multitenant::metrics::Percentiles;
 use multitenant::series::ExperimentSeries;
 
-use super::plots::Plots;
-
-const STYLE: &str = r#"
-body { font: 14px/1.45 system-ui, sans-serif; margin: 24px; color: #1d1d1f; }
-h1 { font-size: 22px; margin-bottom: 4px; }
-h2 { font-size: 18px; margin-top: 32px; border-bottom: 1px solid #ddd; }
-.simulated { background: #fff3cd; border: 1px solid #e0c060; padding: 6px 10px; display: inline-block; }
-table { border-collapse: collapse; margin: 8px 0 16px; }
-th, td { border: 1px solid #d0d0d0; padding: 3px 8px; }
-th { background: #f3f3f3; cursor: pointer; user-select: none; white-space: nowrap; }
-th[aria-sort=ascending]::after { content: " \25B2"; }
-th[aria-sort=descending]::after { content: " \25BC"; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-td.na { color: #888; font-style: italic; text-align: center; }
-td.pass, td.better { background: #d4edda; }
-td.fail, td.worse { background: #f8d7da; font-weight: 600; }
-td.same { color: #555; }
-tr.not-finished td { background: #fafafa; color: #777; }
-tr.missing td { background: #fff3f3; }
-.plots { display: grid; grid-template-columns: repeat(auto-fill, minmax(560px, 1fr)); gap: 12px; }
-figure { margin: 0; }
-figure svg { width: 100%; height: auto; }
-figure.wide { grid-column: 1 / -1; }
-figcaption { font-weight: 600; margin-bottom: 4px; }
-ul.warnings li, ul.gaps li { margin: 2px 0; }
-tr.answer td { white-space: pre-wrap; vertical-align: top; max-width: 48ch; }
-#script-errors:empty { display: none; }
-#script-errors { color: #a00; border: 1px solid #a00; padding: 6px; }
-"#;
-
-/// Click a header to sort by it; again to reverse. "no data" cells stay last either way.
-const SCRIPT: &str = r#"
-function cellKey(cell) {
-  if (!cell || cell.classList.contains('na')) return null;
-  var v = cell.getAttribute('data-v');
-  return v !== null ? parseFloat(v) : cell.textContent.toLowerCase();
-}
-function sortTable(table, column, th) {
-  var ascending = th.getAttribute('aria-sort') !== 'ascending';
-  table.querySelectorAll('th').forEach(function (h) { h.removeAttribute('aria-sort'); });
-  th.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
-  var body = table.tBodies[0];
-  var rows = Array.prototype.slice.call(body.rows);
-  rows.sort(function (a, b) {
-    var x = cellKey(a.cells[column]), y = cellKey(b.cells[column]);
-    if (x === null || y === null) return (x === null) - (y === null);
-    return (x < y ? -1 : x > y ? 1 : 0) * (ascending ? 1 : -1);
-  });
-  rows.forEach(function (r) { body.appendChild(r); });
-}
-document.querySelectorAll('table.sortable').forEach(function (table) {
-  table.querySelectorAll('thead th').forEach(function (th, column) {
-    th.setAttribute('role', 'button');
-    th.tabIndex = 0;
-    th.addEventListener('click', function () { sortTable(table, column, th); });
-    th.addEventListener('keydown', function (e) { if (e.key === 'Enter') sortTable(table, column, th); });
-  });
-});
-"#;
-
-/// Escapes text for HTML content and attribute values.
-pub(super) fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            c => out.push(c),
-        }
-    }
-    out
-}
-
-/// One table cell.
-pub(super) enum Cell {
-    /// Text, sorted as text.
-    Text(String),
-    /// A number shown with `decimals` and a suffix, sorted by value; no value shows "no data".
-    Num(Option<f64>, usize, &'static str),
-    /// Text with a CSS class (pass, fail).
-    Marked(String, &'static str),
-    /// A number sorted by value but shown as `text`, with a CSS class (better, worse, same).
-    Figure(f64, String, &'static str),
-}
-
-impl Cell {
-    fn render(&self, out: &mut String) {
-        match self {
-            Cell::Text(t) => {
-                let _ = write!(out, "<td>{}</td>", escape(t));
-            }
-            Cell::Num(Some(v), decimals, suffix) if v.is_finite() => {
-                let _ = write!(
-                    out,
-                    "<td class=\"num\" data-v=\"{v}\">{v:.decimals$}{suffix}</td>"
-                );
-            }
-            Cell::Num(..) => out.push_str("<td class=\"na\" title=\"no data\">no data</td>"),
-            Cell::Marked(t, class) => {
-                let _ = write!(out, "<td class=\"{class}\">{}</td>", escape(t));
-            }
-            Cell::Figure(v, text, class) => {
-                let _ = write!(
-                    out,
-                    "<td class=\"num {class}\" data-v=\"{v}\">{}</td>",
-                    escape(text)
-                );
-            }
-        }
-    }
-}
-
-/// A sortable table; `rows` pairs a row's CSS class (may be empty) with its cells.
-pub(super) fn table(out: &mut String, header: &[&str], rows: &[(&str, Vec<Cell>)]) {
-    out.push_str("<table class=\"sortable\"><thead><tr>");
-    for h in header {
-        let _ = write!(out, "<th>{}</th>", escape(h));
-    }
-    out.push_str("</tr></thead><tbody>\n");
-    for (class, cells) in rows {
-        if class.is_empty() {
-            out.push_str("<tr>");
-        } else {
-            let _ = write!(out, "<tr class=\"{class}\">");
-        }
-        for cell in cells {
-            cell.render(out);
-        }
-        out.push_str("</tr>\n");
-    }
-    out.push_str("</tbody></table>\n");
-}
-
-/// The page's frame around `body`: title, style, the error catcher and the sort script.
-pub(super) fn page(title: &str, body: &str) -> String {
-    format!(
-        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\
-         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
-         <title>{title}</title><style>{STYLE}</style></head><body>\n\
-         <div id=\"script-errors\" role=\"alert\"></div>\n\
-         <script>window.addEventListener('error', function (e) {{\
-         document.getElementById('script-errors').textContent += 'Report script error: ' + e.message + '\\n'; }});</script>\n\
-         {body}\n<script>{SCRIPT}</script>\n</body></html>\n",
-        title = escape(title),
-    )
-}
+use super::{escape, frame, table, Cell};
+use crate::report::plots::Plots;
 
 fn pct(p: Option<&Percentiles>, pick: fn(&Percentiles) -> f64) -> Cell {
     Cell::Num(p.map(pick), 2, "")
@@ -174,10 +25,10 @@ fn slo_cell(t: &TenantSummary) -> Cell {
 
 fn trial_label(trial: &TrialSummary) -> String {
     match &trial.reason {
-        Some(reason) if trial.state != "finished" => {
+        Some(reason) if !trial.state.is_finished() => {
             format!("{} ({}: {reason})", trial.trial, trial.state)
         }
-        _ if trial.state != "finished" => format!("{} ({})", trial.trial, trial.state),
+        _ if !trial.state.is_finished() => format!("{} ({})", trial.trial, trial.state),
         _ => trial.trial.clone(),
     }
 }
@@ -206,7 +57,7 @@ fn tenants_table(out: &mut String, summary: &Summary) {
     ];
     let mut rows = Vec::new();
     for (node, trial) in summary.trials() {
-        let class = if trial.state == "finished" {
+        let class = if trial.state.is_finished() {
             ""
         } else {
             "not-finished"
@@ -277,9 +128,9 @@ fn trials_table(out: &mut String, summary: &Summary) {
         };
         let state = match &trial.reason {
             Some(r) => format!("{}: {r}", trial.state),
-            None => trial.state.clone(),
+            None => trial.state.name().to_owned(),
         };
-        let state_class = if trial.state == "finished" {
+        let state_class = if trial.state.is_finished() {
             "pass"
         } else {
             "fail"
@@ -318,7 +169,7 @@ fn slo_table(out: &mut String, summary: &Summary) -> bool {
         for t in &trial.tenants {
             let Some(slo) = &t.slo else { continue };
             for check in &slo.checks {
-                let class = if check.verdict == "pass" {
+                let class = if check.verdict.passed() {
                     "pass"
                 } else {
                     "fail"
@@ -332,7 +183,7 @@ fn slo_table(out: &mut String, summary: &Summary) -> bool {
                         Cell::Text(check.bound.clone()),
                         Cell::Num(Some(check.limit), 3, ""),
                         Cell::Num(check.measured, 3, ""),
-                        Cell::Marked(check.verdict.clone(), class),
+                        Cell::Marked(check.verdict.name().to_owned(), class),
                         Cell::Num(slo.goodput_rps, 2, ""),
                         Cell::Num(slo.attainment.map(|a| a * 100.0), 1, "%"),
                     ],
@@ -382,7 +233,7 @@ fn across_nodes_table(out: &mut String, summary: &Summary) {
             )
         })
         .collect();
-    table(out, &super::table::ACROSS_NODES_HEADER, &rows);
+    table(out, &crate::report::table::ACROSS_NODES_HEADER, &rows);
 }
 
 fn definitions_table(out: &mut String, summary: &Summary) {
@@ -457,7 +308,7 @@ pub fn render_html(summary: &Summary, plots: &Plots, series: &ExperimentSeries) 
              engine's timing model, not from a GPU.</p>\n",
         );
     }
-    let failures = super::slo_failures(summary);
+    let failures = summary.slo_misses();
     if !failures.is_empty() {
         body.push_str("<h2>SLO misses</h2><ul class=\"warnings\">\n");
         for f in &failures {
@@ -490,32 +341,5 @@ pub fn render_html(summary: &Summary, plots: &Plots, series: &ExperimentSeries) 
     }
     body.push_str("<h2>Definitions</h2>\n");
     definitions_table(&mut body, summary);
-    page(&format!("multitenant: {}", summary.experiment), &body)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escapes_markup_and_shows_missing_numbers_as_no_data() {
-        assert_eq!(
-            escape("<a href=\"x\">&'"),
-            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
-        );
-        let mut out = String::new();
-        for cell in [
-            Cell::Num(None, 2, ""),
-            Cell::Num(Some(f64::NAN), 2, ""),
-            Cell::Num(Some(1.5), 2, "×"),
-        ] {
-            cell.render(&mut out);
-        }
-        assert_eq!(
-            out,
-            "<td class=\"na\" title=\"no data\">no data</td>\
-             <td class=\"na\" title=\"no data\">no data</td>\
-             <td class=\"num\" data-v=\"1.5\">1.50×</td>"
-        );
-    }
+    frame(&format!("multitenant: {}", summary.experiment), &body)
 }

@@ -1,5 +1,5 @@
-//! Bringing agents up: the local launcher spawns `agent serve` on loopback with a fresh token;
-//! a static launch uses agents that already run.
+//! The local launcher: one `agent serve` per node on this machine's loopback, each with a
+//! fresh token, its data in `.agent/<node>/` of the experiment folder; stopped at teardown.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -7,25 +7,19 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use multitenant::auth::{BearerToken, TOKEN_ENV};
+use multitenant::layout::ExperimentDir;
 use rand::RngCore;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use tokio_util::sync::CancellationToken;
+
+use super::{AgentEndpoint, Launched, Launcher, Teardown};
+use crate::run::ExperimentRun;
 
 /// How long a spawned agent may take to say where it listens.
 const AGENT_START_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopped agent may take to finish its records before it is killed.
 const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// Where an agent listens and the token it wants.
-#[derive(Debug, Clone)]
-pub struct AgentEndpoint {
-    /// `http://host:port`, or `https://host:port` with `tls`.
-    pub url: String,
-    /// Its token.
-    pub token: BearerToken,
-    /// How to check the agent and present ourselves to it; `None` for plain loopback.
-    pub tls: Option<tonic::transport::ClientTlsConfig>,
-}
 
 /// An agent process this coordinator started.
 pub struct LocalAgent {
@@ -130,5 +124,56 @@ impl LocalAgent {
                 bail!("the agent did not stop within {AGENT_STOP_TIMEOUT:?} and was killed")
             }
         }
+    }
+}
+
+/// Spawns one agent per node at launch and stops them all at teardown.
+#[derive(Default)]
+pub struct LocalLauncher {
+    agents: Vec<(String, LocalAgent)>,
+}
+
+impl Launcher for LocalLauncher {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn launch(
+        &mut self,
+        run: &ExperimentRun<'_>,
+        _cancel: &CancellationToken,
+    ) -> anyhow::Result<Launched> {
+        let agent_bin = find_agent_binary()?;
+        let dir = ExperimentDir::new(run.dir);
+        let mut nodes = Vec::new();
+        for node in &run.experiment.nodes {
+            let data_dir = dir.local_agent_data(&node.name);
+            let spawned = async {
+                std::fs::create_dir_all(&data_dir)
+                    .with_context(|| format!("creating {}", data_dir.display()))?;
+                LocalAgent::spawn(&agent_bin, &data_dir, &dir.local_agent_log(&node.name)).await
+            };
+            nodes.push(match spawned.await {
+                Ok(agent) => {
+                    let endpoint = agent.endpoint.clone();
+                    self.agents.push((node.name.clone(), agent));
+                    Ok(endpoint)
+                }
+                Err(e) => Err(format!("{e:#}")),
+            });
+        }
+        Ok(Launched {
+            nodes,
+            config: run.config.to_owned(),
+        })
+    }
+
+    async fn tear_down(&mut self) -> Teardown {
+        for (node, agent) in self.agents.drain(..) {
+            if let Err(e) = agent.stop().await {
+                eprintln!("node {node}: {e:#}");
+            }
+        }
+        Teardown::default()
     }
 }

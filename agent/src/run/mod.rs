@@ -1,0 +1,243 @@
+//! Runs: one node's trials of an experiment, executed by the agent, recorded to disk.
+//!
+//! A run owns its folder `<data_dir>/<run_id>/` and its streams. Trials run one after another;
+//! inside a trial, engines start one at a time (each must answer its health check before the
+//! next starts), then every tenant's load runs at once, then engines stop and streams close.
+//! A trial whose engine fails is marked `invalid` and the run goes on to the next trial.
+//!
+//! - this module: the registry of runs ([`RunManager`], [`RunState`]);
+//! - `trial`: one trial's phases (`TrialRunner`); `engines`: its MPS and engine phases;
+//! - `slot`: one tenant's parts of a trial, owned together (`TenantSlot`);
+//! - [`outcome`]: why a trial failed ([`TrialFailure`]), typed until it is written;
+//! - `sampling`: the trial's samplers as one unit; `stages`: which arrival a stage runs;
+//! - `log`: the trial's `agent.jsonl`; `context`: what a run's trials share;
+//!   `loads`: the tenants' loads run side by side and judged.
+
+mod context;
+mod engines;
+mod loads;
+mod log;
+pub mod outcome;
+mod sampling;
+mod slot;
+mod stages;
+mod trial;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use multitenant::config::Experiment;
+use sha2::{Digest, Sha256};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use outcome::TrialFailure;
+
+use crate::clock::RunClock;
+use crate::gpu::{GpuStatus, NodeGpus};
+use crate::recorder::RunStreams;
+use context::RunContext;
+use stages::StagePlanner;
+
+/// Where a run stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunState {
+    /// Trials are running.
+    Running,
+    /// Every trial ran (some may be invalid; their agent streams say why).
+    Finished,
+    /// The run could not go on.
+    Failed(String),
+    /// Stopped on request.
+    Stopped,
+}
+
+impl RunState {
+    /// The name used on the wire.
+    pub fn name(&self) -> &'static str {
+        match self {
+            RunState::Running => "running",
+            RunState::Finished => "finished",
+            RunState::Failed(_) => "failed",
+            RunState::Stopped => "stopped",
+        }
+    }
+}
+
+/// One run.
+pub struct Run {
+    /// Id chosen by the coordinator.
+    pub id: String,
+    /// Trial names, in order.
+    pub trials: Vec<String>,
+    /// The run's stream files.
+    pub streams: Arc<RunStreams>,
+    config_sha256: String,
+    state: watch::Sender<RunState>,
+    cancel: CancellationToken,
+}
+
+impl Run {
+    /// The current state.
+    pub fn state(&self) -> RunState {
+        self.state.borrow().clone()
+    }
+
+    /// Asks the run to stop; returns at once.
+    pub fn stop(&self) {
+        self.cancel.cancel();
+    }
+
+    /// Whether the run was asked to stop.
+    pub fn is_stopping(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    fn set_state(&self, state: RunState) {
+        self.state.send_replace(state);
+        self.streams.poke();
+    }
+}
+
+/// Why a run was not started.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The request itself is wrong.
+    #[error("{0}")]
+    Invalid(String),
+    /// The run id is taken by a run with another config.
+    #[error("run {0} already exists with a different config")]
+    Conflict(String),
+    /// The agent is shutting down.
+    #[error("the agent is shutting down")]
+    ShuttingDown,
+    /// The run folder could not be made.
+    #[error("cannot create the run folder: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// All runs of this agent.
+pub struct RunManager {
+    data_dir: PathBuf,
+    gpu: NodeGpus,
+    mps_control: PathBuf,
+    http: reqwest::Client,
+    runs: Mutex<HashMap<String, Arc<Run>>>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl RunManager {
+    /// Runs will live under `data_dir`.
+    /// `mps_control` is the `nvidia-cuda-mps-control` to use for `mps` trials (a name on PATH
+    /// or a path).
+    pub fn new(data_dir: PathBuf, gpu: NodeGpus, mps_control: PathBuf) -> Self {
+        Self {
+            data_dir,
+            gpu,
+            mps_control,
+            http: reqwest::Client::builder()
+                .pool_max_idle_per_host(4096)
+                .tcp_nodelay(true)
+                .build()
+                .unwrap_or_default(),
+            runs: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// What the agent knows of its GPUs.
+    pub fn gpu(&self) -> &GpuStatus {
+        &self.gpu.status
+    }
+
+    /// The run `id`, if this agent has it.
+    pub fn get(&self, id: &str) -> Option<Arc<Run>> {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()
+    }
+
+    /// Starts node `node` of `config_yaml` as run `run_id`; idempotent for the same config.
+    /// Returns the run and whether it already existed.
+    pub fn start(
+        &self,
+        run_id: &str,
+        config_yaml: &str,
+        node: &str,
+    ) -> Result<(Arc<Run>, bool), StartError> {
+        if run_id.is_empty()
+            || run_id.len() > 128
+            || !run_id
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+            || run_id.starts_with('.')
+        {
+            return Err(StartError::Invalid(format!(
+                "run id {run_id:?} must be 1–128 letters, digits, '-', '_' or '.', not starting with '.'"
+            )));
+        }
+        let config_sha256 = hex::encode(Sha256::digest(config_yaml.as_bytes()));
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(run) = runs.get(run_id) {
+            if run.config_sha256 == config_sha256 {
+                return Ok((run.clone(), true));
+            }
+            return Err(StartError::Conflict(run_id.to_owned()));
+        }
+        if self.shutdown.is_cancelled() {
+            return Err(StartError::ShuttingDown);
+        }
+        let experiment = Experiment::from_yaml(config_yaml, "config_yaml")
+            .map_err(|e| StartError::Invalid(e.to_string()))?;
+        let node = experiment
+            .node(node)
+            .cloned()
+            .ok_or_else(|| StartError::Invalid(format!("the config has no node named {node:?}")))?;
+        let root = self.data_dir.join(run_id);
+        if root.exists() {
+            return Err(StartError::Invalid(format!(
+                "{} already exists from an earlier agent; choose another run id",
+                root.display()
+            )));
+        }
+        let trials = node.trials(&experiment.workloads);
+        let run = Arc::new(Run {
+            id: run_id.to_owned(),
+            trials: trials.iter().map(|t| t.name.clone()).collect(),
+            streams: Arc::new(RunStreams::new(root)?),
+            config_sha256,
+            state: watch::Sender::new(RunState::Running),
+            cancel: self.shutdown.child_token(),
+        });
+        runs.insert(run_id.to_owned(), run.clone());
+        let ctx = RunContext {
+            run: run.clone(),
+            models_dir: self.data_dir.join(".models"),
+            experiment,
+            node,
+            clock: RunClock::start(),
+            gpu: self.gpu.clone(),
+            mps_control: self.mps_control.clone(),
+            http: self.http.clone(),
+            stages: StagePlanner::default(),
+        };
+        self.tracker.spawn(async move {
+            let state = ctx.execute(trials).await;
+            ctx.run.set_state(state);
+        });
+        Ok((run, false))
+    }
+
+    /// Stops every run and waits for them to record their end.
+    pub async fn shutdown(&self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}

@@ -1,0 +1,146 @@
+//! One tenant's part of a trial: its workload, arrivals, prompts, engine, load report and
+//! engine exit, owned together so that nothing can be handed to the wrong tenant.
+
+use std::sync::Arc;
+
+use multitenant::config::{Arrival, Tenant, Workload};
+use multitenant::events::{Event, PromptEvent, TenantHeader};
+
+use super::outcome::EngineDeath;
+use crate::engine::RunningEngine;
+use crate::loadgen::{
+    self, client::Target, prompts::PromptFactory, LoadPanicked, LoadReport, TenantLoad,
+};
+use crate::recorder::StreamFile;
+
+/// How a tenant's load ended.
+#[derive(Debug, Default)]
+pub(super) enum LoadOutcome {
+    /// It did not run (the trial failed before measuring, or was stopped first).
+    #[default]
+    NotRun,
+    /// It ran to its end, with this report.
+    Ran(LoadReport),
+    /// Its task panicked: only this tenant's figures are lost.
+    Panicked(LoadPanicked),
+}
+
+/// Everything of one tenant in one trial.
+pub(super) struct TenantSlot<'a> {
+    /// The tenant.
+    pub tenant: &'a Tenant,
+    /// Its workload.
+    pub workload: &'a Workload,
+    /// The seed of its arrivals and prompts: the same in every trial, so a tenant sends the
+    /// same requests alone and shared.
+    pub seed: u64,
+    /// Its arrival process in this trial, once planned.
+    pub arrival: Option<Arrival>,
+    /// Its prompts, once made.
+    pub prompts: Option<Arc<PromptFactory>>,
+    /// Its engine, once started.
+    pub engine: Option<RunningEngine>,
+    /// How its load ended.
+    pub load: LoadOutcome,
+    /// Its engine's exit during the measurement, if it exited.
+    pub death: Option<EngineDeath>,
+}
+
+impl<'a> TenantSlot<'a> {
+    /// An empty slot for `tenant`.
+    pub fn new(tenant: &'a Tenant, workload: &'a Workload, seed: u64) -> Self {
+        Self {
+            tenant,
+            workload,
+            seed,
+            arrival: None,
+            prompts: None,
+            engine: None,
+            load: LoadOutcome::NotRun,
+            death: None,
+        }
+    }
+
+    /// The tenant's name.
+    pub fn name(&self) -> &str {
+        &self.tenant.name
+    }
+
+    /// The header of its request stream in this trial.
+    pub fn stream_header(&self, arrival: &Arrival) -> TenantHeader {
+        let workload = self.workload;
+        TenantHeader {
+            name: self.tenant.name.clone(),
+            model: self.tenant.engine.model().into(),
+            engine: self.tenant.engine.kind().into(),
+            workload: self.tenant.workload.clone(),
+            api: workload.api,
+            arrival: arrival.describe(),
+            offered_rate: arrival.offered_rate(),
+            streaming: workload.stream,
+            forced_length: workload.ignore_eos,
+            slo: (!workload.slo.is_empty()).then(|| workload.slo.clone()),
+        }
+    }
+
+    /// The load to run against its engine, recorded into `stream`; `None` before the slot has
+    /// its arrivals, prompts and engine.
+    pub fn tenant_load(
+        &self,
+        clock: crate::clock::RunClock,
+        stream: Arc<StreamFile>,
+    ) -> Option<TenantLoad> {
+        let (arrival, prompts, engine) =
+            (self.arrival?, self.prompts.clone()?, self.engine.as_ref()?);
+        let workload = self.workload.clone();
+        let target = Target {
+            base_url: engine.base_url.clone(),
+            api: workload.api,
+            model: self.tenant.engine.model().into(),
+            api_key: engine.api_key.clone(),
+            stream: workload.stream,
+            ignore_eos: workload.ignore_eos,
+            request_fields: workload.request_fields.clone(),
+        };
+        Some(TenantLoad {
+            tenant: self.tenant.name.clone(),
+            target,
+            workload,
+            arrival,
+            seed: self.seed,
+            prompts,
+            clock,
+            stream,
+        })
+    }
+
+    /// The report of a load that ran to its end.
+    pub fn report(&self) -> Option<&LoadReport> {
+        match &self.load {
+            LoadOutcome::Ran(report) => Some(report),
+            _ => None,
+        }
+    }
+
+    /// Writes the prompt of every request its load sent into `stream` (after the load, so no
+    /// send waits on it), with the answers it kept; nothing when the load did not run.
+    pub fn write_prompts(&self, stream: &StreamFile) -> std::io::Result<()> {
+        let (Some(report), Some(factory)) = (self.report(), &self.prompts) else {
+            return Ok(());
+        };
+        for index in 0..report.sent {
+            let prompt = factory.prompt(index);
+            let response = report.responses.get(&index).cloned();
+            stream.append(&Event::Prompt(PromptEvent {
+                id: loadgen::request_id(&self.tenant.name, index),
+                origin: prompt.origin,
+                prompt_tokens: prompt.tokens,
+                max_tokens: prompt.max_tokens,
+                text: prompt.text,
+                expected: prompt.expected.filter(|_| response.is_some()),
+                response,
+            }))?;
+        }
+        Ok(())
+    }
+}

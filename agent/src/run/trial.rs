@@ -1,0 +1,256 @@
+//! One trial: its phases in order, each tenant's parts in one [`TenantSlot`], every task it
+//! spawns in one tracker, and its end recorded once everything it started has stopped.
+
+use std::sync::Arc;
+
+use multitenant::config::{SharingMode, Trial};
+use multitenant::events::{StreamKind, TrialState};
+use multitenant::layout::StreamName;
+use tokio_util::task::TaskTracker;
+
+use super::loads::{judge, run_loads};
+use super::log::TrialLog;
+use super::outcome::TrialFailure;
+use super::sampling::Samplers;
+use super::slot::{LoadOutcome, TenantSlot};
+use super::RunContext;
+use crate::gpu::GpuStatus;
+use crate::loadgen::{self, prompts::PromptFactory};
+use crate::mps::MpsDaemon;
+
+/// Why a phase did not lead on to the next: the trial failed (it ends `invalid` with the
+/// reason), or the agent could not write its own stream.
+pub(super) enum Halt {
+    Failed(TrialFailure),
+    Io(std::io::Error),
+}
+
+impl From<TrialFailure> for Halt {
+    fn from(failure: TrialFailure) -> Self {
+        Halt::Failed(failure)
+    }
+}
+
+impl From<std::io::Error> for Halt {
+    fn from(e: std::io::Error) -> Self {
+        Halt::Io(e)
+    }
+}
+
+/// A trial while it runs.
+pub(super) struct TrialRunner<'a> {
+    pub ctx: &'a RunContext,
+    pub trial: &'a Trial,
+    pub log: TrialLog,
+    pub slots: Vec<TenantSlot<'a>>,
+    pub mps: Option<MpsDaemon>,
+    /// Every task the trial spawns; all have ended before the trial's end is recorded.
+    pub tasks: TaskTracker,
+}
+
+impl<'a> TrialRunner<'a> {
+    /// Creates the trial's agent stream and records its start, with what the reader must know
+    /// from the outset (no GPU sampling, simulated engines).
+    pub fn open(ctx: &'a RunContext, trial: &'a Trial) -> std::io::Result<Self> {
+        let slots: Vec<TenantSlot<'a>> = trial
+            .tenants
+            .iter()
+            .map(|&i| {
+                let tenant = &ctx.node.tenants[i];
+                let workload = &ctx.experiment.workloads[&tenant.workload];
+                TenantSlot::new(tenant, workload, ctx.tenant_seed(tenant))
+            })
+            .collect();
+        let simulated = slots.iter().any(|s| s.tenant.engine.is_simulated());
+        let log = TrialLog {
+            stream: ctx.create_stream(
+                trial,
+                &StreamName::Agent,
+                StreamKind::Agent,
+                simulated,
+                None,
+            )?,
+            clock: ctx.clock,
+        };
+        log.trial(TrialState::Started, None)?;
+        if let GpuStatus::Unavailable(reason) = &ctx.gpu.status {
+            log.warn(format!("GPU sampling is off: {reason}"))?;
+        }
+        if simulated {
+            log.warn("simulated engine(s) on a simulated GPU: every latency and throughput here is SIMULATED".into())?;
+        }
+        Ok(Self {
+            ctx,
+            trial,
+            log,
+            slots,
+            mps: None,
+            tasks: TaskTracker::new(),
+        })
+    }
+
+    /// Runs the trial: prepares every tenant's load, starts MPS when needed and the engines
+    /// one by one, measures, then stops everything it started. A phase that fails marks the
+    /// trial invalid with its reason and skips the phases that depend on it. Only an I/O
+    /// failure of the agent's own stream is an error.
+    pub async fn run(mut self) -> std::io::Result<()> {
+        let measured = self.prepare_and_measure().await;
+        self.stop_engines().await?;
+        self.quit_mps().await?;
+        self.tasks.close();
+        self.tasks.wait().await;
+        let failure = match measured {
+            Ok(()) => None,
+            Err(Halt::Failed(failure)) => Some(failure),
+            Err(Halt::Io(e)) => return Err(e),
+        };
+        let (state, failure) = match failure {
+            _ if self.ctx.run.is_stopping() => {
+                (TrialState::Stopped, failure.or(Some(TrialFailure::Stopped)))
+            }
+            Some(failure) => (TrialState::Invalid, Some(failure)),
+            None => (TrialState::Finished, None),
+        };
+        self.log.trial(state, failure.map(|f| f.to_string()))?;
+        self.log.stream.close()
+    }
+
+    async fn prepare_and_measure(&mut self) -> Result<(), Halt> {
+        self.prepare_load()?;
+        self.start_mps().await?;
+        self.start_engines().await?;
+        self.verify_mps().await?;
+        self.measure().await
+    }
+
+    /// Everything that can be known wrong before an engine starts: engine preflight, this
+    /// stage's arrivals, and each tenant's prompts (a dataset's skipped entries are warned).
+    /// The first problem found is the trial's reason.
+    fn prepare_load(&mut self) -> Result<(), Halt> {
+        let problems: Vec<String> = self
+            .slots
+            .iter()
+            .filter_map(|s| crate::engine::preflight(s.tenant).err())
+            .map(|e| e.to_string())
+            .collect();
+        let mut failure = (!problems.is_empty()).then_some(TrialFailure::Refused(problems));
+        for slot in &mut self.slots {
+            let planned = self
+                .ctx
+                .stages
+                .arrival(self.trial, slot.name(), slot.workload);
+            match planned {
+                Ok(arrival) => slot.arrival = Some(arrival),
+                Err(reason) => {
+                    failure.get_or_insert(reason);
+                    break;
+                }
+            }
+        }
+        for slot in &mut self.slots {
+            let workload = slot.workload;
+            let tokenizer = workload.tokenizer.as_deref();
+            match PromptFactory::new(&workload.data, tokenizer, slot.seed) {
+                Ok((factory, skipped)) => {
+                    if !skipped.is_empty() {
+                        self.log.warn(format!(
+                            "{}: {} dataset entries skipped: {}",
+                            slot.name(),
+                            skipped.len(),
+                            skipped.join("; ")
+                        ))?;
+                    }
+                    slot.prompts = Some(Arc::new(factory));
+                }
+                Err(e) => {
+                    failure.get_or_insert(TrialFailure::Prompts {
+                        tenant: slot.name().to_owned(),
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
+        failure.map_or(Ok(()), |f| Err(f.into()))
+    }
+
+    /// Drives every tenant's load at once (one after another in `exclusive` trials) with the
+    /// samplers alongside, watching the engines; writes the prompts; judges the trial.
+    async fn measure(&mut self) -> Result<(), Halt> {
+        let measuring = self.ctx.run.cancel.child_token();
+        let watchers = self.watch_engine_exits(&measuring);
+        let samplers = Samplers::start(self.ctx, self.trial, &self.slots, &self.tasks)?;
+        let mut streams = Vec::new();
+        let mut loads = Vec::new();
+        for slot in &self.slots {
+            let not_prepared =
+                || TrialFailure::Load(format!("{}: its load was not prepared", slot.name()));
+            let arrival = slot.arrival.ok_or_else(not_prepared)?;
+            let stream = self.ctx.create_stream(
+                self.trial,
+                &StreamName::Tenant(slot.name().to_owned()),
+                StreamKind::Tenant,
+                slot.tenant.engine.is_simulated(),
+                Some(slot.stream_header(&arrival)),
+            )?;
+            streams.push(stream.clone());
+            loads.push(
+                slot.tenant_load(self.ctx.clock, stream)
+                    .ok_or_else(not_prepared)?,
+            );
+        }
+        let one_at_a_time = self.trial.mode == SharingMode::Exclusive;
+        let outcomes = run_loads(
+            loads,
+            one_at_a_time,
+            &measuring,
+            &self.tasks,
+            loadgen::run_tenant_load,
+        )
+        .await;
+        for (slot, outcome) in self.slots.iter_mut().zip(outcomes) {
+            slot.load = outcome;
+        }
+        samplers.stop().await;
+        for stream in streams {
+            stream.close()?;
+        }
+        for slot in &self.slots {
+            if let Some(report) = slot.report() {
+                let rate = report.completed_rate;
+                self.ctx
+                    .stages
+                    .remember(self.trial, slot.name(), slot.workload, rate);
+            }
+        }
+        self.write_prompts()?;
+        measuring.cancel();
+        self.record_engine_deaths(watchers).await?;
+        for slot in &self.slots {
+            if let LoadOutcome::Panicked(panic) = &slot.load {
+                self.log.tenant_invalid(slot.name(), panic.to_string())?;
+            }
+        }
+        let verdict = judge(
+            self.slots
+                .iter()
+                .map(|s| (s.name(), &s.load, s.death.as_ref())),
+        );
+        Ok(verdict?)
+    }
+
+    /// Writes `<trial>/<tenant>.prompts.jsonl` for every tenant whose load ran.
+    fn write_prompts(&self) -> std::io::Result<()> {
+        for slot in self.slots.iter().filter(|s| s.report().is_some()) {
+            let stream = self.ctx.create_stream(
+                self.trial,
+                &StreamName::Prompts(slot.name().to_owned()),
+                StreamKind::Prompts,
+                slot.tenant.engine.is_simulated(),
+                None,
+            )?;
+            slot.write_prompts(&stream)?;
+            stream.close()?;
+        }
+        Ok(())
+    }
+}

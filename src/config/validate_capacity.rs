@@ -1,0 +1,143 @@
+//! Validation of `capacity:` against the nodes and workloads it searches.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::capacity::{open_loop_rate, Capacity};
+use super::raw::RawCapacity;
+use super::validate::Checker;
+use super::{ArrivalPlan, Node, Workload};
+
+impl Checker {
+    pub(super) fn capacity(
+        &mut self,
+        raw: RawCapacity,
+        nodes: &[Node],
+        workloads: &BTreeMap<String, Workload>,
+    ) -> Option<Capacity> {
+        let probe = raw.probe;
+        let (warmup, duration) = match probe {
+            Some(p) => (
+                self.duration(p.warmup, "capacity.probe.warmup"),
+                self.duration(p.duration, "capacity.probe.duration"),
+            ),
+            None => (None, None),
+        };
+        let probe_warmup = warmup.unwrap_or(Duration::from_secs(2));
+        let probe_duration = duration.unwrap_or(Duration::from_secs(10));
+        if probe_duration.is_zero() {
+            self.problem(
+                "capacity.probe.duration",
+                "a probe must measure for some time",
+            );
+        }
+        let min_rate = raw.min_rate.unwrap_or(0.25);
+        let max_rate = raw.max_rate.unwrap_or(256.0);
+        if !(min_rate.is_finite() && min_rate > 0.0) {
+            self.problem(
+                "capacity.min_rate",
+                format!("{min_rate} must be a rate above 0"),
+            );
+        }
+        if !(max_rate.is_finite() && max_rate > min_rate) {
+            self.problem(
+                "capacity.max_rate",
+                format!("{max_rate} must be above min_rate ({min_rate})"),
+            );
+        }
+        let precision = raw.precision.unwrap_or(0.1);
+        if !(precision > 0.0 && precision <= 1.0) {
+            self.problem(
+                "capacity.precision",
+                format!("{precision} is the interval's relative width to stop at: use 0 < precision ≤ 1, e.g. 0.1"),
+            );
+        }
+        let repeats = raw.repeats.unwrap_or(1);
+        if repeats > 5 {
+            self.problem("capacity.repeats", format!("{repeats}: use 0 to 5 repeats"));
+        }
+        let max_probes = raw.max_probes.unwrap_or(16);
+        if !(3..=64).contains(&max_probes) {
+            self.problem(
+                "capacity.max_probes",
+                format!("{max_probes}: use 3 to 64 probes per search"),
+            );
+        }
+        let directions = raw.directions.unwrap_or(1);
+        if !(1..=9).contains(&directions) {
+            self.problem(
+                "capacity.directions",
+                format!("{directions}: use 1 to 9 directions"),
+            );
+        }
+        if let Some(mix) = &raw.mix {
+            self.capacity_mix(mix, nodes);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            for (j, tenant) in node.tenants.iter().enumerate() {
+                let path = format!("nodes[{i}].tenants[{j}]");
+                let Some(workload) = workloads.get(&tenant.workload) else {
+                    continue;
+                };
+                if workload.slo.is_empty() {
+                    self.problem(
+                        &path,
+                        format!("{}: a capacity search judges every probe by the tenant's SLO, and workload {:?} has none; give it (or the experiment) an slo:", tenant.name, tenant.workload),
+                    );
+                }
+                let open_loop = match workload.arrival {
+                    ArrivalPlan::Single(a) => open_loop_rate(&a).is_some(),
+                    _ => false,
+                };
+                if !open_loop {
+                    self.problem(
+                        &format!("workloads.{}.arrival", tenant.workload),
+                        format!("{}: a capacity search rescales an open-loop rate; use a constant, poisson or gamma arrival (its rate starts the search)", tenant.name),
+                    );
+                }
+            }
+        }
+        Some(Capacity {
+            probe_warmup,
+            probe_duration,
+            min_rate,
+            max_rate,
+            precision,
+            repeats,
+            max_probes,
+            mix: raw.mix,
+            directions,
+        })
+    }
+
+    fn capacity_mix(&mut self, mix: &BTreeMap<String, f64>, nodes: &[Node]) {
+        for (name, weight) in mix {
+            if !nodes
+                .iter()
+                .any(|n| n.tenants.iter().any(|t| &t.name == name))
+            {
+                self.problem(&format!("capacity.mix.{name}"), "no tenant has this name");
+            }
+            if !(weight.is_finite() && *weight > 0.0) {
+                self.problem(
+                    &format!("capacity.mix.{name}"),
+                    format!("{weight} must be a weight above 0"),
+                );
+            }
+        }
+        for (i, node) in nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.tenants.len() > 1)
+        {
+            for t in &node.tenants {
+                if !mix.contains_key(&t.name) {
+                    self.problem(
+                        "capacity.mix",
+                        format!("tenant {} of nodes[{i}] has no weight: a mix weighs every tenant of a shared node", t.name),
+                    );
+                }
+            }
+        }
+    }
+}
