@@ -19,6 +19,7 @@
 
 pub mod analysis;
 pub mod auth;
+pub mod capacity;
 pub mod config;
 pub mod dataset;
 pub mod events;

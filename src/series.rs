@@ -106,7 +106,10 @@ pub fn read_series(dir: &Path) -> Result<ExperimentSeries, AnalysisError> {
         let mut trials = Vec::new();
         let mut gpu = Vec::new();
         for trial_dir in node_dir.trials_in_run_order()? {
-            trials.push(read_trial(&trial_dir)?);
+            let Some(trial) = read_trial(&trial_dir)? else {
+                continue;
+            };
+            trials.push(trial);
             if let Ok(stream) = read_stream(&trial_dir.stream(&StreamName::Gpu)) {
                 gpu.extend(stream.events.into_iter().filter_map(|l| match l.event {
                     Event::GpuSample(s) => Some(s),
@@ -124,16 +127,19 @@ pub fn read_series(dir: &Path) -> Result<ExperimentSeries, AnalysisError> {
     Ok(ExperimentSeries { nodes })
 }
 
-fn read_trial(trial_dir: &TrialDir) -> Result<TrialSeries, AnalysisError> {
+/// The series of a fixed-load trial; `None` for a capacity search's folders (its lifecycle
+/// and its probes), which the capacity summary shows instead.
+fn read_trial(trial_dir: &TrialDir) -> Result<Option<TrialSeries>, AnalysisError> {
     let (mut started_ns, mut ended_ns) = (None, None);
     if let Ok(agent) = read_stream(&trial_dir.stream(&StreamName::Agent)) {
         for line in &agent.events {
-            if let Event::Trial(t) = &line.event {
-                if t.state == TrialState::Started {
+            match &line.event {
+                Event::Trial(t) if t.state == TrialState::Started => {
                     started_ns.get_or_insert(t.at_ns);
-                } else {
-                    ended_ns = Some(t.at_ns);
                 }
+                Event::Trial(t) => ended_ns = Some(t.at_ns),
+                Event::Search(_) | Event::Probe(_) => return Ok(None),
+                _ => {}
             }
         }
     }
@@ -173,10 +179,10 @@ fn read_trial(trial_dir: &TrialDir) -> Result<TrialSeries, AnalysisError> {
             answers,
         });
     }
-    Ok(TrialSeries {
+    Ok(Some(TrialSeries {
         trial: trial_dir.name.clone(),
         started_ns,
         ended_ns,
         tenants,
-    })
+    }))
 }

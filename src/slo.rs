@@ -199,6 +199,25 @@ impl Slo {
             && within(tightest(&self.e2e_ms), e2e)
     }
 
+    /// Completed measured requests a verdict on this SLO needs to mean something: enough
+    /// that at least five are expected beyond the tightest percentile bound (p99: 500, p90:
+    /// 50, p50: 10), and ten for means, maxima and the error rate.
+    pub fn requests_needed(&self) -> u64 {
+        [&self.ttft_ms, &self.tpot_ms, &self.itl_ms, &self.e2e_ms]
+            .into_iter()
+            .flat_map(|bounds| bounds.keys())
+            .map(|q| match q {
+                Quantile::P50 => 10,
+                Quantile::P90 => 50,
+                Quantile::P95 => 100,
+                Quantile::P99 => 500,
+                Quantile::P999 => 5000,
+                Quantile::Mean | Quantile::Max => 10,
+            })
+            .max()
+            .unwrap_or(10)
+    }
+
     /// Judges `metrics`; `good` is the number of measured requests for which
     /// [`Slo::request_meets`] held.
     pub fn judge(&self, metrics: &TenantMetrics, good: u64) -> SloResult {

@@ -6,6 +6,7 @@ mod agent_api;
 mod agent_auth;
 mod analysis_files;
 mod answers;
+mod capacity;
 mod compare;
 mod configs;
 mod damaged_reports;

@@ -11,7 +11,7 @@ use crate::support::run_experiment;
 const CHROMIUM: &str = "/usr/bin/chromium";
 
 /// Runs Chromium headless on `page` with `extra` arguments; returns (stdout, stderr).
-fn chromium(page: &Path, profile: &Path, extra: &[&str]) -> (String, String) {
+pub(crate) fn chromium(page: &Path, profile: &Path, extra: &[&str]) -> (String, String) {
     assert!(
         Path::new(CHROMIUM).is_file(),
         "{CHROMIUM} not found: .ci/run installs Debian's chromium package (apt-get install chromium)"

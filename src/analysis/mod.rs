@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::capacity::{self, CapacitySummary, ProbeSummary, ProbeVerdict, SearchRecord};
 use crate::config::SharingMode;
 use crate::events::{
     read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TenantHeader, TrialState,
@@ -41,11 +42,24 @@ pub struct Summary {
     pub across_nodes: Vec<CrossNodeTrial>,
     /// Damaged lines, missing streams and other things a reader must know.
     pub warnings: Vec<String>,
+    /// The SLO capacity searches and their verdict, when the experiment ran any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capacity: Option<CapacitySummary>,
 }
 
 impl Summary {
-    /// Every trial of every node, with its node's name, in node then run order.
+    /// Every trial of every node at a fixed load (capacity probes left out), with its node's
+    /// name, in node then run order.
     pub fn trials(&self) -> impl Iterator<Item = (&str, &TrialSummary)> {
+        self.every_trial().filter(|(_, t)| t.probe.is_none())
+    }
+
+    /// Every probe trial of a capacity search, with its node's name.
+    pub fn probes(&self) -> impl Iterator<Item = (&str, &TrialSummary)> {
+        self.every_trial().filter(|(_, t)| t.probe.is_some())
+    }
+
+    fn every_trial(&self) -> impl Iterator<Item = (&str, &TrialSummary)> {
         self.nodes
             .iter()
             .flat_map(|n| n.trials.iter().map(move |t| (n.node.as_str(), t)))
@@ -184,6 +198,9 @@ pub struct TrialSummary {
     /// agent marked invalid; these tenants have no figures at all in this trial.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub missing: Vec<MissingStream>,
+    /// Which capacity search this trial probed, at what rate, and its verdict.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeSummary>,
 }
 
 /// How a trial ended, as analysis finds it.
@@ -316,6 +333,14 @@ pub enum AnalysisError {
     /// A folder could not be listed.
     #[error(transparent)]
     List(#[from] ListError),
+    /// The folder is a capacity search's own, not a trial.
+    #[error("{} is the folder of capacity search {search}, not a trial", folder.display())]
+    NotATrial {
+        /// The folder.
+        folder: PathBuf,
+        /// The search.
+        search: String,
+    },
     /// A stream is unreadable as a whole.
     #[error(transparent)]
     Read(#[from] ReadError),
@@ -335,7 +360,9 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         nodes: Vec::new(),
         across_nodes: Vec::new(),
         warnings: Vec::new(),
+        capacity: None,
     };
+    let mut capacities = Vec::new();
     let mut plan = read_plan(&experiment, &mut summary.warnings);
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
     let mut by_trial: Vec<TrialOnNodes> = Vec::new();
@@ -343,12 +370,19 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         let node = node_dir.name.clone();
         let mut planned = take_planned(&mut plan, &node);
         let mut trials = Vec::new();
+        let mut searches = Vec::new();
         for trial_dir in node_dir.trials_in_run_order()? {
             let expected = planned
                 .iter()
                 .position(|t| t.trial == trial_dir.name)
                 .map(|i| planned.remove(i));
-            let (trial, histograms) = analyze_trial(&trial_dir, expected, &mut summary)?;
+            let (trial, histograms) = match analyze_trial(&trial_dir, expected, &mut summary)? {
+                Folder::Trial(measured) => *measured,
+                Folder::Search(search) => {
+                    searches.push(search);
+                    continue;
+                }
+            };
             let at = match by_trial.iter().position(|t| t.name == trial.trial) {
                 Some(i) => i,
                 None => {
@@ -370,7 +404,15 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
                 .map(|t| missing_trial(t, &node_dir, &mut summary.warnings)),
         );
         compare_with_solo(&mut trials);
+        let probes: Vec<ProbeSummary> = trials.iter().filter_map(|t| t.probe.clone()).collect();
+        capacities.extend(capacity::node_capacity(&node, &searches, &probes));
         summary.nodes.push(NodeSummary { node, trials });
+    }
+    if !capacities.is_empty() {
+        summary.capacity = Some(CapacitySummary {
+            definition: capacity::DEFINITION.into(),
+            nodes: capacities,
+        });
     }
     let mut unreported: Vec<_> = plan.map(|p| p.nodes).unwrap_or_default();
     unreported.sort_by(|a, b| a.node.cmp(&b.node));
@@ -443,6 +485,7 @@ fn missing_trial(
         gpus: Vec::new(),
         colocation_gain: None,
         energy_per_output_token_j: None,
+        probe: None,
         missing: planned
             .tenants
             .into_iter()
@@ -454,17 +497,47 @@ fn missing_trial(
     }
 }
 
+/// What a folder under a node holds: a measured trial, or a capacity search's own lifecycle.
+enum Folder {
+    Trial(Box<(TrialSummary, TrialHistograms)>),
+    Search(SearchRecord),
+}
+
+/// Analyses one trial folder on its own (its warnings dropped): what the agent reads of a
+/// probe it has just run, to choose the next.
+pub fn analyze_trial_folder(trial_dir: &TrialDir) -> Result<TrialSummary, AnalysisError> {
+    let mut scratch = Summary {
+        schema_version: SUMMARY_SCHEMA_VERSION.into(),
+        experiment: String::new(),
+        simulated: false,
+        definitions: Definitions::default(),
+        nodes: Vec::new(),
+        across_nodes: Vec::new(),
+        warnings: Vec::new(),
+        capacity: None,
+    };
+    match analyze_trial(trial_dir, None, &mut scratch)? {
+        Folder::Trial(measured) => Ok(measured.0),
+        Folder::Search(search) => Err(AnalysisError::NotATrial {
+            folder: trial_dir.path.clone(),
+            search: search.search,
+        }),
+    }
+}
+
 fn analyze_trial(
     trial_dir: &TrialDir,
     planned: Option<PlanTrial>,
     summary: &mut Summary,
-) -> Result<(TrialSummary, TrialHistograms), AnalysisError> {
+) -> Result<Folder, AnalysisError> {
     let trial = trial_dir.name.clone();
     let mut state = TrialStatus::Incomplete;
     let mut reason = None;
     let mut mode = None;
     let mut stage = None;
     let mut invalidated: Vec<(String, String)> = Vec::new();
+    let mut search = None;
+    let mut probe = None;
     let agent_path = trial_dir.stream(&StreamName::Agent);
     let agent = agent_path.is_file().then(|| read_stream(&agent_path));
     if let Some(Err(e)) = &agent {
@@ -482,6 +555,8 @@ fn analyze_trial(
                 }
                 Event::Warning(w) => push_once(&mut summary.warnings, &trial, &w.message),
                 Event::TenantInvalid(t) => invalidated.push((t.tenant.clone(), t.reason.clone())),
+                Event::Search(s) => search = Some(s.clone()),
+                Event::Probe(p) => probe = Some(p.clone()),
                 _ => {}
             }
         }
@@ -491,7 +566,23 @@ fn analyze_trial(
             trial_dir.path.display()
         ));
     }
+    if let Some(s) = search {
+        let failure = (state != TrialStatus::Finished).then(|| {
+            reason
+                .clone()
+                .unwrap_or_else(|| format!("the search ended {state}"))
+        });
+        return Ok(Folder::Search(SearchRecord {
+            search: s.search,
+            mode: mode.unwrap_or(SharingMode::Solo),
+            tenants: s.tenants,
+            policy: s.policy,
+            direction: s.direction,
+            failure,
+        }));
+    }
     let mut tenants = Vec::new();
+    let mut needed: Vec<(String, u64)> = Vec::new();
     let mut histograms = TrialHistograms::default();
     let mut merged_window: Option<(u64, u64)> = None;
     let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
@@ -578,6 +669,8 @@ fn analyze_trial(
                 tenant.name
             ));
         }
+        let requests_needed = tenant.slo.as_ref().map_or(0, |s| s.requests_needed());
+        needed.push((tenant.name.clone(), requests_needed));
         let checks = load_checks(&metrics, &tenant);
         for check in &checks {
             summary
@@ -649,6 +742,40 @@ fn analyze_trial(
         .filter(|_| !gpus.is_empty() && output_tokens > 0)
         .map(|j| j / output_tokens as f64);
     let per_s = |tokens: u64| window_s.filter(|_| tokens > 0).map(|w| tokens as f64 / w);
+    let probe = probe.map(|p| {
+        let verdict = if state != TrialStatus::Finished {
+            ProbeVerdict::Broken {
+                reason: reason
+                    .clone()
+                    .unwrap_or_else(|| format!("the probe ended {state}")),
+            }
+        } else if let Some(m) = missing.first() {
+            ProbeVerdict::Broken {
+                reason: format!("{}: {}", m.tenant, m.reason),
+            }
+        } else {
+            let judged: Vec<capacity::TenantJudgement<'_>> = tenants
+                .iter()
+                .map(|t: &TenantSummary| capacity::TenantJudgement {
+                    tenant: &t.tenant,
+                    completed: t.metrics.completed,
+                    needed: needed
+                        .iter()
+                        .find(|(n, _)| *n == t.tenant)
+                        .map_or(0, |(_, k)| *k),
+                    slo: t.slo.as_ref(),
+                })
+                .collect();
+            capacity::probe_verdict(&judged)
+        };
+        ProbeSummary {
+            search: p.search,
+            probe: p.probe,
+            scale: p.scale,
+            shares: p.shares,
+            verdict,
+        }
+    });
     let trial = TrialSummary {
         trial,
         mode: mode.unwrap_or(SharingMode::Solo),
@@ -662,8 +789,9 @@ fn analyze_trial(
         gpus,
         energy_per_output_token_j,
         missing,
+        probe,
     };
-    Ok((trial, histograms))
+    Ok(Folder::Trial(Box::new((trial, histograms))))
 }
 
 /// The scores of a tenant's kept answers in `trial_dir`, from its prompts stream; `None` when
@@ -786,10 +914,13 @@ pub fn peer_variants(
 fn compare_with_solo(trials: &mut [TrialSummary]) {
     let solos: Vec<(Option<u32>, TenantSummary)> = trials
         .iter()
-        .filter(|t| t.mode == SharingMode::Solo && t.state.is_finished())
+        .filter(|t| t.mode == SharingMode::Solo && t.state.is_finished() && t.probe.is_none())
         .filter_map(|t| Some((t.stage, t.tenants.first()?.clone())))
         .collect();
-    for trial in trials.iter_mut().filter(|t| t.mode != SharingMode::Solo) {
+    for trial in trials
+        .iter_mut()
+        .filter(|t| t.mode != SharingMode::Solo && t.probe.is_none())
+    {
         let mut solo_throughputs = Vec::new();
         for tenant in &mut trial.tenants {
             let solo = solos

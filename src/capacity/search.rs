@@ -17,7 +17,7 @@
 use serde::{Deserialize, Serialize};
 
 /// How a search probes.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct SearchPolicy {
     /// First scale probed.
     pub start: f64,
@@ -111,6 +111,25 @@ pub struct Interval {
     pub cut: Option<String>,
 }
 
+impl Interval {
+    /// The interval in words, in requests per second: `[52.000, 56.000)`, `≥ 200.000 (the
+    /// search's maximum)`, `none: 0.250 failed`, never a capacity of 0.
+    pub fn describe(&self) -> String {
+        let text = match (self.passed, self.failed, self.end) {
+            (Some(p), _, SearchEnd::AboveMax) => format!("≥ {p:.3} (the search's maximum)"),
+            (Some(p), Some(f), _) => format!("[{p:.3}, {f:.3})"),
+            (Some(p), None, _) => format!("≥ {p:.3}"),
+            (None, Some(f), _) => format!("none: even {f:.3} failed"),
+            (None, None, _) => "none: nothing measured".to_owned(),
+        };
+        match (&self.cut, self.end) {
+            (Some(reason), _) => format!("{text}; cut: {reason}"),
+            (None, SearchEnd::Budget) => format!("{text}; probe budget spent"),
+            _ => text,
+        }
+    }
+}
+
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -124,7 +143,10 @@ enum ScaleVerdict {
     Pass,
     Fail,
     /// Only insignificant probes, which may be repeated; `passed` is what they said.
-    Unsure { passed: bool, tries: u32 },
+    Unsure {
+        passed: bool,
+        tries: u32,
+    },
 }
 
 /// Per distinct scale (ascending): its verdict, and whether it flipped.
@@ -140,7 +162,10 @@ fn by_scale(probes: &[Probe]) -> Vec<(f64, ScaleVerdict, bool)> {
                 .filter(|p| (p.scale - s).abs() <= SAME)
                 .map(|p| &p.verdict)
                 .collect();
-            let passes = here.iter().filter(|v| matches!(v, ProbeVerdict::Pass)).count();
+            let passes = here
+                .iter()
+                .filter(|v| matches!(v, ProbeVerdict::Pass))
+                .count();
             let fails = here
                 .iter()
                 .filter(|v| matches!(v, ProbeVerdict::Fail { .. }))
@@ -208,7 +233,11 @@ pub fn interval(probes: &[Probe], policy: &SearchPolicy) -> Interval {
         failed,
         end: SearchEnd::Unfinished,
         probes: u32::try_from(probes.len()).unwrap_or(u32::MAX),
-        flipped: scales.iter().filter(|(_, _, f)| *f).map(|(s, _, _)| *s).collect(),
+        flipped: scales
+            .iter()
+            .filter(|(_, _, f)| *f)
+            .map(|(s, _, _)| *s)
+            .collect(),
         not_significant: u32::try_from(
             probes
                 .iter()
@@ -352,7 +381,10 @@ mod tests {
     #[test]
     fn capacity_above_the_maximum_is_at_least_the_maximum() {
         let found = search(1000.0, &policy()).1;
-        assert_eq!((found.passed, found.failed, found.end), (Some(64.0), None, SearchEnd::AboveMax));
+        assert_eq!(
+            (found.passed, found.failed, found.end),
+            (Some(64.0), None, SearchEnd::AboveMax)
+        );
     }
 
     #[test]
@@ -370,27 +402,64 @@ mod tests {
             passed: true,
             reason: "a: 20 requests, p99 needs 500".into(),
         };
-        let mut probes = vec![Probe { scale: 4.0, verdict: unsure.clone() }];
-        assert_eq!(next_probe(&probes, &p), Some(4.0), "repeated at the same scale");
-        probes.push(Probe { scale: 4.0, verdict: unsure });
-        assert_eq!(next_probe(&probes, &p), Some(8.0), "after the repeats it counts as it said");
-        let fail = ProbeVerdict::Fail { missed: vec!["x".into()] };
+        let mut probes = vec![Probe {
+            scale: 4.0,
+            verdict: unsure.clone(),
+        }];
+        assert_eq!(
+            next_probe(&probes, &p),
+            Some(4.0),
+            "repeated at the same scale"
+        );
+        probes.push(Probe {
+            scale: 4.0,
+            verdict: unsure,
+        });
+        assert_eq!(
+            next_probe(&probes, &p),
+            Some(8.0),
+            "after the repeats it counts as it said"
+        );
+        let fail = ProbeVerdict::Fail {
+            missed: vec!["x".into()],
+        };
         let flipped = vec![
-            Probe { scale: 4.0, verdict: ProbeVerdict::Pass },
-            Probe { scale: 8.0, verdict: fail.clone() },
-            Probe { scale: 4.0, verdict: fail },
+            Probe {
+                scale: 4.0,
+                verdict: ProbeVerdict::Pass,
+            },
+            Probe {
+                scale: 8.0,
+                verdict: fail.clone(),
+            },
+            Probe {
+                scale: 4.0,
+                verdict: fail,
+            },
         ];
         let found = interval(&flipped, &p);
         assert_eq!(found.flipped, [4.0]);
         assert_eq!((found.passed, found.failed), (None, Some(4.0)));
-        assert_eq!(next_probe(&flipped, &p), Some(2.0), "the search goes on below the flip");
+        assert_eq!(
+            next_probe(&flipped, &p),
+            Some(2.0),
+            "the search goes on below the flip"
+        );
     }
 
     #[test]
     fn a_broken_probe_ends_the_search_with_what_was_known() {
         let probes = vec![
-            Probe { scale: 4.0, verdict: ProbeVerdict::Pass },
-            Probe { scale: 8.0, verdict: ProbeVerdict::Broken { reason: "engine exited".into() } },
+            Probe {
+                scale: 4.0,
+                verdict: ProbeVerdict::Pass,
+            },
+            Probe {
+                scale: 8.0,
+                verdict: ProbeVerdict::Broken {
+                    reason: "engine exited".into(),
+                },
+            },
         ];
         let found = interval(&probes, &policy());
         assert_eq!(found.end, SearchEnd::Cut);

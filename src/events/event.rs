@@ -44,6 +44,10 @@ pub enum Event {
     Prompt(PromptEvent),
     /// One tenant's figures in the trial are not valid (the others' are).
     TenantInvalid(TenantInvalidEvent),
+    /// This folder is a capacity search's: its engines' lifecycle, not a measurement.
+    Search(SearchEvent),
+    /// This trial is one probe of a capacity search.
+    Probe(ProbeEvent),
 }
 
 /// What stream a file holds.
@@ -334,6 +338,36 @@ pub struct TenantInvalidEvent {
     pub tenant: String,
     /// Why.
     pub reason: String,
+}
+
+/// A capacity search begins (first event of its own folder's `agent.jsonl`, after the start).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SearchEvent {
+    /// When.
+    pub at_ns: u64,
+    /// The search (its folder name).
+    pub search: String,
+    /// Its tenants.
+    pub tenants: Vec<String>,
+    /// How it probes.
+    pub policy: crate::capacity::SearchPolicy,
+    /// 1 for the configured mix (and solo searches); 2 and up for capacity-region directions.
+    pub direction: u32,
+}
+
+/// A probe of a capacity search begins.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeEvent {
+    /// When.
+    pub at_ns: u64,
+    /// The search it belongs to.
+    pub search: String,
+    /// Its number in the search, from 1.
+    pub probe: u32,
+    /// The scale offered: requests per second in all, split by `shares`.
+    pub scale: f64,
+    /// Each tenant's share of the scale (they sum to 1).
+    pub shares: BTreeMap<String, f64>,
 }
 
 /// State of an engine.

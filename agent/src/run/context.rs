@@ -9,6 +9,7 @@ use multitenant::config::{Engine, Experiment, Node, Stage, Tenant, Trial};
 use multitenant::events::{Header, StreamKind, TenantHeader, SCHEMA_VERSION};
 use multitenant::layout::StreamName;
 
+use super::search::SoloCapacities;
 use super::stages::StagePlanner;
 use super::trial::TrialRunner;
 use super::{Run, RunState};
@@ -35,6 +36,8 @@ pub(super) struct RunContext {
     pub http: reqwest::Client,
     /// What earlier stages measured that later stages need.
     pub stages: StagePlanner,
+    /// What the solo capacity searches found.
+    pub solo: SoloCapacities,
 }
 
 impl RunContext {
@@ -43,13 +46,24 @@ impl RunContext {
             if self.run.is_stopping() {
                 return RunState::Stopped;
             }
-            let ran = match TrialRunner::open(self, trial) {
+            let ran = match TrialRunner::open(self, trial.clone()) {
                 Ok(runner) => runner.run().await,
                 Err(e) => Err(e),
             };
             if let Err(e) = ran {
                 tracing::error!("run {}: trial {}: {e}", self.run.id, trial.name);
                 return RunState::Failed(format!("trial {}: {e}", trial.name));
+            }
+        }
+        if let Some(cap) = &self.experiment.capacity {
+            for search in cap.searches(&self.node) {
+                if self.run.is_stopping() {
+                    return RunState::Stopped;
+                }
+                if let Err(e) = self.run_search(&search, cap).await {
+                    tracing::error!("run {}: search {}: {e}", self.run.id, search.name);
+                    return RunState::Failed(format!("capacity search {}: {e}", search.name));
+                }
             }
         }
         if self.run.is_stopping() {

@@ -7,7 +7,13 @@ use multitenant::events::{
     TrialState, WarningEvent,
 };
 
+use multitenant::config::Trial;
+use multitenant::layout::StreamName;
+
+use super::context::RunContext;
+use super::outcome::TrialFailure;
 use crate::clock::RunClock;
+use crate::gpu::GpuStatus;
 use crate::recorder::StreamFile;
 
 /// Appends the trial's lifecycle events, each stamped now unless it carries its own time.
@@ -17,6 +23,36 @@ pub(super) struct TrialLog {
 }
 
 impl TrialLog {
+    /// Creates `trial`'s agent stream and records its start, with what the reader must know
+    /// from the outset (no GPU sampling, simulated engines).
+    pub fn open(ctx: &RunContext, trial: &Trial, simulated: bool) -> std::io::Result<Self> {
+        let kind = multitenant::events::StreamKind::Agent;
+        let log = TrialLog {
+            stream: ctx.create_stream(trial, &StreamName::Agent, kind, simulated, None)?,
+            clock: ctx.clock,
+        };
+        log.trial(TrialState::Started, None)?;
+        if let GpuStatus::Unavailable(reason) = &ctx.gpu.status {
+            log.warn(format!("GPU sampling is off: {reason}"))?;
+        }
+        if simulated {
+            log.warn("simulated engine(s) on a simulated GPU: every latency and throughput here is SIMULATED".into())?;
+        }
+        Ok(log)
+    }
+
+    /// Records how the trial ended (stopped when the run is `stopping`, invalid with a
+    /// `failure`, else finished) and closes the stream.
+    pub fn end(&self, stopping: bool, failure: Option<TrialFailure>) -> std::io::Result<()> {
+        let (state, failure) = match failure {
+            _ if stopping => (TrialState::Stopped, failure.or(Some(TrialFailure::Stopped))),
+            Some(failure) => (TrialState::Invalid, Some(failure)),
+            None => (TrialState::Finished, None),
+        };
+        self.trial(state, failure.map(|f| f.to_string()))?;
+        self.stream.close()
+    }
+
     pub fn append(&self, event: Event) -> std::io::Result<()> {
         self.stream.append(&event)
     }

@@ -10,6 +10,7 @@
 //! - `slot`: one tenant's parts of a trial, owned together (`TenantSlot`);
 //! - [`outcome`]: why a trial failed ([`TrialFailure`]), typed until it is written;
 //! - `sampling`: the trial's samplers as one unit; `stages`: which arrival a stage runs;
+//! - `search`: a capacity search, engines kept across its probes;
 //! - `log`: the trial's `agent.jsonl`; `context`: what a run's trials share;
 //!   `loads`: the tenants' loads run side by side and judged.
 
@@ -19,6 +20,7 @@ mod loads;
 mod log;
 pub mod outcome;
 mod sampling;
+mod search;
 mod slot;
 mod stages;
 mod trial;
@@ -226,6 +228,7 @@ impl RunManager {
             mps_control: self.mps_control.clone(),
             http: self.http.clone(),
             stages: StagePlanner::default(),
+            solo: Default::default(),
         };
         self.tracker.spawn(async move {
             let state = ctx.execute(trials).await;

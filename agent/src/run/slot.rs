@@ -44,6 +44,8 @@ pub(super) struct TenantSlot<'a> {
     pub load: LoadOutcome,
     /// Its engine's exit during the measurement, if it exited.
     pub death: Option<EngineDeath>,
+    /// Warmup and measured phase replacing its workload's (capacity probes).
+    pub phases: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 impl<'a> TenantSlot<'a> {
@@ -58,6 +60,7 @@ impl<'a> TenantSlot<'a> {
             engine: None,
             load: LoadOutcome::NotRun,
             death: None,
+            phases: None,
         }
     }
 
@@ -92,7 +95,11 @@ impl<'a> TenantSlot<'a> {
     ) -> Option<TenantLoad> {
         let (arrival, prompts, engine) =
             (self.arrival?, self.prompts.clone()?, self.engine.as_ref()?);
-        let workload = self.workload.clone();
+        let mut workload = self.workload.clone();
+        if let Some((warmup, duration)) = self.phases {
+            workload.warmup = warmup;
+            workload.duration = duration;
+        }
         let target = Target {
             base_url: engine.base_url.clone(),
             api: workload.api,

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use multitenant::config::{SharingMode, Trial};
-use multitenant::events::{StreamKind, TrialState};
+use multitenant::events::StreamKind;
 use multitenant::layout::StreamName;
 use tokio_util::task::TaskTracker;
 
@@ -14,7 +14,6 @@ use super::outcome::TrialFailure;
 use super::sampling::Samplers;
 use super::slot::{LoadOutcome, TenantSlot};
 use super::RunContext;
-use crate::gpu::GpuStatus;
 use crate::loadgen::{self, prompts::PromptFactory};
 use crate::mps::MpsDaemon;
 
@@ -40,7 +39,7 @@ impl From<std::io::Error> for Halt {
 /// A trial while it runs.
 pub(super) struct TrialRunner<'a> {
     pub ctx: &'a RunContext,
-    pub trial: &'a Trial,
+    pub trial: Trial,
     pub log: TrialLog,
     pub slots: Vec<TenantSlot<'a>>,
     pub mps: Option<MpsDaemon>,
@@ -51,7 +50,7 @@ pub(super) struct TrialRunner<'a> {
 impl<'a> TrialRunner<'a> {
     /// Creates the trial's agent stream and records its start, with what the reader must know
     /// from the outset (no GPU sampling, simulated engines).
-    pub fn open(ctx: &'a RunContext, trial: &'a Trial) -> std::io::Result<Self> {
+    pub fn open(ctx: &'a RunContext, trial: Trial) -> std::io::Result<Self> {
         let slots: Vec<TenantSlot<'a>> = trial
             .tenants
             .iter()
@@ -62,23 +61,7 @@ impl<'a> TrialRunner<'a> {
             })
             .collect();
         let simulated = slots.iter().any(|s| s.tenant.engine.is_simulated());
-        let log = TrialLog {
-            stream: ctx.create_stream(
-                trial,
-                &StreamName::Agent,
-                StreamKind::Agent,
-                simulated,
-                None,
-            )?,
-            clock: ctx.clock,
-        };
-        log.trial(TrialState::Started, None)?;
-        if let GpuStatus::Unavailable(reason) = &ctx.gpu.status {
-            log.warn(format!("GPU sampling is off: {reason}"))?;
-        }
-        if simulated {
-            log.warn("simulated engine(s) on a simulated GPU: every latency and throughput here is SIMULATED".into())?;
-        }
+        let log = TrialLog::open(ctx, &trial, simulated)?;
         Ok(Self {
             ctx,
             trial,
@@ -95,6 +78,24 @@ impl<'a> TrialRunner<'a> {
     /// failure of the agent's own stream is an error.
     pub async fn run(mut self) -> std::io::Result<()> {
         let measured = self.prepare_and_measure().await;
+        self.finish(measured).await
+    }
+
+    async fn prepare_and_measure(&mut self) -> Result<(), Halt> {
+        self.set_up().await?;
+        self.measure().await
+    }
+
+    /// Every phase before the load: prompts and arrivals, MPS, engines, MPS clients.
+    pub(super) async fn set_up(&mut self) -> Result<(), Halt> {
+        self.prepare_load()?;
+        self.start_mps().await?;
+        self.start_engines().await?;
+        self.verify_mps().await
+    }
+
+    /// Stops everything the trial started, waits for its tasks, and records its end.
+    pub(super) async fn finish(mut self, measured: Result<(), Halt>) -> std::io::Result<()> {
         self.stop_engines().await?;
         self.quit_mps().await?;
         self.tasks.close();
@@ -104,23 +105,7 @@ impl<'a> TrialRunner<'a> {
             Err(Halt::Failed(failure)) => Some(failure),
             Err(Halt::Io(e)) => return Err(e),
         };
-        let (state, failure) = match failure {
-            _ if self.ctx.run.is_stopping() => {
-                (TrialState::Stopped, failure.or(Some(TrialFailure::Stopped)))
-            }
-            Some(failure) => (TrialState::Invalid, Some(failure)),
-            None => (TrialState::Finished, None),
-        };
-        self.log.trial(state, failure.map(|f| f.to_string()))?;
-        self.log.stream.close()
-    }
-
-    async fn prepare_and_measure(&mut self) -> Result<(), Halt> {
-        self.prepare_load()?;
-        self.start_mps().await?;
-        self.start_engines().await?;
-        self.verify_mps().await?;
-        self.measure().await
+        self.log.end(self.ctx.run.is_stopping(), failure)
     }
 
     /// Everything that can be known wrong before an engine starts: engine preflight, this
@@ -138,7 +123,7 @@ impl<'a> TrialRunner<'a> {
             let planned = self
                 .ctx
                 .stages
-                .arrival(self.trial, slot.name(), slot.workload);
+                .arrival(&self.trial, slot.name(), slot.workload);
             match planned {
                 Ok(arrival) => slot.arrival = Some(arrival),
                 Err(reason) => {
@@ -175,10 +160,10 @@ impl<'a> TrialRunner<'a> {
 
     /// Drives every tenant's load at once (one after another in `exclusive` trials) with the
     /// samplers alongside, watching the engines; writes the prompts; judges the trial.
-    async fn measure(&mut self) -> Result<(), Halt> {
+    pub(super) async fn measure(&mut self) -> Result<(), Halt> {
         let measuring = self.ctx.run.cancel.child_token();
         let watchers = self.watch_engine_exits(&measuring);
-        let samplers = Samplers::start(self.ctx, self.trial, &self.slots, &self.tasks)?;
+        let samplers = Samplers::start(self.ctx, &self.trial, &self.slots, &self.tasks)?;
         let mut streams = Vec::new();
         let mut loads = Vec::new();
         for slot in &self.slots {
@@ -186,7 +171,7 @@ impl<'a> TrialRunner<'a> {
                 || TrialFailure::Load(format!("{}: its load was not prepared", slot.name()));
             let arrival = slot.arrival.ok_or_else(not_prepared)?;
             let stream = self.ctx.create_stream(
-                self.trial,
+                &self.trial,
                 &StreamName::Tenant(slot.name().to_owned()),
                 StreamKind::Tenant,
                 slot.tenant.engine.is_simulated(),
@@ -219,7 +204,7 @@ impl<'a> TrialRunner<'a> {
                 let rate = report.completed_rate;
                 self.ctx
                     .stages
-                    .remember(self.trial, slot.name(), slot.workload, rate);
+                    .remember(&self.trial, slot.name(), slot.workload, rate);
             }
         }
         self.write_prompts()?;
@@ -242,7 +227,7 @@ impl<'a> TrialRunner<'a> {
     fn write_prompts(&self) -> std::io::Result<()> {
         for slot in self.slots.iter().filter(|s| s.report().is_some()) {
             let stream = self.ctx.create_stream(
-                self.trial,
+                &self.trial,
                 &StreamName::Prompts(slot.name().to_owned()),
                 StreamKind::Prompts,
                 slot.tenant.engine.is_simulated(),

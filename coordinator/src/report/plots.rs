@@ -147,6 +147,7 @@ pub fn draw_all(summary: &Summary, series: &ExperimentSeries) -> anyhow::Result<
         timeline(&mut plots, node, &colours)?;
         offered_vs_achieved(&mut plots, summary, &node.node, &colours)?;
         slowdown_bars(&mut plots, summary, &node.node)?;
+        capacity_region(&mut plots, summary, &node.node)?;
     }
     Ok(plots)
 }
@@ -683,6 +684,86 @@ fn slowdown_bars(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Re
                 (g as f64 + 0.1, y_max * 0.97),
                 (FONT, 12).into_font(),
             )))?;
+        }
+        draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
+        Ok(())
+    })?;
+    plots.add(file, title, svg);
+    Ok(())
+}
+
+/// The SLO-feasible frontier of a two-tenant node: each shared search's highest passing rates
+/// as fractions of the tenants' solo capacities, joined per mode from one axis to the other,
+/// against the straight line between the solo capacities (a static partition of the GPU).
+fn capacity_region(plots: &mut Plots, summary: &Summary, node: &str) -> anyhow::Result<()> {
+    let Some(capacity) = summary
+        .capacity
+        .as_ref()
+        .and_then(|c| c.nodes.iter().find(|n| n.node == node))
+    else {
+        return Ok(());
+    };
+    let title = format!("Capacity region on {node} (fractions of solo capacity)");
+    let Some(first) = capacity.shared.first() else {
+        return Ok(());
+    };
+    if first.tenants.len() != 2 {
+        plots.gap(
+            title,
+            "the capacity region is drawn for nodes of two tenants",
+        );
+        return Ok(());
+    }
+    let (x_name, y_name) = (
+        first.tenants[0].tenant.clone(),
+        first.tenants[1].tenant.clone(),
+    );
+    let mut modes: BTreeMap<&'static str, Vec<(f64, f64)>> = BTreeMap::new();
+    for s in &capacity.shared {
+        if let [Some(x), Some(y)] = [s.tenants[0].of_solo, s.tenants[1].of_solo] {
+            modes.entry(s.mode.name()).or_default().push((x, y));
+        }
+    }
+    if modes.is_empty() {
+        plots.gap(
+            title,
+            "no shared search found a passing rate with both solo capacities known",
+        );
+        return Ok(());
+    }
+    let top = modes
+        .values()
+        .flatten()
+        .map(|(x, y)| x.max(*y))
+        .fold(1.0, f64::max)
+        * 1.1;
+    let file = file_name(&[node, "capacity-region"]);
+    let svg = svg(&file, 480, |root| {
+        let mut chart = xy_chart(
+            root,
+            Some(&title),
+            (0.0..top, 0.0..top),
+            (
+                &format!("{x_name} / its solo capacity"),
+                &format!("{y_name} / its solo capacity"),
+            ),
+        )?;
+        chart
+            .draw_series(LineSeries::new([(1.0, 0.0), (0.0, 1.0)], BLACK.mix(0.4)))?
+            .label("static partition (1 GPU-equivalent)")
+            .legend(line_mark(BLACK.mix(0.4), 1));
+        for (i, (mode, points)) in modes.iter_mut().enumerate() {
+            points.sort_by(|a, b| b.0.total_cmp(&a.0));
+            let colour = PALETTE[(i + 3) % PALETTE.len()];
+            let line: Vec<(f64, f64)> = std::iter::once((1.0, 0.0))
+                .chain(points.iter().copied())
+                .chain(std::iter::once((0.0, 1.0)))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(line, colour.stroke_width(2)))?
+                .label(*mode)
+                .legend(line_mark(colour.into(), 2));
+            chart.draw_series(points.iter().map(|p| Circle::new(*p, 5, colour.filled())))?;
         }
         draw_legend(&mut chart, SeriesLabelPosition::UpperRight)?;
         Ok(())

@@ -116,6 +116,75 @@ fn render_across_nodes(summary: &Summary) -> Option<String> {
     Some(table.to_string())
 }
 
+/// The capacity verdict box and table, when the experiment searched capacity.
+fn render_capacity(summary: &Summary) -> Option<String> {
+    let capacity = summary.capacity.as_ref()?;
+    let label = if summary.simulated {
+        "verdict (SIMULATED engine)"
+    } else {
+        "verdict"
+    };
+    let mut verdict = styled([label]);
+    for node in &capacity.nodes {
+        verdict.add_row([format!("{}: {}", node.node, node.verdict)]);
+    }
+    let mut table = styled([
+        "node",
+        "search",
+        "mode",
+        "tenant",
+        "capacity req/s",
+        "of solo",
+        "probes",
+        "GPU-eq",
+    ]);
+    for node in &capacity.nodes {
+        for s in &node.solo {
+            table.add_row([
+                node.node.clone(),
+                s.search.clone(),
+                "solo".into(),
+                s.tenant.clone(),
+                s.interval.describe(),
+                NO_DATA.into(),
+                s.interval.probes.to_string(),
+                NO_DATA.into(),
+            ]);
+        }
+        for s in &node.shared {
+            table.add_row([
+                node.node.clone(),
+                s.search.clone(),
+                s.mode.name().into(),
+                "= total".into(),
+                s.interval.describe(),
+                NO_DATA.into(),
+                s.interval.probes.to_string(),
+                s.gpu_equivalents
+                    .map_or_else(|| NO_DATA.into(), |g| format!("{g:.2}")),
+            ]);
+            for t in &s.tenants {
+                table.add_row([
+                    node.node.clone(),
+                    s.search.clone(),
+                    s.mode.name().into(),
+                    t.tenant.clone(),
+                    t.passed_rps
+                        .map_or_else(|| NO_DATA.into(), |r| format!("{r:.3}")),
+                    t.of_solo
+                        .map_or_else(|| NO_DATA.into(), |r| format!("{r:.2}")),
+                    String::new(),
+                    String::new(),
+                ]);
+            }
+        }
+    }
+    align_numbers(&mut table, 5);
+    Some(format!(
+        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\n"
+    ))
+}
+
 /// Renders the summary; every missing figure shows as `-`, never as 0.
 pub fn render_table(summary: &Summary) -> String {
     let mut table = styled([
@@ -190,6 +259,9 @@ pub fn render_table(summary: &Summary) -> String {
         ""
     };
     out.push_str(&format!("experiment {}{label}\n", summary.experiment));
+    if let Some(capacity) = render_capacity(summary) {
+        out.push_str(&capacity);
+    }
     out.push_str(&table.to_string());
     out.push('\n');
     if let Some(comparison) = comparison {

@@ -38,6 +38,7 @@ figure.wide { grid-column: 1 / -1; }
 figcaption { font-weight: 600; margin-bottom: 4px; }
 ul.warnings li, ul.gaps li { margin: 2px 0; }
 tr.answer td { white-space: pre-wrap; vertical-align: top; max-width: 48ch; }
+.verdict { background: #eef5ff; border: 2px solid #4a78c2; padding: 4px 14px; margin: 12px 0; }
 #script-errors:empty { display: none; }
 #script-errors { color: #a00; border: 1px solid #a00; padding: 6px; }
 "#;

@@ -308,6 +308,7 @@ pub fn render_html(summary: &Summary, plots: &Plots, series: &ExperimentSeries) 
              engine's timing model, not from a GPU.</p>\n",
         );
     }
+    capacity_section(&mut body, summary);
     let failures = summary.slo_misses();
     if !failures.is_empty() {
         body.push_str("<h2>SLO misses</h2><ul class=\"warnings\">\n");
@@ -342,4 +343,86 @@ pub fn render_html(summary: &Summary, plots: &Plots, series: &ExperimentSeries) 
     body.push_str("<h2>Definitions</h2>\n");
     definitions_table(&mut body, summary);
     frame(&format!("multitenant: {}", summary.experiment), &body)
+}
+
+/// The verdict box and the capacity table, when the experiment searched capacity.
+fn capacity_section(out: &mut String, summary: &Summary) {
+    let Some(capacity) = &summary.capacity else {
+        return;
+    };
+    out.push_str("<div class=\"verdict\" id=\"verdict\"><h2>Verdict</h2>\n");
+    for node in &capacity.nodes {
+        let _ = writeln!(
+            out,
+            "<p><b>{}</b>: {}</p>",
+            escape(&node.node),
+            escape(&node.verdict)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "<p class=\"definition\">{}</p></div>",
+        escape(&capacity.definition)
+    );
+    let header = [
+        "node",
+        "search",
+        "mode",
+        "tenant",
+        "passed req/s",
+        "failed req/s",
+        "of solo",
+        "probes",
+        "GPU-equivalents",
+        "interval",
+    ];
+    let mut rows = Vec::new();
+    for node in &capacity.nodes {
+        for s in &node.solo {
+            rows.push((
+                "",
+                vec![
+                    Cell::Text(node.node.clone()),
+                    Cell::Text(s.search.clone()),
+                    Cell::Text("solo".into()),
+                    Cell::Text(s.tenant.clone()),
+                    Cell::Num(s.interval.passed, 3, ""),
+                    Cell::Num(s.interval.failed, 3, ""),
+                    Cell::Num(None, 2, ""),
+                    Cell::Num(Some(f64::from(s.interval.probes)), 0, ""),
+                    Cell::Num(None, 2, ""),
+                    Cell::Text(s.interval.describe()),
+                ],
+            ));
+        }
+        for s in &node.shared {
+            for t in &s.tenants {
+                let class = if s.gpu_equivalents.is_some_and(|g| g >= 1.0) {
+                    "pass"
+                } else {
+                    "fail"
+                };
+                rows.push((
+                    "",
+                    vec![
+                        Cell::Text(node.node.clone()),
+                        Cell::Text(s.search.clone()),
+                        Cell::Text(s.mode.name().into()),
+                        Cell::Text(t.tenant.clone()),
+                        Cell::Num(t.passed_rps, 3, ""),
+                        Cell::Num(t.failed_rps, 3, ""),
+                        Cell::Num(t.of_solo, 2, ""),
+                        Cell::Num(Some(f64::from(s.interval.probes)), 0, ""),
+                        match s.gpu_equivalents {
+                            Some(g) => Cell::Figure(g, format!("{g:.2}"), class),
+                            None => Cell::Num(None, 2, ""),
+                        },
+                        Cell::Text(s.interval.describe()),
+                    ],
+                ));
+            }
+        }
+    }
+    out.push_str("<h2>SLO capacity</h2>\n");
+    table(out, &header, &rows);
 }

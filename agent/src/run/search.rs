@@ -1,0 +1,240 @@
+//! A capacity search on the agent. Its engines start once, in the search's own folder (whose
+//! `agent.jsonl` holds their lifecycle and a `search` event), then probe after probe runs in a
+//! folder of its own (`<search>.p<k>`, a trial like any other with a `probe` event), until the
+//! policy of [`multitenant::capacity::search`] says the interval is found. Each probe is judged
+//! from its own files by the same analysis that later summarises them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use multitenant::analysis::analyze_trial_folder;
+use multitenant::capacity::{self, Probe, ProbeVerdict, SearchPolicy};
+use multitenant::config::{
+    configured_rate, open_loop_rate, probe_trial_name, with_rate, ArrivalPlan, Capacity, Direction,
+    Search, Stage, Trial,
+};
+use multitenant::events::{Event, ProbeEvent, SearchEvent};
+use multitenant::layout::TrialDir;
+
+use super::context::RunContext;
+use super::log::TrialLog;
+use super::trial::{Halt, TrialRunner};
+
+/// What the solo searches of a run found: each tenant's highest passing rate, which the
+/// shared searches start from and region directions are drawn in.
+#[derive(Debug, Default)]
+pub(super) struct SoloCapacities(Mutex<HashMap<String, f64>>);
+
+impl SoloCapacities {
+    fn get(&self, tenant: &str) -> Option<f64> {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .copied()
+    }
+
+    fn set(&self, tenant: &str, rate: f64) {
+        self.0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(tenant.to_owned(), rate);
+    }
+}
+
+impl RunContext {
+    /// Runs `search` to its end; only an I/O failure of the agent's own streams is an error.
+    pub(super) async fn run_search(&self, search: &Search, cap: &Capacity) -> std::io::Result<()> {
+        let tenants: Vec<&multitenant::config::Tenant> = search
+            .tenants
+            .iter()
+            .map(|&i| &self.node.tenants[i])
+            .collect();
+        let mix_all = cap.mix_of(&self.experiment, &self.node);
+        let mix: Vec<f64> = search.tenants.iter().map(|&i| mix_all[i]).collect();
+        let solo: Vec<Option<f64>> = tenants.iter().map(|t| self.solo.get(&t.name)).collect();
+        let shares = if search.tenants.len() == 1 {
+            vec![1.0]
+        } else {
+            match search.direction.shares(&mix, &solo) {
+                Some(shares) => shares,
+                None => {
+                    tracing::warn!(
+                        "{}: skipped, a solo capacity it is drawn in is unknown",
+                        search.name
+                    );
+                    return Ok(());
+                }
+            }
+        };
+        let start = match (
+            search.tenants.len(),
+            solo.iter().copied().collect::<Option<Vec<f64>>>(),
+        ) {
+            (1, _) => configured_rate(&self.experiment, tenants[0]).unwrap_or(cap.min_rate),
+            // Half the scale at which the first tenant would reach its solo capacity.
+            (_, Some(solo)) => {
+                0.5 * solo
+                    .iter()
+                    .zip(&shares)
+                    .map(|(c, s)| c / s.max(1e-9))
+                    .fold(f64::INFINITY, f64::min)
+            }
+            _ => tenants
+                .iter()
+                .filter_map(|t| configured_rate(&self.experiment, t))
+                .sum(),
+        };
+        let policy = SearchPolicy {
+            start: start.clamp(cap.min_rate, cap.max_rate),
+            min: cap.min_rate,
+            max: cap.max_rate,
+            precision: cap.precision,
+            repeats: cap.repeats,
+            max_probes: cap.max_probes,
+        };
+        let trial = Trial {
+            name: search.name.clone(),
+            mode: search.mode,
+            tenants: search.tenants.clone(),
+            stage: None,
+        };
+        let mut runner = TrialRunner::open(self, trial)?;
+        runner.log.append(Event::Search(SearchEvent {
+            at_ns: self.clock.now_ns(),
+            search: search.name.clone(),
+            tenants: tenants.iter().map(|t| t.name.clone()).collect(),
+            policy,
+            direction: match search.direction {
+                Direction::Mix => 1,
+                Direction::Region { index, .. } => index + 1,
+            },
+        }))?;
+        let shares: BTreeMap<String, f64> = tenants
+            .iter()
+            .zip(&shares)
+            .map(|(t, s)| (t.name.clone(), *s))
+            .collect();
+        let set_up = runner.set_up().await;
+        let probed = match set_up {
+            Ok(()) => {
+                self.probe_until_found(&mut runner, search, &policy, &shares, cap)
+                    .await
+            }
+            Err(halt) => Err(halt),
+        };
+        if let (Ok(history), [tenant]) = (&probed, tenants.as_slice()) {
+            if let Some(rate) = capacity::interval(history, &policy).passed {
+                self.solo.set(&tenant.name, rate);
+            }
+        }
+        runner.finish(probed.map(|_| ())).await
+    }
+
+    /// Runs probes as the policy asks; returns them.
+    async fn probe_until_found(
+        &self,
+        runner: &mut TrialRunner<'_>,
+        search: &Search,
+        policy: &SearchPolicy,
+        shares: &BTreeMap<String, f64>,
+        cap: &Capacity,
+    ) -> Result<Vec<Probe>, Halt> {
+        let mut history = Vec::new();
+        while let Some(scale) = capacity::next_probe(&history, policy) {
+            if self.run.is_stopping() {
+                break;
+            }
+            let number = u32::try_from(history.len() + 1).unwrap_or(u32::MAX);
+            let name = probe_trial_name(&search.name, number);
+            let trial = Trial {
+                name: name.clone(),
+                mode: search.mode,
+                tenants: search.tenants.clone(),
+                stage: Stage::new(number),
+            };
+            let duration = probe_duration(runner, shares, scale, cap);
+            for slot in &mut runner.slots {
+                let share = shares.get(slot.name()).copied().unwrap_or(0.0);
+                let ArrivalPlan::Single(arrival) = slot.workload.arrival else {
+                    continue;
+                };
+                if open_loop_rate(&arrival).is_some() {
+                    slot.arrival = Some(with_rate(&arrival, scale * share));
+                }
+                slot.load = Default::default();
+                slot.phases = Some((cap.probe_warmup, duration));
+                // A repeated probe sends other prompts at other instants, or it would only
+                // say again what it said.
+                slot.seed = self.tenant_seed(slot.tenant)
+                    ^ u64::from(number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+            }
+            let simulated = runner.slots.iter().any(|s| s.tenant.engine.is_simulated());
+            let mut probe_log = TrialLog::open(self, &trial, simulated)?;
+            probe_log.append(Event::Probe(ProbeEvent {
+                at_ns: self.clock.now_ns(),
+                search: search.name.clone(),
+                probe: number,
+                scale,
+                shares: shares.clone(),
+            }))?;
+            std::mem::swap(&mut runner.log, &mut probe_log);
+            let search_trial = std::mem::replace(&mut runner.trial, trial);
+            let measured = runner.measure().await;
+            runner.trial = search_trial;
+            std::mem::swap(&mut runner.log, &mut probe_log);
+            let (died, failure) = match measured {
+                Ok(()) => (false, None),
+                Err(Halt::Failed(f)) => (true, Some(f)),
+                Err(Halt::Io(e)) => return Err(Halt::Io(e)),
+            };
+            probe_log.end(self.run.is_stopping(), failure)?;
+            let folder = TrialDir {
+                path: self.run.streams.root().join(&name),
+                name,
+            };
+            let verdict = match analyze_trial_folder(&folder) {
+                Ok(t) => t.probe.map(|p| p.verdict),
+                Err(e) => Some(ProbeVerdict::Broken {
+                    reason: e.to_string(),
+                }),
+            };
+            let verdict = verdict.unwrap_or(ProbeVerdict::Broken {
+                reason: "the probe's folder holds no probe".into(),
+            });
+            tracing::info!(
+                "{}: probe {number} at {scale:.3}/s: {verdict:?}",
+                search.name
+            );
+            history.push(Probe { scale, verdict });
+            if died {
+                // An engine that exited leaves nothing to probe with.
+                break;
+            }
+        }
+        Ok(history)
+    }
+}
+
+/// How long a probe at `scale` measures: the configured probe duration, or longer where a
+/// tenant's share of the rate would complete too few requests in it for the percentile its SLO
+/// names (with a quarter to spare), up to eight times the configured duration.
+fn probe_duration(
+    runner: &TrialRunner<'_>,
+    shares: &BTreeMap<String, f64>,
+    scale: f64,
+    cap: &Capacity,
+) -> Duration {
+    let longest = cap.probe_duration.mul_f64(8.0);
+    runner
+        .slots
+        .iter()
+        .filter_map(|slot| {
+            let rate = scale * shares.get(slot.name()).copied()?;
+            let needed = slot.workload.slo.requests_needed() as f64;
+            (rate > 0.0).then(|| Duration::from_secs_f64(1.25 * needed / rate))
+        })
+        .fold(cap.probe_duration, Duration::max)
+        .min(longest)
+}

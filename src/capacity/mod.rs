@@ -1,0 +1,497 @@
+//! SLO capacity: how much traffic each tenant carries alone while it meets its SLO, how much
+//! the tenants carry together under each sharing mode, and the verdict that follows — how many
+//! GPUs' worth of SLO-meeting traffic one shared GPU carries.
+//!
+//! - [`search`]: the probing policy and the interval its probes prove.
+//! - this module: a probe's verdict from its tenants' figures, and the per-node summary.
+//!
+//! Definitions (also in every summary.json): a tenant's **solo capacity** `C_i` is the highest
+//! request rate that met its SLO alone; a mode's **shared capacity** is the highest total
+//! rate, split by a fixed mix, at which every tenant met its own SLO; **GPU-equivalents** =
+//! Σ_i shared rate_i / C_i at those highest passing rates.
+
+pub mod search;
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::SharingMode;
+pub use search::{interval, next_probe, Interval, Probe, ProbeVerdict, SearchEnd, SearchPolicy};
+
+/// How the summary defines its capacity figures.
+pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (bracket by doubling, bisect to the stated precision, repeat probes with too few requests for the percentile named, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses";
+
+/// One tenant's part in a probe, as its figures judge it.
+#[derive(Debug, Clone)]
+pub struct TenantJudgement<'a> {
+    /// The tenant.
+    pub tenant: &'a str,
+    /// Completed measured requests.
+    pub completed: u64,
+    /// How many its SLO needs for a verdict ([`crate::slo::Slo::requests_needed`]).
+    pub needed: u64,
+    /// Its SLO, judged; `None` without one.
+    pub slo: Option<&'a crate::slo::SloResult>,
+}
+
+/// The verdict of a probe that measured, from its tenants: a tenant that missed a bound with
+/// enough requests fails it; one with too few requests makes it not significant; a tenant
+/// without a completed request fails it outright (nothing was served).
+pub fn probe_verdict(tenants: &[TenantJudgement<'_>]) -> ProbeVerdict {
+    let mut missed = Vec::new();
+    let mut unsure = Vec::new();
+    let mut passed = true;
+    for t in tenants {
+        let Some(slo) = t.slo else {
+            missed.push(format!("{}: no SLO to judge", t.tenant));
+            continue;
+        };
+        let misses: Vec<String> = slo
+            .checks
+            .iter()
+            .filter(|c| !c.verdict.passed())
+            .map(|c| match c.measured {
+                Some(m) => format!("{}: {} {m:.2} > {}", t.tenant, c.bound, c.limit),
+                None => format!("{}: {} has no data", t.tenant, c.bound),
+            })
+            .collect();
+        passed &= misses.is_empty();
+        if t.completed == 0 {
+            missed.push(format!("{}: no request completed", t.tenant));
+        } else if t.completed < t.needed {
+            unsure.push(format!(
+                "{}: {} completed requests, its SLO needs {}",
+                t.tenant, t.completed, t.needed
+            ));
+        } else {
+            missed.extend(misses);
+        }
+    }
+    if !missed.is_empty() {
+        ProbeVerdict::Fail { missed }
+    } else if !unsure.is_empty() {
+        ProbeVerdict::NotSignificant {
+            passed,
+            reason: unsure.join("; "),
+        }
+    } else {
+        ProbeVerdict::Pass
+    }
+}
+
+/// A probe trial as the summary keeps it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeSummary {
+    /// The search it belongs to.
+    pub search: String,
+    /// Its number in the search, from 1.
+    pub probe: u32,
+    /// The total rate offered.
+    pub scale: f64,
+    /// Each tenant's share of it.
+    pub shares: BTreeMap<String, f64>,
+    /// What it showed.
+    #[serde(flatten)]
+    pub verdict: ProbeVerdict,
+}
+
+/// A search as its own folder recorded it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchRecord {
+    /// The search.
+    pub search: String,
+    /// Its mode.
+    pub mode: SharingMode,
+    /// Its tenants.
+    pub tenants: Vec<String>,
+    /// How it probed.
+    pub policy: SearchPolicy,
+    /// 1 for the configured mix; 2 and up for capacity-region directions.
+    pub direction: u32,
+    /// Why it ended early, when its folder says it failed (an engine that did not start).
+    pub failure: Option<String>,
+}
+
+/// Every capacity figure of an experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CapacitySummary {
+    /// How the figures are defined.
+    pub definition: String,
+    /// Per node that searched.
+    pub nodes: Vec<NodeCapacity>,
+}
+
+/// One node's capacities and verdict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeCapacity {
+    /// The node.
+    pub node: String,
+    /// Each tenant alone.
+    pub solo: Vec<SoloCapacity>,
+    /// Each shared search.
+    pub shared: Vec<SharedCapacity>,
+    /// The shared mode whose mix search carries the most GPU-equivalents.
+    pub best_mode: Option<SharingMode>,
+    /// The verdict in one line.
+    pub verdict: String,
+}
+
+/// One tenant's capacity alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SoloCapacity {
+    /// The tenant.
+    pub tenant: String,
+    /// The search.
+    pub search: String,
+    /// What its probes proved, in requests per second.
+    pub interval: Interval,
+}
+
+/// The tenants' capacity together along one mix.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedCapacity {
+    /// The sharing mode.
+    pub mode: SharingMode,
+    /// The search.
+    pub search: String,
+    /// Whether this is the configured mix (the verdict's) or a region direction.
+    pub mix_direction: bool,
+    /// Each tenant's share of the total rate.
+    pub shares: BTreeMap<String, f64>,
+    /// What its probes proved of the total rate.
+    pub interval: Interval,
+    /// Per tenant: its rate at the highest passing and lowest failing scale, and the first
+    /// as a fraction of its solo capacity.
+    pub tenants: Vec<SharedTenant>,
+    /// Σ_i shared rate_i / C_i at the highest passing rates; `None` when a side has no pass.
+    pub gpu_equivalents: Option<f64>,
+    /// Whether `gpu_equivalents` is only a lower bound (the shared search passed its maximum).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub at_least: bool,
+    /// GPUs that dedicating one per tenant share would need for the same traffic, minus the
+    /// one shared GPU: `gpu_equivalents − 1` (negative when sharing loses).
+    pub gpus_saved: Option<f64>,
+    /// Why there are no GPU-equivalents, when there are none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub no_verdict: Option<String>,
+}
+
+/// One tenant in a shared search.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SharedTenant {
+    /// The tenant.
+    pub tenant: String,
+    /// Its rate at the highest passing scale.
+    pub passed_rps: Option<f64>,
+    /// Its rate at the lowest failing scale.
+    pub failed_rps: Option<f64>,
+    /// `passed_rps / C_i`.
+    pub of_solo: Option<f64>,
+}
+
+fn round3(x: f64) -> f64 {
+    crate::metrics::round3(x)
+}
+
+/// A node's capacity summary from its search folders and probe trials; `None` when the node
+/// ran no search.
+pub fn node_capacity(
+    node: &str,
+    searches: &[SearchRecord],
+    probes: &[ProbeSummary],
+) -> Option<NodeCapacity> {
+    if searches.is_empty() {
+        return None;
+    }
+    let proved = |record: &SearchRecord| {
+        let mut mine: Vec<&ProbeSummary> = probes
+            .iter()
+            .filter(|p| p.search == record.search)
+            .collect();
+        mine.sort_by_key(|p| p.probe);
+        let history: Vec<Probe> = mine
+            .iter()
+            .map(|p| Probe {
+                scale: p.scale,
+                verdict: p.verdict.clone(),
+            })
+            .collect();
+        let mut found = interval(&history, &record.policy);
+        if let (Some(reason), 0) = (&record.failure, history.len()) {
+            found.end = SearchEnd::Cut;
+            found.cut = Some(reason.clone());
+        }
+        (
+            found,
+            mine.first().map(|p| p.shares.clone()).unwrap_or_default(),
+        )
+    };
+    let mut solo = Vec::new();
+    let mut shared = Vec::new();
+    for record in searches {
+        let (found, shares) = proved(record);
+        if record.mode == SharingMode::Solo {
+            solo.push(SoloCapacity {
+                tenant: record.tenants.first().cloned().unwrap_or_default(),
+                search: record.search.clone(),
+                interval: found,
+            });
+        } else {
+            shared.push((record, found, shares));
+        }
+    }
+    let solo_of = |tenant: &str| {
+        solo.iter()
+            .find(|s| s.tenant == tenant)
+            .map(|s| &s.interval)
+    };
+    let shared: Vec<SharedCapacity> = shared
+        .into_iter()
+        .map(|(record, found, shares)| {
+            let tenants: Vec<SharedTenant> = record
+                .tenants
+                .iter()
+                .map(|t| {
+                    let share = shares.get(t).copied().unwrap_or(0.0);
+                    let passed_rps = found.passed.map(|x| round3(x * share));
+                    let c = solo_of(t).and_then(|i| i.passed);
+                    SharedTenant {
+                        tenant: t.clone(),
+                        passed_rps,
+                        failed_rps: found.failed.map(|x| round3(x * share)),
+                        of_solo: passed_rps.zip(c).map(|(r, c)| round3(r / c)),
+                    }
+                })
+                .collect();
+            let no_verdict = if found.passed.is_none() {
+                Some(match found.failed_bounds.first() {
+                    Some(bound) => {
+                        format!("no shared rate met every SLO (lowest probe failed: {bound})")
+                    }
+                    None => "no shared rate passed".to_owned(),
+                })
+            } else {
+                tenants
+                    .iter()
+                    .find(|t| t.of_solo.is_none())
+                    .map(|t| format!("{} has no solo capacity to compare with", t.tenant))
+            };
+            let gpu_equivalents = no_verdict
+                .is_none()
+                .then(|| round3(tenants.iter().filter_map(|t| t.of_solo).sum()));
+            SharedCapacity {
+                mode: record.mode,
+                search: record.search.clone(),
+                mix_direction: record.direction <= 1,
+                shares,
+                at_least: found.end == SearchEnd::AboveMax,
+                gpus_saved: gpu_equivalents.map(|g| round3(g - 1.0)),
+                interval: found,
+                tenants,
+                gpu_equivalents,
+                no_verdict,
+            }
+        })
+        .collect();
+    let best_mode = shared
+        .iter()
+        .filter(|s| s.mix_direction)
+        .filter_map(|s| Some((s.mode, s.gpu_equivalents?)))
+        .max_by(|a, b| a.1.total_cmp(&b.1))
+        .map(|(mode, _)| mode);
+    let verdict = verdict_line(&solo, &shared, best_mode);
+    Some(NodeCapacity {
+        node: node.to_owned(),
+        solo,
+        shared,
+        best_mode,
+        verdict,
+    })
+}
+
+/// `mps: 1.31 GPU-equivalents (a 0.74 of solo, b 0.57), best of 3 modes; timeslice 1.02`.
+fn verdict_line(
+    solo: &[SoloCapacity],
+    shared: &[SharedCapacity],
+    best: Option<SharingMode>,
+) -> String {
+    if let Some(s) = solo.iter().find(|s| s.interval.passed.is_none()) {
+        let why = s.interval.failed_bounds.first().or(s.interval.cut.as_ref());
+        return format!(
+            "no verdict: {} meets its SLO at no rate alone{}",
+            s.tenant,
+            why.map(|w| format!(" ({w})")).unwrap_or_default()
+        );
+    }
+    let mixes: Vec<&SharedCapacity> = shared.iter().filter(|s| s.mix_direction).collect();
+    if mixes.is_empty() {
+        return "no shared mode searched: only solo capacities".into();
+    }
+    let describe = |s: &SharedCapacity, full: bool| match s.gpu_equivalents {
+        Some(g) => {
+            let at_least = if s.at_least { "≥ " } else { "" };
+            if full {
+                let parts: Vec<String> = s
+                    .tenants
+                    .iter()
+                    .enumerate()
+                    .map(|(i, t)| {
+                        let of = t.of_solo.unwrap_or(0.0);
+                        if i == 0 {
+                            format!("{} {of:.2} of solo", t.tenant)
+                        } else {
+                            format!("{} {of:.2}", t.tenant)
+                        }
+                    })
+                    .collect();
+                format!(
+                    "{}: {at_least}{g:.2} GPU-equivalents ({})",
+                    s.mode.name(),
+                    parts.join(", ")
+                )
+            } else {
+                format!("{} {at_least}{g:.2}", s.mode.name())
+            }
+        }
+        None => format!(
+            "{}: {}",
+            s.mode.name(),
+            s.no_verdict.as_deref().unwrap_or("no verdict")
+        ),
+    };
+    let Some(best) = best.and_then(|m| mixes.iter().find(|s| s.mode == m)) else {
+        let all: Vec<String> = mixes.iter().map(|s| describe(s, false)).collect();
+        return format!("sharing does not meet the SLOs: {}", all.join("; "));
+    };
+    let mut line = describe(best, true);
+    if mixes.len() > 1 {
+        line.push_str(&format!(", best of {} modes", mixes.len()));
+        for other in mixes.iter().filter(|s| s.mode != best.mode) {
+            line.push_str("; ");
+            line.push_str(&describe(other, false));
+        }
+    }
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> SearchPolicy {
+        SearchPolicy {
+            start: 4.0,
+            min: 0.5,
+            max: 64.0,
+            precision: 0.1,
+            repeats: 0,
+            max_probes: 16,
+        }
+    }
+
+    fn record(search: &str, mode: SharingMode, tenants: &[&str]) -> SearchRecord {
+        SearchRecord {
+            search: search.into(),
+            mode,
+            tenants: tenants.iter().map(|t| t.to_string()).collect(),
+            policy: policy(),
+            direction: 1,
+            failure: None,
+        }
+    }
+
+    fn probe(search: &str, k: u32, scale: f64, pass: bool, shares: &[(&str, f64)]) -> ProbeSummary {
+        ProbeSummary {
+            search: search.into(),
+            probe: k,
+            scale,
+            shares: shares.iter().map(|(t, s)| (t.to_string(), *s)).collect(),
+            verdict: if pass {
+                ProbeVerdict::Pass
+            } else {
+                ProbeVerdict::Fail {
+                    missed: vec!["a: ttft_ms p99 9.00 > 5".into()],
+                }
+            },
+        }
+    }
+
+    #[test]
+    fn gpu_equivalents_add_each_tenants_shared_rate_over_its_solo_capacity() {
+        let searches = [
+            record("cap-solo-a", SharingMode::Solo, &["a"]),
+            record("cap-solo-b", SharingMode::Solo, &["b"]),
+            record("cap-mps", SharingMode::Mps, &["a", "b"]),
+            record("cap-timeslice", SharingMode::Timeslice, &["a", "b"]),
+        ];
+        let ab = [("a", 0.5), ("b", 0.5)];
+        let probes = [
+            probe("cap-solo-a", 1, 10.0, true, &[("a", 1.0)]),
+            probe("cap-solo-a", 2, 11.0, false, &[("a", 1.0)]),
+            probe("cap-solo-b", 1, 20.0, true, &[("b", 1.0)]),
+            probe("cap-solo-b", 2, 21.0, false, &[("b", 1.0)]),
+            probe("cap-mps", 1, 16.0, true, &ab),
+            probe("cap-mps", 2, 17.0, false, &ab),
+            probe("cap-timeslice", 1, 10.0, true, &ab),
+            probe("cap-timeslice", 2, 11.0, false, &ab),
+        ];
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        let mps = &node.shared[0];
+        // a: 8/10 + b: 8/20 = 0.8 + 0.4.
+        assert_eq!(mps.gpu_equivalents, Some(1.2));
+        assert_eq!(mps.gpus_saved, Some(0.2));
+        assert_eq!(node.shared[1].gpu_equivalents, Some(0.75));
+        assert_eq!(node.best_mode, Some(SharingMode::Mps));
+        assert_eq!(
+            node.verdict,
+            "mps: 1.20 GPU-equivalents (a 0.80 of solo, b 0.40), best of 2 modes; timeslice 0.75"
+        );
+    }
+
+    #[test]
+    fn a_shared_mode_that_meets_no_slo_is_named_with_the_bound_never_as_zero() {
+        let searches = [
+            record("cap-solo-a", SharingMode::Solo, &["a"]),
+            record("cap-mps", SharingMode::Mps, &["a", "b"]),
+        ];
+        let probes = [
+            probe("cap-solo-a", 1, 4.0, true, &[("a", 1.0)]),
+            probe("cap-mps", 1, 0.5, false, &[("a", 0.5), ("b", 0.5)]),
+        ];
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        assert_eq!(node.shared[0].gpu_equivalents, None);
+        assert_eq!(node.best_mode, None);
+        assert!(
+            node.verdict.contains(
+                "no shared rate met every SLO (lowest probe failed: a: ttft_ms p99 9.00 > 5)"
+            ),
+            "{}",
+            node.verdict
+        );
+    }
+
+    #[test]
+    fn too_few_requests_for_the_percentile_is_not_significant() {
+        let slo = crate::slo::SloResult {
+            pass: true,
+            checks: Vec::new(),
+            goodput_rps: None,
+            attainment: None,
+        };
+        let judged = |completed| {
+            probe_verdict(&[TenantJudgement {
+                tenant: "a",
+                completed,
+                needed: 500,
+                slo: Some(&slo),
+            }])
+        };
+        assert!(matches!(
+            judged(499),
+            ProbeVerdict::NotSignificant { passed: true, .. }
+        ));
+        assert_eq!(judged(500), ProbeVerdict::Pass);
+        assert!(matches!(judged(0), ProbeVerdict::Fail { .. }));
+    }
+}

@@ -1,0 +1,256 @@
+//! The capacity search on simulated engines: its solo interval agrees with a dense grid of
+//! fixed-rate trials, shared capacity falls as MPS interference rises, the verdict reaches the
+//! terminal, summary.json and the page, and bad capacity configs are refused.
+
+use std::path::Path;
+
+use multitenant::analysis::Summary;
+use multitenant::capacity::{NodeCapacity, SearchEnd};
+use multitenant::config::Experiment;
+
+use crate::report_html::chromium;
+use crate::support::{read_summary, run_experiment};
+
+/// One simulated tenant (or two) whose TTFT p50 bound is crossed sharply once its batch fills.
+fn engine(decode_us: u32) -> String {
+    format!("{{kind: simulated, timing: {{max_batch: 8, prefill_us_per_token: 20, decode_step_us: {decode_us}, decode_step_us_per_seq: 200}}}}")
+}
+
+fn node_capacity(summary: &Summary) -> &NodeCapacity {
+    &summary
+        .capacity
+        .as_ref()
+        .expect("capacity in summary.json")
+        .nodes[0]
+}
+
+#[test]
+fn the_solo_search_finds_the_boundary_a_dense_grid_of_fixed_rates_finds() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let slo = "slo: {ttft_ms: {p50: 120}}";
+    let data = "data: {prompt_tokens: 64, output_tokens: 16}";
+    // The grid: one fixed-rate trial per rate, 10% apart, judged by the same SLO.
+    let rates: Vec<String> = (0..14)
+        .map(|k| format!("{:.2}", 20.0 * 1.1f64.powi(k)))
+        .collect();
+    let grid = run_experiment(
+        tmp.path(),
+        "grid",
+        &format!(
+            "name: grid\n{slo}\nworkloads:\n  w: {{arrival: {{kind: sweep, rates: [{}]}}, {data}, warmup: 500ms, duration: 2s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
+            rates.join(", "),
+            engine(6000)
+        ),
+    );
+    let grid = read_summary(&grid);
+    let verdicts: Vec<(f64, bool)> = grid
+        .trials()
+        .map(|(_, t)| {
+            let tenant = &t.tenants[0];
+            (
+                tenant.offered_rate.expect("open loop"),
+                tenant.slo.as_ref().expect("judged").pass,
+            )
+        })
+        .collect();
+    let first_fail = verdicts.iter().find(|(_, pass)| !pass).map(|(r, _)| *r);
+    let first_fail = first_fail.expect("the grid reaches past capacity");
+    let last_pass = verdicts
+        .iter()
+        .filter(|(r, pass)| *pass && *r < first_fail)
+        .map(|(r, _)| *r)
+        .next_back()
+        .expect("the grid starts below capacity");
+
+    let searched = run_experiment(
+        tmp.path(),
+        "search",
+        &format!(
+            "name: search\n{slo}\ncapacity: {{probe: {{warmup: 500ms, duration: 2s}}, precision: 0.08, repeats: 0, max_rate: 200}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 10}}, {data}, warmup: 500ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
+            engine(6000)
+        ),
+    );
+    let summary = read_summary(&searched);
+    let solo = &node_capacity(&summary).solo[0].interval;
+    assert_eq!(solo.end, SearchEnd::Converged, "{solo:?}");
+    let (pass, fail) = (solo.passed.expect("a pass"), solo.failed.expect("a fail"));
+    // The search's interval overlaps the grid's boundary [last pass, first fail].
+    assert!(
+        pass < first_fail && last_pass < fail,
+        "search [{pass}, {fail}) against grid [{last_pass}, {first_fail}]: {verdicts:?}"
+    );
+    // Every probe is a trial of its own in the folder, and analysis gave each its verdict.
+    let probes: Vec<_> = summary.probes().collect();
+    assert_eq!(probes.len() as u32, solo.probes);
+    assert!(searched.join("nodes/n/cap-solo-t.p01/t.jsonl").is_file());
+    assert!(searched.join("nodes/n/cap-solo-t/agent.jsonl").is_file());
+}
+
+/// Runs two tenants alone and under MPS with `interference`; returns the node's capacity.
+fn shared_capacity(tmp: &Path, interference: f64) -> NodeCapacity {
+    let name = format!("mps{}", (interference * 10.0) as u32);
+    let dir = run_experiment(
+        tmp,
+        &name,
+        &format!(
+            "name: {name}\nslo: {{ttft_ms: {{p50: 120}}}}\ncapacity: {{probe: {{warmup: 500ms, duration: 1500ms}}, precision: 0.1, repeats: 0, max_probes: 10}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 20}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 500ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    sim_gpu: {{mps_interference: {interference}}}\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
+            engine(6000),
+            engine(6000)
+        ),
+    );
+    node_capacity(&read_summary(&dir)).clone()
+}
+
+#[test]
+fn shared_capacity_falls_as_mps_interference_rises() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let found: Vec<(f64, f64, f64)> = [0.0, 0.6, 2.0]
+        .into_iter()
+        .map(|i| {
+            let node = shared_capacity(tmp.path(), i);
+            let mps = &node.shared[0];
+            let eq = mps
+                .gpu_equivalents
+                .unwrap_or_else(|| panic!("{i}: {node:?}"));
+            (i, mps.interval.passed.expect("a shared pass"), eq)
+        })
+        .collect();
+    for pair in found.windows(2) {
+        assert!(
+            pair[0].1 > pair[1].1 && pair[0].2 > pair[1].2,
+            "more interference, less shared capacity: {found:?}"
+        );
+    }
+    // No interference: two tenants on one GPU carry about two GPUs' worth.
+    assert!(found[0].2 > 1.5, "{found:?}");
+}
+
+#[test]
+fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, coordinator) = crate::support::binaries();
+    let cfg = tmp.path().join("verdict.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: verdict\nslo: {{ttft_ms: {{p50: 150}}}}\ncapacity: {{probe: {{warmup: 300ms, duration: 1s}}, precision: 0.25, repeats: 0, max_probes: 6, directions: 3}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 20}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 300ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    sim_gpu: {{mps_interference: 0.3}}\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
+            engine(5000),
+            engine(8000)
+        ),
+    )
+    .expect("config");
+    let out = std::process::Command::new(coordinator)
+        .arg("run")
+        .arg(&cfg)
+        .arg("--output-dir")
+        .arg(tmp.path().join("runs"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = crate::support::results_dir(&stdout);
+    let summary = read_summary(&dir);
+    let node = node_capacity(&summary);
+    assert!(node.verdict.starts_with("mps: "), "{}", node.verdict);
+    assert!(
+        node.verdict.contains("GPU-equivalents (a "),
+        "{}",
+        node.verdict
+    );
+    // The terminal shows the verdict first, before the fixed-load table.
+    let verdict_at = stdout.find(&node.verdict).expect("verdict printed");
+    assert!(
+        verdict_at < stdout.find("= node aggregate").expect("table"),
+        "{stdout}"
+    );
+    // Three directions: the mix and two region directions, each a search of its own.
+    assert_eq!(node.shared.len(), 3, "{node:?}");
+    assert!(summary
+        .capacity
+        .as_ref()
+        .expect("capacity")
+        .definition
+        .contains("GPU-equivalents"));
+
+    let region = dir.join("plots/n-capacity-region.svg");
+    let svg = std::fs::read_to_string(&region).expect("capacity region plot");
+    assert!(
+        svg.matches("<circle").count() >= 3,
+        "every direction's point drawn"
+    );
+    let page = dir.join("report.html");
+    let (dom, stderr) = chromium(&page, &tmp.path().join("profile"), &["--dump-dom"]);
+    let console: Vec<&str> = stderr.lines().filter(|l| l.contains(":CONSOLE")).collect();
+    assert!(console.is_empty(), "console messages: {console:#?}");
+    assert!(
+        dom.contains("<div class=\"verdict\" id=\"verdict\">"),
+        "no verdict box"
+    );
+    assert!(dom.contains(&node.verdict), "the verdict in the page");
+    assert!(
+        dom.contains("data-plot=\"n-capacity-region.svg\""),
+        "no region plot"
+    );
+}
+
+#[test]
+fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
+    let base = |extra: &str, arrival: &str| {
+        format!("name: x\n{extra}\nworkloads:\n  w: {{arrival: {arrival}, data: {{prompt_tokens: 8, output_tokens: 8}}, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {{name: a, engine: {{kind: simulated}}, workload: w}}\n      - {{name: b, engine: {{kind: simulated}}, workload: w}}\n")
+    };
+    let refused = |yaml: String| {
+        Experiment::from_yaml(&yaml, "x.yaml")
+            .expect_err("refused")
+            .to_string()
+    };
+    let no_slo = refused(base("capacity: {}", "{kind: poisson, rate: 2}"));
+    assert!(
+        no_slo.contains("nodes[0].tenants[0]") && no_slo.contains("has none"),
+        "{no_slo}"
+    );
+    let closed = refused(base(
+        "slo: {ttft_ms: {p99: 100}}\ncapacity: {}",
+        "{kind: concurrency, n: 4}",
+    ));
+    assert!(
+        closed.contains("workloads.w.arrival") && closed.contains("open-loop"),
+        "{closed}"
+    );
+    let bad = refused(base(
+        "slo: {ttft_ms: {p99: 100}}\ncapacity: {precision: 0, max_rate: 0.1, mix: {a: 1, c: 2}}",
+        "{kind: poisson, rate: 2}",
+    ));
+    for expected in [
+        "capacity.precision",
+        "capacity.max_rate",
+        "capacity.mix.c",
+        "tenant b of nodes[0] has no weight",
+    ] {
+        assert!(bad.contains(expected), "{expected}: {bad}");
+    }
+    let fine = base(
+        "slo: {ttft_ms: {p99: 100}}\ncapacity: {directions: 3}",
+        "{kind: gamma, rate: 2, cv: 2}",
+    );
+    let experiment = Experiment::from_yaml(&fine, "x.yaml").expect("valid");
+    let cap = experiment.capacity.as_ref().expect("capacity");
+    let names: Vec<String> = cap
+        .searches(&experiment.nodes[0])
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cap-solo-a",
+            "cap-solo-b",
+            "cap-mps",
+            "cap-mps-d2",
+            "cap-mps-d3"
+        ]
+    );
+}
