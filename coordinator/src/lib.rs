@@ -66,6 +66,15 @@ pub fn plan(config: &Path, output_dir: &Path) -> anyhow::Result<()> {
                 .collect();
             println!("  {}: {}", trial.name, tenants.join(", "));
         }
+        if let Some(cap) = &experiment.capacity {
+            let searches: Vec<String> = cap.searches(node).into_iter().map(|s| s.name).collect();
+            println!(
+                "  capacity searches (probes of {:?} + {:?}, lengthened to hold enough requests for the SLO's percentile): {}",
+                cap.probe_warmup,
+                cap.probe_duration,
+                searches.join(", ")
+            );
+        }
     }
     if let LauncherKind::SkyPilot(settings) = &experiment.launcher.kind {
         let agent_bin = launch::find_agent_binary()?;
@@ -152,8 +161,16 @@ pub fn compare(
     }
     print!("{}", report::render_comparison_table(&labels, &figures));
     println!();
+    let verdicts = report::compare::verdicts(&labels, &summaries);
+    for v in &verdicts {
+        println!("verdict {}: {}: {}", v.experiment, v.node, v.verdict);
+    }
     if let Some(path) = json {
-        let doc = serde_json::json!({"experiments": labels, "figures": figures});
+        let doc = serde_json::json!({
+            "experiments": labels,
+            "figures": figures,
+            "verdicts": verdicts,
+        });
         std::fs::write(path, serde_json::to_vec_pretty(&doc)?)
             .with_context(|| format!("writing {}", path.display()))?;
     }

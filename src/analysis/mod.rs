@@ -547,11 +547,20 @@ fn analyze_trial(
         summary.warnings.extend(agent.warnings);
         mode = Some(agent.header.mode);
         stage = agent.header.stage;
+        // A capacity search's folders repeat the node-wide warnings of its trials; they are
+        // counted, not listed, so a line does not grow by every probe's name.
+        let capacity_folder = agent
+            .events
+            .iter()
+            .any(|l| matches!(l.event, Event::Search(_) | Event::Probe(_)));
         for line in &agent.events {
             match &line.event {
                 Event::Trial(t) if t.state != TrialState::Started => {
                     state = TrialStatus::from_recorded(t.state);
                     reason = t.reason.clone();
+                }
+                Event::Warning(w) if capacity_folder => {
+                    push_once(&mut summary.warnings, "capacity probes", &w.message);
                 }
                 Event::Warning(w) => push_once(&mut summary.warnings, &trial, &w.message),
                 Event::TenantInvalid(t) => invalidated.push((t.tenant.clone(), t.reason.clone())),
@@ -943,6 +952,10 @@ fn compare_with_solo(trials: &mut [TrialSummary]) {
 fn push_once(warnings: &mut Vec<String>, trial: &str, message: &str) {
     let suffix = format!(": {message}");
     match warnings.iter_mut().find(|w| w.ends_with(&suffix)) {
+        Some(existing)
+            if existing[..existing.len() - suffix.len()]
+                .split(", ")
+                .any(|t| t == trial) => {}
         Some(existing) => {
             let trials = &existing[..existing.len() - suffix.len()];
             *existing = format!("{trials}, {trial}{suffix}");

@@ -156,3 +156,37 @@ fn tenants(s: &Summary) -> Vec<(String, &TenantSummary)> {
         })
         .collect()
 }
+
+/// One node's capacity verdict in one of the experiments compared.
+#[derive(Debug, Clone, Serialize)]
+pub struct ComparedVerdict {
+    /// The experiment's label.
+    pub experiment: String,
+    /// The node.
+    pub node: String,
+    /// Its verdict line.
+    pub verdict: String,
+    /// Its best mode's GPU-equivalents, when it has one.
+    pub gpu_equivalents: Option<f64>,
+}
+
+/// The capacity verdicts of every experiment that searched capacity, side by side.
+pub fn verdicts(labels: &[String], summaries: &[Summary]) -> Vec<ComparedVerdict> {
+    labels
+        .iter()
+        .zip(summaries)
+        .filter_map(|(label, s)| Some((label, s.capacity.as_ref()?)))
+        .flat_map(|(label, capacity)| {
+            capacity.nodes.iter().map(move |n| ComparedVerdict {
+                experiment: label.clone(),
+                node: n.node.clone(),
+                verdict: n.verdict.clone(),
+                gpu_equivalents: n
+                    .shared
+                    .iter()
+                    .find(|s| Some(s.mode) == n.best_mode && s.mix_direction)
+                    .and_then(|s| s.gpu_equivalents),
+            })
+        })
+        .collect()
+}
