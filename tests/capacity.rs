@@ -11,6 +11,17 @@ use multitenant::config::Experiment;
 use crate::report_html::chromium;
 use crate::support::{read_summary, run_experiment};
 
+/// The searches below judge latency SLOs on simulated engines for minutes; beside the other
+/// tests they would measure the machine's load, and disturb the timing tests. `.ci/run` runs
+/// them alone with MULTITENANT_HEAVY_TESTS=1.
+fn heavy(test: &str) -> bool {
+    let on = std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!("{test} skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
+    }
+    on
+}
+
 /// One simulated tenant (or two) whose TTFT p50 bound is crossed sharply once its batch fills.
 fn engine(decode_us: u32) -> String {
     format!("{{kind: simulated, timing: {{max_batch: 8, prefill_us_per_token: 20, decode_step_us: {decode_us}, decode_step_us_per_seq: 200}}}}")
@@ -26,6 +37,9 @@ fn node_capacity(summary: &Summary) -> &NodeCapacity {
 
 #[test]
 fn the_solo_search_finds_the_boundary_a_dense_grid_of_fixed_rates_finds() {
+    if !heavy("the grid test") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let slo = "slo: {ttft_ms: {p50: 120}}";
     let data = "data: {prompt_tokens: 64, output_tokens: 16}";
@@ -103,6 +117,9 @@ fn shared_capacity(tmp: &Path, interference: f64) -> NodeCapacity {
 
 #[test]
 fn shared_capacity_falls_as_mps_interference_rises() {
+    if !heavy("the interference test") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let found: Vec<(f64, f64, f64)> = [0.0, 0.6, 2.0]
         .into_iter()
@@ -127,6 +144,9 @@ fn shared_capacity_falls_as_mps_interference_rises() {
 
 #[test]
 fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
+    if !heavy("the verdict test") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let (_, coordinator) = crate::support::binaries();
     let cfg = tmp.path().join("verdict.yaml");

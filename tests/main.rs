@@ -14,6 +14,7 @@ mod end_to_end;
 mod engine_supervisor;
 mod golden;
 mod ground_truth;
+mod lifetimes;
 mod load_shapes;
 mod mps;
 mod real_vllm;

@@ -38,6 +38,11 @@ pub enum Command {
         /// The MPS control program `mps` trials use (a name on PATH or a path).
         #[arg(long, default_value = "nvidia-cuda-mps-control")]
         mps_control: PathBuf,
+        /// Live only as long as standard input stays open: when it closes (the process that
+        /// started the agent and holds the pipe's other end died, even by SIGKILL), stop
+        /// every run, end its engines, keep its files, and exit.
+        #[arg(long)]
+        exit_with_stdin: bool,
     },
     /// Check what this node has (GPUs, driver, compute mode, MPS, vLLM, disk, memory) and which
     /// sharing modes it can run; one line per check.

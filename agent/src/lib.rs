@@ -136,6 +136,25 @@ pub async fn sim_engine(
     Ok(())
 }
 
+/// Cancels `shutdown` once standard input reaches its end: the parent that holds the pipe is
+/// gone, so nobody will collect what the agent records. The read blocks, so it runs on a
+/// thread of its own that never holds the process back from exiting.
+fn stop_when_stdin_closes(shutdown: CancellationToken) {
+    let watcher = std::thread::Builder::new()
+        .name("stdin-lifeline".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut sink = [0u8; 256];
+            let mut stdin = std::io::stdin();
+            while matches!(stdin.read(&mut sink), Ok(n) if n > 0) {}
+            eprintln!("standard input closed: the coordinator that started this agent is gone; stopping every run and exiting");
+            shutdown.cancel();
+        });
+    if let Err(e) = watcher {
+        eprintln!("cannot watch standard input ({e}); the agent will not notice its parent's end");
+    }
+}
+
 /// Runs one command of the command line until it ends or `shutdown`.
 pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyhow::Result<()> {
     use cli::Command;
@@ -146,7 +165,11 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             data_dir,
             token_file,
             mps_control,
+            exit_with_stdin,
         } => {
+            if exit_with_stdin {
+                stop_when_stdin_closes(shutdown.clone());
+            }
             let tls = if tls {
                 server::ServerTls::from_env().map(Some)
             } else {

@@ -121,17 +121,58 @@ pub enum Verdict {
     Done,
     /// `--fail-on-slo` was given and a tenant missed its SLO.
     SloMissed,
+    /// Stopped by Ctrl-C, SIGTERM or SIGHUP before the end; what was recorded is summarised.
+    Interrupted,
+    /// Not one trial finished: nothing in the summary is a valid figure.
+    NoTrialFinished,
+}
+
+impl Verdict {
+    /// The exit status a pipeline reads: 0 done, 3 an SLO missed (with `--fail-on-slo`),
+    /// 4 interrupted, 5 no trial finished; 1 is any other failure and 6 a teardown that may
+    /// have left clusters running ([`TEARDOWN_FAILED_EXIT`]).
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Verdict::Done => 0,
+            Verdict::SloMissed => SLO_MISSED_EXIT,
+            Verdict::Interrupted => 4,
+            Verdict::NoTrialFinished => 5,
+        }
+    }
 }
 
 /// Exit status of `run` and `analyze` with `--fail-on-slo` when an SLO was missed (1 is any
 /// other failure), so a CI pipeline can tell the two apart.
 pub const SLO_MISSED_EXIT: u8 = 3;
 
+/// Exit status of `run` when a teardown failed: clusters may still be running and billing.
+pub const TEARDOWN_FAILED_EXIT: u8 = 6;
+
+/// The exit status of a command that failed with `error`.
+pub fn failure_exit_code(error: &anyhow::Error) -> u8 {
+    match error.downcast_ref::<run::ExperimentError>() {
+        Some(run::ExperimentError::TeardownFailed(_)) => TEARDOWN_FAILED_EXIT,
+        None => 1,
+    }
+}
+
 fn verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdict {
     if fail_on_slo && !summary.slo_misses().is_empty() {
         Verdict::SloMissed
     } else {
         Verdict::Done
+    }
+}
+
+/// How a run ended: interrupted first, then no trial finished, then the SLOs.
+fn run_verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdict {
+    let mut trials = summary.trials().chain(summary.probes());
+    if summary.interrupted {
+        Verdict::Interrupted
+    } else if trials.all(|(_, t)| !t.state.is_finished()) {
+        Verdict::NoTrialFinished
+    } else {
+        verdict(summary, fail_on_slo)
     }
 }
 
@@ -230,7 +271,18 @@ pub async fn run(
         .file(multitenant::layout::REPORT_HTML);
     println!("report: {}", report.display());
     println!("results: {}", outcome.dir.display());
-    Ok(verdict(&outcome.summary, fail_on_slo))
+    let verdict = run_verdict(&outcome.summary, fail_on_slo);
+    match verdict {
+        Verdict::Interrupted => eprintln!(
+            "coordinator: interrupted; what was recorded until then is summarised in {}",
+            outcome.dir.display()
+        ),
+        Verdict::NoTrialFinished => eprintln!(
+            "coordinator: no trial finished, so no figure above is valid (each trial's reason is printed above)"
+        ),
+        _ => {}
+    }
+    Ok(verdict)
 }
 
 /// Runs one command of the command line; `run` stops its experiment on Ctrl-C.
@@ -261,14 +313,37 @@ pub async fn execute(command: cli::Command) -> anyhow::Result<Verdict> {
     }
 }
 
-/// First Ctrl-C: stop the runs, collect what was recorded, tear down what was launched.
-/// Later ones say what is still being waited for, and which clusters are still up; leaving
-/// early would orphan the agents and clusters this process started.
+/// First Ctrl-C, SIGTERM (what `timeout` and most supervisors send) or SIGHUP (a closed
+/// terminal): stop the runs, collect what was recorded, tear down what was launched. Later ones
+/// say what is still being waited for, and which clusters are still up; leaving early would
+/// orphan the agents and clusters this process started.
 pub async fn cancel_on_ctrl_c(cancel: CancellationToken) {
-    if tokio::signal::ctrl_c().await.is_ok() {
-        cancel.cancel();
-    }
-    while tokio::signal::ctrl_c().await.is_ok() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) else {
+        eprintln!("cannot watch SIGTERM and SIGHUP; only Ctrl-C stops the experiment in order");
+        if tokio::signal::ctrl_c().await.is_ok() {
+            cancel.cancel();
+        }
+        return;
+    };
+    let mut first = true;
+    loop {
+        let name = tokio::select! {
+            r = tokio::signal::ctrl_c() => match r { Ok(()) => "Ctrl-C", Err(_) => return },
+            _ = term.recv() => "SIGTERM",
+            _ = hup.recv() => "SIGHUP",
+        };
+        if first {
+            eprintln!(
+                "{name}: stopping the experiment; collecting what was recorded, then tearing down"
+            );
+            cancel.cancel();
+            first = false;
+            continue;
+        }
         eprintln!("still stopping: agents are closing their records and will be killed after 20 s at most");
         if let Some(clusters) = skypilot::still_up() {
             eprintln!("{clusters}");

@@ -4,7 +4,6 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use coordinator::cli::Cli;
-use coordinator::Verdict;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -14,11 +13,10 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     match coordinator::execute(cli.command).await {
-        Ok(Verdict::Done) => ExitCode::SUCCESS,
-        Ok(Verdict::SloMissed) => ExitCode::from(coordinator::SLO_MISSED_EXIT),
+        Ok(verdict) => ExitCode::from(verdict.exit_code()),
         Err(e) => {
             eprintln!("coordinator: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(coordinator::failure_exit_code(&e))
         }
     }
 }

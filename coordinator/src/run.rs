@@ -43,6 +43,14 @@ pub struct Outcome {
     pub nodes: Vec<(String, CollectReport)>,
 }
 
+/// An experiment that failed in a way a pipeline must tell apart from other failures.
+#[derive(Debug, thiserror::Error)]
+pub enum ExperimentError {
+    /// Clusters may still be running (and billing) after the experiment.
+    #[error("{0}")]
+    TeardownFailed(String),
+}
+
 /// What every node of one experiment shares.
 pub struct ExperimentRun<'a> {
     /// The validated experiment.
@@ -143,17 +151,26 @@ async fn run_with(
     };
     let teardown = launcher.tear_down().await;
     report_teardown(&teardown);
-    let (nodes, mut failures) = match ran {
+    let (nodes, failures) = match ran {
         Some(ran) => ran,
-        None if launch_failures.is_empty() => {
-            (Vec::new(), vec!["interrupted before the nodes ran".into()])
-        }
+        // Interrupted before any node ran: the summary says so, the exit code too.
+        None if launch_failures.is_empty() => (Vec::new(), Vec::new()),
         None => (Vec::new(), launch_failures),
     };
-    failures.extend(teardown.failures);
     let mut summary = analyze_dir(run.dir).context("analysing the collected streams")?;
     summary.warnings.extend(teardown.notes);
+    summary.interrupted = cancel.is_cancelled();
     report::write_summary_files(run.dir, &summary)?;
+    if !teardown.failures.is_empty() {
+        let mut all = failures;
+        all.extend(teardown.failures);
+        return Err(ExperimentError::TeardownFailed(format!(
+            "{}\n(whatever was collected is in {})",
+            all.join("\n"),
+            run.dir.display()
+        ))
+        .into());
+    }
     if !failures.is_empty() {
         bail!(
             "{}\n(whatever was collected is in {})",
@@ -264,6 +281,7 @@ async fn drive_node(
         .into_inner();
     eprintln!("node {}: trials {}", node.name, started.trials.join(", "));
     let mut stopper = client.clone();
+    let mut stop_on_failure = client.clone();
     let stop_id = run.run_id.to_owned();
     let watch_cancel = tokio::spawn(async move {
         cancel.cancelled().await;
@@ -275,6 +293,14 @@ async fn drive_node(
     let mut collector = Collector::new(&node.name, &node_dir, progress);
     let report = collector.collect(&mut client, run.run_id).await;
     watch_cancel.abort();
+    if report.is_err() {
+        // Nobody collects this node any more: its trials must not go on loading the machine
+        // (or GPU) the other nodes measure on.
+        let stop = StopRunRequest {
+            run_id: run.run_id.to_owned(),
+        };
+        let _ = stop_on_failure.stop_run(stop).await;
+    }
     let report = report?;
     if report.state == "failed" {
         bail!("the run failed on the agent: {}", report.error);

@@ -45,6 +45,10 @@ pub struct Summary {
     /// The SLO capacity searches and their verdict, when the experiment ran any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacitySummary>,
+    /// The experiment was stopped before its end (Ctrl-C, SIGTERM, SIGHUP); set by the
+    /// coordinator that ran it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub interrupted: bool,
 }
 
 impl Summary {
@@ -361,9 +365,14 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         across_nodes: Vec::new(),
         warnings: Vec::new(),
         capacity: None,
+        interrupted: false,
     };
     let mut capacities = Vec::new();
     let mut plan = read_plan(&experiment, &mut summary.warnings);
+    // The plan names the experiment even when no stream made it into the folder.
+    if let Some(plan) = &plan {
+        summary.experiment.clone_from(&plan.experiment);
+    }
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
     let mut by_trial: Vec<TrialOnNodes> = Vec::new();
     for node_dir in experiment.nodes()? {
@@ -383,6 +392,11 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
                     continue;
                 }
             };
+            if trial.probe.is_some() {
+                // A probe's rate is its node's own: probes are never merged across nodes.
+                trials.push(trial);
+                continue;
+            }
             let at = match by_trial.iter().position(|t| t.name == trial.trial) {
                 Some(i) => i,
                 None => {
@@ -515,6 +529,7 @@ pub fn analyze_trial_folder(trial_dir: &TrialDir) -> Result<TrialSummary, Analys
         across_nodes: Vec::new(),
         warnings: Vec::new(),
         capacity: None,
+        interrupted: false,
     };
     match analyze_trial(trial_dir, None, &mut scratch)? {
         Folder::Trial(measured) => Ok(measured.0),

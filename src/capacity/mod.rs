@@ -271,6 +271,12 @@ pub fn node_capacity(
                     }
                     None => "no shared rate passed".to_owned(),
                 })
+            } else if let Some(s) = solo
+                .iter()
+                .find(|s| record.tenants.contains(&s.tenant) && s.interval.end == SearchEnd::AboveMax)
+            {
+                // C_i is then only a lower bound, and so the ratio an upper one.
+                Some(format!("the solo capacity of {} is above the search's maximum: raise capacity.max_rate", s.tenant))
             } else {
                 tenants
                     .iter()
@@ -317,12 +323,25 @@ fn verdict_line(
     best: Option<SharingMode>,
 ) -> String {
     if let Some(s) = solo.iter().find(|s| s.interval.passed.is_none()) {
-        let why = s.interval.failed_bounds.first().or(s.interval.cut.as_ref());
-        return format!(
-            "no verdict: {} meets its SLO at no rate alone{}",
-            s.tenant,
-            why.map(|w| format!(" ({w})")).unwrap_or_default()
-        );
+        return match (s.interval.end, &s.interval.cut) {
+            (SearchEnd::NoneMeets, _) => format!(
+                "no verdict: {} meets its SLO at no rate alone{}",
+                s.tenant,
+                s.interval
+                    .failed_bounds
+                    .first()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
+            (_, Some(reason)) => format!(
+                "no verdict: the solo search of {} was cut before a rate passed ({reason})",
+                s.tenant
+            ),
+            _ => format!(
+                "no verdict: the solo search of {} found no passing rate",
+                s.tenant
+            ),
+        };
     }
     let mixes: Vec<&SharedCapacity> = shared.iter().filter(|s| s.mix_direction).collect();
     if mixes.is_empty() {

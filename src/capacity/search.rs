@@ -276,15 +276,28 @@ fn next_step(
     probes: &[Probe],
     policy: &SearchPolicy,
 ) -> Step {
+    match wanted_step(scales, interval, probes, policy) {
+        // The budget counts only when another probe is wanted: a search whose last allowed
+        // probe settled it ended by what it found.
+        Step::Probe(_) if probes.len() >= policy.max_probes as usize => {
+            Step::Done(SearchEnd::Budget)
+        }
+        step => step,
+    }
+}
+
+fn wanted_step(
+    scales: &[(f64, ScaleVerdict, bool)],
+    interval: &Interval,
+    probes: &[Probe],
+    policy: &SearchPolicy,
+) -> Step {
     if interval.cut.is_some() {
         return Step::Done(SearchEnd::Cut);
     }
     let Some(last) = probes.last() else {
         return Step::Probe(policy.start.clamp(policy.min, policy.max));
     };
-    if probes.len() >= policy.max_probes as usize {
-        return Step::Done(SearchEnd::Budget);
-    }
     // An unsure scale is tried again before anything else is decided from it.
     if let ProbeVerdict::NotSignificant { .. } = last.verdict {
         let tries = scales
@@ -317,12 +330,19 @@ fn next_step(
             if (fail - pass) / pass > policy.precision {
                 return Step::Probe((pass + fail) / 2.0);
             }
-            let confirmed = probes
+            let at_pass: Vec<&ProbeVerdict> = probes
                 .iter()
-                .filter(|p| (p.scale - pass).abs() <= SAME && p.verdict == ProbeVerdict::Pass)
-                .count()
-                >= 2;
-            if confirmed || policy.repeats == 0 {
+                .filter(|p| (p.scale - pass).abs() <= SAME)
+                .map(|p| &p.verdict)
+                .collect();
+            let passes = at_pass
+                .iter()
+                .filter(|v| ***v == ProbeVerdict::Pass)
+                .count();
+            // Confirmed by a second pass; or given up on after the repeats allowed (then the
+            // scale stands on what it showed, counted in `not_significant`).
+            let tried_enough = at_pass.len() > 1 + policy.repeats as usize;
+            if passes >= 2 || tried_enough || policy.repeats == 0 {
                 Step::Done(SearchEnd::Converged)
             } else {
                 Step::Probe(pass)
@@ -445,6 +465,73 @@ mod tests {
             Some(2.0),
             "the search goes on below the flip"
         );
+    }
+
+    #[test]
+    fn the_budget_ends_only_a_search_that_wants_another_probe() {
+        let mut p = policy();
+        p.max_probes = 2;
+        let above = vec![
+            Probe {
+                scale: 32.0,
+                verdict: ProbeVerdict::Pass,
+            },
+            Probe {
+                scale: 64.0,
+                verdict: ProbeVerdict::Pass,
+            },
+        ];
+        assert_eq!(
+            interval(&above, &p).end,
+            SearchEnd::AboveMax,
+            "settled on its last probe"
+        );
+        let open = vec![
+            Probe {
+                scale: 4.0,
+                verdict: ProbeVerdict::Pass
+            };
+            2
+        ];
+        assert_eq!(interval(&open, &p).end, SearchEnd::Budget);
+    }
+
+    #[test]
+    fn an_unsure_confirmation_is_not_retried_forever() {
+        let unsure = ProbeVerdict::NotSignificant {
+            passed: true,
+            reason: "few".into(),
+        };
+        let fail = ProbeVerdict::Fail {
+            missed: vec!["x".into()],
+        };
+        let mut probes = vec![
+            Probe {
+                scale: 10.0,
+                verdict: ProbeVerdict::Pass,
+            },
+            Probe {
+                scale: 10.5,
+                verdict: fail,
+            },
+        ];
+        let p = policy();
+        assert_eq!(next_probe(&probes, &p), Some(10.0), "the pass is confirmed");
+        probes.push(Probe {
+            scale: 10.0,
+            verdict: unsure.clone(),
+        });
+        assert_eq!(
+            next_probe(&probes, &p),
+            Some(10.0),
+            "an unsure confirmation is repeated"
+        );
+        probes.push(Probe {
+            scale: 10.0,
+            verdict: unsure,
+        });
+        assert_eq!(next_probe(&probes, &p), None, "then the search ends");
+        assert_eq!(interval(&probes, &p).end, SearchEnd::Converged);
     }
 
     #[test]

@@ -79,8 +79,9 @@ impl Capacity {
         normalised(&weights)
     }
 
-    /// The searches `node` runs: every tenant alone, then, for every shared mode among its
-    /// trials, one search per direction.
+    /// The searches `node` runs: every tenant alone, then, for `mps` and `timeslice` among its
+    /// trials, one search per direction. `exclusive` is not searched: its tenants take turns,
+    /// so each probe would test every tenant alone and count one GPU as several.
     pub fn searches(&self, node: &Node) -> Vec<Search> {
         let mut out: Vec<Search> = node
             .tenants
@@ -98,10 +99,9 @@ impl Capacity {
         }
         for kind in &node.trials {
             let mode = match kind {
-                TrialKind::Solo => continue,
+                TrialKind::Solo | TrialKind::Exclusive => continue,
                 TrialKind::Mps => SharingMode::Mps,
                 TrialKind::Timeslice => SharingMode::Timeslice,
-                TrialKind::Exclusive => SharingMode::Exclusive,
             };
             let tenants: Vec<usize> = (0..node.tenants.len()).collect();
             out.push(Search {

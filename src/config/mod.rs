@@ -664,6 +664,12 @@ impl Experiment {
     /// The YAML `text` with every relative file path in it (datasets) made absolute against
     /// `base`, so that an agent started elsewhere reads the same files.
     pub fn with_absolute_paths(text: &str, base: &std::path::Path) -> Result<String, ConfigError> {
+        // `x.yaml` has the parent "": the current folder.
+        let base = if base.as_os_str().is_empty() {
+            std::path::Path::new(".")
+        } else {
+            base
+        };
         let base = std::path::absolute(base).map_err(|e| ConfigError::Read {
             origin: base.display().to_string(),
             message: e.to_string(),

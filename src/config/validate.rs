@@ -19,6 +19,13 @@ const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 const DEFAULT_SWEEP_MAX_CONCURRENCY: u32 = 256;
 /// Most requests a tenant may keep in flight.
 const MAX_CONCURRENCY: u32 = 100_000;
+/// Highest request rate a tenant may be offered. One agent's load generator keeps its schedule
+/// within 1 ms up to about 400 streamed requests/s per tenant on two cores (`agent bench`), and
+/// no engine on one GPU serves 10,000 requests/s; a higher rate is a typo, and would only fill
+/// the agent's memory and disk with requests it cannot send on time.
+const MAX_RATE: f64 = 10_000.0;
+/// Longest name, so that `<name>.engine.jsonl` and the run folder stay file names everywhere.
+const MAX_NAME_LEN: usize = 64;
 /// Largest token count a length may ask for.
 const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
 /// Characters allowed in names that become file and folder names.
@@ -149,6 +156,13 @@ impl Checker {
             self.problem(
                 path,
                 format!("{name:?} is not a valid name: use letters, digits, '-', '_' or '.'"),
+            );
+            return None;
+        }
+        if name.len() > MAX_NAME_LEN || name.starts_with('.') {
+            self.problem(
+                path,
+                format!("{name:?} cannot name files and folders: at most {MAX_NAME_LEN} characters, not starting with '.'"),
             );
             return None;
         }
@@ -545,6 +559,13 @@ impl Checker {
         let rate = self.required(value, path)?;
         if !(rate.is_finite() && rate > 0.0) {
             self.problem(path, format!("rate must be > 0 requests/s, got {rate}"));
+            return None;
+        }
+        if rate > MAX_RATE {
+            self.problem(
+                path,
+                format!("{rate} requests/s is beyond what one node's load generator can send on schedule (at most {MAX_RATE}/s; about 400/s per tenant keep a 1 ms schedule on two cores)"),
+            );
             return None;
         }
         Some(rate)

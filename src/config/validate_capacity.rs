@@ -33,6 +33,9 @@ impl Checker {
         }
         let min_rate = raw.min_rate.unwrap_or(0.25);
         let max_rate = raw.max_rate.unwrap_or(256.0);
+        if max_rate > 10_000.0 {
+            self.problem("capacity.max_rate", format!("{max_rate} requests/s is beyond what one node's load generator can send on schedule (at most 10000/s)"));
+        }
         if !(min_rate.is_finite() && min_rate > 0.0) {
             self.problem(
                 "capacity.min_rate",

@@ -25,6 +25,9 @@ const ENGINE_METRICS_INTERVAL: Duration = Duration::from_secs(1);
 pub(super) struct Samplers {
     stop: CancellationToken,
     running: Vec<JoinHandle<()>>,
+    /// Stops them too when the trial gives up between start and stop (an I/O error), so the
+    /// trial's tracker never waits on a sampler nobody will stop.
+    _stop_on_drop: tokio_util::sync::DropGuard,
 }
 
 impl Samplers {
@@ -37,6 +40,7 @@ impl Samplers {
     ) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
         let mut running = Vec::new();
+        let guard = stop.clone().drop_guard();
         let host_stream =
             ctx.create_stream(trial, &StreamName::Host, StreamKind::Host, false, None)?;
         let engine_groups = slots
@@ -76,7 +80,11 @@ impl Samplers {
                 stop.clone(),
             )));
         }
-        Ok(Self { stop, running })
+        Ok(Self {
+            stop,
+            running,
+            _stop_on_drop: guard,
+        })
     }
 
     /// Stops every sampler and waits until each has closed its stream.

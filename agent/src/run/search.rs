@@ -5,7 +5,7 @@
 //! from its own files by the same analysis that later summarises them.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use multitenant::analysis::analyze_trial_folder;
@@ -20,6 +20,7 @@ use multitenant::layout::TrialDir;
 use super::context::RunContext;
 use super::log::TrialLog;
 use super::trial::{Halt, TrialRunner};
+use crate::loadgen::prompts::PromptFactory;
 
 /// What the solo searches of a run found: each tenant's highest passing rate, which the
 /// shared searches start from and region directions are drawn in.
@@ -169,6 +170,14 @@ impl RunContext {
                 // say again what it said.
                 slot.seed = self.tenant_seed(slot.tenant)
                     ^ u64::from(number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                // The engines stay up between probes: new prompts keep their prefix caches
+                // from answering a probe with an earlier probe's work.
+                let tokenizer = slot.workload.tokenizer.as_deref();
+                if let Ok((prompts, _)) =
+                    PromptFactory::new(&slot.workload.data, tokenizer, slot.seed)
+                {
+                    slot.prompts = Some(Arc::new(prompts));
+                }
             }
             let simulated = runner.slots.iter().any(|s| s.tenant.engine.is_simulated());
             let mut probe_log = TrialLog::open(self, &trial, simulated)?;

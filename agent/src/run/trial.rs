@@ -162,6 +162,8 @@ impl<'a> TrialRunner<'a> {
     /// samplers alongside, watching the engines; writes the prompts; judges the trial.
     pub(super) async fn measure(&mut self) -> Result<(), Halt> {
         let measuring = self.ctx.run.cancel.child_token();
+        // Ends the exit watchers on every way out of here, errors included.
+        let _end_watchers = measuring.clone().drop_guard();
         let watchers = self.watch_engine_exits(&measuring);
         let samplers = Samplers::start(self.ctx, &self.trial, &self.slots, &self.tasks)?;
         let mut streams = Vec::new();

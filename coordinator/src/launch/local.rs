@@ -24,6 +24,9 @@ const AGENT_STOP_TIMEOUT: Duration = Duration::from_secs(20);
 /// An agent process this coordinator started.
 pub struct LocalAgent {
     child: Child,
+    /// The write end of the agent's standard input: the agent lives while it is open, so it
+    /// dies with this process however this process ends (`--exit-with-stdin`).
+    _lifeline: Option<tokio::process::ChildStdin>,
     /// Where it listens.
     pub endpoint: AgentEndpoint,
 }
@@ -62,8 +65,9 @@ impl LocalAgent {
             .arg("127.0.0.1:0")
             .arg("--data-dir")
             .arg(data_dir)
+            .arg("--exit-with-stdin")
             .env(TOKEN_ENV, token.expose())
-            .stdin(Stdio::null())
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(log)
             .process_group(0)
@@ -93,8 +97,10 @@ impl LocalAgent {
                 log_path.display()
             ),
         };
+        let lifeline = child.stdin.take();
         Ok(Self {
             child,
+            _lifeline: lifeline,
             endpoint: AgentEndpoint {
                 url: format!("http://{addr}"),
                 token,

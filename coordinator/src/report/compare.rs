@@ -145,14 +145,11 @@ pub fn compare(summaries: &[Summary]) -> Vec<ComparedFigure> {
 }
 
 fn tenants(s: &Summary) -> Vec<(String, &TenantSummary)> {
-    s.nodes
-        .iter()
-        .flat_map(|n| {
-            n.trials.iter().flat_map(move |t| {
-                t.tenants
-                    .iter()
-                    .map(move |x| (format!("{}/{}/{}", n.node, t.trial, x.tenant), x))
-            })
+    s.trials()
+        .flat_map(|(node, t)| {
+            t.tenants
+                .iter()
+                .map(move |x| (format!("{node}/{}/{}", t.trial, x.tenant), x))
         })
         .collect()
 }

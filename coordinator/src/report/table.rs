@@ -276,8 +276,18 @@ pub fn render_table(summary: &Summary) -> String {
         out.push_str(&across);
         out.push('\n');
     }
+    for (node, trial) in summary.trials().filter(|(_, t)| !t.state.is_finished()) {
+        let reason = trial.reason.as_deref().unwrap_or("no reason was recorded");
+        out.push_str(&format!(
+            "trial {node}/{} {}: {reason}\n",
+            trial.trial, trial.state
+        ));
+    }
     for failure in summary.slo_misses() {
         out.push_str(&format!("SLO failed: {failure}\n"));
+    }
+    if summary.interrupted {
+        out.push_str("INTERRUPTED: the experiment was stopped before its end; the figures cover what was recorded until then\n");
     }
     for line in answer_scores(summary) {
         out.push_str(&format!("answers: {line}\n"));

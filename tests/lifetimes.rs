@@ -1,0 +1,218 @@
+//! What survives a coordinator's end, and what a pipeline reads from its exit code: a local
+//! agent dies with its coordinator even under SIGKILL, SIGTERM stops an experiment as Ctrl-C
+//! does (exit 4), a run where no trial finished exits 5 with each reason in the terminal, and
+//! a config named without a folder runs.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::{binaries, read_summary, results_dir};
+
+/// PIDs of processes whose command line mentions `needle` (the test's own folder).
+fn processes_mentioning(needle: &Path) -> Vec<i32> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(&needle) && cmdline.contains(" serve ") {
+            found.push(pid);
+        }
+    }
+    found
+}
+
+/// Waits up to `limit` for `done`, checking every 100 ms.
+fn wait_for(limit: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    done()
+}
+
+/// A one-tenant simulated experiment that measures for `duration`.
+fn long_config(dir: &Path, duration: &str) -> PathBuf {
+    let cfg = dir.join("long.yaml");
+    std::fs::write(
+        &cfg,
+        format!("name: long\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 5}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: {duration}}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants: [{{name: t, engine: {{kind: simulated}}, workload: w}}]\n"),
+    )
+    .expect("config");
+    cfg
+}
+
+/// Starts `coordinator run` on `cfg` and waits until its agent serves and a tenant stream
+/// reaches the experiment folder.
+fn start_run(tmp: &Path, cfg: &Path) -> Child {
+    let (_, coordinator) = binaries();
+    let child = Command::new(coordinator)
+        .arg("run")
+        .arg(cfg)
+        .arg("--output-dir")
+        .arg(tmp.join("runs"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("coordinator starts");
+    let streaming = wait_for(Duration::from_secs(60), || {
+        !processes_mentioning(tmp).is_empty()
+            && crate::support::files_under(&tmp.join("runs"))
+                .iter()
+                .any(|f| f.ends_with("t.jsonl"))
+    });
+    assert!(streaming, "the run did not start");
+    child
+}
+
+#[test]
+fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = long_config(tmp.path(), "60s");
+    let mut coordinator = start_run(tmp.path(), &cfg);
+    let agents = processes_mentioning(tmp.path());
+    assert_eq!(agents.len(), 1, "one local agent: {agents:?}");
+    coordinator.kill().expect("SIGKILL the coordinator");
+    coordinator.wait().expect("reaped");
+    let gone = wait_for(Duration::from_secs(5), || {
+        processes_mentioning(tmp.path()).is_empty()
+    });
+    assert!(
+        gone,
+        "the agent outlived its coordinator: {:?}",
+        processes_mentioning(tmp.path())
+    );
+    // It stopped its run and kept what it recorded.
+    let kept = crate::support::files_under(&tmp.path().join("runs"));
+    assert!(
+        kept.iter()
+            .any(|f| f.to_string_lossy().contains(".agent/n/") && f.ends_with("agent.jsonl")),
+        "{kept:?}"
+    );
+}
+
+#[test]
+fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = long_config(tmp.path(), "60s");
+    let coordinator = start_run(tmp.path(), &cfg);
+    let pid = Pid::from_raw(i32::try_from(coordinator.id()).expect("pid"));
+    kill(pid, Signal::SIGTERM).expect("SIGTERM");
+    let started = Instant::now();
+    let out = coordinator.wait_with_output().expect("coordinator ends");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("SIGTERM: stopping the experiment"),
+        "{stderr}"
+    );
+    assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+    let summary = read_summary(&results_dir(&stdout));
+    assert!(summary.interrupted);
+    assert!(
+        processes_mentioning(tmp.path()).is_empty(),
+        "agent left behind"
+    );
+}
+
+#[test]
+fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (agent, coordinator) = binaries();
+    let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vllm.sh");
+    let cfg = tmp.path().join("crash.yaml");
+    std::fs::write(
+        &cfg,
+        format!("name: crash\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 5}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: 20s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants: [{{name: t, workload: w, engine: {{kind: vllm, model: crash-after-2, executable: {}, startup_timeout: 10s, kv_cache_memory_bytes: 134217728, env: {{FAKE_VLLM_AGENT_BIN: {}}}}}}}]\n", fake.display(), agent.display()),
+    )
+    .expect("config");
+    let out = Command::new(coordinator)
+        .arg("run")
+        .arg(&cfg)
+        .arg("--output-dir")
+        .arg(tmp.path().join("runs"))
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("trial n/solo-t invalid: the engine of t exited during the trial"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("experiment crash"),
+        "the name is shown: {stdout}"
+    );
+    assert!(stderr.contains("no trial finished"), "{stderr}");
+}
+
+#[test]
+fn a_config_named_without_a_folder_runs() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    long_config(tmp.path(), "1s");
+    let (_, coordinator) = binaries();
+    let out = Command::new(coordinator)
+        .current_dir(tmp.path())
+        .args(["run", "long.yaml", "--output-dir", "runs"])
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let dir = results_dir(&stdout);
+    let dir = if dir.is_absolute() {
+        dir
+    } else {
+        tmp.path().join(dir)
+    };
+    assert!(read_summary(&dir)
+        .trials()
+        .all(|(_, t)| t.state.is_finished()));
+}
+
+#[test]
+fn absurd_rates_and_names_that_cannot_be_file_names_are_refused_with_the_bound() {
+    let config = |name: &str, rate: &str| {
+        format!("name: {name}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: {rate}}}, data: {{prompt_tokens: 8, output_tokens: 8}}, duration: 3s}}\nnodes:\n  - name: n\n    tenants: [{{name: t, engine: {{kind: simulated}}, workload: w}}]\n")
+    };
+    let refused = |yaml: String| {
+        multitenant::config::Experiment::from_yaml(&yaml, "x.yaml")
+            .expect_err("refused")
+            .to_string()
+    };
+    let fast = refused(config("ok", "1e9"));
+    assert!(
+        fast.contains("workloads.w.arrival.rate") && fast.contains("at most 10000/s"),
+        "{fast}"
+    );
+    for name in ["..", ".hidden", &"x".repeat(65)] {
+        let text = refused(config(name, "2"));
+        assert!(
+            text.contains("cannot name files and folders"),
+            "{name}: {text}"
+        );
+    }
+    assert!(multitenant::config::Experiment::from_yaml(&config("ok", "10000"), "x.yaml").is_ok());
+}
