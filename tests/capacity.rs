@@ -196,6 +196,15 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
         .definition
         .contains("GPU-equivalents"));
 
+    let csv = std::fs::read_to_string(dir.join("capacity.csv")).expect("capacity.csv");
+    // Two solo rows, then two tenants in each of three shared searches.
+    assert_eq!(csv.lines().count(), 1 + 2 + 6, "{csv}");
+    assert!(
+        csv.lines()
+            .nth(3)
+            .is_some_and(|l| l.starts_with("n,cap-mps,mps,a,")),
+        "{csv}"
+    );
     let region = dir.join("plots/n-capacity-region.svg");
     let svg = std::fs::read_to_string(&region).expect("capacity region plot");
     assert!(

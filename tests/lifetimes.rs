@@ -12,6 +12,17 @@ use nix::unistd::Pid;
 
 use crate::support::{binaries, read_summary, results_dir};
 
+/// These tests start, signal and kill whole coordinators with their agents; the start-ups
+/// compete for the two cores with the timing tests (a load-shape test saw 2.5 ms of schedule
+/// lag beside them), so `.ci/run` runs them alone with MULTITENANT_HEAVY_TESTS=1.
+fn alone(test: &str) -> bool {
+    let on = std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!("{test} skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
+    }
+    on
+}
+
 /// PIDs of processes whose command line mentions `needle` (the test's own folder).
 fn processes_mentioning(needle: &Path) -> Vec<i32> {
     let needle = needle.to_string_lossy().into_owned();
@@ -79,6 +90,9 @@ fn start_run(tmp: &Path, cfg: &Path) -> Child {
 
 #[test]
 fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
+    if !alone("a coordinator killed by sigkill takes its local agent with it") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = long_config(tmp.path(), "60s");
     let mut coordinator = start_run(tmp.path(), &cfg);
@@ -105,6 +119,9 @@ fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
 
 #[test]
 fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
+    if !alone("sigterm stops the experiment like ctrl c and exits 4") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = long_config(tmp.path(), "60s");
     let coordinator = start_run(tmp.path(), &cfg);
@@ -135,6 +152,9 @@ fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
 
 #[test]
 fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
+    if !alone("a run where no trial finished exits 5 and prints each reason") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let (agent, coordinator) = binaries();
     let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vllm.sh");
@@ -167,6 +187,9 @@ fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
 
 #[test]
 fn a_config_named_without_a_folder_runs() {
+    if !alone("a config named without a folder runs") {
+        return;
+    }
     let tmp = tempfile::tempdir().expect("tempdir");
     long_config(tmp.path(), "1s");
     let (_, coordinator) = binaries();

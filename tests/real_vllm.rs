@@ -173,3 +173,61 @@ fn per_token_latency_ms(stream: &Path) -> f64 {
     }
     span_ns as f64 / gaps as f64 / 1e6
 }
+
+/// A capacity search for two REAL vLLM servers (CPU build, tiny model, one core each): solo
+/// searches for both and a time-sliced shared search finish, with intervals, GPU-equivalents
+/// (or the reason there are none) and a verdict that analysis reproduces from the JSONL alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_by_analysis() {
+    if std::env::var("MULTITENANT_VLLM_TESTS").as_deref() != Ok("1") {
+        eprintln!("real vLLM capacity test skipped: set MULTITENANT_VLLM_TESTS=1");
+        return;
+    }
+    let bin = std::env::var("MULTITENANT_VLLM_BIN").expect("MULTITENANT_VLLM_BIN");
+    let model = std::env::var("MULTITENANT_VLLM_MODEL").expect("MULTITENANT_VLLM_MODEL");
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Short outputs and median bounds: a CPU server answers a few requests per second, and
+    // p50 needs only 10 completed requests per probe.
+    let config = format!(
+        "name: real-capacity\nslo: {{ttft_ms: {{p50: 400}}, tpot_ms: {{p50: 40}}}}\ncapacity: {{probe: {{warmup: 1s, duration: 5s}}, min_rate: 0.5, max_rate: 64, precision: 0.5, repeats: 0, max_probes: 6}}\nworkloads:\n  w: {{api: completions, arrival: {{kind: poisson, rate: 2}}, data: {{prompt_tokens: 16, output_tokens: 16}}, warmup: 0s, duration: 3s}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
+        tenant("a", 0, &bin, &model),
+        tenant("b", 1, &bin, &model)
+    );
+    let config_path = tmp.path().join("real-capacity.yaml");
+    std::fs::write(&config_path, config).expect("write config");
+    let agent = InProcessAgent::start(&tmp.path().join("agent")).await;
+    let endpoint = AgentEndpoint {
+        url: agent.url.clone(),
+        token: test_token(),
+        tls: None,
+    };
+    let outcome = run_experiment(
+        &config_path,
+        Some(&tmp.path().join("runs")),
+        Launch::Static(vec![endpoint]),
+        CancellationToken::new(),
+    )
+    .await
+    .expect("experiment");
+    let capacity = outcome.summary.capacity.clone().expect("capacity searched");
+    let node = &capacity.nodes[0];
+    eprintln!("real vLLM verdict: {}", node.verdict);
+    assert_eq!(node.solo.len(), 2);
+    for s in &node.solo {
+        let i = &s.interval;
+        eprintln!("{}: {} in {} probes", s.tenant, i.describe(), i.probes);
+        assert!(i.probes >= 1 && i.cut.is_none(), "{}: {i:?}", s.tenant);
+        assert_ne!(i.end, multitenant::capacity::SearchEnd::Unfinished, "{i:?}");
+    }
+    let shared = &node.shared[0];
+    assert_eq!(shared.mode, multitenant::config::SharingMode::Timeslice);
+    assert!(
+        shared.gpu_equivalents.is_some() || shared.no_verdict.is_some(),
+        "{shared:?}"
+    );
+    assert!(!node.verdict.is_empty());
+    // The same verdict, recomputed from the folder alone.
+    let again = multitenant::analysis::analyze_dir(&outcome.dir).expect("analysis");
+    assert_eq!(again.capacity.as_ref(), Some(&capacity));
+    assert!(!outcome.summary.simulated);
+}

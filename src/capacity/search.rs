@@ -86,6 +86,20 @@ pub enum SearchEnd {
     Unfinished,
 }
 
+impl SearchEnd {
+    /// The name written into summaries and CSV.
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchEnd::Converged => "converged",
+            SearchEnd::AboveMax => "above_max",
+            SearchEnd::NoneMeets => "none_meets",
+            SearchEnd::Cut => "cut",
+            SearchEnd::Budget => "budget",
+            SearchEnd::Unfinished => "unfinished",
+        }
+    }
+}
+
 /// What the probes of a search prove.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Interval {

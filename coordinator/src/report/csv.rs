@@ -132,6 +132,61 @@ pub fn render_csv(summary: &Summary) -> String {
     out
 }
 
+/// `capacity.csv`: one row per capacity search and tenant (solo searches have one tenant;
+/// shared ones a row per tenant at the search's highest passing total), with the search's
+/// interval, probe count and, for shared searches, GPU-equivalents. `None` without a search.
+pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
+    let capacity = summary.capacity.as_ref()?;
+    let mut out = String::from(
+        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved\n",
+    );
+    for node in &capacity.nodes {
+        for s in &node.solo {
+            let i = &s.interval;
+            let row = [
+                field(&node.node),
+                field(&s.search),
+                "solo".into(),
+                field(&s.tenant),
+                "1".into(),
+                number(i.passed),
+                number(i.failed),
+                i.end.name().into(),
+                i.probes.to_string(),
+                i.not_significant.to_string(),
+                NO_DATA.into(),
+                NO_DATA.into(),
+                NO_DATA.into(),
+            ];
+            out.push_str(&row.join(","));
+            out.push('\n');
+        }
+        for s in &node.shared {
+            let i = &s.interval;
+            for t in &s.tenants {
+                let row = [
+                    field(&node.node),
+                    field(&s.search),
+                    s.mode.name().into(),
+                    field(&t.tenant),
+                    number(s.shares.get(&t.tenant).copied()),
+                    number(t.passed_rps),
+                    number(t.failed_rps),
+                    i.end.name().into(),
+                    i.probes.to_string(),
+                    i.not_significant.to_string(),
+                    number(t.of_solo),
+                    number(s.gpu_equivalents),
+                    number(s.gpus_saved),
+                ];
+                out.push_str(&row.join(","));
+                out.push('\n');
+            }
+        }
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

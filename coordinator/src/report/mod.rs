@@ -34,6 +34,9 @@ pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> 
     }
     write(&folder.file(layout::SUMMARY_JSON), &json)?;
     write(&folder.file(layout::SUMMARY_CSV), &render_csv(summary))?;
+    if let Some(csv) = csv::render_capacity_csv(summary) {
+        write(&folder.file(layout::CAPACITY_CSV), &csv)?;
+    }
     write(
         &folder.file(layout::REPORT_HTML),
         &render_html(summary, &plots, &series),
