@@ -318,35 +318,65 @@ pub async fn execute(command: cli::Command) -> anyhow::Result<Verdict> {
 /// say what is still being waited for, and which clusters are still up; leaving early would
 /// orphan the agents and clusters this process started.
 pub async fn cancel_on_ctrl_c(cancel: CancellationToken) {
+    use std::io::Write;
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut hup)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::hangup()),
-    ) else {
-        eprintln!("cannot watch SIGTERM and SIGHUP; only Ctrl-C stops the experiment in order");
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = writeln!(
+            std::io::stderr(),
+            "cannot watch SIGTERM; only Ctrl-C stops the experiment in order"
+        );
         if tokio::signal::ctrl_c().await.is_ok() {
             cancel.cancel();
         }
         return;
     };
+    // Under `nohup` SIGHUP is ignored, and a run meant to outlive its terminal must not stop
+    // when it closes: watching the signal would undo that.
+    let mut hup = if sighup_ignored() {
+        None
+    } else {
+        signal(SignalKind::hangup()).ok()
+    };
     let mut first = true;
     loop {
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => h.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         let name = tokio::select! {
             r = tokio::signal::ctrl_c() => match r { Ok(()) => "Ctrl-C", Err(_) => return },
             _ = term.recv() => "SIGTERM",
-            _ = hup.recv() => "SIGHUP",
+            _ = hangup => "SIGHUP",
         };
+        // Stop first: after a hangup the terminal is gone and writing to it fails.
+        cancel.cancel();
+        let mut stderr = std::io::stderr();
         if first {
-            eprintln!(
+            let _ = writeln!(
+                stderr,
                 "{name}: stopping the experiment; collecting what was recorded, then tearing down"
             );
-            cancel.cancel();
             first = false;
             continue;
         }
-        eprintln!("still stopping: agents are closing their records and will be killed after 20 s at most");
+        let _ = writeln!(stderr, "still stopping: agents are closing their records and will be killed after 20 s at most");
         if let Some(clusters) = skypilot::still_up() {
-            eprintln!("{clusters}");
+            let _ = writeln!(stderr, "{clusters}");
         }
     }
+}
+
+/// Whether this process ignores SIGHUP (it was started under `nohup`), read from the
+/// kernel's view of it (`SigIgn` in /proc/self/status, bit 0 being SIGHUP).
+fn sighup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok())
+        .is_some_and(|mask| mask & 1 == 1)
 }

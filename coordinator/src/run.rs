@@ -149,17 +149,30 @@ async fn run_with(
         };
         Some(run_nodes(&node_run, launched.nodes, &cancel).await)
     };
+    // Read before the teardown: a signal during it does not make a complete run interrupted.
+    let interrupted = cancel.is_cancelled();
+    if interrupted {
+        // Recorded in the folder, so a later `analyze --write` keeps it.
+        let marker = ExperimentDir::new(run.dir).file(layout::INTERRUPTED_FILE);
+        std::fs::write(
+            &marker,
+            "stopped by Ctrl-C, SIGTERM or SIGHUP before its end\n",
+        )
+        .with_context(|| format!("writing {}", marker.display()))?;
+    }
     let teardown = launcher.tear_down().await;
     report_teardown(&teardown);
-    let (nodes, failures) = match ran {
+    let (nodes, mut failures) = match ran {
         Some(ran) => ran,
-        // Interrupted before any node ran: the summary says so, the exit code too.
-        None if launch_failures.is_empty() => (Vec::new(), Vec::new()),
         None => (Vec::new(), launch_failures),
     };
     let mut summary = analyze_dir(run.dir).context("analysing the collected streams")?;
     summary.warnings.extend(teardown.notes);
-    summary.interrupted = cancel.is_cancelled();
+    if interrupted {
+        // What an interruption cut (a launch abandoned, a node stopped midway) is its
+        // consequence, not another failure: the summary names it, the exit code is 4.
+        summary.warnings.append(&mut failures);
+    }
     report::write_summary_files(run.dir, &summary)?;
     if !teardown.failures.is_empty() {
         let mut all = failures;

@@ -45,8 +45,8 @@ pub struct Summary {
     /// The SLO capacity searches and their verdict, when the experiment ran any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capacity: Option<CapacitySummary>,
-    /// The experiment was stopped before its end (Ctrl-C, SIGTERM, SIGHUP); set by the
-    /// coordinator that ran it.
+    /// The experiment was stopped before its end (Ctrl-C, SIGTERM, SIGHUP), as the
+    /// coordinator that ran it recorded in the folder (`interrupted`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub interrupted: bool,
 }
@@ -367,6 +367,7 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         capacity: None,
         interrupted: false,
     };
+    summary.interrupted = experiment.file(crate::layout::INTERRUPTED_FILE).is_file();
     let mut capacities = Vec::new();
     let mut plan = read_plan(&experiment, &mut summary.warnings);
     // The plan names the experiment even when no stream made it into the folder.

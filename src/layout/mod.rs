@@ -5,6 +5,7 @@
 //!   config.yaml            the config as given
 //!   plan.json              what the coordinator planned ([`Plan`])
 //!   summary.json, summary.csv, capacity.csv, summary.<peer>.json, report.html, plots/*.svg
+//!   interrupted            present when the run was stopped before its end
 //!   ca.pem                 the experiment's CA (TLS launches)
 //!   clusters.json          SkyPilot clusters and their states; skypilot/ their task files
 //!   .agent/<node>/         a local agent's own data folder; .agent/<node>.log its log
@@ -33,6 +34,8 @@ pub const PLAN_FILE: &str = "plan.json";
 pub const SUMMARY_JSON: &str = "summary.json";
 /// One CSV row per tenant and trial.
 pub const SUMMARY_CSV: &str = "summary.csv";
+/// Present when the experiment was stopped before its end (Ctrl-C, SIGTERM, SIGHUP).
+pub const INTERRUPTED_FILE: &str = "interrupted";
 /// One CSV row per capacity search and tenant.
 pub const CAPACITY_CSV: &str = "capacity.csv";
 /// The self-contained report page.

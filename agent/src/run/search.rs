@@ -170,8 +170,9 @@ impl RunContext {
                 // say again what it said.
                 slot.seed = self.tenant_seed(slot.tenant)
                     ^ u64::from(number).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-                // The engines stay up between probes: new prompts keep their prefix caches
-                // from answering a probe with an earlier probe's work.
+                // The engines stay up between probes: new synthetic prompts keep their prefix
+                // caches from answering a probe with an earlier probe's work (a dataset's
+                // entries are only drawn in another order).
                 let tokenizer = slot.workload.tokenizer.as_deref();
                 if let Ok((prompts, _)) =
                     PromptFactory::new(&slot.workload.data, tokenizer, slot.seed)
