@@ -52,6 +52,21 @@ pub struct Summary {
 }
 
 impl Summary {
+    /// A summary of nothing yet, in this version's layout.
+    fn empty() -> Self {
+        Self {
+            schema_version: SUMMARY_SCHEMA_VERSION.into(),
+            experiment: String::new(),
+            simulated: false,
+            definitions: Definitions::default(),
+            nodes: Vec::new(),
+            across_nodes: Vec::new(),
+            warnings: Vec::new(),
+            capacity: None,
+            interrupted: false,
+        }
+    }
+
     /// Every trial of every node at a fixed load (capacity probes left out), with its node's
     /// name, in node then run order.
     pub fn trials(&self) -> impl Iterator<Item = (&str, &TrialSummary)> {
@@ -356,17 +371,7 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
     if !experiment.is_experiment() {
         return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
     }
-    let mut summary = Summary {
-        schema_version: SUMMARY_SCHEMA_VERSION.into(),
-        experiment: String::new(),
-        simulated: false,
-        definitions: Definitions::default(),
-        nodes: Vec::new(),
-        across_nodes: Vec::new(),
-        warnings: Vec::new(),
-        capacity: None,
-        interrupted: false,
-    };
+    let mut summary = Summary::empty();
     summary.interrupted = experiment.file(crate::layout::INTERRUPTED_FILE).is_file();
     let mut capacities = Vec::new();
     let mut plan = read_plan(&experiment, &mut summary.warnings);
@@ -521,17 +526,7 @@ enum Folder {
 /// Analyses one trial folder on its own (its warnings dropped): what the agent reads of a
 /// probe it has just run, to choose the next.
 pub fn analyze_trial_folder(trial_dir: &TrialDir) -> Result<TrialSummary, AnalysisError> {
-    let mut scratch = Summary {
-        schema_version: SUMMARY_SCHEMA_VERSION.into(),
-        experiment: String::new(),
-        simulated: false,
-        definitions: Definitions::default(),
-        nodes: Vec::new(),
-        across_nodes: Vec::new(),
-        warnings: Vec::new(),
-        capacity: None,
-        interrupted: false,
-    };
+    let mut scratch = Summary::empty();
     match analyze_trial(trial_dir, None, &mut scratch)? {
         Folder::Trial(measured) => Ok(measured.0),
         Folder::Search(search) => Err(AnalysisError::NotATrial {
