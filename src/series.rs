@@ -161,17 +161,20 @@ fn read_trial(trial_dir: &TrialDir) -> Result<Option<TrialSeries>, AnalysisError
             })
             .collect();
         requests.sort_by_key(|r| r.sent_ns);
-        let answers = read_stream(&trial_dir.stream(&StreamName::Prompts(tenant.name.clone())))
-            .map(|s| {
-                s.events
-                    .into_iter()
-                    .filter_map(|l| match l.event {
-                        Event::Prompt(p) if p.response.is_some() => Some(p),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
+        let mut answers: Vec<_> =
+            read_stream(&trial_dir.stream(&StreamName::Prompts(tenant.name.clone())))
+                .map(|s| {
+                    s.events
+                        .into_iter()
+                        .filter_map(|l| match l.event {
+                            Event::Prompt(p) if p.response.is_some() => Some(p),
+                            _ => None,
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+        // Written as requests end; kept in request order (ids are zero-padded).
+        answers.sort_by(|a, b| a.id.cmp(&b.id));
         tenants.push(TenantSeries {
             tenant: tenant.name.clone(),
             offered_rate: tenant.offered_rate,

@@ -163,6 +163,73 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_nobody_calls_about_stops_when_its_lease_lapses_and_an_idle_agent_exits() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let mut agent = AgentProcess::spawn_with(tmp.path(), None, &["--exit-when-idle", "10s"]).await;
+    let leased = format!(
+        "{}launcher: {{lease: 6s}}\n",
+        config(&[tenant("a", "ok", "")], "[solo]", "60s", "")
+    );
+    start_run_at(&agent.url, "forgotten", &leased).await;
+    let called = tokio::time::Instant::now();
+    let agent_log = tmp.path().join("forgotten/solo-a/agent.jsonl");
+    let group = loop {
+        let groups = if read_stream(&agent_log).is_ok() {
+            process_groups(&engine_story(&agent_log).0)
+        } else {
+            Vec::new()
+        };
+        if let [group] = groups[..] {
+            break group;
+        }
+        assert!(called.elapsed() < Duration::from_secs(30), "no engine");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    // Nobody calls: six seconds after the start call the run stops, its engine ends and the
+    // trial's end is recorded.
+    let end = loop {
+        let (_, end) = engine_story(&agent_log);
+        if let (Some(end), true) = (end, group_gone(group)) {
+            break end;
+        }
+        assert!(
+            called.elapsed() < Duration::from_secs(30),
+            "the run outlived its lease"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(end.0, TrialState::Stopped);
+    let reason = end.1.unwrap_or_default();
+    assert!(reason.contains("its lease lapsed"), "{reason}");
+    assert!(called.elapsed() >= Duration::from_secs(6), "stopped early");
+    let mut client = multitenant::proto::v1::agent_client::AgentClient::connect(agent.url.clone())
+        .await
+        .expect("connect");
+    let get = multitenant::proto::v1::GetRunRequest {
+        run_id: "forgotten".into(),
+    };
+    let run = client
+        .get_run(
+            crate::support::test_token()
+                .attach(tonic::Request::new(get))
+                .expect("attach"),
+        )
+        .await
+        .expect("get")
+        .into_inner();
+    assert_eq!(run.state, "stopped");
+    assert!(run.error.contains("lease lapsed"), "{}", run.error);
+    // No run and no call for 10 s: the agent exits by itself, cleanly.
+    let asked = tokio::time::Instant::now();
+    let status = tokio::time::timeout(Duration::from_secs(25), agent.child.wait())
+        .await
+        .expect("the idle agent exits")
+        .expect("reaped");
+    assert!(status.success(), "{status}");
+    assert!(asked.elapsed() >= Duration::from_secs(9), "exited early");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_port_in_use_or_a_missing_model_is_refused_before_any_engine_starts() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let agent = InProcessAgent::start(tmp.path()).await;

@@ -1,5 +1,6 @@
 //! What survives a coordinator's end, and what a pipeline reads from its exit code: a local
-//! agent dies with its coordinator even under SIGKILL, SIGTERM stops an experiment as Ctrl-C
+//! agent dies with its coordinator even under SIGKILL, an agent's death is reported within
+//! seconds with its prompt record kept, SIGTERM stops an experiment as Ctrl-C
 //! does (exit 4), a run where no trial finished exits 5 with each reason in the terminal, and
 //! a config named without a folder runs.
 
@@ -116,6 +117,77 @@ fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
         kept.iter()
             .any(|f| f.to_string_lossy().contains(".agent/n/") && f.ends_with("agent.jsonl")),
         "{kept:?}"
+    );
+}
+
+#[test]
+fn an_agent_killed_by_sigkill_is_reported_within_5_s_and_its_prompts_are_kept() {
+    if !alone("an agent killed by sigkill is reported within 5 s and its prompts are kept") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = long_config(tmp.path(), "60s");
+    let mut coordinator = start_run(tmp.path(), &cfg);
+    // Let some requests end, so there are prompts to keep.
+    std::thread::sleep(Duration::from_secs(2));
+    let stderr = coordinator.stderr.take().expect("stderr");
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = lines_tx.send((Instant::now(), line));
+        }
+    });
+    let agents = processes_mentioning(tmp.path());
+    assert_eq!(agents.len(), 1, "one local agent: {agents:?}");
+    kill(Pid::from_raw(agents[0]), Signal::SIGKILL).expect("SIGKILL the agent");
+    let killed = Instant::now();
+    let out = coordinator.wait_with_output().expect("coordinator ends");
+    let printed: Vec<(Instant, String)> = lines.try_iter().collect();
+    let all: String = printed.iter().map(|(_, l)| format!("{l}\n")).collect();
+    let (seen, line) = printed
+        .iter()
+        .find(|(_, l)| l.contains("the agent is gone"))
+        .unwrap_or_else(|| panic!("the death was not reported:\n{all}"));
+    assert!(
+        seen.duration_since(killed) < Duration::from_secs(5),
+        "reported {:?} after the kill: {line}",
+        seen.duration_since(killed)
+    );
+    assert!(line.contains("node n"), "{line}");
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    // The agent's own copy: every request its tenant stream recorded has its prompt (but
+    // for one that ended in the instant of the kill).
+    let kept = crate::support::files_under(&tmp.path().join("runs"));
+    let prompts_path = kept
+        .iter()
+        .find(|f| f.to_string_lossy().contains("/.agent/") && f.ends_with("t.prompts.jsonl"))
+        .unwrap_or_else(|| panic!("no prompt record kept: {kept:?}"));
+    let prompts_path = tmp.path().join("runs").join(prompts_path);
+    let prompts = multitenant::events::read_stream(&prompts_path).expect("prompts readable");
+    let prompt_ids: std::collections::BTreeSet<String> = prompts
+        .events
+        .iter()
+        .filter_map(|l| match &l.event {
+            multitenant::events::Event::Prompt(p) => Some(p.id.clone()),
+            _ => None,
+        })
+        .collect();
+    let requests = multitenant::events::read_stream(&prompts_path.with_file_name("t.jsonl"))
+        .expect("tenant stream readable");
+    let request_ids: Vec<String> = requests.requests().map(|r| r.id.clone()).collect();
+    assert!(request_ids.len() >= 5, "{} requests", request_ids.len());
+    let missing = request_ids
+        .iter()
+        .filter(|id| !prompt_ids.contains(*id))
+        .count();
+    assert!(
+        missing <= 1,
+        "{missing} of {} requests lost their prompt",
+        request_ids.len()
     );
 }
 

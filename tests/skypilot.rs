@@ -455,10 +455,10 @@ fn planned_task_files_are_what_skypilot_reads() {
             secrets.values().all(serde_yaml::Value::is_null),
             "secret values never in the file"
         );
-        assert!(task["run"]
-            .as_str()
-            .expect("run")
-            .contains("serve --listen 0.0.0.0:7777 --tls"));
+        let run = task["run"].as_str().expect("run");
+        assert!(run.contains("serve --listen 0.0.0.0:7777 --tls"), "{run}");
+        // The agent ends its job once idle for a lease, so autostop can take the node down.
+        assert!(run.contains("--exit-when-idle 180s"), "{run}");
         let mounts = task["file_mounts"].as_mapping().expect("mounts");
         assert!(mounts
             .keys()

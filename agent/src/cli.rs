@@ -43,6 +43,11 @@ pub enum Command {
         /// every run, end its engines, keep its files, and exit.
         #[arg(long)]
         exit_with_stdin: bool,
+        /// Exit once no run is running and no authenticated call came for this long (e.g.
+        /// 3m): launchers start agents this way, so a node whose coordinator is gone ends its
+        /// runs (by their lease), then exits, and the node can go idle.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        exit_when_idle: Option<std::time::Duration>,
     },
     /// Check what this node has (GPUs, driver, compute mode, MPS, vLLM, disk, memory) and which
     /// sharing modes it can run; one line per check.

@@ -8,7 +8,8 @@
 //! - [`recorder`]: the JSONL files on disk and the resumable reading behind `StreamEvents`.
 //! - [`host`], [`gpu`]: node sampling and GPU discovery; [`mps`]: the MPS daemon of a trial.
 //! - [`mod@doctor`]: what a node has and which sharing modes it can run.
-//! - [`clock`]: the run's monotonic clock.
+//! - [`clock`]: the run's monotonic clock; [`lease`]: runs and agents end when the
+//!   coordinator is gone.
 //! - [`mod@bench`]: the load generator measured against the simulated engine.
 
 pub mod bench;
@@ -19,6 +20,7 @@ pub mod engine;
 pub mod engine_metrics;
 pub mod gpu;
 pub mod host;
+pub mod lease;
 pub mod loadgen;
 pub mod mps;
 pub mod recorder;
@@ -59,18 +61,34 @@ fn require_loopback(addr: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `agent serve`: serves until `shutdown`, then stops every run and waits for their records.
+/// Where and how `agent serve` serves.
+pub struct ServeSettings {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Folder of the runs.
+    pub data_dir: PathBuf,
+    /// The `nvidia-cuda-mps-control` that `mps` trials use.
+    pub mps_control: PathBuf,
+    /// Exit once no run runs and no call came for this long.
+    pub exit_when_idle: Option<std::time::Duration>,
+}
+
+/// `agent serve`: serves until `shutdown` (or, with `exit_when_idle`, until it is idle that
+/// long), then stops every run and waits for their records.
 /// With `tls`, it may listen on any address; without, only on loopback.
-/// `mps_control` is the `nvidia-cuda-mps-control` that `mps` trials use.
 /// Prints `listening on <addr>` on stdout once bound, for whoever started it.
 pub async fn serve(
-    listen: SocketAddr,
-    data_dir: PathBuf,
-    mps_control: PathBuf,
+    settings: ServeSettings,
     token: BearerToken,
     tls: Option<server::ServerTls>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    let ServeSettings {
+        listen,
+        data_dir,
+        mps_control,
+        exit_when_idle,
+    } = settings;
     if tls.is_none() {
         require_loopback(listen)?;
     }
@@ -86,9 +104,36 @@ pub async fn serve(
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}")?;
     stdout.flush()?;
+    if let Some(idle) = exit_when_idle {
+        tokio::spawn(exit_when_idle_for(runs.clone(), idle, shutdown.clone()));
+    }
     let served = server::serve(listener, runs.clone(), token, tls, shutdown.clone()).await;
     runs.shutdown().await;
     served.context("the gRPC server failed")
+}
+
+/// Cancels `shutdown` once no run is running and no authenticated call came for `idle`.
+async fn exit_when_idle_for(
+    runs: Arc<run::RunManager>,
+    idle: std::time::Duration,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let Some(silent) = lease::lapse(runs.contact(), idle, &shutdown).await else {
+            return;
+        };
+        if !runs.any_running() {
+            eprintln!(
+                "no run and no call for {}: exiting (--exit-when-idle {})",
+                humantime::format_duration(std::time::Duration::from_secs(silent.as_secs())),
+                humantime::format_duration(idle)
+            );
+            shutdown.cancel();
+            return;
+        }
+        // A run still runs: its own lease ends it; look again soon after.
+        tokio::time::sleep(lease::CHECK_EVERY).await;
+    }
 }
 
 /// `agent doctor`: prints one line per check of what this node has.
@@ -166,6 +211,7 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             token_file,
             mps_control,
             exit_with_stdin,
+            exit_when_idle,
         } => {
             if exit_with_stdin {
                 stop_when_stdin_closes(shutdown.clone());
@@ -177,7 +223,13 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             };
             match (load_token(token_file.as_deref()), tls) {
                 (Ok(token), Ok(tls)) => {
-                    serve(listen, data_dir, mps_control, token, tls, shutdown).await
+                    let settings = ServeSettings {
+                        listen,
+                        data_dir,
+                        mps_control,
+                        exit_when_idle,
+                    };
+                    serve(settings, token, tls, shutdown).await
                 }
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }

@@ -26,6 +26,11 @@ use crate::run::{Run, RunManager, RunState, StartError};
 /// Most bytes sent in one `EventChunk`.
 const CHUNK_BYTES: u64 = 256 * 1024;
 
+/// How often an idle connection is pinged.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 /// The service implementation.
 pub struct AgentService {
     runs: Arc<RunManager>,
@@ -37,10 +42,14 @@ impl AgentService {
         Self { runs }
     }
 
+    /// The run `id`, its lease renewed: a call about a run shows its coordinator is there.
     fn run(&self, id: &str) -> Result<Arc<Run>, Status> {
-        self.runs
+        let run = self
+            .runs
             .get(id)
-            .ok_or_else(|| Status::not_found(format!("this agent has no run {id:?}")))
+            .ok_or_else(|| Status::not_found(format!("this agent has no run {id:?}")))?;
+        run.renew();
+        Ok(run)
     }
 }
 
@@ -52,9 +61,19 @@ pub async fn serve(
     tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let service =
-        AgentServer::with_interceptor(AgentService::new(runs), move |req| token.check(req));
-    let mut builder = tonic::transport::Server::builder();
+    let contact = runs.contact().clone();
+    let service = AgentServer::with_interceptor(AgentService::new(runs), move |req| {
+        let checked = token.check(req);
+        if checked.is_ok() {
+            contact.renew();
+        }
+        checked
+    });
+    // Pings find a coordinator that vanished without closing its connection (a sleeping
+    // laptop, a cut link): its event stream ends, and stops renewing the run's lease.
+    let mut builder = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT));
     if let Some(tls) = tls {
         builder = builder.tls_config(
             ServerTlsConfig::new()
@@ -192,7 +211,7 @@ impl Agent for AgentService {
             state: state.name().into(),
             error: match state {
                 RunState::Failed(e) => e,
-                _ => String::new(),
+                _ => run.stop_reason().unwrap_or_default(),
             },
             streams,
             trials: run.trials.clone(),
@@ -224,6 +243,8 @@ async fn follow(
     let mut changes = run.streams.subscribe();
     loop {
         changes.borrow_and_update();
+        // An open stream the client still reads is a coordinator that is there.
+        run.renew();
         let ended = run.state() != RunState::Running;
         let mut sent_any = false;
         let mut all_drained = true;

@@ -67,6 +67,10 @@ pub async fn connect(
     let mut builder = Endpoint::from_shared(endpoint.to_owned())
         .with_context(|| format!("{endpoint:?} is not a valid agent address"))?
         .connect_timeout(Duration::from_secs(5))
+        // Pings find an agent whose machine vanished without closing the connection.
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true)
         .tcp_nodelay(true);
     if let Some(tls) = tls {
         builder = builder

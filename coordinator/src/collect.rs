@@ -20,8 +20,9 @@ use sha2::{Digest, Sha256};
 use crate::agent_client::Client;
 use crate::progress::Progress;
 
-/// Attempts to (re)open the event stream before the collector gives up on an agent.
-const MAX_ATTEMPTS: u32 = 30;
+/// How long nothing may listen at the agent's address (connection refused) before the agent
+/// is reported dead: a refusal is an answer from its machine, not a slow network.
+const REFUSED_FOR: Duration = Duration::from_secs(2);
 
 /// What collecting a run took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,17 +48,21 @@ pub struct Collector<'a> {
     node_dir: PathBuf,
     streams: HashMap<String, LocalStream>,
     progress: &'a Progress,
+    /// The run's lease: an agent unreachable for longer has stopped the run by itself.
+    lease: Duration,
 }
 
 impl<'a> Collector<'a> {
-    /// A collector for `node`, writing under `node_dir`, reporting to `progress`. Streams
-    /// already in `node_dir` (from an earlier attempt) are resumed from their line counts.
-    pub fn new(node: &str, node_dir: &Path, progress: &'a Progress) -> Self {
+    /// A collector for `node`, writing under `node_dir`, reporting to `progress`; it gives
+    /// up on an agent unreachable for longer than `lease`. Streams already in `node_dir`
+    /// (from an earlier attempt) are resumed from their line counts.
+    pub fn new(node: &str, node_dir: &Path, progress: &'a Progress, lease: Duration) -> Self {
         Self {
             node: node.to_owned(),
             node_dir: node_dir.to_owned(),
             streams: HashMap::new(),
             progress,
+            lease,
         }
     }
 
@@ -67,8 +72,9 @@ impl<'a> Collector<'a> {
         client: &mut Client,
         run_id: &str,
     ) -> anyhow::Result<CollectReport> {
-        let mut attempts = 0;
+        let mut attempts: u32 = 0;
         let mut resumes = 0;
+        let mut unreachable = Unreachable::default();
         loop {
             let cursors = self
                 .streams
@@ -85,6 +91,7 @@ impl<'a> Collector<'a> {
             let broken = match client.stream_events(request).await {
                 Ok(response) => {
                     attempts = 0;
+                    unreachable = Unreachable::default();
                     let mut chunks = response.into_inner();
                     loop {
                         match chunks.message().await {
@@ -109,11 +116,9 @@ impl<'a> Collector<'a> {
             let Some(status) = broken else { break };
             attempts += 1;
             resumes += 1;
-            if attempts > MAX_ATTEMPTS {
-                bail!(
-                    "node {}: the event stream kept failing ({attempts} attempts), last: {status}",
-                    self.node
-                );
+            let reason = crate::agent_client::with_sources(&status);
+            if let Some(verdict) = unreachable.judge(&reason, self.lease) {
+                bail!("node {}: {verdict} (last error: {reason})", self.node);
             }
             tracing::warn!(
                 "node {}: event stream broke ({}); resuming",
@@ -267,6 +272,41 @@ impl<'a> Collector<'a> {
     }
 }
 
+/// How long an agent has been out of reach, and whether to go on trying.
+#[derive(Debug, Default)]
+struct Unreachable {
+    /// Since the first failure in a row.
+    since: Option<std::time::Instant>,
+    /// Since the first refused connection in a row.
+    refused_since: Option<std::time::Instant>,
+}
+
+impl Unreachable {
+    /// Records a failure described by `reason`; says why to give up, or `None` to retry.
+    fn judge(&mut self, reason: &str, lease: Duration) -> Option<String> {
+        let now = std::time::Instant::now();
+        let since = *self.since.get_or_insert(now);
+        if reason.contains("Connection refused") {
+            let refused = *self.refused_since.get_or_insert(now);
+            if now - refused >= REFUSED_FOR {
+                return Some(format!(
+                    "the agent is gone: nothing listens at its address any more (connection refused for {:.1} s); it died or was killed",
+                    (now - refused).as_secs_f64()
+                ));
+            }
+        } else {
+            self.refused_since = None;
+        }
+        (now - since >= lease).then(|| {
+            format!(
+                "the agent was out of reach for {} s, longer than the run's lease ({} s): it has stopped the run by itself; its files stay on the node",
+                (now - since).as_secs(),
+                lease.as_secs()
+            )
+        })
+    }
+}
+
 /// Accepts `trial/stream.jsonl`-like relative paths only: no `..`, no absolute paths.
 fn checked_rel_path(path: &str) -> anyhow::Result<PathBuf> {
     let p = Path::new(path);
@@ -280,6 +320,32 @@ fn checked_rel_path(path: &str) -> anyhow::Result<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refused_connection_is_a_dead_agent_within_seconds_a_slow_one_waits_for_the_lease() {
+        let lease = Duration::from_secs(3600);
+        let mut refused = Unreachable::default();
+        let refusal = "transport error: tcp connect error: Connection refused (os error 111)";
+        assert_eq!(
+            refused.judge(refusal, lease),
+            None,
+            "the first refusal retries"
+        );
+        refused.refused_since = Some(std::time::Instant::now() - REFUSED_FOR);
+        let verdict = refused
+            .judge(refusal, lease)
+            .expect("dead after REFUSED_FOR");
+        assert!(verdict.contains("the agent is gone"), "{verdict}");
+
+        let mut slow = Unreachable::default();
+        let timeout = "transport error: timed out";
+        assert_eq!(slow.judge(timeout, lease), None);
+        slow.since = Some(std::time::Instant::now() - Duration::from_secs(600));
+        assert_eq!(slow.judge(timeout, lease), None, "within the lease");
+        slow.since = Some(std::time::Instant::now() - lease);
+        let verdict = slow.judge(timeout, lease).expect("past the lease");
+        assert!(verdict.contains("longer than the run's lease"), "{verdict}");
+    }
 
     #[test]
     fn stream_paths_cannot_leave_the_run_folder() {

@@ -303,7 +303,8 @@ async fn drive_node(
             eprintln!("the agent did not take the stop request: {}", e.message());
         }
     });
-    let mut collector = Collector::new(&node.name, &node_dir, progress);
+    let lease = run.experiment.launcher.lease;
+    let mut collector = Collector::new(&node.name, &node_dir, progress, lease);
     let report = collector.collect(&mut client, run.run_id).await;
     watch_cancel.abort();
     if report.is_err() {

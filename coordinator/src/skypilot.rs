@@ -93,14 +93,23 @@ pub fn node_config(sent_config: &str, files: &[(PathBuf, String)]) -> anyhow::Re
     })?)
 }
 
+/// What every node's task of one experiment shares.
+struct TaskCommon<'a> {
+    settings: &'a SkyPilotSettings,
+    agent_binary: &'a Path,
+    files: &'a [(PathBuf, String)],
+    /// The experiment's `launcher.lease`: the agent exits once idle for as long.
+    lease: Duration,
+}
+
 /// The task YAML of one node, and the secrets its launch must pass.
-pub fn task(
-    node: &Node,
-    settings: &SkyPilotSettings,
-    cluster: &str,
-    agent_binary: &Path,
-    files: &[(PathBuf, String)],
-) -> (Value, Vec<String>) {
+fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<String>) {
+    let TaskCommon {
+        settings,
+        agent_binary,
+        files,
+        lease,
+    } = common;
     let mut resources = Mapping::new();
     if let Some(acc) = &node.accelerators {
         resources.insert("accelerators".into(), acc.clone().into());
@@ -129,7 +138,7 @@ pub fn task(
         format!("~/{REMOTE_AGENT}").into(),
         agent_binary.display().to_string().into(),
     );
-    for (local, remote) in files {
+    for (local, remote) in files.iter() {
         mounts.insert(
             format!("~/{remote}").into(),
             local.display().to_string().into(),
@@ -163,9 +172,12 @@ pub fn task(
         setup.push_str(&settings.engine_setup);
         setup.push('\n');
     }
+    // The agent exits once idle for a lease, ending the job: the cluster then goes idle and
+    // autostop takes it down even when no coordinator is left to do it.
     let run = format!(
-        "set -e\ncd ~\nchmod +x {REMOTE_AGENT}\nexec ./{REMOTE_AGENT} serve --listen 0.0.0.0:{} --tls --data-dir .multitenant/data\n",
-        settings.agent_port
+        "set -e\ncd ~\nchmod +x {REMOTE_AGENT}\nexec ./{REMOTE_AGENT} serve --listen 0.0.0.0:{} --tls --data-dir .multitenant/data --exit-when-idle {}s\n",
+        settings.agent_port,
+        lease.as_secs()
     );
 
     let mut doc = Mapping::new();
@@ -190,10 +202,16 @@ pub fn write_task_files(
     std::fs::create_dir_all(&task_dir)
         .with_context(|| format!("creating {}", task_dir.display()))?;
     let files = data_files(experiment);
+    let common = TaskCommon {
+        settings,
+        agent_binary,
+        files: &files,
+        lease: experiment.launcher.lease,
+    };
     let mut out = Vec::new();
     for node in &experiment.nodes {
         let cluster = cluster_name(settings, &node.name, run_tag);
-        let (doc, secrets) = task(node, settings, &cluster, agent_binary, &files);
+        let (doc, secrets) = task(node, &cluster, &common);
         let path = task_dir.join(format!("{}.yaml", node.name));
         let text = format!(
             "# SkyPilot task for node {} of experiment {} (written by the multitenant coordinator)\n{}",

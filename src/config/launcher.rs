@@ -1,6 +1,7 @@
 //! How an experiment's nodes are brought up, reached and torn down.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 /// The `launcher:` section.
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +16,16 @@ pub struct Launcher {
     /// The user's CA for coordinator–agent TLS; without it, the coordinator makes one per
     /// experiment (and needs one for `static` agents that are not on loopback).
     pub tls: Option<UserCa>,
+    /// How long an agent goes on with a run whose coordinator has stopped calling (no call,
+    /// no open event stream): after it, the run is stopped, its engines are ended and its
+    /// files kept; an agent a launcher started exits once it has no run and no call for as
+    /// long.
+    pub lease: Duration,
 }
+
+/// The lease unless `launcher.lease` says otherwise: long enough for a laptop's network to
+/// come back, short enough that a forgotten GPU node goes idle (and autostops) soon.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(180);
 
 /// How nodes are brought up.
 #[derive(Debug, Clone, PartialEq)]

@@ -20,7 +20,9 @@ pub use capacity::{
     configured_rate, open_loop_rate, probe_trial_name, with_rate, Capacity, Direction, Search,
 };
 pub use error::{ConfigError, Problem};
-pub use launcher::{Launcher, LauncherKind, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa};
+pub use launcher::{
+    Launcher, LauncherKind, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa, DEFAULT_LEASE,
+};
 
 /// A validated experiment.
 #[derive(Debug, Clone, PartialEq)]

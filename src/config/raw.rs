@@ -45,6 +45,7 @@ pub struct RawLauncher {
     pub kind: Option<String>,
     pub keep: Option<bool>,
     pub on_node_failure: Option<String>,
+    pub lease: Option<String>,
     pub tls: Option<RawTls>,
     pub agents: Option<Vec<RawStaticAgent>>,
     pub skypilot: Option<RawSkyPilot>,

@@ -1,12 +1,19 @@
 //! Validation of the `launcher:` section, against the nodes it must bring up.
 
 use std::collections::BTreeSet;
+use std::time::Duration;
 
 use super::raw::{RawLauncher, RawSkyPilot, RawStaticAgent};
 use super::validate::Checker;
 use super::{
     Engine, Launcher, LauncherKind, Node, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa,
+    DEFAULT_LEASE,
 };
+
+/// Shortest `launcher.lease`: an event stream is seen at least once a second.
+const MIN_LEASE: Duration = Duration::from_secs(2);
+/// Longest `launcher.lease`.
+const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
 /// Engine set-up of a SkyPilot node unless the config gives its own.
 const DEFAULT_ENGINE_SETUP: &str = "pip install vllm";
@@ -23,6 +30,7 @@ impl Checker {
                 keep: false,
                 on_node_failure: OnNodeFailure::Stop,
                 tls: None,
+                lease: DEFAULT_LEASE,
             });
         };
         let on_node_failure = match raw.on_node_failure.as_deref() {
@@ -36,6 +44,7 @@ impl Checker {
                 None
             }
         };
+        let lease = self.lease(raw.lease);
         let tls = raw.tls.and_then(|t| {
             let cert = self.required(t.ca_cert, "launcher.tls.ca_cert");
             let key = self.required(t.ca_key, "launcher.tls.ca_key");
@@ -81,7 +90,29 @@ impl Checker {
             keep: raw.keep.unwrap_or(false),
             on_node_failure: on_node_failure?,
             tls,
+            lease: lease?,
         })
+    }
+
+    fn lease(&mut self, raw: Option<String>) -> Option<Duration> {
+        const PATH: &str = "launcher.lease";
+        let Some(text) = raw else {
+            return Some(DEFAULT_LEASE);
+        };
+        let lease = self.duration(Some(text), PATH)?;
+        if !(MIN_LEASE..=MAX_LEASE).contains(&lease) {
+            self.problem(
+                PATH,
+                format!(
+                    "{} is outside {}–{}: shorter, a busy network stops runs; longer, a lost node keeps its GPU",
+                    humantime::format_duration(lease),
+                    humantime::format_duration(MIN_LEASE),
+                    humantime::format_duration(MAX_LEASE)
+                ),
+            );
+            return None;
+        }
+        Some(lease)
     }
 
     fn static_agents(
@@ -254,7 +285,9 @@ fn is_accelerator_spec(spec: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::config::{Experiment, LauncherKind};
+    use std::time::Duration;
+
+    use crate::config::{Experiment, LauncherKind, DEFAULT_LEASE};
 
     const NODES: &str = "workloads:\n  w: {arrival: {kind: constant, rate: 1}, data: {prompt_tokens: 4, output_tokens: 4}, duration: 1s}\nnodes:\n  - {name: a, accelerators: \"H100:1\", tenants: [{name: t, workload: w, engine: {kind: vllm, model: org/model}}]}\n  - {name: b, tenants: [{name: t, workload: w, engine: {kind: simulated}}]}\n";
 
@@ -313,6 +346,23 @@ mod tests {
             NODES,
         );
         assert!(ok.is_empty(), "{ok:?}");
+    }
+
+    #[test]
+    fn a_lease_is_a_duration_within_its_bounds_and_defaults_to_three_minutes() {
+        for (lease, words) in [
+            ("1s", "outside 2s–1day"),
+            ("2days", "outside 2s–1day"),
+            ("soon", "not a duration"),
+        ] {
+            let found = problems(&format!("  lease: {lease}\n"), NODES);
+            assert!(has(&found, "launcher.lease", words), "{lease}: {found:?}");
+        }
+        let text = format!("name: l\nlauncher:\n  lease: 10m\n{NODES}");
+        let e = Experiment::from_yaml(&text, "l.yaml").expect("valid");
+        assert_eq!(e.launcher.lease, Duration::from_secs(600));
+        let e = Experiment::from_yaml(&format!("name: l\n{NODES}"), "l.yaml").expect("valid");
+        assert_eq!(e.launcher.lease, DEFAULT_LEASE);
     }
 
     #[test]

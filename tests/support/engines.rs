@@ -142,10 +142,16 @@ pub struct AgentProcess {
 impl AgentProcess {
     /// Starts one writing into `data_dir`, with `path_first` put in front of its PATH.
     pub async fn spawn(data_dir: &Path, path_first: Option<&Path>) -> Self {
+        Self::spawn_with(data_dir, path_first, &[]).await
+    }
+
+    /// [`AgentProcess::spawn`] with `extra` arguments of `agent serve`.
+    pub async fn spawn_with(data_dir: &Path, path_first: Option<&Path>, extra: &[&str]) -> Self {
         let mut command = tokio::process::Command::new(&binaries().0);
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(extra)
             .env(TOKEN_ENV, test_token().expose())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -8,12 +8,12 @@
 
 pub mod client;
 pub mod dispatch;
+pub mod prompt_log;
 pub mod prompts;
 pub mod schedule;
 pub mod sse;
 pub mod standalone;
 
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +26,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::RunClock;
 use crate::recorder::StreamFile;
 use client::Target;
+use prompt_log::PromptLog;
 use prompts::PromptFactory;
 use schedule::ArrivalSchedule;
 
@@ -47,6 +48,9 @@ pub struct TenantLoad {
     pub clock: RunClock,
     /// The tenant's event stream.
     pub stream: Arc<StreamFile>,
+    /// Where each request's prompt (and kept answer) is recorded as it ends; `None` keeps no
+    /// prompt record.
+    pub prompt_log: Option<PromptLog>,
 }
 
 /// What a load run did.
@@ -61,8 +65,6 @@ pub struct LoadReport {
     pub completed_rate: Option<f64>,
     /// Why the load could not run at all, when it could not.
     pub failure: Option<String>,
-    /// The generated text of each completed request that kept it, by request index.
-    pub responses: BTreeMap<u64, String>,
 }
 
 struct Shared {
@@ -78,8 +80,6 @@ struct Shared {
     stop: CancellationToken,
     /// Cancelled when in-flight requests must be abandoned.
     abort: CancellationToken,
-    /// Kept response texts by request index (few: `keep_responses` per tenant and trial).
-    responses: std::sync::Mutex<BTreeMap<u64, String>>,
 }
 
 impl Shared {
@@ -128,12 +128,7 @@ impl Shared {
             keep_text,
         )
         .await;
-        if let Some(text) = measured.text.take().filter(|_| measured.error.is_none()) {
-            self.responses
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(index, text);
-        }
+        let response = measured.text.take().filter(|_| measured.error.is_none());
         let phase = if scheduled_ns < self.warmup_end_ns {
             Phase::Warmup
         } else {
@@ -162,6 +157,9 @@ impl Shared {
             status: measured.status,
             error: measured.error,
         }));
+        if let Some(log) = &self.load.prompt_log {
+            log.record(index, response).await;
+        }
     }
 }
 
@@ -234,7 +232,6 @@ impl LoadReport {
             write_errors: 0,
             completed_rate: None,
             failure: Some(reason),
-            responses: BTreeMap::new(),
         }
     }
 }
@@ -267,7 +264,6 @@ async fn send_and_record(
         warmup_end_ns,
         stop: cancel.child_token(),
         abort: cancel.child_token(),
-        responses: std::sync::Mutex::new(BTreeMap::new()),
     });
     let tracker = TaskTracker::new();
     if warmup_end_ns > start_ns {
@@ -335,8 +331,6 @@ async fn send_and_record(
     let completed = shared.measured_completed.load(Ordering::Relaxed);
     let first = shared.measured_first_sent_ns.load(Ordering::Relaxed);
     let last = shared.measured_last_done_ns.load(Ordering::Relaxed);
-    let responses =
-        std::mem::take(&mut *shared.responses.lock().unwrap_or_else(|e| e.into_inner()));
     LoadReport {
         sent: shared
             .load
@@ -347,7 +341,6 @@ async fn send_and_record(
         completed_rate: (completed > 0 && last > first)
             .then(|| completed as f64 / ((last - first) as f64 / 1e9)),
         failure: None,
-        responses,
     }
 }
 

@@ -78,6 +78,7 @@ pub async fn record_workload(
         prompts: Arc::new(prompts),
         clock,
         stream: stream.clone(),
+        prompt_log: None,
     };
     let report = super::run_tenant_load(load, CancellationToken::new()).await?;
     stream.close()?;

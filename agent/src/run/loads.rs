@@ -80,8 +80,6 @@ pub(super) fn judge<'s>(
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     fn report(sent: u64) -> LoadReport {
@@ -90,7 +88,6 @@ mod tests {
             write_errors: 0,
             completed_rate: Some(sent as f64),
             failure: None,
-            responses: BTreeMap::new(),
         }
     }
 

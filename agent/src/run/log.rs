@@ -41,13 +41,18 @@ impl TrialLog {
         Ok(log)
     }
 
-    /// Records how the trial ended (stopped when the run is `stopping`, invalid with a
-    /// `failure`, else finished) and closes the stream.
-    pub fn end(&self, stopping: bool, failure: Option<TrialFailure>) -> std::io::Result<()> {
-        let (state, failure) = match failure {
-            _ if stopping => (TrialState::Stopped, failure.or(Some(TrialFailure::Stopped))),
-            Some(failure) => (TrialState::Invalid, Some(failure)),
-            None => (TrialState::Finished, None),
+    /// Records how the trial ended (stopped when the run was `stopped`, for that reason
+    /// unless a `failure` came first; invalid with a `failure`; else finished) and closes the
+    /// stream.
+    pub fn end(
+        &self,
+        stopped: Option<TrialFailure>,
+        failure: Option<TrialFailure>,
+    ) -> std::io::Result<()> {
+        let (state, failure) = match (stopped, failure) {
+            (Some(cause), failure) => (TrialState::Stopped, Some(failure.unwrap_or(cause))),
+            (None, Some(failure)) => (TrialState::Invalid, Some(failure)),
+            (None, None) => (TrialState::Finished, None),
         };
         self.trial(state, failure.map(|f| f.to_string()))?;
         self.stream.close()

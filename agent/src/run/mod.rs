@@ -28,6 +28,7 @@ mod trial;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use multitenant::config::Experiment;
 use sha2::{Digest, Sha256};
@@ -39,6 +40,7 @@ pub use outcome::TrialFailure;
 
 use crate::clock::RunClock;
 use crate::gpu::{GpuStatus, NodeGpus};
+use crate::lease::{self, Contact};
 use crate::recorder::RunStreams;
 use context::RunContext;
 use stages::StagePlanner;
@@ -79,6 +81,14 @@ pub struct Run {
     config_sha256: String,
     state: watch::Sender<RunState>,
     cancel: CancellationToken,
+    /// Cancelled once the run has ended, whichever way.
+    ended: CancellationToken,
+    /// When the coordinator last called about this run or read its stream.
+    contact: Contact,
+    /// When the agent last got any authenticated call.
+    agent_contact: Arc<Contact>,
+    /// Why the run was stopped, when the agent stopped it by itself.
+    stop_reason: Mutex<Option<String>>,
 }
 
 impl Run {
@@ -97,9 +107,50 @@ impl Run {
         self.cancel.is_cancelled()
     }
 
+    /// Records that the coordinator is there: it called about this run or reads its stream.
+    pub fn renew(&self) {
+        self.contact.renew();
+        self.agent_contact.renew();
+    }
+
+    /// Why the run stopped, as its trials record it; `None` while it is not stopping.
+    pub fn stop_cause(&self) -> Option<TrialFailure> {
+        self.is_stopping().then(|| {
+            self.stop_reason()
+                .map_or(TrialFailure::Stopped, TrialFailure::LeaseLapsed)
+        })
+    }
+
+    /// Why the agent stopped the run by itself (its lease lapsed), if it did.
+    pub fn stop_reason(&self) -> Option<String> {
+        self.stop_reason
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
     fn set_state(&self, state: RunState) {
+        let ended = state != RunState::Running;
         self.state.send_replace(state);
+        if ended {
+            self.ended.cancel();
+        }
         self.streams.poke();
+    }
+
+    /// Stops the run once nobody has called about it for `lease`.
+    async fn hold_lease(&self, lease: Duration) {
+        let Some(silent) = lease::lapse(&self.contact, lease, &self.ended).await else {
+            return;
+        };
+        let reason = format!(
+            "its lease lapsed: no call from the coordinator for {} (launcher.lease is {}); the run was stopped, its engines ended, its files kept",
+            humantime::format_duration(Duration::from_secs(silent.as_secs())),
+            humantime::format_duration(lease)
+        );
+        eprintln!("run {}: {reason}", self.id);
+        *self.stop_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        self.stop();
     }
 }
 
@@ -129,6 +180,7 @@ pub struct RunManager {
     runs: Mutex<HashMap<String, Arc<Run>>>,
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    contact: Arc<Contact>,
 }
 
 impl RunManager {
@@ -148,7 +200,22 @@ impl RunManager {
             runs: Mutex::new(HashMap::new()),
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
+            contact: Arc::new(Contact::default()),
         }
+    }
+
+    /// When any authenticated call last came.
+    pub fn contact(&self) -> &Arc<Contact> {
+        &self.contact
+    }
+
+    /// Whether any run is still running.
+    pub fn any_running(&self) -> bool {
+        self.runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .any(|r| r.state() == RunState::Running)
     }
 
     /// What the agent knows of its GPUs.
@@ -216,8 +283,16 @@ impl RunManager {
             config_sha256,
             state: watch::Sender::new(RunState::Running),
             cancel: self.shutdown.child_token(),
+            ended: CancellationToken::new(),
+            contact: Contact::default(),
+            agent_contact: self.contact.clone(),
+            stop_reason: Mutex::new(None),
         });
         runs.insert(run_id.to_owned(), run.clone());
+        let leased = run.clone();
+        let lease = experiment.launcher.lease;
+        self.tracker
+            .spawn(async move { leased.hold_lease(lease).await });
         let ctx = RunContext {
             run: run.clone(),
             models_dir: self.data_dir.join(".models"),

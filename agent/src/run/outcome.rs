@@ -55,6 +55,9 @@ pub enum TrialFailure {
     /// The run was stopped before the trial could end on its own.
     #[error("the run was stopped")]
     Stopped,
+    /// The agent stopped the run by itself: nobody called about it for its lease.
+    #[error("the run was stopped: {0}")]
+    LeaseLapsed(String),
 }
 
 /// Why the engines of an `mps` trial are not known to share the GPU under MPS.
@@ -135,6 +138,10 @@ mod tests {
                 "the engine of a exited during the trial (exit status 1)",
             ),
             (TrialFailure::Stopped, "the run was stopped"),
+            (
+                TrialFailure::LeaseLapsed("its lease lapsed: …".into()),
+                "the run was stopped: its lease lapsed: …",
+            ),
         ];
         for (failure, text) in cases {
             assert_eq!(failure.to_string(), text, "{failure:?}");

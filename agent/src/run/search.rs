@@ -199,7 +199,7 @@ impl RunContext {
                 Err(Halt::Failed(f)) => (true, Some(f)),
                 Err(Halt::Io(e)) => return Err(Halt::Io(e)),
             };
-            probe_log.end(self.run.is_stopping(), failure)?;
+            probe_log.end(self.run.stop_cause(), failure)?;
             let folder = TrialDir {
                 path: self.run.streams.root().join(&name),
                 name,

@@ -4,12 +4,13 @@
 use std::sync::Arc;
 
 use multitenant::config::{Arrival, Tenant, Workload};
-use multitenant::events::{Event, PromptEvent, TenantHeader};
+use multitenant::events::TenantHeader;
 
 use super::outcome::EngineDeath;
 use crate::engine::RunningEngine;
 use crate::loadgen::{
-    self, client::Target, prompts::PromptFactory, LoadPanicked, LoadReport, TenantLoad,
+    client::Target, prompt_log::PromptLog, prompts::PromptFactory, LoadPanicked, LoadReport,
+    TenantLoad,
 };
 use crate::recorder::StreamFile;
 
@@ -86,12 +87,13 @@ impl<'a> TenantSlot<'a> {
         }
     }
 
-    /// The load to run against its engine, recorded into `stream`; `None` before the slot has
-    /// its arrivals, prompts and engine.
+    /// The load to run against its engine, recorded into `stream`, its prompts into
+    /// `prompt_log`; `None` before the slot has its arrivals, prompts and engine.
     pub fn tenant_load(
         &self,
         clock: crate::clock::RunClock,
         stream: Arc<StreamFile>,
+        prompt_log: PromptLog,
     ) -> Option<TenantLoad> {
         let (arrival, prompts, engine) =
             (self.arrival?, self.prompts.clone()?, self.engine.as_ref()?);
@@ -118,6 +120,7 @@ impl<'a> TenantSlot<'a> {
             prompts,
             clock,
             stream,
+            prompt_log: Some(prompt_log),
         })
     }
 
@@ -127,27 +130,5 @@ impl<'a> TenantSlot<'a> {
             LoadOutcome::Ran(report) => Some(report),
             _ => None,
         }
-    }
-
-    /// Writes the prompt of every request its load sent into `stream` (after the load, so no
-    /// send waits on it), with the answers it kept; nothing when the load did not run.
-    pub fn write_prompts(&self, stream: &StreamFile) -> std::io::Result<()> {
-        let (Some(report), Some(factory)) = (self.report(), &self.prompts) else {
-            return Ok(());
-        };
-        for index in 0..report.sent {
-            let prompt = factory.prompt(index);
-            let response = report.responses.get(&index).cloned();
-            stream.append(&Event::Prompt(PromptEvent {
-                id: loadgen::request_id(&self.tenant.name, index),
-                origin: prompt.origin,
-                prompt_tokens: prompt.tokens,
-                max_tokens: prompt.max_tokens,
-                text: prompt.text,
-                expected: prompt.expected.filter(|_| response.is_some()),
-                response,
-            }))?;
-        }
-        Ok(())
     }
 }

@@ -14,7 +14,7 @@ use super::outcome::TrialFailure;
 use super::sampling::Samplers;
 use super::slot::{LoadOutcome, TenantSlot};
 use super::RunContext;
-use crate::loadgen::{self, prompts::PromptFactory};
+use crate::loadgen::{self, prompt_log::PromptLog, prompts::PromptFactory};
 use crate::mps::MpsDaemon;
 
 /// Why a phase did not lead on to the next: the trial failed (it ends `invalid` with the
@@ -105,7 +105,7 @@ impl<'a> TrialRunner<'a> {
             Err(Halt::Failed(failure)) => Some(failure),
             Err(Halt::Io(e)) => return Err(e),
         };
-        self.log.end(self.ctx.run.is_stopping(), failure)
+        self.log.end(self.ctx.run.stop_cause(), failure)
     }
 
     /// Everything that can be known wrong before an engine starts: engine preflight, this
@@ -167,11 +167,23 @@ impl<'a> TrialRunner<'a> {
         let watchers = self.watch_engine_exits(&measuring);
         let samplers = Samplers::start(self.ctx, &self.trial, &self.slots, &self.tasks)?;
         let mut streams = Vec::new();
+        let mut prompt_writers = Vec::new();
         let mut loads = Vec::new();
         for slot in &self.slots {
             let not_prepared =
                 || TrialFailure::Load(format!("{}: its load was not prepared", slot.name()));
             let arrival = slot.arrival.ok_or_else(not_prepared)?;
+            let prompts = slot.prompts.clone().ok_or_else(not_prepared)?;
+            let prompt_stream = self.ctx.create_stream(
+                &self.trial,
+                &StreamName::Prompts(slot.name().to_owned()),
+                StreamKind::Prompts,
+                slot.tenant.engine.is_simulated(),
+                None,
+            )?;
+            let (prompt_log, writer) =
+                PromptLog::start(slot.name().to_owned(), prompts, prompt_stream.clone())?;
+            prompt_writers.push((writer, prompt_stream));
             let stream = self.ctx.create_stream(
                 &self.trial,
                 &StreamName::Tenant(slot.name().to_owned()),
@@ -181,7 +193,7 @@ impl<'a> TrialRunner<'a> {
             )?;
             streams.push(stream.clone());
             loads.push(
-                slot.tenant_load(self.ctx.clock, stream)
+                slot.tenant_load(self.ctx.clock, stream, prompt_log)
                     .ok_or_else(not_prepared)?,
             );
         }
@@ -201,6 +213,11 @@ impl<'a> TrialRunner<'a> {
         for stream in streams {
             stream.close()?;
         }
+        // Every load has ended, so every prompt log is dropped and its writer can finish.
+        for (writer, stream) in prompt_writers {
+            writer.finish().await?;
+            stream.close()?;
+        }
         for slot in &self.slots {
             if let Some(report) = slot.report() {
                 let rate = report.completed_rate;
@@ -209,7 +226,6 @@ impl<'a> TrialRunner<'a> {
                     .remember(&self.trial, slot.name(), slot.workload, rate);
             }
         }
-        self.write_prompts()?;
         measuring.cancel();
         self.record_engine_deaths(watchers).await?;
         for slot in &self.slots {
@@ -223,21 +239,5 @@ impl<'a> TrialRunner<'a> {
                 .map(|s| (s.name(), &s.load, s.death.as_ref())),
         );
         Ok(verdict?)
-    }
-
-    /// Writes `<trial>/<tenant>.prompts.jsonl` for every tenant whose load ran.
-    fn write_prompts(&self) -> std::io::Result<()> {
-        for slot in self.slots.iter().filter(|s| s.report().is_some()) {
-            let stream = self.ctx.create_stream(
-                &self.trial,
-                &StreamName::Prompts(slot.name().to_owned()),
-                StreamKind::Prompts,
-                slot.tenant.engine.is_simulated(),
-                None,
-            )?;
-            slot.write_prompts(&stream)?;
-            stream.close()?;
-        }
-        Ok(())
     }
 }
