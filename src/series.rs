@@ -173,8 +173,12 @@ fn read_trial(trial_dir: &TrialDir) -> Result<Option<TrialSeries>, AnalysisError
                         .collect()
                 })
                 .unwrap_or_default();
-        // Written as requests end; kept in request order (ids are zero-padded).
-        answers.sort_by(|a, b| a.id.cmp(&b.id));
+        // Written as requests end; kept in request order (`<tenant>-<index>`).
+        answers.sort_by_key(|p| {
+            p.id.rsplit_once('-')
+                .and_then(|(_, n)| n.parse::<u64>().ok())
+                .unwrap_or(u64::MAX)
+        });
         tenants.push(TenantSeries {
             tenant: tenant.name.clone(),
             offered_rate: tenant.offered_rate,

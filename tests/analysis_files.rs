@@ -82,6 +82,7 @@ fn every_event_kind_round_trips_exactly() {
         Event::Phase(PhaseEvent {
             phase: Phase::Warmup,
             at_ns: 0,
+            scheduled: None,
         }),
         Event::Request(request("a", 1, 20, 10, 5)),
         Event::Request(failed),
@@ -121,6 +122,11 @@ fn every_event_kind_round_trips_exactly() {
                 memory_rss_bytes: 3 << 30,
             }],
         }),
+        Event::Phase(PhaseEvent {
+            phase: Phase::Drain,
+            at_ns: 9,
+            scheduled: Some(40),
+        }),
     ];
     write_stream(&path, header(StreamKind::Tenant, Some("a")), &events);
     let back = read_stream(&path).expect("read");
@@ -133,7 +139,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.0""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.1""#));
     assert!(text
         .lines()
         .nth(2)
@@ -224,6 +230,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
             Event::Phase(PhaseEvent {
                 phase: Phase::Measure,
                 at_ns: 0,
+                scheduled: None,
             }),
             Event::Request(request("r1", 0, 100, 20, 11)),
             Event::Request(request("r2", 500, 300, 40, 11)),
@@ -231,6 +238,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
             Event::Phase(PhaseEvent {
                 phase: Phase::Drain,
                 at_ns: 2_000_000_000,
+                scheduled: None,
             }),
         ],
     );
@@ -247,6 +255,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
         &[Event::Phase(PhaseEvent {
             phase: Phase::Measure,
             at_ns: 0,
+            scheduled: None,
         })],
     );
 

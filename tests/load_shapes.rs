@@ -72,8 +72,16 @@ async fn seeded_runs_realise_each_arrival_process() {
         .zip(&dirs)
         .map(|((arrival, ..), dir)| record_load(&url, workload(*arrival, 4), dir.path()));
     let results = futures_util::future::join_all(runs).await;
-    for ((arrival, mean_gap, cv, cv_err), (report, _, requests)) in cases.iter().zip(&results) {
+    for (((arrival, mean_gap, cv, cv_err), (report, _, requests)), dir) in
+        cases.iter().zip(&results).zip(&dirs)
+    {
         assert_eq!(requests.len() as u64, report.sent, "{arrival:?}");
+        // The drain records how many arrivals the schedule drew: every one was sent.
+        assert_eq!(
+            drain_scheduled(&dir.path().join("solo/t.jsonl")),
+            Some(report.sent),
+            "{arrival:?}"
+        );
         assert!(requests.iter().all(|r| r.error.is_none()), "{arrival:?}");
         let (mean, got_cv) = realised_gaps(requests);
         eprintln!(
@@ -142,6 +150,18 @@ fn phases(path: &Path) -> Vec<(Phase, u64)> {
             _ => None,
         })
         .collect()
+}
+
+/// The count of measure-phase arrivals the drain phase event of the stream at `path` records.
+fn drain_scheduled(path: &Path) -> Option<u64> {
+    read_stream(path)
+        .expect("stream")
+        .events
+        .into_iter()
+        .find_map(|l| match l.event {
+            Event::Phase(p) if p.phase == Phase::Drain => p.scheduled,
+            _ => None,
+        })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -458,7 +458,10 @@ fn planned_task_files_are_what_skypilot_reads() {
         let run = task["run"].as_str().expect("run");
         assert!(run.contains("serve --listen 0.0.0.0:7777 --tls"), "{run}");
         // The agent ends its job once idle for a lease, so autostop can take the node down.
-        assert!(run.contains("--exit-when-idle 180s"), "{run}");
+        assert!(
+            run.contains("--exit-when-idle 180s --first-run-within 20m"),
+            "{run}"
+        );
         let mounts = task["file_mounts"].as_mapping().expect("mounts");
         assert!(mounts
             .keys()

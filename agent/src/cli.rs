@@ -48,6 +48,10 @@ pub enum Command {
         /// runs (by their lease), then exits, and the node can go idle.
         #[arg(long, value_parser = humantime::parse_duration)]
         exit_when_idle: Option<std::time::Duration>,
+        /// With --exit-when-idle: how long to wait for the first run instead (a launcher that
+        /// brings up several nodes calls each only once the slowest is up).
+        #[arg(long, value_parser = humantime::parse_duration, requires = "exit_when_idle")]
+        first_run_within: Option<std::time::Duration>,
     },
     /// Check what this node has (GPUs, driver, compute mode, MPS, vLLM, disk, memory) and which
     /// sharing modes it can run; one line per check.

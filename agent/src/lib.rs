@@ -69,8 +69,17 @@ pub struct ServeSettings {
     pub data_dir: PathBuf,
     /// The `nvidia-cuda-mps-control` that `mps` trials use.
     pub mps_control: PathBuf,
-    /// Exit once no run runs and no call came for this long.
-    pub exit_when_idle: Option<std::time::Duration>,
+    /// Exit once no run runs and no call came for a while.
+    pub exit_when_idle: Option<IdleExit>,
+}
+
+/// When an idle agent exits.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleExit {
+    /// Silence after which an agent that has had a run, and runs none now, exits.
+    pub after_runs: std::time::Duration,
+    /// Silence after which an agent that never had a run exits.
+    pub before_first_run: std::time::Duration,
 }
 
 /// `agent serve`: serves until `shutdown` (or, with `exit_when_idle`, until it is idle that
@@ -112,26 +121,32 @@ pub async fn serve(
     served.context("the gRPC server failed")
 }
 
-/// Cancels `shutdown` once no run is running and no authenticated call came for `idle`.
+/// Cancels `shutdown` once no run is running and no authenticated call came for as long as
+/// `idle` says.
 async fn exit_when_idle_for(
     runs: Arc<run::RunManager>,
-    idle: std::time::Duration,
+    idle: IdleExit,
     shutdown: CancellationToken,
 ) {
     loop {
-        let Some(silent) = lease::lapse(runs.contact(), idle, &shutdown).await else {
+        let wait = if runs.has_had_runs() {
+            idle.after_runs
+        } else {
+            idle.before_first_run
+        };
+        let Some(silent) = lease::lapse(runs.contact(), wait, &shutdown).await else {
             return;
         };
-        if !runs.any_running() {
+        // Looked at again after the check of the runs: a StartRun may have just come in.
+        if !runs.any_running() && runs.contact().silent_for() >= wait {
             eprintln!(
-                "no run and no call for {}: exiting (--exit-when-idle {})",
+                "no run and no call for {}: exiting (--exit-when-idle)",
                 humantime::format_duration(std::time::Duration::from_secs(silent.as_secs())),
-                humantime::format_duration(idle)
             );
             shutdown.cancel();
             return;
         }
-        // A run still runs: its own lease ends it; look again soon after.
+        // A run still runs (its own lease ends it) or a call just came: look again soon.
         tokio::time::sleep(lease::CHECK_EVERY).await;
     }
 }
@@ -212,6 +227,7 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             mps_control,
             exit_with_stdin,
             exit_when_idle,
+            first_run_within,
         } => {
             if exit_with_stdin {
                 stop_when_stdin_closes(shutdown.clone());
@@ -227,7 +243,10 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
                         listen,
                         data_dir,
                         mps_control,
-                        exit_when_idle,
+                        exit_when_idle: exit_when_idle.map(|after_runs| IdleExit {
+                            after_runs,
+                            before_first_run: first_run_within.unwrap_or(after_runs),
+                        }),
                     };
                     serve(settings, token, tls, shutdown).await
                 }

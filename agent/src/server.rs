@@ -272,6 +272,7 @@ async fn follow(
                 if tx.send(Ok(chunk)).await.is_err() {
                     return;
                 }
+                run.renew();
                 *cursor += count;
                 sent_any = true;
             }

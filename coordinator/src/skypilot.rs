@@ -100,6 +100,8 @@ struct TaskCommon<'a> {
     files: &'a [(PathBuf, String)],
     /// The experiment's `launcher.lease`: the agent exits once idle for as long.
     lease: Duration,
+    /// `launcher.keep`: the agent stays up for the next experiment.
+    keep: bool,
 }
 
 /// The task YAML of one node, and the secrets its launch must pass.
@@ -109,6 +111,7 @@ fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<Stri
         agent_binary,
         files,
         lease,
+        keep,
     } = common;
     let mut resources = Mapping::new();
     if let Some(acc) = &node.accelerators {
@@ -172,12 +175,22 @@ fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<Stri
         setup.push_str(&settings.engine_setup);
         setup.push('\n');
     }
-    // The agent exits once idle for a lease, ending the job: the cluster then goes idle and
-    // autostop takes it down even when no coordinator is left to do it.
+    // The agent exits once idle for a lease after its runs (or for the autostop minutes
+    // before its first, while slower nodes come up), ending the job: the cluster then goes
+    // idle and autostop takes it down even when no coordinator is left to do it. A kept
+    // cluster keeps its agent.
+    let idle_exit = if *keep {
+        String::new()
+    } else {
+        format!(
+            " --exit-when-idle {}s --first-run-within {}m",
+            lease.as_secs(),
+            settings.idle_minutes_to_autostop
+        )
+    };
     let run = format!(
-        "set -e\ncd ~\nchmod +x {REMOTE_AGENT}\nexec ./{REMOTE_AGENT} serve --listen 0.0.0.0:{} --tls --data-dir .multitenant/data --exit-when-idle {}s\n",
+        "set -e\ncd ~\nchmod +x {REMOTE_AGENT}\nexec ./{REMOTE_AGENT} serve --listen 0.0.0.0:{} --tls --data-dir .multitenant/data{idle_exit}\n",
         settings.agent_port,
-        lease.as_secs()
     );
 
     let mut doc = Mapping::new();
@@ -207,6 +220,7 @@ pub fn write_task_files(
         agent_binary,
         files: &files,
         lease: experiment.launcher.lease,
+        keep: experiment.launcher.keep,
     };
     let mut out = Vec::new();
     for node in &experiment.nodes {

@@ -300,6 +300,11 @@ pub struct PhaseEvent {
     pub phase: Phase,
     /// When.
     pub at_ns: u64,
+    /// On `drain` of an open-loop load: how many arrivals its schedule placed in the measure
+    /// phase, sent or not. The achieved rate is judged against these, not the nominal rate
+    /// (a short Poisson phase may hold far fewer arrivals than rate × duration).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<u64>,
 }
 
 /// State of a trial.

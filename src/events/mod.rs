@@ -6,7 +6,8 @@
 //! `agent.jsonl` (trial, engine, MPS and phase lifecycle, warnings), `host.jsonl` (host
 //! samples), `gpu.jsonl` (NVML samples, only where NVML works), `<tenant>.prompts.jsonl` (the
 //! prompt of every request the tenant sent, with the kept answers and their expected outputs,
-//! written after its load) and, for engines with a Prometheus endpoint,
+//! appended as each request ends, so in the order requests ended) and, for engines with a
+//! Prometheus endpoint,
 //! `<tenant>.engine.jsonl` (scrapes of its `/metrics`).
 //!
 //! # Lines
@@ -21,7 +22,9 @@
 //!   streams, `tenant` (name, model, engine kind, workload, API, arrival, offered rate,
 //!   streaming, forced length, SLO).
 //! - `request`: one finished request, see [`RequestEvent`].
-//! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`.
+//! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`; on `drain` of
+//!   an open-loop load, `scheduled` counts the arrivals its schedule placed in the measure
+//!   phase (schema 1.1; absent before).
 //! - `prompt` (prompts streams): one request's prompt, see [`PromptEvent`].
 //! - `trial`, `engine`, `mps`, `warning`, `tenant_invalid`, `host_sample`, `gpu_sample`,
 //!   `engine_metrics`: lifecycle and samples, see [`Event`].
@@ -47,4 +50,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.0";
+pub const SCHEMA_VERSION: &str = "1.1";

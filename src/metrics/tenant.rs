@@ -79,6 +79,10 @@ pub struct TenantMetrics {
     pub token_source: String,
     /// Sends per second during the measure phase.
     pub achieved_rate: Option<f64>,
+    /// Arrivals an open-loop schedule placed in the measure phase, sent or not, when the
+    /// stream records them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scheduled: Option<u64>,
     /// Throughput over the window; `None` without completed requests.
     pub throughput: Option<Throughput>,
     /// Time to first token, ms.
@@ -120,6 +124,7 @@ pub struct TenantAccumulator {
     last_done_ns: Option<u64>,
     measure_start_ns: Option<u64>,
     measure_end_ns: Option<u64>,
+    scheduled: Option<u64>,
 }
 
 impl TenantAccumulator {
@@ -132,6 +137,11 @@ impl TenantAccumulator {
             }
             _ => {}
         }
+    }
+
+    /// Takes the count of arrivals scheduled in the measure phase.
+    pub fn scheduled(&mut self, arrivals: u64) {
+        self.scheduled = Some(arrivals);
     }
 
     /// Takes one request; requests outside the measure phase are ignored.
@@ -224,6 +234,7 @@ impl TenantAccumulator {
             prompt_tokens: self.prompt_tokens,
             token_source: token_source.into(),
             achieved_rate,
+            scheduled: self.scheduled,
             throughput,
             ttft_ms: self.ttft.percentiles(),
             tpot_ms: self.tpot.percentiles(),

@@ -107,7 +107,11 @@ impl Shared {
     }
 
     fn write_phase(&self, phase: Phase, at_ns: u64) {
-        self.write(Event::Phase(PhaseEvent { phase, at_ns }));
+        self.write(Event::Phase(PhaseEvent {
+            phase,
+            at_ns,
+            scheduled: None,
+        }));
     }
 
     async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) {
@@ -271,6 +275,7 @@ async fn send_and_record(
     }
     let closed_loop = matches!(arrival, Arrival::Concurrency { .. });
     let mut sender = None;
+    let mut scheduled = None;
     if let Arrival::Concurrency { n } = arrival {
         // Workers join one by one across the warmup, not all at once: n requests sent in the
         // same instant would keep arriving, and finishing, in lockstep for the whole run.
@@ -282,6 +287,7 @@ async fn send_and_record(
     } else if let Some(schedule) = schedule {
         let (shared, tracker) = (shared.clone(), tracker.clone());
         let runtime = tokio::runtime::Handle::current();
+        let (warmup, duration) = (shared.load.workload.warmup, shared.load.workload.duration);
         sender = Some(tokio::task::spawn_blocking(move || {
             let arrivals = schedule.map(|offset| start_ns + ns(offset));
             let stop = shared.stop.clone();
@@ -292,6 +298,24 @@ async fn send_and_record(
                 tracker.spawn_on(shared.clone().request(index, at_ns), &runtime);
                 true
             });
+            // The same seed draws the same schedule again: count its measure-phase arrivals
+            // now that sending is over, off the send path. `max_requests` caps them as it
+            // caps the sends.
+            ArrivalSchedule::new(&arrival, shared.load.seed, warmup, duration).map(|again| {
+                // The schedule is endless and in order: it is counted up to the phase's end.
+                let (mut in_warmup, mut in_measure) = (0u64, 0u64);
+                for offset in again.map(ns).take_while(|&o| o < ns(warmup + duration)) {
+                    if offset < ns(warmup) {
+                        in_warmup += 1;
+                    } else {
+                        in_measure += 1;
+                    }
+                }
+                let cap = shared.load.workload.max_requests;
+                cap.map_or(in_measure, |max| {
+                    in_measure.min(max.saturating_sub(in_warmup))
+                })
+            })
         }));
     }
     let stop = shared.stop.clone();
@@ -310,14 +334,19 @@ async fn send_and_record(
     } else if let Some(sender) = sender {
         // The open loop ends by itself at the end of the phase: arrivals scheduled before it
         // are sent even when late (their lag shows it), never silently dropped.
-        if let Err(e) = sender.await {
-            tracing::error!(
+        match sender.await {
+            Ok(counted) => scheduled = counted,
+            Err(e) => tracing::error!(
                 "tenant {}: the arrival thread failed: {e}",
                 shared.load.tenant
-            );
+            ),
         }
     }
-    shared.write_phase(Phase::Drain, clock.now_ns().min(measure_end_ns));
+    shared.write(Event::Phase(PhaseEvent {
+        phase: Phase::Drain,
+        at_ns: clock.now_ns().min(measure_end_ns),
+        scheduled,
+    }));
     tracker.close();
     tokio::select! {
         () = tracker.wait() => {}

@@ -30,6 +30,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
 use multitenant::config::Experiment;
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
@@ -138,9 +139,14 @@ impl Run {
         self.streams.poke();
     }
 
-    /// Stops the run once nobody has called about it for `lease`.
+    /// Stops the run once nobody has called about it for `lease`; gives up watching once the
+    /// run ends or is stopped otherwise, so a stop is never recorded as a lapse.
     async fn hold_lease(&self, lease: Duration) {
-        let Some(silent) = lease::lapse(&self.contact, lease, &self.ended).await else {
+        let silent = tokio::select! {
+            silent = lease::lapse(&self.contact, lease, &self.ended) => silent,
+            () = self.cancel.cancelled() => None,
+        };
+        let Some(silent) = silent else {
             return;
         };
         let reason = format!(
@@ -207,6 +213,15 @@ impl RunManager {
     /// When any authenticated call last came.
     pub fn contact(&self) -> &Arc<Contact> {
         &self.contact
+    }
+
+    /// Whether this agent was ever given a run.
+    pub fn has_had_runs(&self) -> bool {
+        !self
+            .runs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
     }
 
     /// Whether any run is still running.
@@ -306,7 +321,11 @@ impl RunManager {
             solo: Default::default(),
         };
         self.tracker.spawn(async move {
-            let state = ctx.execute(trials).await;
+            // A panic must still end the run: its lease watcher and the idle exit wait on it.
+            let executed = std::panic::AssertUnwindSafe(ctx.execute(trials)).catch_unwind();
+            let state = executed.await.unwrap_or_else(|_| {
+                RunState::Failed("the run's task panicked; its files are kept".into())
+            });
             ctx.run.set_state(state);
         });
         Ok((run, false))
