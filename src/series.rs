@@ -156,7 +156,10 @@ fn read_trial(trial_dir: &TrialDir) -> Result<Option<TrialSeries>, AnalysisError
             .events
             .iter()
             .filter_map(|l| match &l.event {
-                Event::Request(r) if r.phase == Phase::Measure => Some(RequestPoint::of(r)),
+                // Implausible times are left out here as in the summary.
+                Event::Request(r) if r.phase == Phase::Measure && r.implausible(None).is_none() => {
+                    Some(RequestPoint::of(r))
+                }
                 _ => None,
             })
             .collect();

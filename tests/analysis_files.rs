@@ -343,3 +343,98 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
         s.warnings
     );
 }
+
+#[test]
+fn implausible_times_are_counted_named_and_left_out_of_the_figures() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let trial = tmp.path().join("nodes/n/mps");
+    write_stream(
+        &trial.join("agent.jsonl"),
+        header(StreamKind::Agent, None),
+        &[Event::Trial(TrialEvent {
+            at_ns: 9,
+            state: TrialState::Finished,
+            reason: None,
+        })],
+    );
+    let mut early = request("early", 500, 10, 1, 2);
+    early.first_token_ns = Some(100 * 1_000_000);
+    let mut far = request("far", 600, 10, 1, 2);
+    far.done_ns = 1 << 63;
+    let phase = |phase, at_ms: u64| {
+        Event::Phase(PhaseEvent {
+            phase,
+            at_ns: at_ms * 1_000_000,
+            scheduled: None,
+        })
+    };
+    write_stream(
+        &trial.join("a.jsonl"),
+        header(StreamKind::Tenant, Some("a")),
+        &[
+            phase(Phase::Measure, 0),
+            Event::Request(request("good", 0, 100, 20, 11)),
+            Event::Request(early),
+            Event::Request(far),
+            phase(Phase::Drain, 2000),
+            phase(Phase::Done, 2500),
+        ],
+    );
+    let s = analyze_dir(tmp.path()).expect("analyze");
+    let a = &s.nodes[0].trials[0].tenants[0].metrics;
+    assert_eq!((a.sent, a.completed, a.implausible), (1, 1, 2));
+    let e2e = a.e2e_ms.expect("e2e");
+    assert_eq!((e2e.count, e2e.max), (1, 300.0), "only the good request");
+    assert!(
+        s.warnings.iter().any(|w| w.contains("a.jsonl:4: request early has implausible times (first token before its send), and 1 more like it; left out of the figures")),
+        "{:?}",
+        s.warnings
+    );
+}
+
+#[test]
+fn skipped_lines_are_named_up_to_a_bound_and_an_oversized_line_is_skipped_not_parsed() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = tmp.path().join("s.jsonl");
+    write_stream(&path, header(StreamKind::Agent, None), &[]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    for _ in 0..1000 {
+        f.write_all(b"not json\n").expect("append");
+    }
+    let s = read_stream(&path).expect("readable");
+    assert_eq!(s.warnings.len(), MAX_NAMED_SKIPS + 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[MAX_NAMED_SKIPS].ends_with(&format!(
+            "{} more lines skipped like the {MAX_NAMED_SKIPS} above",
+            1000 - MAX_NAMED_SKIPS
+        )),
+        "{}",
+        s.warnings[MAX_NAMED_SKIPS]
+    );
+
+    // A well-formed event, but longer than any real one: skipped by its length, and the
+    // lines after it are still read.
+    write_stream(&path, header(StreamKind::Agent, None), &[]);
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .expect("open");
+    let huge = format!(
+        "{{\"seq\":1,\"type\":\"warning\",\"at_ns\":1,\"message\":\"{}\"}}\n",
+        "x".repeat(MAX_LINE_BYTES)
+    );
+    f.write_all(huge.as_bytes()).expect("append");
+    f.write_all(b"{\"seq\":2,\"type\":\"warning\",\"at_ns\":2,\"message\":\"after\"}\n")
+        .expect("append");
+    let s = read_stream(&path).expect("readable");
+    assert_eq!(s.events.len(), 1, "only the line after the huge one");
+    assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+    assert!(
+        s.warnings[0].contains(":2: a line of") && s.warnings[0].contains("-byte bound"),
+        "{}",
+        s.warnings[0]
+    );
+}

@@ -647,9 +647,18 @@ fn analyze_trial(
         }
         let mut acc = TenantAccumulator::default();
         let mut good = 0u64;
+        let end_ns = stream.events.iter().find_map(|l| match &l.event {
+            Event::Phase(p) if p.phase == crate::events::Phase::Done => Some(p.at_ns),
+            _ => None,
+        });
+        let mut implausible = Implausible::default();
         for line in &stream.events {
             match &line.event {
                 Event::Request(r) => {
+                    if let Some(why) = r.implausible(end_ns) {
+                        implausible.note(line.seq, &r.id, why);
+                        continue;
+                    }
                     acc.request(r);
                     let measured = r.phase == crate::events::Phase::Measure;
                     if measured && tenant.slo.as_ref().is_some_and(|s| s.request_meets(r)) {
@@ -664,6 +673,9 @@ fn analyze_trial(
                 }
                 _ => {}
             }
+        }
+        if let Some(note) = implausible.warning(&path) {
+            summary.warnings.push(note);
         }
         if let Some((start, end)) = acc.window_ns() {
             merged_window =
@@ -685,7 +697,8 @@ fn analyze_trial(
         };
         let quality = answer_quality(trial_dir, &tenant.name, &mut summary.warnings);
         histograms.add(&acc);
-        let metrics = acc.finish();
+        let mut metrics = acc.finish();
+        metrics.implausible = implausible.count;
         output_tokens += metrics.output_tokens;
         total_tokens += metrics.output_tokens + metrics.prompt_tokens;
         if metrics.completed == 0 {
@@ -847,6 +860,35 @@ fn answer_quality(
         })
         .collect();
     (!answers.is_empty()).then(|| QualitySummary::of(answers))
+}
+
+/// Request events of one stream whose times cannot be true, left out of the figures.
+#[derive(Debug, Default)]
+struct Implausible {
+    count: u64,
+    /// The first: line, request id and why.
+    first: Option<(u64, String, &'static str)>,
+}
+
+impl Implausible {
+    fn note(&mut self, seq: u64, id: &str, why: &'static str) {
+        self.count += 1;
+        self.first.get_or_insert_with(|| (seq, id.to_owned(), why));
+    }
+
+    /// One warning naming the first case by `file:line`, and how many more there are.
+    fn warning(&self, path: &Path) -> Option<String> {
+        let (seq, id, why) = self.first.as_ref()?;
+        let more = match self.count {
+            1 => String::new(),
+            n => format!(", and {} more like it", n - 1),
+        };
+        Some(format!(
+            "{}:{}: request {id} has implausible times ({why}){more}; left out of the figures",
+            path.display(),
+            seq + 1
+        ))
+    }
 }
 
 /// Schedule lag p99 above this means the load generator fell behind its own schedule.

@@ -237,6 +237,31 @@ pub struct RequestEvent {
 }
 
 impl RequestEvent {
+    /// Why this event's times cannot be true, when they cannot: out of order, or ending after
+    /// `end_ns` (the load generator's `done`, written once every request had ended). Such an
+    /// event is counted and left out of every figure, never averaged in.
+    pub fn implausible(&self, end_ns: Option<u64>) -> Option<&'static str> {
+        let first = self.first_token_ns;
+        if first.is_some_and(|f| f < self.sent_ns) {
+            return Some("first token before its send");
+        }
+        if let (Some(f), Some(l)) = (first, self.last_token_ns) {
+            if l < f {
+                return Some("last token before the first");
+            }
+        }
+        if self.done_ns < self.sent_ns {
+            return Some("done before its send");
+        }
+        if self.last_token_ns.is_some_and(|l| self.done_ns < l) {
+            return Some("done before its last token");
+        }
+        if end_ns.is_some_and(|end| self.done_ns > end) {
+            return Some("done after the load generator's own end");
+        }
+        None
+    }
+
     /// TTFT (DESIGN.md §6): first content chunk − sent; `None` for a failed request or one
     /// without content.
     pub fn ttft_ns(&self) -> Option<u64> {

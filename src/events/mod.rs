@@ -44,7 +44,7 @@ pub(crate) mod testing;
 mod writer;
 
 pub use event::*;
-pub use reader::{read_stream, ReadError, StreamContents};
+pub use reader::{read_stream, ReadError, StreamContents, MAX_LINE_BYTES, MAX_NAMED_SKIPS};
 pub use writer::EventWriter;
 
 /// Major version of the schema: bumped when a reader of the old version would misread a file.

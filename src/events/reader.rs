@@ -54,6 +54,13 @@ pub enum ReadError {
     },
 }
 
+/// Longest line read: longer ones are skipped and named, so one hostile line cannot take the
+/// reader's memory (a request event with a million chunk gaps is about 8 MB; a prompt of
+/// 100,000 tokens about 1 MB).
+pub const MAX_LINE_BYTES: usize = 32 * 1024 * 1024;
+/// Skipped lines named one by one per stream; the rest are counted in one more warning.
+pub const MAX_NAMED_SKIPS: usize = 20;
+
 /// Reads the stream at `path`.
 pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
     let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
@@ -64,6 +71,15 @@ pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
     let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
     let mut lines = bytes[..complete_len].split(|&b| b == b'\n').enumerate();
     let header = match lines.next() {
+        Some((_, first)) if first.len() > MAX_LINE_BYTES => {
+            return Err(ReadError::NoHeader {
+                path: path.to_owned(),
+                message: format!(
+                    "a first line of {} bytes, over the {MAX_LINE_BYTES}-byte bound, is no header",
+                    first.len()
+                ),
+            })
+        }
         Some((_, first)) if !first.is_empty() => match serde_json::from_slice::<Line>(first) {
             Ok(Line {
                 event: Event::Header(h),
@@ -102,21 +118,41 @@ pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
     }
     let mut events = Vec::new();
     let mut warnings = Vec::new();
+    let mut skipped = 0usize;
+    let mut skip = |warning: String| {
+        skipped += 1;
+        if skipped <= MAX_NAMED_SKIPS {
+            warnings.push(warning);
+        }
+    };
     for (index, raw) in lines {
         if raw.is_empty() {
             continue;
         }
         let line_no = index + 1;
+        if raw.len() > MAX_LINE_BYTES {
+            skip(format!(
+                "{shown}:{line_no}: a line of {} bytes, over the {MAX_LINE_BYTES}-byte bound; line skipped",
+                raw.len()
+            ));
+            continue;
+        }
         match serde_json::from_slice::<Line>(raw) {
             Ok(line) if line.seq == index as u64 => events.push(line),
-            Ok(line) => warnings.push(format!(
+            Ok(line) => skip(format!(
                 "{shown}:{line_no}: seq {} where {index} was expected; line skipped",
                 line.seq
             )),
-            Err(e) => warnings.push(format!(
+            Err(e) => skip(format!(
                 "{shown}:{line_no}: not a valid event ({e}); line skipped"
             )),
         }
+    }
+    if skipped > MAX_NAMED_SKIPS {
+        warnings.push(format!(
+            "{shown}: {} more lines skipped like the {MAX_NAMED_SKIPS} above",
+            skipped - MAX_NAMED_SKIPS
+        ));
     }
     if complete_len < bytes.len() {
         let line_no = bytes[..complete_len]

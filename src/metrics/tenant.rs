@@ -77,6 +77,10 @@ pub struct TenantMetrics {
     pub prompt_tokens: u64,
     /// `usage`, `counted`, `mixed`, or `none`.
     pub token_source: String,
+    /// Request events whose times cannot be true (out of order, or past the load's end):
+    /// counted here, left out of every other figure.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub implausible: u64,
     /// Sends per second during the measure phase.
     pub achieved_rate: Option<f64>,
     /// Arrivals an open-loop schedule placed in the measure phase, sent or not, when the
@@ -95,6 +99,10 @@ pub struct TenantMetrics {
     pub e2e_ms: Option<Percentiles>,
     /// sent − scheduled, ms: how late the load generator was.
     pub schedule_lag_ms: Option<Percentiles>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// Collects a tenant's events, then computes [`TenantMetrics`]. Histograms are public so
@@ -233,6 +241,7 @@ impl TenantAccumulator {
             output_tokens: self.output_tokens,
             prompt_tokens: self.prompt_tokens,
             token_source: token_source.into(),
+            implausible: 0,
             achieved_rate,
             scheduled: self.scheduled,
             throughput,
