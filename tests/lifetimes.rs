@@ -315,4 +315,12 @@ fn absurd_rates_and_names_that_cannot_be_file_names_are_refused_with_the_bound()
         );
     }
     assert!(multitenant::config::Experiment::from_yaml(&config("ok", "10000"), "x.yaml").is_ok());
+    // Over the size one gRPC message carries to an agent: refused by validation, not at run.
+    let padded = format!(
+        "{}# {}\n",
+        config("ok", "2"),
+        "x".repeat(multitenant::config::MAX_CONFIG_BYTES)
+    );
+    let big = refused(padded);
+    assert!(big.contains("-byte bound") && big.contains("gRPC"), "{big}");
 }

@@ -9,6 +9,7 @@ mod error;
 mod launcher;
 mod raw;
 mod validate;
+pub use validate::MAX_CONFIG_BYTES;
 mod validate_capacity;
 mod validate_launcher;
 

@@ -24,6 +24,9 @@ const MAX_CONCURRENCY: u32 = 100_000;
 /// no engine on one GPU serves 10,000 requests/s; a higher rate is a typo, and would only fill
 /// the agent's memory and disk with requests it cannot send on time.
 const MAX_RATE: f64 = 10_000.0;
+/// Longest config text: one gRPC message carries it to each agent, with room to spare for
+/// its paths made absolute.
+pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Longest name, so that `<name>.engine.jsonl` and the run folder stay file names everywhere.
 const MAX_NAME_LEN: usize = 64;
 /// Largest token count a length may ask for.
@@ -38,6 +41,20 @@ pub(super) fn parse_and_validate(
     origin: &str,
     base: &Path,
 ) -> Result<Experiment, ConfigError> {
+    if text.len() > MAX_CONFIG_BYTES {
+        // Refused here, so `validate` says what `run` would find: the config travels to every
+        // agent in one gRPC message (tonic's 4 MiB default), its paths made absolute.
+        return Err(ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems: vec![Problem {
+                path: String::new(),
+                message: format!(
+                    "the config is {} bytes, over the {MAX_CONFIG_BYTES}-byte bound (it travels to each agent in one gRPC message of at most 4 MiB); put long prompt lists in a dataset file",
+                    text.len()
+                ),
+            }],
+        });
+    }
     let mut problems = Vec::new();
     let mut unknown = Vec::new();
     let raw: Option<RawExperiment> = {
