@@ -72,3 +72,55 @@ async fn each_fault_becomes_a_failed_request_with_its_reason_and_the_run_goes_on
     assert_eq!(m.ttft_ms.expect("ttft").count, 100 - failed as u64);
     engine.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_out_of_file_descriptors_records_client_errors_not_engine_failures() {
+    use crate::support::engines::{run_to_end_at, AgentProcess};
+    // 300 workers failing and retrying take both cores for the trial: `.ci/run` runs this
+    // alone, beside no timing test.
+    if std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() != Ok("1") {
+        eprintln!("skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // Room for the agent's own files and a few connections, far from 300 in flight (each
+    // costs two descriptors here: the load's socket and the in-process engine's).
+    let agent = AgentProcess::spawn_limited(tmp.path(), None, &[], Some(96)).await;
+    let config = "name: fds\nworkloads:\n  w: {arrival: {kind: concurrency, n: 300}, data: {prompt_tokens: 8, output_tokens: 64}, warmup: 0s, duration: 2s}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants: [{name: t, engine: {kind: simulated}, workload: w}]\n";
+    let state = run_to_end_at(&agent.url, "fds", config).await;
+    assert_eq!(state, "finished");
+    let trial = multitenant::layout::TrialDir {
+        name: "solo-t".into(),
+        path: tmp.path().join("fds/solo-t"),
+    };
+    let summary = multitenant::analysis::analyze_trial_folder(&trial).expect("analysis");
+    let tenant = &summary.tenants[0];
+    let errors = &tenant.metrics.errors;
+    eprintln!(
+        "{} sent, {} completed, errors {errors:?}",
+        tenant.metrics.sent, tenant.metrics.completed
+    );
+    assert!(
+        errors.get("client").is_some_and(|&n| n > 0),
+        "no client errors: {errors:?}"
+    );
+    // Each worker waits 20 ms after such a failure: at most 100 per worker in the 2 s, not
+    // a loop spinning as fast as it can (it sent 111,510 in 2 s before it backed off).
+    let client = errors.get("client").copied().unwrap_or(0);
+    assert!(
+        client <= 300 * 100 + 300,
+        "{client} client failures: the loop spun"
+    );
+    assert!(
+        !errors.contains_key("connect"),
+        "EMFILE blamed on the engine: {errors:?}"
+    );
+    assert!(
+        tenant
+            .load_checks
+            .iter()
+            .any(|c| c.contains("load generator's own reasons")),
+        "{:?}",
+        tenant.load_checks
+    );
+}

@@ -113,6 +113,7 @@ pub async fn run(
     json: Option<&Path>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
+    eprintln!("{}", crate::raise_fd_limit());
     let scratch = std::env::temp_dir().join(format!("multitenant-bench-{}", std::process::id()));
     let result = stages(quick, &scratch, &shutdown).await;
     let _ = std::fs::remove_dir_all(&scratch);

@@ -108,6 +108,7 @@ pub async fn serve(
         .with_context(|| format!("binding {listen}"))?;
     let gpu = gpu::NodeGpus::probe();
     eprintln!("{}", gpu.status.describe());
+    eprintln!("{}", raise_fd_limit());
     let runs = Arc::new(run::RunManager::new(data_dir, gpu, mps_control));
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout();
@@ -119,6 +120,22 @@ pub async fn serve(
     let served = server::serve(listener, runs.clone(), token, tls, shutdown.clone()).await;
     runs.shutdown().await;
     served.context("the gRPC server failed")
+}
+
+/// Raises this process's soft limit on open files to its hard limit: every in-flight request
+/// holds a socket. Returns what it got, in words.
+pub fn raise_fd_limit() -> String {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return "file descriptors: the limit could not be read".into();
+    };
+    if soft >= hard {
+        return format!("file descriptors: limit {soft} (the hard limit); a load that needs more sockets records `client` errors");
+    }
+    match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => format!("file descriptors: limit raised from {soft} to {hard}"),
+        Err(e) => format!("file descriptors: limit {soft}; raising it to {hard} failed: {e}"),
+    }
 }
 
 /// Cancels `shutdown` once no run is running and no authenticated call came for as long as

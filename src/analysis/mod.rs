@@ -928,6 +928,11 @@ fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
             ));
         }
     }
+    if let Some(&client) = m.errors.get(crate::events::ErrorKind::Client.as_str()) {
+        out.push(format!(
+            "{client} requests could not be sent for the load generator's own reasons (out of file descriptors or local ports on the agent's machine); they count as failed, but they are not the engine's failures: lower the load or raise the agent's open-file limit"
+        ));
+    }
     if tenant.forced_length && (m.short_outputs > 0 || m.long_outputs > 0) {
         out.push(format!(
             "{} of {} completed requests delivered fewer output tokens than asked and {} more; the server may ignore max_tokens or ignore_eos (per request: max_tokens vs output_tokens in the events)",

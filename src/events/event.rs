@@ -169,6 +169,9 @@ pub enum ErrorKind {
     Timeout,
     /// The run was stopped or the drain timeout passed while it was in flight.
     Cancelled,
+    /// The load generator itself could not send it (out of file descriptors or local ports):
+    /// a failure of this machine, never the engine's.
+    Client,
 }
 
 impl ErrorKind {
@@ -182,6 +185,7 @@ impl ErrorKind {
             ErrorKind::ServerError => "server_error",
             ErrorKind::Timeout => "timeout",
             ErrorKind::Cancelled => "cancelled",
+            ErrorKind::Client => "client",
         }
     }
 }

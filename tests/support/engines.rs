@@ -147,7 +147,28 @@ impl AgentProcess {
 
     /// [`AgentProcess::spawn`] with `extra` arguments of `agent serve`.
     pub async fn spawn_with(data_dir: &Path, path_first: Option<&Path>, extra: &[&str]) -> Self {
-        let mut command = tokio::process::Command::new(&binaries().0);
+        Self::spawn_limited(data_dir, path_first, extra, None).await
+    }
+
+    /// [`AgentProcess::spawn_with`], its open-file limit (soft and hard) set to `fd_limit`.
+    pub async fn spawn_limited(
+        data_dir: &Path,
+        path_first: Option<&Path>,
+        extra: &[&str],
+        fd_limit: Option<u64>,
+    ) -> Self {
+        // The limit is set by the shell the agent is exec'd from (soft and hard, as `ulimit -n`
+        // sets both), so the agent cannot raise it.
+        let mut command = match fd_limit {
+            Some(limit) => {
+                let mut sh = tokio::process::Command::new("sh");
+                sh.arg("-c")
+                    .arg(format!("ulimit -n {limit} && exec \"$0\" \"$@\""))
+                    .arg(&binaries().0);
+                sh
+            }
+            None => tokio::process::Command::new(&binaries().0),
+        };
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)

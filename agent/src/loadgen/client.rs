@@ -127,6 +127,29 @@ impl Chunk {
     }
 }
 
+/// What this machine ran out of, when a send failed for the client's own reasons: file
+/// descriptors (EMFILE, ENFILE), local ports (EADDRNOTAVAIL) or socket buffers (ENOBUFS).
+fn local_exhaustion(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use nix::errno::Errno;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        let code = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error);
+        if let Some(code) = code {
+            return match Errno::from_raw(code) {
+                Errno::EMFILE => Some("too many open files (the process's file-descriptor limit)"),
+                Errno::ENFILE => Some("too many open files on this machine"),
+                Errno::EADDRNOTAVAIL => Some("no local port left to connect from"),
+                Errno::ENOBUFS => Some("no socket buffer space left"),
+                _ => None,
+            };
+        }
+        source = e.source();
+    }
+    None
+}
+
 fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<String>) {
     m.done_ns = clock.now_ns();
     m.error = Some(RequestError {
@@ -191,12 +214,17 @@ pub async fn execute(
     let response = match sent {
         Ok(r) => r,
         Err(e) => {
-            fail(
-                &mut m,
-                clock,
-                ErrorKind::Connect,
-                format!("sending to {}{path}: {e}", target.base_url),
-            );
+            let (kind, message) = match local_exhaustion(&e) {
+                Some(what) => (
+                    ErrorKind::Client,
+                    format!("the load generator could not open a connection to {}{path}: {what}; not the engine's failure", target.base_url),
+                ),
+                None => (
+                    ErrorKind::Connect,
+                    format!("sending to {}{path}: {e}", target.base_url),
+                ),
+            };
+            fail(&mut m, clock, kind, message);
             return m;
         }
     };

@@ -114,7 +114,9 @@ impl Shared {
         }));
     }
 
-    async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) {
+    /// Sends request `index` and records it; returns whether it failed for the client's own
+    /// reasons (out of descriptors or ports), so a closed loop can back off instead of spinning.
+    async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) -> bool {
         let id = request_id(&self.load.tenant, index);
         let prompt = self.load.prompts.prompt(index);
         let keep_text = self
@@ -133,6 +135,10 @@ impl Shared {
         )
         .await;
         let response = measured.text.take().filter(|_| measured.error.is_none());
+        let client_failed = measured
+            .error
+            .as_ref()
+            .is_some_and(|e| e.kind == multitenant::events::ErrorKind::Client);
         let phase = if scheduled_ns < self.warmup_end_ns {
             Phase::Warmup
         } else {
@@ -164,8 +170,12 @@ impl Shared {
         if let Some(log) = &self.load.prompt_log {
             log.record(index, response).await;
         }
+        client_failed
     }
 }
+
+/// How long a closed-loop worker waits after a request the client itself could not send.
+const CLIENT_BACKOFF: Duration = Duration::from_millis(20);
 
 /// The id of request `index` of `tenant`, as sent in `x-request-id` and recorded.
 pub fn request_id(tenant: &str, index: u64) -> String {
@@ -385,6 +395,13 @@ async fn closed_loop_worker(shared: Arc<Shared>, begin_ns: u64, end_ns: u64) {
             return;
         }
         let Some(index) = shared.claim() else { return };
-        shared.clone().request(index, now).await;
+        if shared.clone().request(index, now).await {
+            // Out of descriptors or ports: a retry at once would fail the same way, as fast
+            // as the loop can spin. Wait for in-flight requests to give some back.
+            tokio::select! {
+                () = tokio::time::sleep(CLIENT_BACKOFF) => {}
+                () = shared.stop.cancelled() => return,
+            }
+        }
     }
 }
