@@ -312,19 +312,9 @@ async fn the_summary_says_when_the_server_delivered_fewer_tokens_than_asked() {
     let config_path = tmp.path().join("short.yaml");
     std::fs::write(&config_path, config).expect("write");
     let agent = crate::support::InProcessAgent::start(&tmp.path().join("agent")).await;
-    let endpoint = coordinator::launch::AgentEndpoint {
-        url: agent.url.clone(),
-        token: crate::support::test_token(),
-        tls: None,
-    };
-    let outcome = coordinator::run::run_experiment(
-        &config_path,
-        Some(&tmp.path().join("runs")),
-        coordinator::run::Launch::Static(vec![endpoint]),
-        tokio_util::sync::CancellationToken::new(),
-    )
-    .await
-    .expect("experiment");
+    let outcome = agent
+        .run_experiment(&config_path, &tmp.path().join("runs"))
+        .await;
     let summary = analyze_dir(&outcome.dir).expect("analyze");
     let tenant = &summary.nodes[0].trials[0].tenants[0];
     assert_eq!(tenant.metrics.short_outputs, tenant.metrics.completed);

@@ -19,12 +19,9 @@
 
 use std::path::Path;
 
-use coordinator::launch::AgentEndpoint;
-use coordinator::run::{run_experiment, Launch};
 use multitenant::events::{read_stream, Event};
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{request_events, test_token, InProcessAgent};
+use crate::support::{request_events, InProcessAgent};
 use multitenant::analysis::TrialStatus;
 
 fn tenant(name: &str, core: u32, bin: &str, model: &str) -> String {
@@ -54,19 +51,9 @@ async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
     let config_path = tmp.path().join("real-vllm.yaml");
     std::fs::write(&config_path, config).expect("write config");
     let agent = InProcessAgent::start(&tmp.path().join("agent")).await;
-    let endpoint = AgentEndpoint {
-        url: agent.url.clone(),
-        token: test_token(),
-        tls: None,
-    };
-    let outcome = run_experiment(
-        &config_path,
-        Some(&tmp.path().join("runs")),
-        Launch::Static(vec![endpoint]),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("experiment");
+    let outcome = agent
+        .run_experiment(&config_path, &tmp.path().join("runs"))
+        .await;
     let trial = &outcome.summary.nodes[0].trials[0];
     assert_eq!(trial.state, TrialStatus::Finished, "{:?}", trial.reason);
     assert!(
@@ -196,19 +183,9 @@ async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_b
     let config_path = tmp.path().join("real-capacity.yaml");
     std::fs::write(&config_path, config).expect("write config");
     let agent = InProcessAgent::start(&tmp.path().join("agent")).await;
-    let endpoint = AgentEndpoint {
-        url: agent.url.clone(),
-        token: test_token(),
-        tls: None,
-    };
-    let outcome = run_experiment(
-        &config_path,
-        Some(&tmp.path().join("runs")),
-        Launch::Static(vec![endpoint]),
-        CancellationToken::new(),
-    )
-    .await
-    .expect("experiment");
+    let outcome = agent
+        .run_experiment(&config_path, &tmp.path().join("runs"))
+        .await;
     let capacity = outcome.summary.capacity.clone().expect("capacity searched");
     let node = &capacity.nodes[0];
     eprintln!("real vLLM verdict: {}", node.verdict);

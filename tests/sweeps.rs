@@ -4,12 +4,10 @@
 
 use std::time::Duration;
 
-use coordinator::launch::AgentEndpoint;
-use coordinator::run::{run_experiment, Launch, Outcome};
+use coordinator::run::Outcome;
 use multitenant::analysis::TrialSummary;
-use tokio_util::sync::CancellationToken;
 
-use crate::support::{test_token, InProcessAgent};
+use crate::support::InProcessAgent;
 use multitenant::analysis::TrialStatus;
 
 async fn run(arrival: &str, tmp: &std::path::Path) -> Outcome {
@@ -19,23 +17,12 @@ async fn run(arrival: &str, tmp: &std::path::Path) -> Outcome {
     let path = tmp.join("sweep.yaml");
     std::fs::write(&path, config).expect("write config");
     let agent = InProcessAgent::start(&tmp.join("agent")).await;
-    let endpoint = AgentEndpoint {
-        url: agent.url.clone(),
-        token: test_token(),
-        tls: None,
-    };
     let outcome = tokio::time::timeout(
         Duration::from_secs(120),
-        run_experiment(
-            &path,
-            Some(&tmp.join("runs")),
-            Launch::Static(vec![endpoint]),
-            CancellationToken::new(),
-        ),
+        agent.run_experiment(&path, &tmp.join("runs")),
     )
     .await
-    .expect("the sweep ends in time")
-    .expect("experiment");
+    .expect("the sweep ends in time");
     agent.stop().await;
     outcome
 }

@@ -135,6 +135,28 @@ impl InProcessAgent {
         }
     }
 
+    /// Runs the experiment in `config` on this agent, as a static one, with the experiment
+    /// folder under `output_dir`; panics when it fails.
+    pub async fn run_experiment(
+        &self,
+        config: &Path,
+        output_dir: &Path,
+    ) -> coordinator::run::Outcome {
+        let endpoint = coordinator::launch::AgentEndpoint {
+            url: self.url.clone(),
+            token: test_token(),
+            tls: None,
+        };
+        coordinator::run::run_experiment(
+            config,
+            Some(output_dir),
+            coordinator::run::Launch::Static(vec![endpoint]),
+            CancellationToken::new(),
+        )
+        .await
+        .expect("experiment")
+    }
+
     /// Stops it and waits until its runs have closed their records.
     pub async fn stop(self) {
         self.shutdown.cancel();
