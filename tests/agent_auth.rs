@@ -3,7 +3,7 @@
 use multitenant::auth::BearerToken;
 use multitenant::proto::v1::agent_client::AgentClient;
 use multitenant::proto::v1::{
-    GetRunRequest, InfoRequest, StartRunRequest, StopRunRequest, StreamEventsRequest,
+    DoctorRequest, GetRunRequest, InfoRequest, StartRunRequest, StopRunRequest, StreamEventsRequest,
 };
 use tonic::Code;
 
@@ -37,6 +37,16 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
         let refused = [
             anonymous
                 .info(with(token, InfoRequest {}))
+                .await
+                .map(|_| ()),
+            anonymous
+                .doctor(with(
+                    token,
+                    DoctorRequest {
+                        config_yaml: CONFIG.into(),
+                        node: "n".into(),
+                    },
+                ))
                 .await
                 .map(|_| ()),
             anonymous.start_run(with(token, start())).await.map(|_| ()),

@@ -32,6 +32,7 @@ fn header(stream: StreamKind, tenant: Option<&str>) -> Header {
             streaming: true,
             forced_length: true,
             slo: None,
+            planned_ms: None,
         }),
     }
 }
@@ -139,7 +140,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.1""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.2""#));
     assert!(text
         .lines()
         .nth(2)

@@ -1,6 +1,7 @@
 //! The capacity search on simulated engines: its solo interval agrees with a dense grid of
 //! fixed-rate trials, shared capacity falls as MPS interference rises, the verdict reaches the
-//! terminal, summary.json and the page, and bad capacity configs are refused.
+//! terminal, summary.json and the page, and bad capacity configs are refused. The searches
+//! judge latency SLOs for minutes, so they are heavy tests ([`heavy`]), run alone.
 
 use std::path::Path;
 
@@ -9,18 +10,7 @@ use multitenant::capacity::{NodeCapacity, SearchEnd};
 use multitenant::config::Experiment;
 
 use crate::report_html::chromium;
-use crate::support::{read_summary, run_experiment};
-
-/// The searches below judge latency SLOs on simulated engines for minutes; beside the other
-/// tests they would measure the machine's load, and disturb the timing tests. `.ci/run` runs
-/// them alone with MULTITENANT_HEAVY_TESTS=1.
-fn heavy(test: &str) -> bool {
-    let on = std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() == Ok("1");
-    if !on {
-        eprintln!("{test} skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
-    }
-    on
-}
+use crate::support::{heavy, read_summary, run_experiment};
 
 /// One simulated tenant (or two) whose TTFT p50 bound is crossed sharply once its batch fills.
 fn engine(decode_us: u32) -> String {

@@ -165,7 +165,7 @@ async fn an_agent_killed_with_sigkill_takes_its_engines_with_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_nobody_calls_about_stops_when_its_lease_lapses_and_an_idle_agent_exits() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let mut agent = AgentProcess::spawn_with(tmp.path(), None, &["--exit-when-idle", "10s"]).await;
+    let mut agent = AgentProcess::spawn_with(tmp.path(), None, &["--exit-when-idle", "15s"]).await;
     let leased = format!(
         "{}launcher: {{lease: 6s}}\n",
         config(&[tenant("a", "ok", "")], "[solo]", "60s", "")
@@ -219,14 +219,17 @@ async fn a_run_nobody_calls_about_stops_when_its_lease_lapses_and_an_idle_agent_
         .into_inner();
     assert_eq!(run.state, "stopped");
     assert!(run.error.contains("lease lapsed"), "{}", run.error);
-    // No run and no call for 10 s: the agent exits by itself, cleanly.
+    // No run and no call for 15 s: the agent exits by itself, cleanly. (Longer than the
+    // lease plus the wait for the engine's end above, so the idle clock, which counts from the
+    // start call, cannot run out before this test's last call: with 10 s it did on a busy CI
+    // machine.)
     let asked = tokio::time::Instant::now();
-    let status = tokio::time::timeout(Duration::from_secs(25), agent.child.wait())
+    let status = tokio::time::timeout(Duration::from_secs(35), agent.child.wait())
         .await
         .expect("the idle agent exits")
         .expect("reaped");
     assert!(status.success(), "{status}");
-    assert!(asked.elapsed() >= Duration::from_secs(9), "exited early");
+    assert!(asked.elapsed() >= Duration::from_secs(14), "exited early");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

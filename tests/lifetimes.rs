@@ -2,7 +2,9 @@
 //! agent dies with its coordinator even under SIGKILL, an agent's death is reported within
 //! seconds with its prompt record kept, SIGTERM stops an experiment as Ctrl-C
 //! does (exit 4), a run where no trial finished exits 5 with each reason in the terminal, and
-//! a config named without a folder runs.
+//! a config named without a folder runs. They start, signal and kill whole coordinators with
+//! their agents, whose start-ups compete for the cores with the timing tests: heavy tests
+//! ([`heavy`]), run alone.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -11,17 +13,22 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::{binaries, read_summary, results_dir};
+use crate::support::{binaries, heavy, read_summary, results_dir};
 
-/// These tests start, signal and kill whole coordinators with their agents; the start-ups
-/// compete for the two cores with the timing tests (a load-shape test saw 2.5 ms of schedule
-/// lag beside them), so `.ci/run` runs them alone with MULTITENANT_HEAVY_TESTS=1.
-fn alone(test: &str) -> bool {
-    let on = std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() == Ok("1");
-    if !on {
-        eprintln!("{test} skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
-    }
-    on
+/// `coordinator run <cfg> --output-dir <runs>` to its end, which must be exit code 5 (no trial
+/// finished); its stdout and stderr.
+fn run_expecting_exit_5(coordinator: &Path, cfg: &Path, runs: &Path) -> (String, String) {
+    let out = Command::new(coordinator)
+        .arg("run")
+        .arg(cfg)
+        .arg("--output-dir")
+        .arg(runs)
+        .output()
+        .expect("run");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+    (stdout, stderr)
 }
 
 /// PIDs of processes whose command line mentions `needle` (the test's own folder).
@@ -91,7 +98,7 @@ fn start_run(tmp: &Path, cfg: &Path) -> Child {
 
 #[test]
 fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
-    if !alone("a coordinator killed by sigkill takes its local agent with it") {
+    if !heavy("a coordinator killed by sigkill takes its local agent with it") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -99,6 +106,8 @@ fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
     let mut coordinator = start_run(tmp.path(), &cfg);
     let agents = processes_mentioning(tmp.path());
     assert_eq!(agents.len(), 1, "one local agent: {agents:?}");
+    // Some requests, so that there is something to adopt.
+    std::thread::sleep(Duration::from_secs(2));
     coordinator.kill().expect("SIGKILL the coordinator");
     coordinator.wait().expect("reaped");
     // Simulated engines run inside the agent, so the agent's end is theirs too (vLLM engines
@@ -111,18 +120,71 @@ fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
         "the agent outlived its coordinator: {:?}",
         processes_mentioning(tmp.path())
     );
-    // It stopped its run and kept what it recorded.
-    let kept = crate::support::files_under(&tmp.path().join("runs"));
+    // It stopped its run and kept what it recorded, which `coordinator attach` adopts: the
+    // folder then holds the agent's copy byte for byte, and the summary counts all of it.
+    let runs = tmp.path().join("runs");
+    let kept = crate::support::files_under(&runs);
+    let agent_stream = kept
+        .iter()
+        .find(|f| f.to_string_lossy().contains(".agent/n/") && f.ends_with("solo-t/t.jsonl"))
+        .map(|f| runs.join(f))
+        .unwrap_or_else(|| panic!("no agent copy of the tenant stream in {kept:?}"));
+    let dir = agent_stream
+        .ancestors()
+        .find(|d| d.join("nodes").is_dir())
+        .expect("the experiment folder")
+        .to_owned();
+    let collected = std::fs::read(dir.join("nodes/n/solo-t/t.jsonl")).unwrap_or_default();
+    let theirs = std::fs::read(&agent_stream).expect("agent copy");
+    assert!(theirs.starts_with(&collected));
     assert!(
-        kept.iter()
-            .any(|f| f.to_string_lossy().contains(".agent/n/") && f.ends_with("agent.jsonl")),
-        "{kept:?}"
+        !dir.join("summary.json").exists(),
+        "the killed run wrote no summary"
+    );
+    let (_, coordinator) = binaries();
+    let attach = Command::new(coordinator)
+        .arg("attach")
+        .arg(&dir)
+        .output()
+        .expect("attach");
+    let stdout = String::from_utf8_lossy(&attach.stdout);
+    let stderr = String::from_utf8_lossy(&attach.stderr);
+    // Interrupted: the agent stopped its trial when its coordinator went.
+    assert_eq!(attach.status.code(), Some(4), "{stdout}{stderr}");
+    assert!(
+        stderr.contains("node n: adopted the agent's copy: ")
+            && !stderr.contains(" 0 verified against its SHA256SUMS"),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(dir.join("nodes/n/solo-t/t.jsonl")).expect("adopted"),
+        theirs,
+        "the folder holds the agent's copy"
+    );
+    let (requests, _) = crate::support::request_events(&dir.join("nodes/n/solo-t/t.jsonl"));
+    let summary = read_summary(&dir);
+    assert!(summary.interrupted);
+    assert!(
+        !summary
+            .warnings
+            .iter()
+            .any(|w| w.contains("its schedule placed")),
+        "a stopped trial is judged against the arrivals before its stop: {:?}",
+        summary.warnings
+    );
+    let (_, trial) = summary.trials().next().expect("the solo trial");
+    assert_eq!(trial.state, multitenant::analysis::TrialStatus::Stopped);
+    assert!(requests.len() >= 5, "{} requests", requests.len());
+    assert_eq!(
+        trial.tenants[0].metrics.sent,
+        requests.len() as u64,
+        "{stdout}"
     );
 }
 
 #[test]
 fn an_agent_killed_by_sigkill_is_reported_within_5_s_and_its_prompts_are_kept() {
-    if !alone("an agent killed by sigkill is reported within 5 s and its prompts are kept") {
+    if !heavy("an agent killed by sigkill is reported within 5 s and its prompts are kept") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -193,7 +255,7 @@ fn an_agent_killed_by_sigkill_is_reported_within_5_s_and_its_prompts_are_kept() 
 
 #[test]
 fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
-    if !alone("sigterm stops the experiment like ctrl c and exits 4") {
+    if !heavy("sigterm stops the experiment like ctrl c and exits 4") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -216,6 +278,8 @@ fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
         "{stderr}"
     );
     assert!(stdout.contains("INTERRUPTED"), "{stdout}");
+    // Judged against the arrivals scheduled before the stop, the load was on time.
+    assert!(!stdout.contains("its schedule placed"), "{stdout}");
     let dir = results_dir(&stdout);
     assert!(read_summary(&dir).interrupted);
     // Kept in the folder: a later analysis still says so.
@@ -229,7 +293,7 @@ fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
 
 #[test]
 fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
-    if !alone("a run where no trial finished exits 5 and prints each reason") {
+    if !heavy("a run where no trial finished exits 5 and prints each reason") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -241,16 +305,7 @@ fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
         format!("name: crash\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 5}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: 20s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants: [{{name: t, workload: w, engine: {{kind: vllm, model: crash-after-2, executable: {}, startup_timeout: 10s, kv_cache_memory_bytes: 134217728, env: {{FAKE_VLLM_AGENT_BIN: {}}}}}}}]\n", fake.display(), agent.display()),
     )
     .expect("config");
-    let out = Command::new(coordinator)
-        .arg("run")
-        .arg(&cfg)
-        .arg("--output-dir")
-        .arg(tmp.path().join("runs"))
-        .output()
-        .expect("run");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(5), "{stdout}{stderr}");
+    let (stdout, stderr) = run_expecting_exit_5(coordinator, &cfg, &tmp.path().join("runs"));
     assert!(
         stdout.contains("trial n/solo-t invalid: the engine of t exited during the trial"),
         "{stdout}"
@@ -263,8 +318,33 @@ fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
 }
 
 #[test]
+fn an_unreachable_external_endpoint_exits_5_with_its_reason_in_the_terminal() {
+    if !heavy("an unreachable external endpoint exits 5 with its reason in the terminal") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (_, coordinator) = binaries();
+    // Nothing listens on the discard port of loopback.
+    let cfg = tmp.path().join("ext.yaml");
+    std::fs::write(
+        &cfg,
+        "name: unreachable\nworkloads:\n  w: {arrival: {kind: constant, rate: 5}, data: {prompt_tokens: 8, output_tokens: 8}, warmup: 0s, duration: 2s}\nnodes:\n  - {name: n, trials: [solo], tenants: [{name: t, workload: w, engine: {kind: external, url: \"http://127.0.0.1:9\", model: m}}]}\n",
+    )
+    .expect("config");
+    let (stdout, stderr) = run_expecting_exit_5(coordinator, &cfg, &tmp.path().join("runs"));
+    assert!(
+        stdout.contains(
+            "trial n/solo-t invalid: tenant t: http://127.0.0.1:9 did not become healthy within 30s"
+        ),
+        "the reason is in the terminal, not only in summary.json: {stdout}"
+    );
+    assert!(stdout.contains("experiment unreachable"), "{stdout}");
+    assert!(stderr.contains("no trial finished"), "{stderr}");
+}
+
+#[test]
 fn a_config_named_without_a_folder_runs() {
-    if !alone("a config named without a folder runs") {
+    if !heavy("a config named without a folder runs") {
         return;
     }
     let tmp = tempfile::tempdir().expect("tempdir");

@@ -122,17 +122,49 @@ async fn an_engine_outside_mps_or_a_node_without_mps_is_never_measured() {
     );
     agent.stop().await;
 
-    // A node whose agent has no MPS control program: refused before any engine starts.
+    // A node whose agent has no MPS control program: the preflight (the agent's doctor, kept
+    // in nodes/<node>/doctor.json) refuses the mps trial, with the doctor's reason, before any
+    // of its engines starts; the solo trial runs.
     let tmp = tempfile::tempdir().expect("tempdir");
     let agent = InProcessAgent::start_with_mps_control(tmp.path(), "no-such-mps-control").await;
-    let text = config(&tenants[..1], "[mps]", "2s", "");
-    assert_eq!(run_to_end(&agent, "nompss", &text).await, "finished");
-    let (engines, end) = engine_story(&tmp.path().join("nompss/mps/agent.jsonl"));
-    assert!(engines.is_empty(), "no engine may start: {engines:?}");
-    let reason = end.expect("end").1.expect("reason");
+    let cfg = tmp.path().join("nompss.yaml");
+    std::fs::write(&cfg, config(&tenants[..1], "[solo, mps]", "2s", "")).expect("config");
+    let outcome = agent.run_experiment(&cfg, &tmp.path().join("runs")).await;
+    let doctor: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(outcome.dir.join("nodes/n/doctor.json")).expect("doctor.json"),
+    )
+    .expect("json");
+    let mps_check = doctor["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "mps")
+        .expect("an mps check");
+    assert_eq!(mps_check["status"], "missing", "{doctor}");
+    assert_eq!(doctor["refusals"][0]["trial"], "mps", "{doctor}");
+    let said = doctor["refusals"][0]["reasons"][0]
+        .as_str()
+        .expect("reason");
     assert!(
-        reason.contains("MPS is not available on this node: no-such-mps-control not found"),
+        said.contains("an mps trial needs the MPS control daemon, and no-such-mps-control was not found on this node (agent doctor: mps missing)"),
+        "{said}"
+    );
+    let trials = &outcome.summary.nodes[0].trials;
+    let solo = trials.iter().find(|t| t.trial == "solo-a").expect("solo");
+    assert_eq!(solo.state, multitenant::analysis::TrialStatus::Finished);
+    let mps = trials.iter().find(|t| t.trial == "mps").expect("mps");
+    let reason = mps.reason.as_deref().expect("reason");
+    assert!(
+        reason.starts_with("refused before any engine started: ") && reason.contains(said),
         "{reason}"
     );
+    let run_dir = std::fs::read_dir(tmp.path())
+        .expect("data dir")
+        .map(|e| e.expect("entry").path())
+        .find(|p| p.join("mps/agent.jsonl").is_file())
+        .expect("the agent's run folder");
+    let (engines, end) = engine_story(&run_dir.join("mps/agent.jsonl"));
+    assert!(engines.is_empty(), "no engine may start: {engines:?}");
+    assert_eq!(end.expect("end").0, TrialState::Invalid);
     agent.stop().await;
 }

@@ -1,6 +1,9 @@
 //! The SkyPilot launcher through the real `coordinator` binary against a scripted `sky`
-//! stand-in (tests/fixtures/fake-sky.sh) that starts real agents with TLS on loopback. In
-//! every case, each cluster launched gets a `sky down`, and clusters.json says so.
+//! stand-in (tests/fixtures/fake-sky.sh) that runs each task's setup and run in a home folder
+//! of its own, so real agents serve with TLS on loopback. In every case, each cluster launched
+//! gets a `sky down`, and clusters.json says so. The tests copy this machine's agent
+//! (`agent_install: binary`) but one, which builds the agent on the "node" from the source the
+//! coordinator carries.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,7 +33,7 @@ impl SkyStandIn {
 
     /// `coordinator <args>` with the stand-in first on PATH.
     fn coordinator(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let (agent, coordinator) = binaries();
+        let (_, coordinator) = binaries();
         let mut cmd = Command::new(coordinator);
         let path = format!(
             "{}:{}",
@@ -40,8 +43,11 @@ impl SkyStandIn {
         cmd.args(args)
             .env("PATH", path)
             .env("FAKE_SKY_STATE", self.state())
-            .env("FAKE_SKY_AGENT", agent)
             .envs(env.iter().copied());
+        // The stand-in reads task files with PyYAML: SkyPilot's venv has it.
+        if let Ok(python) = std::env::var("MULTITENANT_SKYPILOT_PYTHON") {
+            cmd.env("FAKE_SKY_PYTHON", python);
+        }
         cmd
     }
 
@@ -103,7 +109,7 @@ impl SkyStandIn {
 
 fn config(dir: &Path, nodes: &[&str], launcher_extra: &str, duration: &str) -> PathBuf {
     let mut text = format!(
-        "name: sky\nlauncher:\n  kind: skypilot\n{launcher_extra}  skypilot: {{infra: aws, idle_minutes_to_autostop: 15}}\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 10}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: {duration}}}\nnodes:\n"
+        "name: sky\nlauncher:\n  kind: skypilot\n{launcher_extra}  skypilot: {{infra: aws, idle_minutes_to_autostop: 15, agent_install: binary}}\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 10}}, data: {{prompt_tokens: 8, output_tokens: 8}}, warmup: 0s, duration: {duration}}}\nnodes:\n"
     );
     for node in nodes {
         text.push_str(&format!(
@@ -366,7 +372,7 @@ fn kept_clusters_stay_up_until_coordinator_down() {
 }
 
 #[test]
-fn no_cloud_or_no_sky_is_refused_before_anything_is_launched() {
+fn no_cloud_an_old_sky_or_no_sky_is_refused_before_anything_is_launched() {
     let sky = SkyStandIn::new();
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = config(tmp.path(), &["a"], "", "1s");
@@ -388,6 +394,22 @@ fn no_cloud_or_no_sky_is_refused_before_anything_is_launched() {
         text(&out)
     );
     assert!(sky.launched().is_empty(), "{:?}", sky.calls());
+
+    for (env, says) in [
+        (
+            ("FAKE_SKY_VERSION", "0.9.3"),
+            "SkyPilot 0.9.3 is too old: the skypilot launcher needs 0.14 or newer",
+        ),
+        (
+            ("FAKE_SKY_NO_ENDPOINT", "1"),
+            "has no `sky status --endpoint`, which finds each node's agent: install SkyPilot 0.14 or newer",
+        ),
+    ] {
+        let out = sky.coordinator(&args, &[env]).output().expect("coordinator");
+        assert!(!out.status.success());
+        assert!(text(&out).contains(says), "{}", text(&out));
+        assert!(sky.launched().is_empty(), "{:?}", sky.calls());
+    }
 
     let out = sky
         .coordinator(&args, &[("PATH", "/usr/bin:/bin")])
@@ -469,10 +491,35 @@ fn planned_task_files_are_what_skypilot_reads() {
     }
     let a: serde_yaml::Value =
         serde_yaml::from_str(&std::fs::read_to_string(&files[0]).expect("task")).expect("yaml");
-    assert!(a["setup"]
+    // The agent is built on the node from the source this coordinator carries; vLLM goes
+    // into a virtualenv of its own at the pinned version, first on the agent's PATH.
+    let setup = a["setup"].as_str().expect("setup");
+    assert!(setup.contains("MT_AGENT_INSTALL=\"source\""), "{setup}");
+    assert!(
+        setup.contains("cargo build --release --locked -p agent"),
+        "{setup}"
+    );
+    assert!(
+        setup.contains(&format!(
+            "\"vllm=={}\"",
+            multitenant::config::DEFAULT_VLLM_VERSION
+        )),
+        "{setup}"
+    );
+    assert!(a["run"]
         .as_str()
-        .expect("setup")
-        .contains("pip install vllm"));
+        .expect("run")
+        .contains("export PATH=\"$HOME/.multitenant/vllm-venv/bin:$PATH\""));
+    let mounts = a["file_mounts"].as_mapping().expect("mounts");
+    let archive = mounts
+        .iter()
+        .find(|(k, _)| k.as_str().is_some_and(|k| k.contains("agent-source-")))
+        .map(|(_, v)| PathBuf::from(v.as_str().expect("local path")))
+        .expect("the source archive is mounted");
+    assert!(
+        archive.is_file(),
+        "{archive:?} written beside the task files"
+    );
     assert!(
         a["secrets"].get("HF_TOKEN").is_some(),
         "env_from secrets go through SkyPilot secrets"
@@ -528,4 +575,141 @@ fn planned_task_files_are_what_skypilot_reads() {
         .expect("a")
         .iter()
         .any(|s| s == "HF_TOKEN"));
+}
+
+/// The default `agent_install: source`, as a laptop of any platform would launch: the node's
+/// setup builds the agent from the source archive this coordinator carries (with the locked
+/// dependencies, `cargo build --release`), the run starts the built agent, which serves a
+/// two-tenant trial over TLS, and the cluster is torn down. A second experiment on the same
+/// machine (one home for both, like a kept cluster) finds the build and skips it.
+///
+/// Heavy: the first build compiles the agent in release mode (about 4 min on two cores with
+/// nothing cached); `CARGO_TARGET_DIR` for the node's build is kept in ~/.cache between runs
+/// of this test on one machine, as a node's own target folder would be.
+#[test]
+fn the_agent_is_built_on_the_node_from_the_shipped_source() {
+    if std::env::var_os("MULTITENANT_HEAVY_TESTS").is_none() {
+        eprintln!("skipped: set MULTITENANT_HEAVY_TESTS=1 (it builds the agent in release mode)");
+        return;
+    }
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let home = tmp.path().join("node-home");
+    let target = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .expect("HOME")
+        .join(".cache/multitenant/node-build-target");
+    let cfg = tmp.path().join("source.yaml");
+    std::fs::write(
+        &cfg,
+        "name: built-on-the-node\nlauncher:\n  kind: skypilot\n  skypilot: {infra: aws}\nworkloads:\n  w: {arrival: {kind: constant, rate: 10}, data: {prompt_tokens: 8, output_tokens: 8}, warmup: 0s, duration: 2s}\nnodes:\n  - {name: a, accelerators: \"L4:1\", trials: [mps], tenants: [{name: t1, engine: {kind: simulated}, workload: w}, {name: t2, engine: {kind: simulated}, workload: w}]}\n",
+    )
+    .expect("config");
+    let env = [
+        ("FAKE_SKY_HOME", home.to_str().expect("utf-8")),
+        ("CARGO_TARGET_DIR", target.to_str().expect("utf-8")),
+    ];
+    let first = tmp.path().join("first");
+    let out = sky.run(&cfg, &first, &env);
+    let printed = text(&out);
+    assert!(out.status.success(), "{printed}");
+    assert!(
+        printed.contains("node a: setup: building the agent"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("node a: agent up at https://127.0.0.1:"),
+        "{printed}"
+    );
+    let dir = experiment_dir(&first);
+    // The setup runs in the job: its lines are in the job's log as `sky logs` gave it, with
+    // SkyPilot's `(setup pid=N)` marks taken off.
+    let job_log = std::fs::read_to_string(dir.join("skypilot/a.job.log")).expect("job log");
+    assert!(
+        job_log.contains("\nmultitenant: setup: building the agent from source source-")
+            || job_log.starts_with("multitenant: setup: building the agent from source source-"),
+        "{job_log}"
+    );
+    assert!(
+        job_log.contains("multitenant: setup: agent ready: agent "),
+        "{job_log}"
+    );
+    assert!(!job_log.contains("(setup pid="), "{job_log}");
+    // The agent that served is the one built on the node, not this machine's.
+    let agents: Vec<PathBuf> = std::fs::read_dir(home.join(".multitenant/agents"))
+        .expect("installed agents")
+        .map(|e| e.expect("entry").path())
+        .collect();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    assert!(agents[0]
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("source-")));
+    let linked = std::fs::read_link(home.join(".multitenant/bin/agent")).expect("bin/agent");
+    assert_eq!(linked, agents[0].join("agent"));
+    let summary = read_summary(&dir);
+    let trial = &summary.nodes[0].trials[0];
+    assert_eq!(trial.tenants.len(), 2);
+    for tenant in &trial.tenants {
+        assert!(tenant.metrics.completed >= 15, "{:?}", tenant.metrics);
+    }
+    assert_eq!(clusters(&dir)[0]["state"], "down");
+    let cluster = sky.launched()[0].clone();
+    assert!(!sky.agent_running(&cluster));
+
+    // The same machine again: the agent of this source is there already.
+    let second = tmp.path().join("second");
+    let out = sky.run(&cfg, &second, &env);
+    assert!(out.status.success(), "{}", text(&out));
+    let log = std::fs::read_to_string(experiment_dir(&second).join("skypilot/a.job.log"))
+        .expect("job log");
+    assert!(
+        log.contains("is installed already (kept from an earlier launch)"),
+        "{log}"
+    );
+    assert!(!log.contains("building the agent"), "{log}");
+}
+
+/// A node whose agent build fails: the build log's tail is in the terminal, the node is
+/// reported, and every cluster (the one that built and the one that did not) is torn down.
+#[test]
+fn a_failed_agent_build_shows_its_log_and_tears_everything_down() {
+    let sky = SkyStandIn::new();
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let cfg = config(tmp.path(), &["a", "b"], "  on_node_failure: stop\n", "1s")
+        .to_str()
+        .expect("utf-8")
+        .to_owned();
+    let text_cfg = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace(", agent_install: binary", "");
+    std::fs::write(&cfg, text_cfg).expect("config");
+    let runs = tmp.path().join("runs");
+    // A compiler that cannot run: cargo fails at once, as a broken toolchain on a node would.
+    let out = sky.run(Path::new(&cfg), &runs, &[("RUSTC", "/bin/false")]);
+    let printed = text(&out);
+    assert!(!out.status.success(), "{printed}");
+    assert!(
+        printed.contains("the agent build failed on the node:\n    multitenant: setup: the agent build failed; the last 40 lines of"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("/bin/false"),
+        "the build's own error: {printed}"
+    );
+    assert!(printed.contains("node a: launching cluster"), "{printed}");
+    assert!(
+        printed.contains("ended before its agent listened: its setup failed: "),
+        "the job's state from `sky queue`: {printed}"
+    );
+    let launched = sky.launched();
+    assert_eq!(launched.len(), 2, "{:?}", sky.calls());
+    let mut downed = sky.downed();
+    downed.sort();
+    let mut expected = launched.clone();
+    expected.sort();
+    assert_eq!(downed, expected, "every cluster torn down");
+    for record in clusters(&experiment_dir(&runs)) {
+        assert_eq!(record["state"], "down", "{record}");
+    }
 }

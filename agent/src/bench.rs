@@ -207,7 +207,13 @@ async fn stages(
     })
 }
 
-fn synthetic(arrival: Arrival, duration: Duration, prompt: u32, output: u32) -> Workload {
+/// A streaming chat workload of fixed lengths, warmed up for 0.5 s.
+pub(crate) fn synthetic(
+    arrival: Arrival,
+    duration: Duration,
+    prompt: u32,
+    output: u32,
+) -> Workload {
     Workload {
         api: Api::Chat,
         stream: true,
@@ -229,7 +235,7 @@ fn synthetic(arrival: Arrival, duration: Duration, prompt: u32, output: u32) -> 
 }
 
 /// Drives `workload` at `url` into `dir` and returns its report and request events.
-async fn load_and_read(
+pub(crate) async fn load_and_read(
     url: &str,
     workload: Workload,
     dir: &Path,
@@ -426,13 +432,15 @@ fn print(f: &Figures) {
 }
 
 /// A simulated engine in a child process (`agent sim-engine`), stopped by its PID.
-struct ChildEngine {
+pub(crate) struct ChildEngine {
     child: tokio::process::Child,
-    url: String,
+    /// Where it serves.
+    pub url: String,
 }
 
 impl ChildEngine {
-    async fn start(timing: &SimTiming) -> anyhow::Result<Self> {
+    /// Starts one with `timing` and waits until it listens.
+    pub async fn start(timing: &SimTiming) -> anyhow::Result<Self> {
         let exe = std::env::current_exe().context("locating the agent binary")?;
         let mut child = tokio::process::Command::new(&exe)
             .args(["sim-engine", "--listen", "127.0.0.1:0", "--model", "bench"])
@@ -487,7 +495,8 @@ impl ChildEngine {
             .unwrap_or(0.0)
     }
 
-    async fn stop(mut self) {
+    /// Kills it and waits for its end.
+    pub async fn stop(mut self) {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
@@ -503,7 +512,7 @@ fn cpu_seconds() -> f64 {
 }
 
 /// Resident memory of this process now, MiB (0 where /proc is missing).
-fn rss_mib() -> f64 {
+pub(crate) fn rss_mib() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -514,7 +523,8 @@ fn rss_mib() -> f64 {
         .map_or(0.0, |kib| kib / 1024.0)
 }
 
-fn quantile(values: &mut [f64], q: f64) -> f64 {
+/// The `q` quantile of `values` (sorted in place), nearest rank; NaN when empty.
+pub(crate) fn quantile(values: &mut [f64], q: f64) -> f64 {
     if values.is_empty() {
         return f64::NAN;
     }

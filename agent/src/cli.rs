@@ -101,5 +101,13 @@ pub enum Command {
         /// Also write the figures as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
+        /// Instead of the four stages, hold `--soak-streams` streams open for this long
+        /// (10m when given without a value), printing resident memory and schedule lag per
+        /// window of the run.
+        #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "10m", conflicts_with = "quick")]
+        soak: Option<std::time::Duration>,
+        /// Streams held open by `--soak`.
+        #[arg(long, default_value_t = 10_000, requires = "soak", value_parser = clap::value_parser!(u32).range(1..=100_000))]
+        soak_streams: u32,
     },
 }

@@ -18,6 +18,20 @@ pub enum Status {
     Warn,
     /// Not there.
     Missing,
+    /// Not checked: nothing asked for it.
+    Skipped,
+}
+
+impl Status {
+    /// `ok`, `warn`, `missing` or `skipped`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::Warn => "warn",
+            Status::Missing => "missing",
+            Status::Skipped => "skipped",
+        }
+    }
 }
 
 /// One line of the report.
@@ -33,12 +47,13 @@ pub struct Check {
 
 impl fmt::Display for Check {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let status = match self.status {
-            Status::Ok => "ok     ",
-            Status::Warn => "warn   ",
-            Status::Missing => "missing",
-        };
-        write!(f, "{status} {:<14} {}", self.name, self.detail)
+        write!(
+            f,
+            "{:<7} {:<14} {}",
+            self.status.name(),
+            self.name,
+            self.detail
+        )
     }
 }
 
@@ -50,9 +65,14 @@ fn check(status: Status, name: &'static str, detail: impl Into<String>) -> Check
     }
 }
 
-/// Runs every check. `vllm` and `mps_control` are names on PATH or paths; `data_dir` is where
-/// runs would be written.
-pub async fn run(gpus: &NodeGpus, vllm: &str, mps_control: &str, data_dir: &Path) -> Vec<Check> {
+/// Runs every check. `vllm` and `mps_control` are names on PATH or paths (vLLM is skipped when
+/// `None`: nothing on the node needs it); `data_dir` is where runs would be written.
+pub async fn run(
+    gpus: &NodeGpus,
+    vllm: Option<&str>,
+    mps_control: &str,
+    data_dir: &Path,
+) -> Vec<Check> {
     let mut checks = Vec::new();
     let mut exclusive = false;
     match &gpus.nvml {
@@ -100,11 +120,24 @@ pub async fn run(gpus: &NodeGpus, vllm: &str, mps_control: &str, data_dir: &Path
             format!("{mps_control} not found: mps trials cannot run"),
         ),
     });
-    let vllm_version = vllm_version(vllm).await;
-    checks.push(match &vllm_version {
-        Ok(version) => check(Status::Ok, "vllm", format!("{vllm}: version {version}")),
-        Err(why) => check(Status::Missing, "vllm", format!("{vllm}: {why}")),
-    });
+    let vllm_version = match vllm {
+        Some(vllm) => {
+            let version = vllm_version(vllm).await;
+            checks.push(match &version {
+                Ok(v) => check(Status::Ok, "vllm", format!("{vllm}: version {v}")),
+                Err(why) => check(Status::Missing, "vllm", format!("{vllm}: {why}")),
+            });
+            version
+        }
+        None => {
+            checks.push(check(
+                Status::Skipped,
+                "vllm",
+                "not checked: no vllm tenant on this node",
+            ));
+            Err("not checked".into())
+        }
+    };
     checks.push(disk_check(data_dir));
     checks.push(memory_check());
     let mut modes = vec!["simulated engines: solo, mps, timeslice (simulated)".to_owned()];
@@ -212,7 +245,13 @@ mod tests {
     async fn without_gpu_mps_or_vllm_only_simulated_modes_are_offered() {
         let gpus = NodeGpus::unavailable("NVML could not be loaded (test)");
         let dir = tempfile::tempdir().expect("tempdir");
-        let checks = run(&gpus, "no-such-vllm", "no-such-mps-control", dir.path()).await;
+        let checks = run(
+            &gpus,
+            Some("no-such-vllm"),
+            "no-such-mps-control",
+            dir.path(),
+        )
+        .await;
         let find = |name: &str| {
             checks
                 .iter()
@@ -247,7 +286,7 @@ mod tests {
         let gpus = NodeGpus::unavailable("test");
         let checks = run(
             &gpus,
-            &fake.display().to_string(),
+            Some(&fake.display().to_string()),
             "no-such-mps-control",
             dir.path(),
         )

@@ -1,7 +1,8 @@
 //! Leases: an agent goes on only while a coordinator shows it is there.
 //!
 //! Every authenticated call, and every second an event stream stays open, renews the contact
-//! of the agent and of the run it names. A run whose contact is older than its lease (the
+//! of the agent and of the run it names (a stream into a cut link stays open until the
+//! server's pings go unanswered, at most 10 s). A run whose contact is older than its lease (the
 //! config's `launcher.lease`) is stopped: its engines end and its files stay. An agent
 //! started with `--exit-when-idle` exits once no run is running and no call came for that
 //! long, so a node whose coordinator vanished goes idle and its autostop can take it down.

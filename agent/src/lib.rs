@@ -23,9 +23,11 @@ pub mod host;
 pub mod lease;
 pub mod loadgen;
 pub mod mps;
+pub mod preflight;
 pub mod recorder;
 pub mod run;
 pub mod server;
+pub mod soak;
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -171,7 +173,7 @@ async fn exit_when_idle_for(
 /// `agent doctor`: prints one line per check of what this node has.
 pub async fn doctor(vllm: &str, mps_control: &str, data_dir: &Path) {
     let gpus = gpu::NodeGpus::probe();
-    for check in doctor::run(&gpus, vllm, mps_control, data_dir).await {
+    for check in doctor::run(&gpus, Some(vllm), mps_control, data_dir).await {
         println!("{check}");
     }
 }
@@ -295,7 +297,25 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             };
             sim_engine(listen, model, seed, timing, shutdown).await
         }
-        Command::Bench { quick, json } => bench::run(quick, json.as_deref(), shutdown).await,
+        // clap refuses --quick beside --soak.
+        Command::Bench {
+            json,
+            soak: Some(duration),
+            soak_streams,
+            ..
+        } => {
+            let settings = soak::SoakSettings {
+                streams: soak_streams,
+                duration,
+            };
+            soak::run(settings, json.as_deref(), shutdown).await
+        }
+        Command::Bench {
+            quick,
+            json,
+            soak: None,
+            ..
+        } => bench::run(quick, json.as_deref(), shutdown).await,
     }
 }
 

@@ -3,27 +3,106 @@
 //! The files are the source of truth. Each append writes one whole line and flushes it to the
 //! file before returning, so whatever a reader (the gRPC stream, a crash inspector) can see is
 //! exactly what is on disk. A line-offset index lets [`StreamFile::read_from`] serve any suffix
-//! of a file by sequence number, which is what makes `StreamEvents` resumable.
+//! of a file by sequence number, which is what makes `StreamEvents` resumable. Each stream's
+//! SHA-256, once it is closed, is appended to the run folder's `SHA256SUMS` (the format of
+//! `sha256sum`, so `sha256sum -c SHA256SUMS` checks the folder), where `coordinator attach`
+//! verifies a copy it adopts without the agent.
+//!
+//! A write that fails (a full disk, above all) leaves no half line: the file is cut back to
+//! its last whole line, the stream takes no more lines, and the run's [`WriteFailure`] names
+//! the file and the error for the trial to stop on. The run folder holds a small reserve file
+//! from its start, given back at that first failure, so that the trial's end can still be
+//! recorded on a disk that filled up.
 
 use std::fs::File;
-use std::io::{self, BufWriter, Read, Seek, SeekFrom};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use multitenant::events::{Event, EventWriter, Header};
+use multitenant::layout::{RESERVE_FILE, SUMS_FILE};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// Size of the run folder's [`RESERVE_FILE`]: many times what a trial's end and its streams' checksums take.
+const RESERVE_BYTES: usize = 1 << 20;
+
+/// The first write of a run that failed, for every stream of the run to report and the trial
+/// to stop on.
+pub struct WriteFailure {
+    first: OnceLock<String>,
+    failed: CancellationToken,
+    reserve: Mutex<Option<PathBuf>>,
+}
+
+impl WriteFailure {
+    /// Keeps [`RESERVE_BYTES`] in `root` (written, not sparse, so that the space is taken).
+    fn reserve_in(root: &Path) -> io::Result<Self> {
+        let path = root.join(RESERVE_FILE);
+        std::fs::write(&path, vec![0u8; RESERVE_BYTES]).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot reserve {} KiB in {}: {e}",
+                    RESERVE_BYTES >> 10,
+                    root.display()
+                ),
+            )
+        })?;
+        Ok(Self {
+            first: OnceLock::new(),
+            failed: CancellationToken::new(),
+            reserve: Mutex::new(Some(path)),
+        })
+    }
+
+    /// Records `reason` if it is the first, gives the reserve back, and wakes the watchers.
+    fn record(&self, reason: String) {
+        let _ = self.first.set(reason);
+        self.release();
+        self.failed.cancel();
+    }
+
+    /// Removes the reserve file (done at the first failure and when the run ends).
+    fn release(&self) {
+        if let Some(path) = self
+            .reserve
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            if let Err(e) = std::fs::remove_file(&path) {
+                tracing::warn!("cannot remove {}: {e}", path.display());
+            }
+        }
+    }
+
+    /// The first failed write, in words (`cannot write <file>: <error>`).
+    pub fn reason(&self) -> Option<&str> {
+        self.first.get().map(String::as_str)
+    }
+
+    /// Cancelled at the first failed write.
+    pub fn token(&self) -> &CancellationToken {
+        &self.failed
+    }
+}
 
 /// One stream file of a run.
 pub struct StreamFile {
     rel_path: String,
     abs_path: PathBuf,
+    /// The run folder's `SHA256SUMS`.
+    sums_path: PathBuf,
     inner: Mutex<Inner>,
     changed: watch::Sender<u64>,
+    failure: Arc<WriteFailure>,
 }
 
 struct Inner {
-    writer: Option<EventWriter<BufWriter<File>>>,
+    /// Appends to the file (opened in append mode, unbuffered: each line is one write).
+    writer: Option<EventWriter<File>>,
     /// Byte offset of the start of each line; `offsets.len()` lines are on disk.
     offsets: Vec<u64>,
     len: u64,
@@ -46,7 +125,9 @@ pub struct StreamSnapshot {
 }
 
 impl StreamFile {
-    /// Appends one event as a whole line and flushes it.
+    /// Appends one event as a whole line, written through to the file. A write that fails
+    /// is cut back out of the file, refuses every later append, and is recorded as the
+    /// run's [`WriteFailure`].
     pub fn append(&self, event: &Event) -> io::Result<()> {
         let mut inner = self.lock();
         if let Some(err) = &inner.failed {
@@ -58,11 +139,8 @@ impl StreamFile {
         let Some(writer) = inner.writer.as_mut() else {
             return Err(io::Error::other(format!("{} is closed", self.rel_path)));
         };
-        let written = writer
-            .write(event)
-            .and_then(|(_, n)| writer.flush().map(|()| n));
-        match written {
-            Ok(n) => {
+        match writer.write(event) {
+            Ok((_, n)) => {
                 let start = inner.len;
                 inner.offsets.push(start);
                 inner.len += n as u64;
@@ -71,8 +149,22 @@ impl StreamFile {
                 Ok(())
             }
             Err(e) => {
-                inner.failed = Some(e.to_string());
-                Err(e)
+                let mut reason = format!("cannot write {}: {e}", self.rel_path);
+                // Part of the line may have reached the disk: cut it off, so the file ends
+                // with its last whole line, as the index says. Cutting needs no space.
+                let cut = File::options()
+                    .write(true)
+                    .open(&self.abs_path)
+                    .and_then(|f| f.set_len(inner.len));
+                if let Err(cut) = cut {
+                    reason.push_str(&format!(
+                        " (and cutting it back to its last whole line failed: {cut})"
+                    ));
+                }
+                inner.failed = Some(reason.clone());
+                drop(inner);
+                self.failure.record(reason.clone());
+                Err(io::Error::new(e.kind(), reason))
             }
         }
     }
@@ -84,10 +176,20 @@ impl StreamFile {
             return Ok(());
         };
         writer.finish()?;
-        inner.sha256_hex = Some(sha256_file(&self.abs_path)?);
+        let sha = sha256_file(&self.abs_path)?;
+        // Closed from here on, even if SHA256SUMS cannot take the line: the coordinator's
+        // copy is checked against this checksum, and `attach` names a stream SHA256SUMS lacks.
+        inner.sha256_hex = Some(sha.clone());
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
-        Ok(())
+        // One write of one line in append mode: closes racing on other streams cannot
+        // interleave inside it.
+        File::options()
+            .create(true)
+            .append(true)
+            .open(&self.sums_path)
+            .and_then(|mut sums| sums.write_all(format!("{sha}  {}\n", self.rel_path).as_bytes()))
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.sums_path.display())))
     }
 
     /// Path relative to the run folder.
@@ -147,17 +249,30 @@ pub struct RunStreams {
     root: PathBuf,
     streams: Mutex<Vec<Arc<StreamFile>>>,
     changed: watch::Sender<u64>,
+    failure: Arc<WriteFailure>,
 }
 
 impl RunStreams {
-    /// Streams rooted at `root` (created if missing).
+    /// Streams rooted at `root` (created if missing), with the run's reserve file in it.
     pub fn new(root: PathBuf) -> io::Result<Self> {
         std::fs::create_dir_all(&root)?;
+        let failure = Arc::new(WriteFailure::reserve_in(&root)?);
         Ok(Self {
             root,
             streams: Mutex::new(Vec::new()),
             changed: watch::Sender::new(0),
+            failure,
         })
+    }
+
+    /// The run's first failed write, if any.
+    pub fn failure(&self) -> &WriteFailure {
+        &self.failure
+    }
+
+    /// Gives the reserve back: the run has ended and writes nothing more.
+    pub fn release_reserve(&self) {
+        self.failure.release();
     }
 
     /// The run folder.
@@ -172,7 +287,7 @@ impl RunStreams {
             std::fs::create_dir_all(parent)?;
         }
         let file = File::options()
-            .write(true)
+            .append(true)
             .create_new(true)
             .open(&abs_path)
             .map_err(|e| {
@@ -181,12 +296,18 @@ impl RunStreams {
                     format!("cannot create {}: {e}", abs_path.display()),
                 )
             })?;
-        let mut writer = EventWriter::new(BufWriter::new(file), header)?;
-        writer.flush()?;
+        let writer = EventWriter::new(file, header).map_err(|e| {
+            // A stream without its whole header is no stream: it goes, and nothing lists it.
+            let _ = std::fs::remove_file(&abs_path);
+            let reason = format!("cannot write {rel_path}: {e}");
+            self.failure.record(reason.clone());
+            io::Error::new(e.kind(), reason)
+        })?;
         let len = std::fs::metadata(&abs_path)?.len();
         let stream = Arc::new(StreamFile {
             rel_path: rel_path.to_owned(),
             abs_path,
+            sums_path: self.root.join(SUMS_FILE),
             inner: Mutex::new(Inner {
                 writer: Some(writer),
                 offsets: vec![0],
@@ -195,6 +316,7 @@ impl RunStreams {
                 failed: None,
             }),
             changed: self.changed.clone(),
+            failure: self.failure.clone(),
         });
         self.streams
             .lock()
@@ -287,5 +409,40 @@ mod tests {
                 message: "late".into()
             }))
             .is_err());
+    }
+
+    #[test]
+    fn closed_streams_are_listed_in_sha256sums_as_sha256sum_writes_it() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let streams = RunStreams::new(dir.path().to_owned()).expect("streams");
+        let a = streams.create("t/agent.jsonl", header()).expect("create");
+        let b = streams.create("t/host.jsonl", header()).expect("create");
+        let open = streams.create("u/agent.jsonl", header()).expect("create");
+        a.close().expect("close");
+        b.close().expect("close");
+        a.close().expect("a second close is harmless");
+        let sums = std::fs::read_to_string(dir.path().join(SUMS_FILE)).expect("sums");
+        let expected: String = [&a, &b]
+            .iter()
+            .map(|s| {
+                format!(
+                    "{}  {}\n",
+                    s.snapshot().sha256_hex.expect("closed"),
+                    s.rel_path()
+                )
+            })
+            .collect();
+        assert_eq!(
+            sums,
+            expected,
+            "one line per closed stream, once, none for {}",
+            open.rel_path()
+        );
+        let check = std::process::Command::new("sha256sum")
+            .args(["-c", "--quiet", SUMS_FILE])
+            .current_dir(dir.path())
+            .status()
+            .expect("sha256sum runs");
+        assert!(check.success(), "sha256sum -c disagrees");
     }
 }

@@ -10,8 +10,9 @@ use multitenant::auth::BearerToken;
 use multitenant::events::SCHEMA_MAJOR;
 use multitenant::proto::v1::agent_server::{Agent, AgentServer};
 use multitenant::proto::v1::{
-    EventChunk, GetRunRequest, GetRunResponse, GpuInfo, InfoRequest, InfoResponse, StartRunRequest,
-    StartRunResponse, StopRunRequest, StopRunResponse, StreamEventsRequest, StreamState,
+    DoctorCheck, DoctorRequest, DoctorResponse, EventChunk, GetRunRequest, GetRunResponse, GpuInfo,
+    InfoRequest, InfoResponse, StartRunRequest, StartRunResponse, StopRunRequest, StopRunResponse,
+    StreamEventsRequest, StreamState, TrialRefusal,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
@@ -26,10 +27,13 @@ use crate::run::{Run, RunManager, RunState, StartError};
 /// Most bytes sent in one `EventChunk`.
 const CHUNK_BYTES: u64 = 256 * 1024;
 
-/// How often an idle connection is pinged.
-const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a connection is pinged. An open event stream renews its run's lease, and data
+/// sent into a cut link still fills the kernel's buffers, so only an unanswered ping shows
+/// that the coordinator is gone: the stream ends, and the lease runs, at most
+/// `KEEPALIVE_INTERVAL + KEEPALIVE_TIMEOUT` (10 s) after the link went.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
 /// How long a ping may go unanswered before the connection is dropped.
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The service implementation.
 pub struct AgentService {
@@ -143,6 +147,32 @@ impl Agent for AgentService {
             gpus,
             gpu_unavailable_reason: reason,
             engine_kinds: vec!["simulated".into(), "external".into()],
+        }))
+    }
+
+    async fn doctor(
+        &self,
+        request: Request<DoctorRequest>,
+    ) -> Result<Response<DoctorResponse>, Status> {
+        let req = request.into_inner();
+        let (checks, refusals) = self
+            .runs
+            .doctor(&req.config_yaml, &req.node)
+            .await
+            .map_err(Status::invalid_argument)?;
+        Ok(Response::new(DoctorResponse {
+            checks: checks
+                .into_iter()
+                .map(|c| DoctorCheck {
+                    status: c.status.name().into(),
+                    name: c.name.into(),
+                    detail: c.detail,
+                })
+                .collect(),
+            refusals: refusals
+                .into_iter()
+                .map(|(trial, reasons)| TrialRefusal { trial, reasons })
+                .collect(),
         }))
     }
 
@@ -290,6 +320,216 @@ async fn follow(
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 () = tx.closed() => return,
             }
+        }
+    }
+}
+
+/// Property tests: calls of any shape are answered, never a panic, and an event stream resumed
+/// from any cursors serves each stream's lines from exactly there. Failures proptest finds are
+/// kept under `agent/proptest-regressions/` and replayed first on every later run.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use proptest::test_runner::{Config, TestRunner};
+    use tokio_stream::StreamExt;
+
+    use super::*;
+    use crate::gpu::NodeGpus;
+    use multitenant::proto::v1::StreamCursor;
+
+    /// A run of one simulated tenant that ends within a second.
+    const TINY: &str = "name: p\nworkloads:\n  w: {arrival: {kind: constant, rate: 50}, data: {prompt_tokens: 4, output_tokens: 4}, warmup: 0s, duration: 300ms}\nnodes:\n  - {name: n, trials: [solo], tenants: [{name: a, engine: {kind: simulated}, workload: w}]}\n";
+
+    fn service(dir: &std::path::Path) -> AgentService {
+        let gpu = NodeGpus::unavailable("property tests run without a GPU");
+        let runs = RunManager::new(dir.to_owned(), gpu, "no-such-mps-control".into());
+        AgentService::new(Arc::new(runs))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    }
+
+    /// Any text, and text made of YAML's own punctuation, which the loader must parse or
+    /// refuse.
+    fn yamlish() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<String>(),
+            "[a-z_:{}\\[\\],.\"'&*!|>#0-9 \n-]{0,300}",
+            // A config without workloads, its names and kinds drawn: never a valid run.
+            "name: x\nnodes: \\[\\{name: [a-z]{0,3}, trials: \\[[a-z]{0,6}\\], tenants: \\[\\{name: a, engine: \\{kind: [a-z]{0,9}\\}, workload: w\\}\\]\\}\\]\n",
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        #[test]
+        fn a_start_request_of_any_shape_is_refused_with_its_reason(
+            run_id in any::<String>(),
+            config_yaml in yamlish(),
+            node in any::<String>(),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let service = service(dir.path());
+            let request = StartRunRequest { run_id, config_yaml, node };
+            let answer = runtime().block_on(service.start_run(Request::new(request)));
+            let status = answer.expect_err("no generated request is a whole valid run");
+            prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            prop_assert!(!status.message().is_empty());
+            prop_assert!(!service.runs.has_had_runs(), "nothing was started");
+        }
+
+        #[test]
+        fn a_doctor_request_of_any_shape_is_refused_with_its_reason(
+            config_yaml in yamlish(),
+            node in any::<String>(),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let service = service(dir.path());
+            let request = DoctorRequest { config_yaml, node };
+            let answer = runtime().block_on(service.doctor(Request::new(request)));
+            let status = answer.expect_err("no generated config names a node it has");
+            prop_assert_eq!(status.code(), tonic::Code::InvalidArgument);
+            prop_assert!(!status.message().is_empty());
+        }
+
+        #[test]
+        fn a_call_about_a_run_that_is_not_there_is_not_found_by_its_id(
+            run_id in any::<String>(),
+            cursors in prop::collection::vec((any::<String>(), any::<u64>()), 0..4),
+        ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let service = service(dir.path());
+            let named = format!("{run_id:?}");
+            let cursors = cursors
+                .into_iter()
+                .map(|(path, next_seq)| StreamCursor { path, next_seq })
+                .collect();
+            let stream = StreamEventsRequest { run_id: run_id.clone(), cursors };
+            let statuses = runtime().block_on(async {
+                [
+                    service.get_run(Request::new(GetRunRequest { run_id: run_id.clone() })).await.err(),
+                    service.stop_run(Request::new(StopRunRequest { run_id: run_id.clone() })).await.err(),
+                    service.stream_events(Request::new(stream)).await.err(),
+                ]
+            });
+            for status in statuses {
+                let status = status.expect("refused");
+                prop_assert_eq!(status.code(), tonic::Code::NotFound);
+                prop_assert!(status.message().contains(&named), "{}", status.message());
+            }
+        }
+    }
+
+    #[test]
+    fn any_cursors_resume_every_stream_exactly_from_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rt = runtime();
+        let service = service(dir.path());
+        let start = StartRunRequest {
+            run_id: "p".into(),
+            config_yaml: TINY.into(),
+            node: "n".into(),
+        };
+        rt.block_on(service.start_run(Request::new(start)))
+            .expect("start");
+        rt.block_on(async {
+            for _ in 0..300 {
+                let get = GetRunRequest { run_id: "p".into() };
+                let run = service.get_run(Request::new(get)).await.expect("get");
+                let run = run.into_inner();
+                if run.state != "running" {
+                    assert_eq!(run.state, "finished", "{}", run.error);
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            panic!("the run did not end within 30 s");
+        });
+        let files: Vec<(String, Vec<u8>)> = service
+            .runs
+            .get("p")
+            .expect("the run")
+            .streams
+            .all()
+            .iter()
+            .map(|s| {
+                let path = dir.path().join("p").join(s.rel_path());
+                (s.rel_path().to_owned(), std::fs::read(path).expect("read"))
+            })
+            .collect();
+        assert!(
+            files.len() >= 3,
+            "agent, host and tenant streams: {}",
+            files.len()
+        );
+        // A pick names a stream by its index (one past the last: a path the run lacks) and a
+        // cursor, up to past the stream's end.
+        let picks = prop::collection::vec((0..=files.len(), 0u64..40), 0..6);
+        let mut runner = TestRunner::new(Config {
+            cases: 64,
+            failure_persistence: None,
+            ..Config::default()
+        });
+        let checked = runner.run(&picks, |picks| {
+            let cursors: Vec<StreamCursor> = picks
+                .iter()
+                .map(|&(i, next_seq)| StreamCursor {
+                    path: files.get(i).map_or("no/such.jsonl".into(), |f| f.0.clone()),
+                    next_seq,
+                })
+                .collect();
+            // The last cursor of a path counts, as the agent reads them.
+            let from: HashMap<String, u64> = cursors
+                .iter()
+                .map(|c| (c.path.clone(), c.next_seq))
+                .collect();
+            let request = StreamEventsRequest {
+                run_id: "p".into(),
+                cursors,
+            };
+            let chunks = rt.block_on(async {
+                let answer = service.stream_events(Request::new(request)).await;
+                let mut stream = answer.expect("stream").into_inner();
+                let mut chunks = Vec::new();
+                let wait = Duration::from_secs(10);
+                while let Some(chunk) = tokio::time::timeout(wait, stream.next())
+                    .await
+                    .expect("the stream of an ended run ends")
+                {
+                    chunks.push(chunk.expect("chunk"));
+                }
+                chunks
+            });
+            prop_assert!(
+                chunks.iter().all(|c| files.iter().any(|f| f.0 == c.path)),
+                "only the run's streams are sent"
+            );
+            for (path, bytes) in &files {
+                let first = from.get(path).copied().unwrap_or(0);
+                let want: Vec<u8> = bytes
+                    .split_inclusive(|&b| b == b'\n')
+                    .skip(usize::try_from(first).unwrap_or(usize::MAX))
+                    .flatten()
+                    .copied()
+                    .collect();
+                let (mut got, mut next) = (Vec::new(), first);
+                for chunk in chunks.iter().filter(|c| &c.path == path) {
+                    prop_assert_eq!(chunk.first_seq, next, "{}", path);
+                    next += chunk.line_count;
+                    got.extend_from_slice(&chunk.data);
+                }
+                prop_assert!(got == want, "{path} from line {first}");
+            }
+            Ok(())
+        });
+        if let Err(e) = checked {
+            panic!("{e}");
         }
     }
 }

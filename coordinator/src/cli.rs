@@ -62,6 +62,15 @@ pub enum Command {
         #[arg(long)]
         html: Option<PathBuf>,
     },
+    /// Finish an experiment whose coordinator ended before it did: resume collection from
+    /// static agents, or adopt a local agent's own verified copy, then write the summary.
+    Attach {
+        /// The experiment folder (`runs/<name>-<utc>`).
+        dir: PathBuf,
+        /// Exit with status 3 when a tenant of a finished trial misses its SLO.
+        #[arg(long)]
+        fail_on_slo: bool,
+    },
     /// Recompute the summary of an experiment folder from its JSONL streams alone.
     Analyze {
         /// The experiment folder (`runs/<name>-<utc>`).

@@ -18,6 +18,7 @@ use multitenant::proto::v1::{
 use sha2::{Digest, Sha256};
 
 use crate::agent_client::Client;
+use crate::console::say;
 use crate::progress::Progress;
 
 /// How long nothing may listen at the agent's address (connection refused) before the agent
@@ -125,7 +126,7 @@ impl<'a> Collector<'a> {
                 self.node,
                 status.message()
             );
-            eprintln!(
+            say!(
                 "  {}: event stream broke ({}); resuming from the lines held",
                 self.node,
                 status.message()
@@ -201,10 +202,9 @@ impl<'a> Collector<'a> {
             .with_context(|| format!("writing {}", rel.display()))?;
         stream.file.flush()?;
         stream.next_seq = chunk.first_seq + chunk.line_count;
-        let key = format!("{}/{}", self.node, chunk.path.trim_end_matches(".jsonl"));
         for raw in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
             if let Ok(line) = serde_json::from_slice::<Line>(raw) {
-                self.progress.observe(&key, &line);
+                self.progress.observe(&self.node, &chunk.path, &line);
             }
         }
         Ok(())

@@ -4,6 +4,7 @@
 //! - [`launch`]: the [`launch::Launcher`] trait and its local, static and SkyPilot launchers.
 //! - [`skypilot`]: the `sky` CLI, the task files and the cluster ledger behind `coordinator down`.
 //! - [`agent_client`]: authenticated gRPC client.
+//! - [`attach`]: `coordinator attach`, finishing an experiment whose coordinator ended early.
 //! - [`collect`]: byte-identical, resumable copies of the agents' streams.
 //! - [`progress`]: live per-tenant lines.
 //! - [`report`]: what people read: the terminal table, `summary.json`, `summary.csv`,
@@ -11,9 +12,12 @@
 //! - [`tls`]: the experiment CA and the certificates of coordinator and agents.
 
 pub mod agent_client;
+pub mod attach;
 pub mod cli;
 pub mod collect;
+pub mod console;
 pub mod launch;
+pub mod preflight;
 pub mod progress;
 pub mod report;
 pub mod run;
@@ -77,11 +81,15 @@ pub fn plan(config: &Path, output_dir: &Path) -> anyhow::Result<()> {
         }
     }
     if let LauncherKind::SkyPilot(settings) = &experiment.launcher.kind {
-        let agent_bin = launch::find_agent_binary()?;
         std::fs::create_dir_all(output_dir)
             .with_context(|| format!("creating {}", output_dir.display()))?;
-        let tasks =
-            skypilot::write_task_files(output_dir, &experiment, settings, "plan", &agent_bin)?;
+        let tasks = skypilot::write_task_files(
+            output_dir,
+            &experiment,
+            settings,
+            "plan",
+            launch::find_agent_binary,
+        )?;
         for task in tasks {
             println!(
                 "node {}: cluster {} from {} (secrets passed at launch: {})",
@@ -165,7 +173,7 @@ fn verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdi
 }
 
 /// How a run ended: interrupted first, then no trial finished, then the SLOs.
-fn run_verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdict {
+pub(crate) fn run_verdict(summary: &multitenant::analysis::Summary, fail_on_slo: bool) -> Verdict {
     let mut trials = summary.trials().chain(summary.probes());
     if summary.interrupted {
         Verdict::Interrupted
@@ -296,6 +304,7 @@ pub async fn execute(command: cli::Command) -> anyhow::Result<Verdict> {
             fail_on_slo,
             definitions,
         } => analyze(&dir, write, fail_on_slo, definitions.as_deref()),
+        Command::Attach { dir, fail_on_slo } => attach::attach(&dir, fail_on_slo).await,
         Command::Plan { config, output_dir } => plan(&config, &output_dir).map(|()| Verdict::Done),
         Command::Down { dir } => down(&dir).await.map(|()| Verdict::Done),
         Command::Compare { dirs, json, html } => {
@@ -352,18 +361,17 @@ pub async fn cancel_on_ctrl_c(cancel: CancellationToken) {
         };
         // Stop first: after a hangup the terminal is gone and writing to it fails.
         cancel.cancel();
-        let mut stderr = std::io::stderr();
+        // Through the console, above the live view while one is drawn.
         if first {
-            let _ = writeln!(
-                stderr,
+            console::print_line(format_args!(
                 "{name}: stopping the experiment; collecting what was recorded, then tearing down"
-            );
+            ));
             first = false;
             continue;
         }
-        let _ = writeln!(stderr, "still stopping: agents are closing their records and will be killed after 20 s at most");
+        console::print_line("still stopping: agents are closing their records and will be killed after 20 s at most");
         if let Some(clusters) = skypilot::still_up() {
-            let _ = writeln!(stderr, "{clusters}");
+            console::print_line(clusters);
         }
     }
 }

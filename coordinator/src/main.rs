@@ -10,7 +10,7 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
+        .with_writer(coordinator::console::EventWriter::default)
         .init();
     match coordinator::execute(cli.command).await {
         Ok(verdict) => ExitCode::from(verdict.exit_code()),

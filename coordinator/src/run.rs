@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use futures_util::future::join_all;
@@ -19,8 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::agent_client;
 use crate::collect::{CollectReport, Collector};
+use crate::console::say;
 use crate::launch::{AgentEndpoint, Launcher, LocalLauncher, SkyPilotLauncher, StaticLauncher};
-use crate::progress::Progress;
+use crate::progress::{Progress, View};
 use crate::report;
 
 /// How each node's agent is reached.
@@ -121,7 +121,7 @@ async fn run_with(
     cancel: CancellationToken,
 ) -> anyhow::Result<Outcome> {
     write_plan(run.dir, run.experiment, launcher.name())?;
-    eprintln!("experiment folder: {}", run.dir.display());
+    say!("experiment folder: {}", run.dir.display());
     let launched = match launcher.launch(&run, &cancel).await {
         Ok(launched) => launched,
         Err(e) => {
@@ -200,7 +200,7 @@ async fn run_with(
 
 fn report_teardown(teardown: &crate::launch::Teardown) {
     for note in &teardown.notes {
-        eprintln!("{note}");
+        say!("{note}");
     }
 }
 
@@ -211,12 +211,12 @@ async fn run_nodes(
     agents: Vec<Result<AgentEndpoint, String>>,
     cancel: &CancellationToken,
 ) -> (Vec<(String, CollectReport)>, Vec<String>) {
-    let progress = Arc::new(Progress::default());
+    let progress = Arc::new(Progress::new(run.experiment, View::for_stderr()));
     let stop_printing = CancellationToken::new();
     let printer = {
         let progress = progress.clone();
         let stop = stop_printing.clone();
-        tokio::spawn(async move { progress.print_every(Duration::from_secs(2), stop).await })
+        tokio::spawn(async move { progress.show_until(stop).await })
     };
     let node_runs = run
         .experiment
@@ -279,10 +279,13 @@ async fn drive_node(
             .collect::<Vec<_>>()
             .join(", ")
     };
-    eprintln!(
+    say!(
         "node {}: agent {} on {}; {gpus}",
-        node.name, info.agent_version, info.hostname
+        node.name,
+        info.agent_version,
+        info.hostname
     );
+    crate::preflight::run(&mut client, run.config, node, &node_dir).await?;
     let started = client
         .start_run(StartRunRequest {
             run_id: run.run_id.to_owned(),
@@ -292,15 +295,16 @@ async fn drive_node(
         .await
         .map_err(|s| anyhow::anyhow!("the agent refused the run: {}", s.message()))?
         .into_inner();
-    eprintln!("node {}: trials {}", node.name, started.trials.join(", "));
+    say!("node {}: trials {}", node.name, started.trials.join(", "));
+    progress.set_trials(&node.name, &started.trials);
     let mut stopper = client.clone();
     let mut stop_on_failure = client.clone();
     let stop_id = run.run_id.to_owned();
     let watch_cancel = tokio::spawn(async move {
         cancel.cancelled().await;
-        eprintln!("stopping: asking the agent to stop; collecting what was recorded");
+        say!("stopping: asking the agent to stop; collecting what was recorded");
         if let Err(e) = stopper.stop_run(StopRunRequest { run_id: stop_id }).await {
-            eprintln!("the agent did not take the stop request: {}", e.message());
+            say!("the agent did not take the stop request: {}", e.message());
         }
     });
     let lease = run.experiment.launcher.lease;

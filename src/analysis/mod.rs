@@ -930,7 +930,7 @@ fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
     }
     if let Some(&client) = m.errors.get(crate::events::ErrorKind::Client.as_str()) {
         out.push(format!(
-            "{client} requests could not be sent for the load generator's own reasons (out of file descriptors or local ports on the agent's machine); they count as failed, but they are not the engine's failures: lower the load or raise the agent's open-file limit"
+            "{client} requests could not be sent for the load generator's own reasons (out of file descriptors or local ports on the agent's machine, or its cap of in-flight requests reached); they count as failed, but they are not the engine's failures: lower the load or raise the agent's open-file limit"
         ));
     }
     if tenant.forced_length && (m.short_outputs > 0 || m.long_outputs > 0) {
@@ -1130,6 +1130,7 @@ mod tests {
             streaming: true,
             forced_length: false,
             slo: None,
+            planned_ms: None,
         }
     }
 

@@ -27,6 +27,13 @@ pub struct Launcher {
 /// come back, short enough that a forgotten GPU node goes idle (and autostops) soon.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(180);
 
+/// The vLLM a SkyPilot node gets unless `launcher.skypilot.vllm_version` says otherwise: the
+/// version the tests here run against (its CPU build).
+pub const DEFAULT_VLLM_VERSION: &str = "0.32.0";
+
+/// Where the default engine set-up puts vLLM on a node, relative to the home folder.
+pub const NODE_VLLM_VENV: &str = ".multitenant/vllm-venv";
+
 /// How nodes are brought up.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LauncherKind {
@@ -35,7 +42,7 @@ pub enum LauncherKind {
     /// Agents that already run, one per node.
     Static(Vec<StaticAgent>),
     /// One SkyPilot cluster per node, through the `sky` CLI.
-    SkyPilot(SkyPilotSettings),
+    SkyPilot(Box<SkyPilotSettings>),
 }
 
 impl LauncherKind {
@@ -96,6 +103,72 @@ pub struct SkyPilotSettings {
     pub idle_minutes_to_autostop: u32,
     /// Port the agent listens on, declared in `resources.ports`.
     pub agent_port: u16,
-    /// Shell commands of the task's `setup` that install the engine.
+    /// Shell commands of the task's `setup` that install the engine: by default, vLLM
+    /// [`SkyPilotSettings::vllm_version`] into its own virtualenv (`~/.multitenant/vllm-venv`,
+    /// first on the agent's PATH), skipped when that version is there already.
     pub engine_setup: String,
+    /// The vLLM version the default `engine_setup` installs.
+    pub vllm_version: String,
+    /// How the agent gets onto the node.
+    pub agent_install: AgentInstall,
+    /// The nodes' OS and architecture, which `agent_install: binary` must match.
+    pub node_platform: Platform,
+}
+
+/// How a SkyPilot node gets its agent (`launcher.skypilot.agent_install`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentInstall {
+    /// The agent's source, shipped with the task and built on the node with the locked
+    /// dependencies (once per source per cluster): works from any laptop.
+    Source,
+    /// This machine's agent binary, copied to the node: only when this machine's platform is
+    /// the node's.
+    Binary,
+    /// A prebuilt agent binary downloaded by the node.
+    Url {
+        /// `https://` address of the binary.
+        url: String,
+        /// Its SHA-256 (lowercase hex), checked on the node before it runs, when given.
+        sha256: Option<String>,
+    },
+}
+
+/// An operating system and CPU architecture, as Rust names them (`linux-x86_64`,
+/// `macos-aarch64`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Platform {
+    /// `linux`, `macos`, …
+    pub os: String,
+    /// `x86_64`, `aarch64`, …
+    pub arch: String,
+}
+
+impl Platform {
+    /// The platform this program was built for.
+    pub fn this_machine() -> Self {
+        Self {
+            os: std::env::consts::OS.to_owned(),
+            arch: std::env::consts::ARCH.to_owned(),
+        }
+    }
+
+    /// `os-arch`, e.g. `linux-x86_64`; `None` unless both parts are there.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (os, arch) = text.split_once('-')?;
+        let word = |s: &str| {
+            !s.is_empty()
+                && s.chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        };
+        (word(os) && word(arch)).then(|| Self {
+            os: os.to_owned(),
+            arch: arch.to_owned(),
+        })
+    }
+}
+
+impl std::fmt::Display for Platform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.os, self.arch)
+    }
 }

@@ -4,12 +4,21 @@
 //! with its YAML path (`nodes[0].tenants[1].port`), so a user fixes a file in one pass.
 //! [`Experiment`] holds only checked values; code that takes one needs no further checks.
 
+pub mod accelerators;
 mod capacity;
 mod error;
 mod launcher;
+#[cfg(test)]
+mod properties;
 mod raw;
 mod validate;
 pub use validate::MAX_CONFIG_BYTES;
+
+/// Most requests the load generator keeps in flight for one tenant. A closed loop may ask for
+/// no more; an open loop whose server falls this far behind does not send the arrivals past
+/// it, and records each as a `client` error, so a stuck server cannot grow the agent without
+/// bound.
+pub const MAX_IN_FLIGHT: u32 = 100_000;
 mod validate_capacity;
 mod validate_launcher;
 
@@ -22,7 +31,8 @@ pub use capacity::{
 };
 pub use error::{ConfigError, Problem};
 pub use launcher::{
-    Launcher, LauncherKind, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa, DEFAULT_LEASE,
+    AgentInstall, Launcher, LauncherKind, OnNodeFailure, Platform, SkyPilotSettings, StaticAgent,
+    UserCa, DEFAULT_LEASE, DEFAULT_VLLM_VERSION, NODE_VLLM_VENV,
 };
 
 /// A validated experiment.

@@ -77,6 +77,11 @@ pub struct RawSkyPilot {
     pub idle_minutes_to_autostop: Option<u32>,
     pub agent_port: Option<u16>,
     pub engine_setup: Option<String>,
+    pub agent_install: Option<String>,
+    pub agent_url: Option<String>,
+    pub agent_sha256: Option<String>,
+    pub node_platform: Option<String>,
+    pub vllm_version: Option<String>,
 }
 
 /// One entry of `workloads:`.
@@ -141,6 +146,7 @@ pub struct RawData {
 pub struct RawNode {
     pub name: Option<String>,
     pub accelerators: Option<String>,
+    pub gpu_memory: Option<String>,
     pub trials: Option<Vec<String>>,
     pub sim_gpu: Option<RawSimGpu>,
     pub mps: Option<RawMps>,

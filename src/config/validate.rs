@@ -17,8 +17,8 @@ const DEFAULT_WARMUP: Duration = Duration::from_secs(2);
 const DEFAULT_DRAIN: Duration = Duration::from_secs(30);
 /// Requests in flight in the throughput stage of an automatic sweep, unless set.
 const DEFAULT_SWEEP_MAX_CONCURRENCY: u32 = 256;
-/// Most requests a tenant may keep in flight.
-const MAX_CONCURRENCY: u32 = 100_000;
+/// Most requests a closed loop may keep in flight: the load generator's own cap.
+const MAX_CONCURRENCY: u32 = MAX_IN_FLIGHT;
 /// Highest request rate a tenant may be offered. One agent's load generator keeps its schedule
 /// within 1 ms up to about 400 streamed requests/s per tenant on two cores (`agent bench`), and
 /// no engine on one GPU serves 10,000 requests/s; a higher rate is a typo, and would only fill
@@ -872,6 +872,12 @@ impl Checker {
                 format!("gpu_memory_fraction of the tenants sums to {total:.2} (> 1.0): {}; lower them so they fit on one GPU", parts.join(" + ")),
             );
         }
+        self.gpu_memory(
+            raw.gpu_memory.as_deref(),
+            raw.accelerators.as_deref(),
+            &tenants,
+            path,
+        );
         let default_pct_path = join(path, "mps.default_active_thread_percentage");
         let default_pct = raw.mps.and_then(|m| m.default_active_thread_percentage);
         let mps = MpsSettings {
@@ -885,6 +891,66 @@ impl Checker {
             mps,
             tenants,
         })
+    }
+
+    /// Refuses fixed KV caches that together exceed one GPU of the node: its `gpu_memory`,
+    /// or the table's figure for its accelerator.
+    fn gpu_memory(
+        &mut self,
+        gpu_memory: Option<&str>,
+        accelerators: Option<&str>,
+        tenants: &[Tenant],
+        path: &str,
+    ) {
+        let at = join(path, "gpu_memory");
+        let (total, source) = match gpu_memory {
+            Some(text) => match accelerators::parse_memory(text) {
+                Some(bytes) => (bytes, format!("{path}.gpu_memory")),
+                None => {
+                    self.problem(
+                        &at,
+                        format!("{text:?} is not a memory size: write e.g. 80G or 24576M"),
+                    );
+                    return;
+                }
+            },
+            None => match accelerators.and_then(accelerators::gpu_memory_bytes) {
+                Some(bytes) => (
+                    bytes,
+                    format!(
+                        "one {} (set {path}.gpu_memory if yours has more)",
+                        accelerators.unwrap_or_default()
+                    ),
+                ),
+                None => return,
+            },
+        };
+        let caches: Vec<(&str, u64)> = tenants
+            .iter()
+            .filter_map(|t| match &t.engine {
+                Engine::Vllm(VllmEngine {
+                    memory: VllmMemory::KvCacheBytes(b),
+                    ..
+                }) => Some((t.name.as_str(), *b)),
+                _ => None,
+            })
+            .collect();
+        let asked: u64 = caches.iter().map(|(_, b)| b).sum();
+        if asked > total {
+            let parts: Vec<String> = caches
+                .iter()
+                .map(|(n, b)| format!("{n} {}", accelerators::gib(*b)))
+                .collect();
+            self.problem(
+                &join(path, "tenants"),
+                format!(
+                    "kv_cache_memory_bytes of the tenants sums to {} ({}), more than the {} of {source}, before any model weights",
+                    accelerators::gib(asked),
+                    parts.join(" + "),
+                    accelerators::gib(total)
+                ),
+            );
+        }
     }
 
     fn trials(&mut self, raw: Option<Vec<String>>, path: &str) -> Option<Vec<TrialKind>> {
@@ -1304,6 +1370,58 @@ nodes:
             err.to_string().starts_with("bad.yaml: 5 problem(s)"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn fixed_kv_caches_beyond_one_gpu_of_the_accelerator_are_refused() {
+        let config = |node_extra: &str, a: u64, b: u64| {
+            format!(
+                "name: x\nworkloads:\n  w: {{arrival: {{kind: constant, rate: 1}}, data: {{prompt_tokens: 4, output_tokens: 4}}, duration: 1s}}\nnodes:\n  - name: n\n    {node_extra}\n    tenants:\n      - {{name: a, workload: w, engine: {{kind: vllm, model: m1, kv_cache_memory_bytes: {a}}}}}\n      - {{name: b, workload: w, engine: {{kind: vllm, model: m2, kv_cache_memory_bytes: {b}}}}}\n"
+            )
+        };
+        let gib = 1u64 << 30;
+        let shows = |err: &crate::config::ConfigError, text: &str| err.to_string().contains(text);
+        let err = Experiment::from_yaml(
+            &config("accelerators: \"L4:1\"", 16 * gib, 10 * gib),
+            "x.yaml",
+        )
+        .expect_err("26 GiB of KV cache on a 24 GiB L4");
+        assert!(
+            shows(&err, "nodes[0].tenants: kv_cache_memory_bytes of the tenants sums to 26.0 GiB (a 16.0 GiB + b 10.0 GiB), more than the 24.0 GiB of one L4:1 (set nodes[0].gpu_memory if yours has more)"
+            ),
+            "{err}"
+        );
+        Experiment::from_yaml(
+            &config("accelerators: \"H100:1\"", 16 * gib, 10 * gib),
+            "x.yaml",
+        )
+        .expect("fits an H100");
+        Experiment::from_yaml(
+            &config(
+                "accelerators: \"L4:1\"\n    gpu_memory: 32G",
+                16 * gib,
+                10 * gib,
+            ),
+            "x.yaml",
+        )
+        .expect("the override wins over the table");
+        let err = Experiment::from_yaml(&config("gpu_memory: 20G", 16 * gib, 10 * gib), "x.yaml")
+            .expect_err("over the override");
+        assert!(
+            shows(&err, "more than the 20.0 GiB of nodes[0].gpu_memory"),
+            "{err}"
+        );
+        let err = Experiment::from_yaml(&config("gpu_memory: lots", gib, gib), "x.yaml")
+            .expect_err("not a size");
+        assert!(
+            shows(&err, "nodes[0].gpu_memory: \"lots\" is not a memory size"),
+            "{err}"
+        );
+        Experiment::from_yaml(
+            &config("accelerators: \"TPU-v9:1\"", 900 * gib, gib),
+            "x.yaml",
+        )
+        .expect("an accelerator the table does not know is not judged");
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::raw::{RawLauncher, RawSkyPilot, RawStaticAgent};
 use super::validate::Checker;
 use super::{
-    Engine, Launcher, LauncherKind, Node, OnNodeFailure, SkyPilotSettings, StaticAgent, UserCa,
-    DEFAULT_LEASE,
+    AgentInstall, Engine, Launcher, LauncherKind, Node, OnNodeFailure, Platform, SkyPilotSettings,
+    StaticAgent, UserCa, DEFAULT_LEASE, DEFAULT_VLLM_VERSION, NODE_VLLM_VENV,
 };
 
 /// Shortest `launcher.lease`: an event stream is seen at least once a second.
@@ -15,8 +15,25 @@ const MIN_LEASE: Duration = Duration::from_secs(2);
 /// Longest `launcher.lease`.
 const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 
-/// Engine set-up of a SkyPilot node unless the config gives its own.
-const DEFAULT_ENGINE_SETUP: &str = "pip install vllm";
+/// The platform of SkyPilot nodes unless `launcher.skypilot.node_platform` says otherwise.
+const DEFAULT_NODE_PLATFORM: &str = "linux-x86_64";
+
+/// Engine set-up of a SkyPilot node unless the config gives its own: vLLM `version` in its own
+/// virtualenv, kept when a relaunch finds it there.
+fn default_engine_setup(version: &str) -> String {
+    format!(
+        r#"venv="$HOME/{NODE_VLLM_VENV}"
+if [ "$("$venv/bin/vllm" --version 2>/dev/null | tail -n 1)" = "{version}" ]; then
+  echo "multitenant: setup: vLLM {version} is installed already ($venv)"
+else
+  echo "multitenant: setup: installing vLLM {version} into $venv"
+  rm -rf "$venv"
+  python3 -m venv "$venv" || {{ python3 -m pip install --user --quiet virtualenv && python3 -m virtualenv "$venv"; }}
+  "$venv/bin/pip" install --quiet --upgrade pip
+  "$venv/bin/pip" install --quiet "vllm=={version}"
+fi"#
+    )
+}
 
 impl Checker {
     pub(super) fn launcher(
@@ -76,7 +93,7 @@ impl Checker {
             }
             "skypilot" => self
                 .skypilot(raw.skypilot, nodes)
-                .map(LauncherKind::SkyPilot),
+                .map(|s| LauncherKind::SkyPilot(Box::new(s))),
             other => {
                 self.problem(
                     "launcher.kind",
@@ -186,7 +203,13 @@ impl Checker {
             idle_minutes_to_autostop: None,
             agent_port: None,
             engine_setup: None,
+            agent_install: None,
+            agent_url: None,
+            agent_sha256: None,
+            node_platform: None,
+            vllm_version: None,
         });
+        let agent_install = self.agent_install(&raw);
         let prefix = raw.cluster_prefix.unwrap_or_else(|| "mt".into());
         let prefix_ok = prefix.len() <= 12
             && prefix.starts_with(|c: char| c.is_ascii_lowercase())
@@ -258,6 +281,39 @@ impl Checker {
                 }
             }
         }
+        let platform_text = raw
+            .node_platform
+            .clone()
+            .unwrap_or_else(|| DEFAULT_NODE_PLATFORM.into());
+        let node_platform = Platform::parse(&platform_text);
+        if node_platform.is_none() {
+            self.problem(
+                "launcher.skypilot.node_platform",
+                format!("{platform_text:?} is not a platform: write OS-ARCH as Rust names them, e.g. linux-x86_64 or linux-aarch64"),
+            );
+        }
+        let vllm_version = raw
+            .vllm_version
+            .clone()
+            .unwrap_or_else(|| DEFAULT_VLLM_VERSION.into());
+        let version_ok = !vllm_version.is_empty()
+            && vllm_version
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '+' | '-'));
+        if !version_ok {
+            self.problem(
+                "launcher.skypilot.vllm_version",
+                format!(
+                    "{vllm_version:?} is not a vLLM version: write e.g. {DEFAULT_VLLM_VERSION}"
+                ),
+            );
+        }
+        if raw.vllm_version.is_some() && raw.engine_setup.is_some() {
+            self.problem(
+                "launcher.skypilot.vllm_version",
+                "vllm_version picks what the default engine_setup installs, and engine_setup replaces that default: give one of them",
+            );
+        }
         Some(SkyPilotSettings {
             cluster_prefix: prefix,
             infra: raw.infra,
@@ -268,8 +324,60 @@ impl Checker {
             agent_port: raw.agent_port.unwrap_or(7777),
             engine_setup: raw
                 .engine_setup
-                .unwrap_or_else(|| DEFAULT_ENGINE_SETUP.into()),
+                .unwrap_or_else(|| default_engine_setup(&vllm_version)),
+            vllm_version,
+            agent_install: agent_install?,
+            node_platform: node_platform?,
         })
+    }
+
+    /// `agent_install` (`source`, `binary` or `url`) with `agent_url` and `agent_sha256`.
+    fn agent_install(&mut self, raw: &RawSkyPilot) -> Option<AgentInstall> {
+        let at = "launcher.skypilot.agent_install";
+        let install = match raw.agent_install.as_deref().unwrap_or("source") {
+            "source" => AgentInstall::Source,
+            "binary" => AgentInstall::Binary,
+            "url" => {
+                let Some(url) = raw.agent_url.clone() else {
+                    self.problem(
+                        "launcher.skypilot.agent_url",
+                        "agent_install: url needs agent_url, the https:// address of a prebuilt agent binary",
+                    );
+                    return None;
+                };
+                if !url.starts_with("https://") || url.contains(char::is_whitespace) {
+                    self.problem(
+                        "launcher.skypilot.agent_url",
+                        format!("{url:?} is not an https:// address (the node runs what it downloads: plain http could be anybody's)"),
+                    );
+                }
+                let sha256 = raw.agent_sha256.clone().map(|s| s.to_ascii_lowercase());
+                if let Some(sha) = &sha256 {
+                    if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+                        self.problem(
+                            "launcher.skypilot.agent_sha256",
+                            format!("{sha:?} is not a SHA-256: 64 hex digits, as `sha256sum` prints them"),
+                        );
+                    }
+                }
+                AgentInstall::Url { url, sha256 }
+            }
+            other => {
+                self.problem(
+                    at,
+                    format!("{other:?} is not a way to install the agent: write source (built on the node, the default), binary (this machine's, same platform only) or url (with agent_url)"),
+                );
+                return None;
+            }
+        };
+        let url_fields = raw.agent_url.is_some() || raw.agent_sha256.is_some();
+        if url_fields && !matches!(install, AgentInstall::Url { .. }) {
+            self.problem(
+                "launcher.skypilot.agent_url",
+                "agent_url and agent_sha256 are for agent_install: url",
+            );
+        }
+        Some(install)
     }
 }
 
@@ -287,7 +395,9 @@ fn is_accelerator_spec(spec: &str) -> bool {
 mod tests {
     use std::time::Duration;
 
-    use crate::config::{Experiment, LauncherKind, DEFAULT_LEASE};
+    use crate::config::{
+        AgentInstall, Experiment, LauncherKind, DEFAULT_LEASE, DEFAULT_VLLM_VERSION,
+    };
 
     const NODES: &str = "workloads:\n  w: {arrival: {kind: constant, rate: 1}, data: {prompt_tokens: 4, output_tokens: 4}, duration: 1s}\nnodes:\n  - {name: a, accelerators: \"H100:1\", tenants: [{name: t, workload: w, engine: {kind: vllm, model: org/model}}]}\n  - {name: b, tenants: [{name: t, workload: w, engine: {kind: simulated}}]}\n";
 
@@ -399,5 +509,95 @@ mod tests {
             (7777, 30)
         );
         assert!(e.launcher.keep);
+    }
+
+    #[test]
+    fn the_agent_install_and_the_node_platform_are_checked() {
+        let settings = |skypilot: &str| {
+            let text =
+                format!("name: l\nlauncher:\n  kind: skypilot\n  skypilot: {skypilot}\n{NODES}");
+            let e = Experiment::from_yaml(&text, "l.yaml").expect("valid");
+            let LauncherKind::SkyPilot(settings) = e.launcher.kind else {
+                panic!("skypilot");
+            };
+            settings
+        };
+        let default = settings("{}");
+        assert_eq!(default.agent_install, AgentInstall::Source);
+        assert_eq!(default.node_platform.to_string(), "linux-x86_64");
+        assert_eq!(default.vllm_version, DEFAULT_VLLM_VERSION);
+        assert!(default.engine_setup.contains(&format!(
+            "pip\" install --quiet \"vllm=={DEFAULT_VLLM_VERSION}\""
+        )));
+        let pinned = settings("{vllm_version: 0.11.0, node_platform: linux-aarch64}");
+        assert!(pinned.engine_setup.contains("\"vllm==0.11.0\""));
+        assert_eq!(pinned.node_platform.arch, "aarch64");
+        let sha = "ab".repeat(32);
+        let url = settings(&format!(
+            "{{agent_install: url, agent_url: \"https://example.com/agent\", agent_sha256: {}}}",
+            sha.to_uppercase()
+        ));
+        assert_eq!(
+            url.agent_install,
+            AgentInstall::Url {
+                url: "https://example.com/agent".into(),
+                sha256: Some(sha)
+            }
+        );
+
+        let found = problems(
+            "  kind: skypilot\n  skypilot: {agent_install: compile, node_platform: x86, vllm_version: \"0.11; rm -rf /\", engine_setup: \"pip install vllm\"}\n",
+            NODES,
+        );
+        for (path, words) in [
+            (
+                "launcher.skypilot.agent_install",
+                "\"compile\" is not a way to install the agent",
+            ),
+            (
+                "launcher.skypilot.node_platform",
+                "\"x86\" is not a platform",
+            ),
+            ("launcher.skypilot.vllm_version", "is not a vLLM version"),
+            ("launcher.skypilot.vllm_version", "give one of them"),
+        ] {
+            assert!(has(&found, path, words), "{path}: {found:?}");
+        }
+        let found = problems(
+            "  kind: skypilot\n  skypilot: {agent_install: url, agent_url: \"http://example.com/agent\", agent_sha256: abc}\n",
+            NODES,
+        );
+        assert!(
+            has(
+                &found,
+                "launcher.skypilot.agent_url",
+                "not an https:// address"
+            ),
+            "{found:?}"
+        );
+        assert!(
+            has(&found, "launcher.skypilot.agent_sha256", "64 hex digits"),
+            "{found:?}"
+        );
+        let found = problems(
+            "  kind: skypilot\n  skypilot: {agent_install: url}\n",
+            NODES,
+        );
+        assert!(
+            has(&found, "launcher.skypilot.agent_url", "needs agent_url"),
+            "{found:?}"
+        );
+        let found = problems(
+            "  kind: skypilot\n  skypilot: {agent_install: binary, agent_sha256: abc}\n",
+            NODES,
+        );
+        assert!(
+            has(
+                &found,
+                "launcher.skypilot.agent_url",
+                "are for agent_install: url"
+            ),
+            "{found:?}"
+        );
     }
 }

@@ -125,6 +125,11 @@ pub struct TenantHeader {
     /// The SLO the tenant is judged by, when the config set one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub slo: Option<crate::slo::Slo>,
+    /// Milliseconds of warm-up plus measurement this trial's load plans (a capacity probe's
+    /// own, lengthened where it was), for progress shown while it runs (schema 1.2; absent
+    /// before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planned_ms: Option<u64>,
 }
 
 /// Which phase a request was scheduled in.
@@ -330,7 +335,7 @@ pub struct PhaseEvent {
     /// When.
     pub at_ns: u64,
     /// On `drain` of an open-loop load: how many arrivals its schedule placed in the measure
-    /// phase, sent or not. The achieved rate is judged against these, not the nominal rate
+    /// phase, sent or not (up to the stop, when the run was stopped during it). The achieved rate is judged against these, not the nominal rate
     /// (a short Poisson phase may hold far fewer arrivals than rate × duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<u64>,

@@ -20,7 +20,8 @@
 //!   nanoseconds of the run's monotonic zero), `simulated` (whether anything in the stream
 //!   comes from the simulated engine), `stage` (1-based, for a stage of a sweep) and, for tenant
 //!   streams, `tenant` (name, model, engine kind, workload, API, arrival, offered rate,
-//!   streaming, forced length, SLO).
+//!   streaming, forced length, SLO, and the milliseconds of warm-up plus measurement planned,
+//!   `planned_ms`, from schema 1.2).
 //! - `request`: one finished request, see [`RequestEvent`].
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`; on `drain` of
 //!   an open-loop load, `scheduled` counts the arrivals its schedule placed in the measure
@@ -50,4 +51,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.1";
+pub const SCHEMA_VERSION: &str = "1.2";

@@ -171,3 +171,99 @@ pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
         warnings,
     })
 }
+
+/// Property tests: streams damaged in generated ways. Failures proptest finds are kept under
+/// `proptest-regressions/` and replayed first on every later run.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+    use crate::config::SharingMode;
+    use crate::events::testing::completed;
+    use crate::events::{StreamKind, SCHEMA_VERSION};
+
+    /// What one line after the header holds.
+    #[derive(Debug, Clone)]
+    enum Written {
+        /// A request event at its place.
+        Event,
+        /// A request event whose `seq` is not its place.
+        WrongSeq,
+        /// Bytes, without a newline.
+        Bytes(Vec<u8>),
+    }
+
+    fn written() -> impl Strategy<Value = Written> {
+        prop_oneof![
+            4 => Just(Written::Event),
+            1 => Just(Written::WrongSeq),
+            2 => prop::collection::vec(any::<u8>().prop_filter("one line", |&b| b != b'\n'), 0..300)
+                .prop_map(Written::Bytes),
+        ]
+    }
+
+    fn header_line() -> Vec<u8> {
+        let header = Header {
+            schema_version: SCHEMA_VERSION.into(),
+            tool_version: "proptest".into(),
+            experiment: "e".into(),
+            run_id: "r".into(),
+            node: "n".into(),
+            trial: "t".into(),
+            mode: SharingMode::Solo,
+            stream: StreamKind::Tenant,
+            zero_wall_ns: 1,
+            simulated: true,
+            stage: None,
+            tenant: None,
+        };
+        let mut line = serde_json::to_vec(&Line {
+            seq: 0,
+            event: Event::Header(header),
+        })
+        .expect("serialise");
+        line.push(b'\n');
+        line
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        #[test]
+        fn a_damaged_stream_yields_exactly_its_whole_valid_lines(
+            lines in prop::collection::vec(written(), 0..80),
+            tail in prop::collection::vec(any::<u8>().prop_filter("no newline", |&b| b != b'\n'), 0..40),
+        ) {
+            let mut file = header_line();
+            let mut expected = Vec::new();
+            for (i, line) in lines.iter().enumerate() {
+                let seq = i as u64 + 1;
+                match line {
+                    Written::Event | Written::WrongSeq => {
+                        let event = Event::Request(completed(seq, 5, 1, 3));
+                        let written_seq = if matches!(line, Written::Event) { seq } else { seq + 1_000 };
+                        let event_line = Line { seq: written_seq, event };
+                        file.extend(serde_json::to_vec(&event_line).expect("serialise"));
+                        if written_seq == seq {
+                            expected.push(event_line);
+                        }
+                    }
+                    Written::Bytes(bytes) => file.extend(bytes),
+                }
+                file.push(b'\n');
+            }
+            file.extend(&tail);
+            let dir = tempfile::tempdir().expect("tempdir");
+            let path = dir.path().join("t.jsonl");
+            std::fs::write(&path, &file).expect("write");
+            let read = read_stream(&path).expect("a stream with a header reads");
+            prop_assert_eq!(read.events, expected);
+            prop_assert!(read.warnings.len() <= MAX_NAMED_SKIPS + 2, "{} warnings", read.warnings.len());
+            prop_assert_eq!(
+                read.warnings.iter().any(|w| w.contains("truncated last line")),
+                !tail.is_empty()
+            );
+        }
+    }
+}

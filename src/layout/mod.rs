@@ -48,6 +48,13 @@ pub const CA_PEM: &str = "ca.pem";
 pub const CLUSTERS_FILE: &str = "clusters.json";
 /// SkyPilot's task files and launch logs.
 pub const SKYPILOT_DIR: &str = "skypilot";
+/// `SHA256SUMS` in an agent's run folder: `<sha256>  <path>` for each stream it closed.
+pub const SUMS_FILE: &str = "SHA256SUMS";
+/// In an agent's run folder while the run lasts: space held back so that a trial's end can be
+/// written on a disk its streams filled.
+pub const RESERVE_FILE: &str = ".disk-reserve";
+/// A node's preflight: `agent doctor`'s checks and the trials its agent would refuse.
+pub const DOCTOR_FILE: &str = "doctor.json";
 /// A trial's engine logs.
 pub const ENGINE_LOGS_DIR: &str = "logs";
 /// A trial's MPS daemon logs.

@@ -159,7 +159,7 @@ impl AgentProcess {
     ) -> Self {
         // The limit is set by the shell the agent is exec'd from (soft and hard, as `ulimit -n`
         // sets both), so the agent cannot raise it.
-        let mut command = match fd_limit {
+        let command = match fd_limit {
             Some(limit) => {
                 let mut sh = tokio::process::Command::new("sh");
                 sh.arg("-c")
@@ -169,6 +169,25 @@ impl AgentProcess {
             }
             None => tokio::process::Command::new(&binaries().0),
         };
+        Self::launch(command, data_dir, path_first, extra).await
+    }
+
+    /// Starts one inside the network namespace `netns`, on that namespace's loopback (its url
+    /// is reachable only from inside).
+    pub async fn spawn_in_netns(data_dir: &Path, netns: &str) -> Self {
+        let mut command = tokio::process::Command::new("ip");
+        command.args(["netns", "exec", netns]).arg(&binaries().0);
+        Self::launch(command, data_dir, None, &[]).await
+    }
+
+    /// `command` (the agent binary, or what execs it) with `serve` and its arguments, until it
+    /// says where it listens.
+    async fn launch(
+        mut command: tokio::process::Command,
+        data_dir: &Path,
+        path_first: Option<&Path>,
+        extra: &[&str],
+    ) -> Self {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)

@@ -24,6 +24,17 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+/// Whether the heavy tests run: those that time latencies or take both cores, which
+/// `scripts/test.sh` runs alone with MULTITENANT_HEAVY_TESTS=1 (beside the other tests they
+/// would measure the machine's load, and disturb the timing tests). Says so when they do not.
+pub fn heavy(test: &str) -> bool {
+    let on = std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() == Ok("1");
+    if !on {
+        eprintln!("{test} skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
+    }
+    on
+}
+
 /// The token the in-process agents of these tests accept.
 pub fn test_token() -> BearerToken {
     BearerToken::new("integration-test-token-0123456789").expect("valid token")
@@ -212,6 +223,20 @@ impl Drop for CuttableProxy {
     }
 }
 
+/// `coordinator run <cfg> --output-dir <runs>` to its end, off the runtime's threads, with
+/// the test token in each of `token_envs` (the static launcher's `token_env`s).
+pub async fn run_coordinator(cfg: &Path, runs: &Path, token_envs: &[&str]) -> std::process::Output {
+    let (_, coordinator) = binaries();
+    let mut command = Command::new(coordinator);
+    command.arg("run").arg(cfg).arg("--output-dir").arg(runs);
+    for env in token_envs {
+        command.env(env, test_token().expose());
+    }
+    tokio::task::spawn_blocking(move || command.output().expect("coordinator runs"))
+        .await
+        .expect("join")
+}
+
 /// Paths of the `agent` and `coordinator` binaries, built once per test run.
 pub fn binaries() -> &'static (PathBuf, PathBuf) {
     static BINARIES: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
@@ -225,6 +250,27 @@ pub fn binaries() -> &'static (PathBuf, PathBuf) {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut build = Command::new(cargo);
         build.args(["build", "--quiet", "-p", "agent", "-p", "coordinator"]);
+        // What cargo sets for this test process is not the environment of a build from the
+        // shell: a build script that watches one of them (ring's watches CARGO_MANIFEST_DIR)
+        // would rebuild half the tree here, and again at the next build from the shell.
+        for (key, _) in std::env::vars_os() {
+            let key = key.to_string_lossy();
+            let set_for_tests = key.starts_with("CARGO_PKG_")
+                || [
+                    "CARGO_MANIFEST_DIR",
+                    "CARGO_MANIFEST_PATH",
+                    "CARGO_CRATE_NAME",
+                    "CARGO_BIN_NAME",
+                    "CARGO_PRIMARY_PACKAGE",
+                    "CARGO_TARGET_TMPDIR",
+                    "CARGO_RUSTC_CURRENT_DIR",
+                    "OUT_DIR",
+                ]
+                .contains(&key.as_ref());
+            if set_for_tests {
+                build.env_remove(key.as_ref());
+            }
+        }
         if profile_dir.file_name().is_some_and(|n| n == "release") {
             build.arg("--release");
         }

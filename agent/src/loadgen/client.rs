@@ -150,6 +150,18 @@ fn local_exhaustion(error: &(dyn std::error::Error + 'static)) -> Option<&'stati
     None
 }
 
+/// A request the load generator did not send, for its own reason `message`: a `client` error,
+/// sent and done at one instant, now.
+pub fn not_sent(clock: &RunClock, message: String) -> Measured {
+    let mut m = Measured {
+        sent_ns: clock.now_ns(),
+        ..Measured::default()
+    };
+    fail(&mut m, clock, ErrorKind::Client, message);
+    m.done_ns = m.sent_ns;
+    m
+}
+
 fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<String>) {
     m.done_ns = clock.now_ns();
     m.error = Some(RequestError {

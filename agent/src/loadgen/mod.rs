@@ -51,6 +51,9 @@ pub struct TenantLoad {
     /// Where each request's prompt (and kept answer) is recorded as it ends; `None` keeps no
     /// prompt record.
     pub prompt_log: Option<PromptLog>,
+    /// Most requests in flight at once ([`multitenant::config::MAX_IN_FLIGHT`] in a run): an
+    /// arrival past it is not sent, and is recorded as a `client` error.
+    pub max_in_flight: u64,
 }
 
 /// What a load run did.
@@ -71,6 +74,8 @@ struct Shared {
     load: TenantLoad,
     http: reqwest::Client,
     claimed: AtomicU64,
+    /// Requests sent and not yet done.
+    in_flight: AtomicU64,
     write_errors: AtomicU64,
     measured_completed: AtomicU64,
     measured_first_sent_ns: AtomicU64,
@@ -124,16 +129,22 @@ impl Shared {
             .prompts
             .keeps_response(index, self.load.workload.keep_responses);
         let clock = &self.load.clock;
-        let mut measured = client::execute(
-            &self.http,
-            &self.load.target,
-            &id,
-            &prompt,
-            clock,
-            &self.abort,
-            keep_text,
-        )
-        .await;
+        let cap = self.load.max_in_flight;
+        let mut measured = if self.in_flight.fetch_add(1, Ordering::SeqCst) >= cap {
+            client::not_sent(clock, format!("not sent: {cap} requests of this tenant were already in flight, the load generator's cap; the server is not keeping up with the offered load"))
+        } else {
+            client::execute(
+                &self.http,
+                &self.load.target,
+                &id,
+                &prompt,
+                clock,
+                &self.abort,
+                keep_text,
+            )
+            .await
+        };
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let response = measured.text.take().filter(|_| measured.error.is_none());
         let client_failed = measured
             .error
@@ -271,6 +282,7 @@ async fn send_and_record(
         load,
         http,
         claimed: AtomicU64::new(0),
+        in_flight: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
         measured_completed: AtomicU64::new(0),
         measured_first_sent_ns: AtomicU64::new(u64::MAX),
@@ -310,11 +322,18 @@ async fn send_and_record(
             });
             // The same seed draws the same schedule again: count its measure-phase arrivals
             // now that sending is over, off the send path. `max_requests` caps them as it
-            // caps the sends.
+            // caps the sends; a stop caps them at the instant it came, since nothing after it
+            // was to be sent.
+            let phase_end = ns(warmup + duration);
+            let until = if stop.is_cancelled() {
+                clock.now_ns().saturating_sub(start_ns).min(phase_end)
+            } else {
+                phase_end
+            };
             ArrivalSchedule::new(&arrival, shared.load.seed, warmup, duration).map(|again| {
                 // The schedule is endless and in order: it is counted up to the phase's end.
                 let (mut in_warmup, mut in_measure) = (0u64, 0u64);
-                for offset in again.map(ns).take_while(|&o| o < ns(warmup + duration)) {
+                for offset in again.map(ns).take_while(|&o| o < until) {
                     if offset < ns(warmup) {
                         in_warmup += 1;
                     } else {

@@ -101,3 +101,73 @@ mod tests {
         );
     }
 }
+
+/// Property tests: generated event streams cut at generated points, and arbitrary bytes.
+/// Failures proptest finds are kept under `agent/proptest-regressions/` and replayed first on
+/// every later run.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// `(payload, CRLF line ends, a comment line before it)` per event.
+    fn events() -> impl Strategy<Value = Vec<(String, bool, bool)>> {
+        prop::collection::vec(("[^\r\n]{0,40}", any::<bool>(), any::<bool>()), 0..20)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn any_events_cut_anywhere_are_parsed_exactly_once(
+            events in events(),
+            cuts in prop::collection::vec(any::<prop::sample::Index>(), 0..12),
+        ) {
+            let mut text = String::new();
+            for (data, crlf, comment) in &events {
+                let end = if *crlf { "\r\n" } else { "\n" };
+                if *comment {
+                    text.push_str(": keep-alive");
+                    text.push_str(end);
+                }
+                text.push_str("data: ");
+                text.push_str(data);
+                text.push_str(end);
+                text.push_str(end);
+            }
+            let bytes = text.as_bytes();
+            let mut points: Vec<usize> = cuts.iter().map(|c| c.index(bytes.len() + 1)).collect();
+            points.sort_unstable();
+            points.push(bytes.len());
+            let mut parser = SseParser::default();
+            let (mut got, mut from) = (Vec::new(), 0);
+            for to in points {
+                got.extend(parser.feed(&bytes[from..to]).expect("valid SSE"));
+                from = to;
+            }
+            let expected: Vec<String> = events.into_iter().map(|(data, ..)| data).collect();
+            prop_assert_eq!(got, expected);
+            prop_assert!(!parser.has_partial_event());
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_and_where_they_are_cut_changes_nothing(
+            bytes in prop::collection::vec(any::<u8>(), 0..4096),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let whole = SseParser::default().feed(&bytes);
+            let at = cut.index(bytes.len() + 1);
+            let mut parser = SseParser::default();
+            let cut_in_two = parser.feed(&bytes[..at]).and_then(|mut first| {
+                first.extend(parser.feed(&bytes[at..])?);
+                Ok(first)
+            });
+            match (whole, cut_in_two) {
+                (Ok(a), Ok(b)) => prop_assert_eq!(a, b),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "whole {a:?} but cut in two {b:?}"),
+            }
+        }
+    }
+}

@@ -38,6 +38,20 @@ pub async fn record_workload(
     trial: &str,
     seed: u64,
 ) -> anyhow::Result<Recorded> {
+    let cap = u64::from(multitenant::config::MAX_IN_FLIGHT);
+    record_workload_capped(base_url, model, workload, dir, trial, seed, cap).await
+}
+
+/// [`record_workload`] with at most `max_in_flight` requests in flight.
+pub async fn record_workload_capped(
+    base_url: &str,
+    model: &str,
+    workload: Workload,
+    dir: &Path,
+    trial: &str,
+    seed: u64,
+    max_in_flight: u64,
+) -> anyhow::Result<Recorded> {
     let clock = RunClock::start();
     let streams =
         RunStreams::new(dir.to_owned()).with_context(|| format!("creating {}", dir.display()))?;
@@ -79,9 +93,11 @@ pub async fn record_workload(
         clock,
         stream: stream.clone(),
         prompt_log: None,
+        max_in_flight,
     };
     let report = super::run_tenant_load(load, CancellationToken::new()).await?;
     stream.close()?;
+    streams.release_reserve();
     let contents = read_stream(&dir.join(&path))?;
     Ok(Recorded {
         report,

@@ -54,6 +54,12 @@ impl RunContext {
                 tracing::error!("run {}: trial {}: {e}", self.run.id, trial.name);
                 return RunState::Failed(format!("trial {}: {e}", trial.name));
             }
+            if let Some(reason) = self.run.streams.failure().reason() {
+                return RunState::Failed(format!(
+                    "trial {}: {reason}; the trials after it were not run",
+                    trial.name
+                ));
+            }
         }
         if let Some(cap) = &self.experiment.capacity {
             for search in cap.searches(&self.node) {

@@ -132,6 +132,10 @@ impl Run {
 
     fn set_state(&self, state: RunState) {
         let ended = state != RunState::Running;
+        if ended {
+            // Gone before anyone learns that the run ended and looks at its folder.
+            self.streams.release_reserve();
+        }
         self.state.send_replace(state);
         if ended {
             self.ended.cancel();
@@ -245,6 +249,41 @@ impl RunManager {
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned()
+    }
+
+    /// The node's preflight against `node` of `config_yaml`: the doctor's checks (vLLM's
+    /// only when the node has vLLM tenants, with their executable) and, per trial it would
+    /// refuse, why.
+    pub async fn doctor(
+        &self,
+        config_yaml: &str,
+        node: &str,
+    ) -> Result<(Vec<crate::doctor::Check>, Vec<(String, Vec<String>)>), String> {
+        let experiment =
+            Experiment::from_yaml(config_yaml, "config_yaml").map_err(|e| e.to_string())?;
+        let node = experiment
+            .node(node)
+            .ok_or_else(|| format!("the config has no node named {node:?}"))?;
+        let vllm = node.tenants.iter().find_map(|t| match &t.engine {
+            multitenant::config::Engine::Vllm(v) => Some(v.executable.as_str()),
+            _ => None,
+        });
+        let mps_control = self.mps_control.display().to_string();
+        let checks = crate::doctor::run(&self.gpu, vllm, &mps_control, &self.data_dir).await;
+        let facts = crate::preflight::NodeFacts::probe(&self.gpu, &self.mps_control);
+        let refusals = node
+            .trials(&experiment.workloads)
+            .iter()
+            .map(|t| {
+                let reasons = crate::preflight::refusals(t, node, &facts);
+                (
+                    t.name.clone(),
+                    reasons.into_iter().map(|r| r.reason).collect(),
+                )
+            })
+            .filter(|(_, reasons): &(String, Vec<String>)| !reasons.is_empty())
+            .collect();
+        Ok((checks, refusals))
     }
 
     /// Starts node `node` of `config_yaml` as run `run_id`; idempotent for the same config.

@@ -44,6 +44,10 @@ pub enum TrialFailure {
     /// Request events could not be written.
     #[error("{0} request events could not be recorded")]
     EventsLost(u64),
+    /// A stream of the run could not be written (a full disk, most often): the trial was
+    /// stopped at that write, and every whole line before it is kept.
+    #[error("recording failed, so the trial was stopped: {0}")]
+    Recording(String),
     /// An engine exited while the load ran.
     #[error("the engine of {tenant} exited during the trial ({status})")]
     EngineExited {
@@ -133,6 +137,10 @@ mod tests {
             ),
             (TrialFailure::Load("no runtime for its load: x".into()), "no runtime for its load: x"),
             (TrialFailure::EventsLost(3), "3 request events could not be recorded"),
+            (
+                TrialFailure::Recording("cannot write mps/a.jsonl: No space left on device (os error 28)".into()),
+                "recording failed, so the trial was stopped: cannot write mps/a.jsonl: No space left on device (os error 28)",
+            ),
             (
                 TrialFailure::EngineExited { tenant: "a".into(), status: "exit status 1".into() },
                 "the engine of a exited during the trial (exit status 1)",

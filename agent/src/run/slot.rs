@@ -73,6 +73,7 @@ impl<'a> TenantSlot<'a> {
     /// The header of its request stream in this trial.
     pub fn stream_header(&self, arrival: &Arrival) -> TenantHeader {
         let workload = self.workload;
+        let (warmup, duration) = self.phases.unwrap_or((workload.warmup, workload.duration));
         TenantHeader {
             name: self.tenant.name.clone(),
             model: self.tenant.engine.model().into(),
@@ -84,6 +85,7 @@ impl<'a> TenantSlot<'a> {
             streaming: workload.stream,
             forced_length: workload.ignore_eos,
             slo: (!workload.slo.is_empty()).then(|| workload.slo.clone()),
+            planned_ms: Some((warmup + duration).as_millis() as u64),
         }
     }
 
@@ -121,6 +123,7 @@ impl<'a> TenantSlot<'a> {
             clock,
             stream,
             prompt_log: Some(prompt_log),
+            max_in_flight: u64::from(multitenant::config::MAX_IN_FLIGHT),
         })
     }
 

@@ -47,6 +47,9 @@ pub(super) struct TrialRunner<'a> {
     pub tasks: TaskTracker,
 }
 
+/// How long a trial waits for GPU memory the node's preflight finds short, before refusing.
+const GPU_MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 impl<'a> TrialRunner<'a> {
     /// Creates the trial's agent stream and records its start, with what the reader must know
     /// from the outset (no GPU sampling, simulated engines).
@@ -88,7 +91,8 @@ impl<'a> TrialRunner<'a> {
 
     /// Every phase before the load: prompts and arrivals, MPS, engines, MPS clients.
     pub(super) async fn set_up(&mut self) -> Result<(), Halt> {
-        self.prepare_load()?;
+        let refused = self.wait_for_gpu_memory().await;
+        self.prepare_load(refused)?;
         self.start_mps().await?;
         self.start_engines().await?;
         self.verify_mps().await
@@ -100,24 +104,46 @@ impl<'a> TrialRunner<'a> {
         self.quit_mps().await?;
         self.tasks.close();
         self.tasks.wait().await;
-        let failure = match measured {
-            Ok(()) => None,
-            Err(Halt::Failed(failure)) => Some(failure),
-            Err(Halt::Io(e)) => return Err(e),
+        // A write that failed anywhere in the run is the reason, before what it led to.
+        let recording = self.ctx.run.streams.failure().reason().map(str::to_owned);
+        let failure = match (recording, measured) {
+            (Some(reason), _) => Some(TrialFailure::Recording(reason)),
+            (None, Ok(())) => None,
+            (None, Err(Halt::Failed(failure))) => Some(failure),
+            (None, Err(Halt::Io(e))) => return Err(e),
         };
         self.log.end(self.ctx.run.stop_cause(), failure)
     }
 
-    /// Everything that can be known wrong before an engine starts: engine preflight, this
+    /// The node's preflight of this trial (MPS, GPUs, free GPU memory; see
+    /// [`crate::preflight`]), after waiting at most [`GPU_MEMORY_WAIT`] while GPU memory is all
+    /// it finds short: the previous trial's engines may still be giving theirs back.
+    async fn wait_for_gpu_memory(&self) -> Vec<crate::preflight::Refusal> {
+        let deadline = tokio::time::Instant::now() + GPU_MEMORY_WAIT;
+        loop {
+            let facts = crate::preflight::NodeFacts::probe(&self.ctx.gpu, &self.ctx.mps_control);
+            let refused = crate::preflight::refusals(&self.trial, &self.ctx.node, &facts);
+            let only_memory = !refused.is_empty() && refused.iter().all(|r| r.memory);
+            if !only_memory || tokio::time::Instant::now() >= deadline || self.ctx.run.is_stopping()
+            {
+                return refused;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    }
+
+    /// Everything that can be known wrong before an engine starts: the node's preflight
+    /// (`refused`, from [`Self::wait_for_gpu_memory`]), engine preflight, this
     /// stage's arrivals, and each tenant's prompts (a dataset's skipped entries are warned).
     /// The first problem found is the trial's reason.
-    fn prepare_load(&mut self) -> Result<(), Halt> {
-        let problems: Vec<String> = self
-            .slots
-            .iter()
-            .filter_map(|s| crate::engine::preflight(s.tenant).err())
-            .map(|e| e.to_string())
-            .collect();
+    fn prepare_load(&mut self, refused: Vec<crate::preflight::Refusal>) -> Result<(), Halt> {
+        let mut problems: Vec<String> = refused.into_iter().map(|r| r.reason).collect();
+        problems.extend(
+            self.slots
+                .iter()
+                .filter_map(|s| crate::engine::preflight(s.tenant).err())
+                .map(|e| e.to_string()),
+        );
         let mut failure = (!problems.is_empty()).then_some(TrialFailure::Refused(problems));
         for slot in &mut self.slots {
             let planned = self
@@ -165,6 +191,17 @@ impl<'a> TrialRunner<'a> {
         // Ends the exit watchers on every way out of here, errors included.
         let _end_watchers = measuring.clone().drop_guard();
         let watchers = self.watch_engine_exits(&measuring);
+        // A write that fails ends the loads at once: nothing after it could be recorded.
+        let (failed, stop_loads) = (
+            self.ctx.run.streams.failure().token().clone(),
+            measuring.clone(),
+        );
+        self.tasks.spawn(async move {
+            tokio::select! {
+                () = failed.cancelled() => stop_loads.cancel(),
+                () = stop_loads.cancelled() => {}
+            }
+        });
         let samplers = Samplers::start(self.ctx, &self.trial, &self.slots, &self.tasks)?;
         let mut streams = Vec::new();
         let mut prompt_writers = Vec::new();

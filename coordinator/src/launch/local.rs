@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::{AgentEndpoint, Launched, Launcher, Teardown};
+use crate::console::say;
 use crate::run::ExperimentRun;
 
 /// How long a spawned agent may take to say where it listens.
@@ -177,7 +178,7 @@ impl Launcher for LocalLauncher {
     async fn tear_down(&mut self) -> Teardown {
         for (node, agent) in self.agents.drain(..) {
             if let Err(e) = agent.stop().await {
-                eprintln!("node {node}: {e:#}");
+                say!("node {node}: {e:#}");
             }
         }
         Teardown::default()

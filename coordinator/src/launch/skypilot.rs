@@ -10,12 +10,20 @@ use multitenant::config::SkyPilotSettings;
 use tokio_util::sync::CancellationToken;
 
 use super::{find_agent_binary, AgentEndpoint, Launched, Launcher, Teardown};
+use crate::console::say;
 use crate::run::ExperimentRun;
-use crate::skypilot::{self, ClusterState, Ledger, Sky, TaskFile};
+use crate::skypilot::{self, ClusterState, JobState, LaunchStep, Ledger, Sky, TaskFile};
 use crate::tls::ExperimentTls;
 
 /// How often a node that is still launching says so.
 const PROGRESS_EVERY: Duration = Duration::from_secs(15);
+/// How often a node's job (its setup, then the agent) is looked at while its agent is not up.
+const JOB_POLL: Duration = Duration::from_secs(3);
+/// Polls in a row without the job's log or state after which the node is given up.
+const UNANSWERED_POLLS: u32 = 20;
+/// How long a node's setup (building the agent, installing vLLM) may take before its agent
+/// must listen.
+const JOB_DEADLINE: Duration = Duration::from_secs(60 * 60);
 
 /// One cluster per node through `sky`.
 pub struct SkyPilotLauncher<'a> {
@@ -57,12 +65,14 @@ async fn launch_cluster(
         ClusterState::Launching,
         "sky launch started",
     );
-    eprintln!(
+    say!(
         "node {}: launching cluster {} (output in {})",
         task.node,
         task.cluster,
         log.display()
     );
+    let started = Instant::now();
+    let step = std::sync::Mutex::new(LaunchStep::Provisioning);
     let brought_up = async {
         let token = BearerToken::from_random_bytes(rand::random());
         let mut env: Vec<(String, String)> =
@@ -73,7 +83,23 @@ async fn launch_cluster(
                 .into_iter()
                 .map(|(k, v)| (k.to_owned(), v)),
         );
-        sky.launch(task, &env, log).await?;
+        let follow_step = |line: &str| {
+            if let Some(next) = LaunchStep::from_line(line) {
+                let mut now = step.lock().unwrap_or_else(|e| e.into_inner());
+                if *now != next {
+                    *now = next;
+                    say!(
+                        "node {}: {} ({} s)",
+                        task.node,
+                        next.describe(),
+                        started.elapsed().as_secs()
+                    );
+                }
+            }
+        };
+        let job = sky.launch(task, &env, log, &follow_step).await?;
+        let job_log = log.with_file_name(format!("{}.job.log", task.node));
+        follow_job(sky, task, job, &job_log, &follow_step).await?;
         let address = sky.endpoint(&task.cluster, settings.agent_port).await?;
         anyhow::Ok(AgentEndpoint {
             url: format!("https://{address}"),
@@ -81,16 +107,17 @@ async fn launch_cluster(
             tls: Some(tls.client_config()),
         })
     };
-    let started = Instant::now();
     let still_launching = async {
         let mut every = tokio::time::interval(PROGRESS_EVERY);
         every.tick().await;
         loop {
             every.tick().await;
-            eprintln!(
-                "node {}: still launching cluster {} ({} s)",
+            let now = *step.lock().unwrap_or_else(|e| e.into_inner());
+            say!(
+                "node {}: still launching cluster {}: {} ({} s)",
                 task.node,
                 task.cluster,
+                now.describe(),
                 started.elapsed().as_secs()
             );
         }
@@ -104,17 +131,114 @@ async fn launch_cluster(
         Ok(endpoint) => {
             let url = endpoint.url.clone();
             ledger.set(&task.node, &task.cluster, ClusterState::Up, url.clone());
-            eprintln!("node {}: up at {url}", task.node);
+            say!(
+                "node {}: agent up at {url} ({} s)",
+                task.node,
+                started.elapsed().as_secs()
+            );
             Ok(endpoint)
         }
         Err(e) => {
             let reason = format!("launching cluster {}: {e:#}", task.cluster);
             let state = ClusterState::LaunchFailed;
             ledger.set(&task.node, &task.cluster, state, reason.clone());
-            eprintln!("node {}: {reason}", task.node);
-            Err(reason)
+            say!("node {}: {reason}", task.node);
+            // The end of the run names the node once more: one line, the whole is above.
+            let first = reason.lines().next().unwrap_or_default();
+            Err(if first.len() < reason.len() {
+                format!(
+                    "{first} (printed above; the launch's output is in {})",
+                    log.display()
+                )
+            } else {
+                reason
+            })
         }
     }
+}
+
+/// Follows job `job` on `task`'s cluster until its agent listens: its log (`sky logs`, copied
+/// into `job_log`, each new line to `on_line`) and its state (`sky queue`) every
+/// [`JOB_POLL`]. A job that ends first, or whose agent is not up within [`JOB_DEADLINE`], is an
+/// error with what its log says (an agent build's failure and its tail, else the last lines).
+async fn follow_job(
+    sky: &Sky,
+    task: &TaskFile,
+    job: u32,
+    job_log: &std::path::Path,
+    mut on_line: impl FnMut(&str),
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut lines: Vec<String> = Vec::new();
+    // Polls in a row where neither the log nor the job's state could be had: the cluster is
+    // gone (preempted, taken down) or SkyPilot cannot reach it.
+    let mut unanswered = 0;
+    loop {
+        let fetched = fetch_job_log(sky, task, job, job_log, &mut lines, &mut on_line).await;
+        if lines.iter().any(|l| l.starts_with("listening on ")) {
+            return Ok(());
+        }
+        let state = sky.job_state(&task.cluster, job).await;
+        match (&fetched, &state) {
+            (Err(_), Err(_) | Ok(None)) => unanswered += 1,
+            _ => unanswered = 0,
+        }
+        if unanswered >= UNANSWERED_POLLS {
+            let why = match (fetched, state) {
+                (_, Err(e)) | (Err(e), _) => format!("{e:#}"),
+                _ => "the job is not in `sky queue`".to_owned(),
+            };
+            anyhow::bail!(
+                "the node's job {job} could not be followed for {} polls in a row (the cluster gone?): {why}",
+                UNANSWERED_POLLS
+            );
+        }
+        if let Ok(Some(JobState::Ended(how))) = state {
+            // What the job printed last may have come after the previous fetch.
+            let _ = fetch_job_log(sky, task, job, job_log, &mut lines, &mut on_line).await;
+            anyhow::bail!(
+                "job {job} on the node ended before its agent listened: {how}: {} (its log: {})",
+                skypilot::launch_failure(&lines),
+                job_log.display()
+            );
+        }
+        if started.elapsed() > JOB_DEADLINE {
+            anyhow::bail!(
+                "the node's setup did not bring its agent up within {} min: {} (its log: {})",
+                JOB_DEADLINE.as_secs() / 60,
+                skypilot::launch_failure(&lines),
+                job_log.display()
+            );
+        }
+        tokio::time::sleep(JOB_POLL).await;
+    }
+}
+
+/// Fetches job `job`'s log: the lines after what it shares with `lines` go to `on_line`, then
+/// the whole to `job_log`. A log that cannot be fetched now (the API server busy, the node
+/// still coming up) is an error the caller counts, and fetched again at the next poll.
+async fn fetch_job_log(
+    sky: &Sky,
+    task: &TaskFile,
+    job: u32,
+    job_log: &std::path::Path,
+    lines: &mut Vec<String>,
+    on_line: &mut impl FnMut(&str),
+) -> anyhow::Result<()> {
+    let text = sky.job_log(&task.cluster, job).await?;
+    let now: Vec<String> = text.lines().map(skypilot::job_line).collect();
+    let shared = lines.iter().zip(&now).take_while(|(a, b)| a == b).count();
+    if now.len() > shared {
+        for line in &now[shared..] {
+            on_line(line);
+        }
+    }
+    if now != *lines {
+        // The copy is a record for the reader; the launch does not depend on it.
+        let _ = std::fs::write(job_log, now.join("\n") + "\n");
+        *lines = now;
+    }
+    Ok(())
 }
 
 impl Launcher for SkyPilotLauncher<'_> {
@@ -123,7 +247,7 @@ impl Launcher for SkyPilotLauncher<'_> {
     }
 
     /// Everything that can be known wrong is refused before anything is launched: no `sky`,
-    /// no cloud, no agent binary, no TLS material.
+    /// one too old, no cloud, an agent binary for another platform, no TLS material.
     async fn launch(
         &mut self,
         run: &ExperimentRun<'_>,
@@ -132,16 +256,21 @@ impl Launcher for SkyPilotLauncher<'_> {
         let experiment = run.experiment;
         self.dir = run.dir.to_owned();
         let sky = Sky::find()?;
+        sky.check_version().await?;
         sky.check().await?;
-        let agent_bin = find_agent_binary()?;
         let tls = match &experiment.launcher.tls {
             Some(ca) => ExperimentTls::from_user_ca(ca)?,
             None => ExperimentTls::generate(&experiment.name)?,
         };
         tls.write_ca(run.dir)?;
         let run_tag = hex::encode(rand::random::<[u8; 3]>());
-        let tasks =
-            skypilot::write_task_files(run.dir, experiment, self.settings, &run_tag, &agent_bin)?;
+        let tasks = skypilot::write_task_files(
+            run.dir,
+            experiment,
+            self.settings,
+            &run_tag,
+            find_agent_binary,
+        )?;
         let config = skypilot::node_config(run.config, &skypilot::data_files(experiment))?;
         let ledger = Ledger::create(run.dir)?;
         let log_dir = run.dir.join(multitenant::layout::SKYPILOT_DIR);

@@ -59,6 +59,13 @@ impl StaticLauncher {
     }
 }
 
+impl StaticLauncher {
+    /// Its agents, one per node in node order.
+    pub fn into_endpoints(self) -> Vec<AgentEndpoint> {
+        self.endpoints
+    }
+}
+
 impl Launcher for StaticLauncher {
     fn name(&self) -> &'static str {
         "static"

