@@ -29,11 +29,11 @@ fn workload(arrival: Arrival, duration_s: u64) -> Workload {
     w
 }
 
-/// Mean and coefficient of variation of the gaps between consecutive sends, in seconds.
-fn realised_gaps(requests: &[RequestEvent]) -> (f64, f64) {
-    let mut sent: Vec<u64> = requests.iter().map(|r| r.sent_ns).collect();
-    sent.sort_unstable();
-    let gaps: Vec<f64> = sent
+/// Mean and coefficient of variation of the gaps between consecutive instants, in seconds.
+fn gap_stats(instants: impl Iterator<Item = u64>) -> (f64, f64) {
+    let mut sorted: Vec<u64> = instants.collect();
+    sorted.sort_unstable();
+    let gaps: Vec<f64> = sorted
         .windows(2)
         .map(|w| (w[1] - w[0]) as f64 / 1e9)
         .collect();
@@ -55,8 +55,13 @@ async fn seeded_runs_realise_each_arrival_process() {
     // gives ~600 gaps: a sample cv is within ±0.12 of 1 (Poisson) with 3 standard errors;
     // gamma with cv 2 has heavier tails and gets ±0.4. The mean gap is held to 4 standard
     // errors, 4·cv/√n of the mean (and 1% for constant gaps).
+    //
+    // The process is judged on the schedule the generator drew (scheduled_ns), and the sends
+    // on their lag behind it: a constant schedule's gaps are exact, while the realised gaps
+    // carry the machine's wake-up jitter (CI measured a cv of 0.22 for the 6.7 ms constant
+    // gap with every send within 2 ms of its schedule).
     let cases = [
-        (Arrival::Constant { rate: 150.0 }, 1.0 / 150.0, 0.0, 0.1),
+        (Arrival::Constant { rate: 150.0 }, 1.0 / 150.0, 0.0, 0.01),
         (Arrival::Poisson { rate: 150.0 }, 1.0 / 150.0, 1.0, 0.12),
         (
             Arrival::Gamma {
@@ -88,16 +93,23 @@ async fn seeded_runs_realise_each_arrival_process() {
             "{arrival:?}"
         );
         assert!(requests.iter().all(|r| r.error.is_none()), "{arrival:?}");
-        let (mean, got_cv) = realised_gaps(requests);
+        let (mean, got_cv) = gap_stats(requests.iter().map(|r| r.scheduled_ns));
+        let (sent_mean, sent_cv) = gap_stats(requests.iter().map(|r| r.sent_ns));
         eprintln!(
-            "{arrival:?}: {} sends, mean gap {:.3} ms, cv {got_cv:.3}",
+            "{arrival:?}: {} sends, scheduled gap mean {:.3} ms cv {got_cv:.3}; \
+             sent gap mean {:.3} ms cv {sent_cv:.3}",
             requests.len(),
-            mean * 1e3
+            mean * 1e3,
+            sent_mean * 1e3
         );
         let allowed = mean_gap * (4.0 * cv / (requests.len() as f64).sqrt()).max(0.01);
         assert!(
             (mean - mean_gap).abs() < allowed,
-            "{arrival:?}: mean gap {mean}"
+            "{arrival:?}: scheduled mean gap {mean}"
+        );
+        assert!(
+            (sent_mean - mean_gap).abs() < allowed,
+            "{arrival:?}: sent mean gap {sent_mean}"
         );
         // Each send happened when its schedule said: the realised process is the seeded one.
         let mut lags: Vec<u64> = requests
@@ -107,7 +119,10 @@ async fn seeded_runs_realise_each_arrival_process() {
         lags.sort_unstable();
         let p99_ms = lags[lags.len() * 99 / 100] as f64 / 1e6;
         assert!(p99_ms < 2.0, "{arrival:?}: schedule lag p99 {p99_ms} ms");
-        assert!((got_cv - cv).abs() < *cv_err, "{arrival:?}: cv {got_cv}");
+        assert!(
+            (got_cv - cv).abs() < *cv_err,
+            "{arrival:?}: scheduled cv {got_cv}"
+        );
     }
     engine.stop().await;
 }
