@@ -47,6 +47,7 @@ fn request(id: &str, sent_ms: u64, ttft_ms: u64, gap_ms: u64, tokens: u32) -> Re
         phase: Phase::Measure,
         scheduled_ns: (sent_ms * ms).saturating_sub(50_000),
         sent_ns: sent_ms * ms,
+        connect_ns: None,
         first_token_ns: Some(first),
         last_token_ns: Some(last),
         done_ns: last + ms,
@@ -140,7 +141,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.2""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.3""#));
     assert!(text
         .lines()
         .nth(2)

@@ -9,6 +9,7 @@ mod answers;
 mod capacity;
 mod compare;
 mod configs;
+mod connections;
 mod damaged_reports;
 mod end_to_end;
 mod engine_supervisor;

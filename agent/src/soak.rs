@@ -244,6 +244,7 @@ mod tests {
             phase,
             scheduled_ns,
             sent_ns,
+            connect_ns: None,
             first_token_ns: Some(sent_ns + 1),
             last_token_ns: Some(done_ns),
             done_ns,

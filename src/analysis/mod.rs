@@ -899,6 +899,9 @@ pub const MAX_RATE_SHORTFALL: f64 = 0.05;
 
 /// The load generator watching itself, and outputs of the wrong length: one message per
 /// thing that was not as asked.
+/// Share of measured requests that may wait for a new connection before it is worth a check.
+const MAX_CONNECT_SHARE: f64 = 0.01;
+
 fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
     let mut out = Vec::new();
     if let Some(lag) = m.schedule_lag_ms.filter(|l| l.p99 > MAX_LAG_P99_MS) {
@@ -927,6 +930,15 @@ fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
                 MAX_RATE_SHORTFALL * 100.0
             ));
         }
+    }
+    if let Some(connect) = m
+        .connect_ms
+        .filter(|c| c.count as f64 > m.sent as f64 * MAX_CONNECT_SHARE)
+    {
+        out.push(format!(
+            "{} of {} measured requests waited for a new connection (connect p50 {:.3} ms, p99 {:.3} ms; recorded in connect_ns, not counted in their TTFT or E2E): the server closed idle connections (vLLM's keep-alive timeout is 5 s) or more requests were in flight than the connections opened before the load",
+            connect.count, m.sent, connect.p50, connect.p99
+        ));
     }
     if let Some(&client) = m.errors.get(crate::events::ErrorKind::Client.as_str()) {
         out.push(format!(
@@ -1146,6 +1158,31 @@ mod tests {
             acc.scheduled(arrivals);
         }
         acc.finish()
+    }
+
+    #[test]
+    fn requests_waiting_for_connections_are_a_check_past_one_percent() {
+        let mut acc = TenantAccumulator::default();
+        acc.phase(Phase::Measure, 0);
+        for i in 0..200 {
+            let mut r = completed(i * 10, 10, 5, 4);
+            if i < 2 {
+                r.connect_ns = Some(1_000_000);
+            }
+            acc.request(&r);
+        }
+        // 2 of 200 is 1%: not past it.
+        assert!(load_checks(&acc.finish(), &poisson_tenant()).is_empty());
+        let mut r = completed(5_000, 10, 5, 4);
+        r.connect_ns = Some(3_000_000);
+        acc.request(&r);
+        let checks = load_checks(&acc.finish(), &poisson_tenant());
+        assert!(
+            checks
+                .iter()
+                .any(|c| c.starts_with("3 of 201 measured requests waited for a new connection")),
+            "{checks:?}"
+        );
     }
 
     #[test]

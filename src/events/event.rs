@@ -213,8 +213,14 @@ pub struct RequestEvent {
     pub phase: Phase,
     /// When the arrival process wanted it sent.
     pub scheduled_ns: u64,
-    /// Just before the request was handed to the HTTP client.
+    /// Just before the request could be written: when it was handed to the HTTP client, or,
+    /// for the first request on a connection opened for it, when that connection was ready
+    /// (schema 1.3; before, the connect was inside TTFT).
     pub sent_ns: u64,
+    /// How long the TCP connect this request waited for took, in ns, when it was the first
+    /// request on a connection opened while it waited (schema 1.3). Not part of TTFT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ns: Option<u64>,
     /// Arrival of the first chunk with non-empty generated text.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub first_token_ns: Option<u64>,

@@ -22,7 +22,9 @@
 //!   streams, `tenant` (name, model, engine kind, workload, API, arrival, offered rate,
 //!   streaming, forced length, SLO, and the milliseconds of warm-up plus measurement planned,
 //!   `planned_ms`, from schema 1.2).
-//! - `request`: one finished request, see [`RequestEvent`].
+//! - `request`: one finished request, see [`RequestEvent`]; from schema 1.3 a request that
+//!   waited for a new connection records the connect in `connect_ns`, and its `sent_ns` is the
+//!   instant the connection was ready.
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`; on `drain` of
 //!   an open-loop load, `scheduled` counts the arrivals its schedule placed in the measure
 //!   phase (schema 1.1; absent before).
@@ -51,4 +53,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.2";
+pub const SCHEMA_VERSION: &str = "1.3";

@@ -16,6 +16,7 @@ pub(crate) fn completed(sent_ms: u64, ttft_ms: u64, gap_ms: u64, tokens: u32) ->
         phase: Phase::Measure,
         scheduled_ns: sent,
         sent_ns: sent,
+        connect_ns: None,
         first_token_ns: Some(first),
         last_token_ns: Some(last),
         done_ns: last,

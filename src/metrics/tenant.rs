@@ -97,8 +97,14 @@ pub struct TenantMetrics {
     pub itl_ms: Option<Percentiles>,
     /// End-to-end latency, ms.
     pub e2e_ms: Option<Percentiles>,
-    /// sent − scheduled, ms: how late the load generator was.
+    /// sent − scheduled, ms: how late the load generator was. A request that waited for a new
+    /// connection counts from its hand-off to the client (`sent_ns − connect_ns`): the connect
+    /// is the network's time, not the generator's.
     pub schedule_lag_ms: Option<Percentiles>,
+    /// Connects that measured requests waited for (schema 1.3 streams), ms; their count is the
+    /// number of requests that opened a connection. Not part of TTFT or E2E.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_ms: Option<Percentiles>,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -119,6 +125,8 @@ pub struct TenantAccumulator {
     pub e2e: LatencyHistogram,
     /// Schedule lag, µs.
     pub lag: LatencyHistogram,
+    /// Connects measured requests waited for, µs.
+    pub connect: LatencyHistogram,
     sent: u64,
     completed: u64,
     errors: BTreeMap<String, u64>,
@@ -158,7 +166,12 @@ impl TenantAccumulator {
             return;
         }
         self.sent += 1;
-        self.lag.record_ns(r.sent_ns.saturating_sub(r.scheduled_ns));
+        let handed_off_ns = r.sent_ns.saturating_sub(r.connect_ns.unwrap_or(0));
+        self.lag
+            .record_ns(handed_off_ns.saturating_sub(r.scheduled_ns));
+        if let Some(connect) = r.connect_ns {
+            self.connect.record_ns(connect);
+        }
         self.first_sent_ns = Some(self.first_sent_ns.map_or(r.sent_ns, |t| t.min(r.sent_ns)));
         self.last_done_ns = Some(self.last_done_ns.map_or(r.done_ns, |t| t.max(r.done_ns)));
         if let Some(err) = &r.error {
@@ -250,6 +263,7 @@ impl TenantAccumulator {
             itl_ms: self.itl.percentiles(),
             e2e_ms: self.e2e.percentiles(),
             schedule_lag_ms: self.lag.percentiles(),
+            connect_ms: self.connect.percentiles(),
         }
     }
 }
@@ -299,5 +313,30 @@ mod tests {
         // Window: first sent 0 ms to last done 540.1 ms; 22 output tokens.
         assert!((t.window_s - 0.5401).abs() < 1e-9);
         assert!((t.output_tokens_per_s - 22.0 / 0.5401).abs() < 1e-6);
+    }
+
+    /// A request that waited 30 ms for its connection: sent when the connection was ready,
+    /// 30.2 ms after its schedule. Its lag is the 0.2 ms before the hand-off, its TTFT starts
+    /// at the ready connection, and the connect has a figure of its own.
+    #[test]
+    fn a_connect_is_its_own_figure_outside_lag_and_ttft() {
+        let mut acc = TenantAccumulator::default();
+        acc.phase(Phase::Measure, 0);
+        let mut waited = completed(0, 20, 10, 3);
+        waited.sent_ns = 30_200_000;
+        waited.connect_ns = Some(30_000_000);
+        waited.first_token_ns = Some(waited.sent_ns + 20_000_000);
+        waited.last_token_ns = waited.first_token_ns.map(|t| t + 20_000_000);
+        waited.done_ns = waited.last_token_ns.expect("last");
+        acc.request(&waited);
+        acc.request(&completed(100, 20, 10, 3));
+        let m = acc.finish();
+        let connect = m.connect_ms.expect("one connect");
+        assert_eq!(connect.count, 1);
+        assert!((connect.max - 30.0).abs() < 0.1, "{connect:?}");
+        let lag = m.schedule_lag_ms.expect("lag");
+        assert!(lag.max < 0.25 && lag.max > 0.15, "{lag:?}");
+        let ttft = m.ttft_ms.expect("ttft");
+        assert!((ttft.max - 20.0).abs() < 0.1, "{ttft:?}");
     }
 }

@@ -134,6 +134,7 @@ mod tests {
             phase: Phase::Measure,
             scheduled_ns: 0,
             sent_ns: 0,
+            connect_ns: None,
             first_token_ns: Some(200_000_000),
             last_token_ns: Some(600_000_000),
             done_ns: 610_000_000,

@@ -11,6 +11,7 @@ use multitenant::events::{ErrorKind, RequestError, TokenSource};
 use serde::Deserialize;
 use serde_json::json;
 
+use super::connections::{self, LoadClient};
 use super::prompts::Prompt;
 use super::sse::SseParser;
 use crate::clock::RunClock;
@@ -38,8 +39,11 @@ pub struct Target {
 /// What one request measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Measured {
-    /// Just before the send.
+    /// Just before the request could be written: the send, or for the first request on a
+    /// connection opened for it, the instant that connection was ready.
     pub sent_ns: u64,
+    /// How long the connect that this request waited for took, when it opened a connection.
+    pub connect_ns: Option<u64>,
     /// First content chunk.
     pub first_token_ns: Option<u64>,
     /// Last content chunk.
@@ -174,7 +178,7 @@ fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<
 /// When `abort` fires, the request ends as `cancelled` with what it received so far. With
 /// `keep_text`, the generated text is collected into [`Measured::text`].
 pub async fn execute(
-    http: &reqwest::Client,
+    client: &LoadClient,
     target: &Target,
     id: &str,
     prompt: &Prompt,
@@ -203,7 +207,8 @@ pub async fn execute(
     for (key, value) in &target.request_fields {
         body[key] = value.clone();
     }
-    let mut request = http
+    let mut request = client
+        .http
         .post(format!("{}{path}", target.base_url))
         .header("x-request-id", id)
         .json(&body);
@@ -240,6 +245,14 @@ pub async fn execute(
             return m;
         }
     };
+    // The first request on a connection opened for it could not be written before that
+    // connection was ready: it is sent then, and the connect is recorded on its own.
+    if let Some(connect) =
+        connections::local_addr(&response).and_then(|local| client.connects.claim(local, m.sent_ns))
+    {
+        m.connect_ns = Some(connect.ready_ns - connect.started_ns);
+        m.sent_ns = connect.ready_ns;
+    }
     let status = response.status();
     m.status = Some(status.as_u16());
     if !status.is_success() {

@@ -7,6 +7,7 @@
 //! cancelled, whichever comes first.
 
 pub mod client;
+pub mod connections;
 pub mod dispatch;
 pub mod prompt_log;
 pub mod prompts;
@@ -26,6 +27,7 @@ use tokio_util::task::TaskTracker;
 use crate::clock::RunClock;
 use crate::recorder::StreamFile;
 use client::Target;
+use connections::LoadClient;
 use prompt_log::PromptLog;
 use prompts::PromptFactory;
 use schedule::ArrivalSchedule;
@@ -72,7 +74,7 @@ pub struct LoadReport {
 
 struct Shared {
     load: TenantLoad,
-    http: reqwest::Client,
+    http: LoadClient,
     claimed: AtomicU64,
     /// Requests sent and not yet done.
     in_flight: AtomicU64,
@@ -170,6 +172,7 @@ impl Shared {
             first_token_ns: measured.first_token_ns,
             last_token_ns: measured.last_token_ns,
             done_ns: measured.done_ns,
+            connect_ns: measured.connect_ns,
             chunk_gaps_us: measured.chunk_gaps_us,
             max_tokens: prompt.max_tokens,
             prompt_tokens: measured.prompt_tokens,
@@ -233,11 +236,13 @@ pub async fn run_tenant_load(
                     return;
                 }
             };
-            let http = reqwest::Client::builder()
-                .pool_max_idle_per_host(usize::MAX)
-                .tcp_nodelay(true)
-                .build()
-                .unwrap_or_default();
+            let http = match LoadClient::new(load.clock) {
+                Ok(http) => http,
+                Err(e) => {
+                    let _ = done.send(LoadReport::failed(format!("no HTTP client: {e}")));
+                    return;
+                }
+            };
             let _ = done.send(runtime.block_on(send_and_record(load, http, cancel)));
         });
     if let Err(e) = thread {
@@ -263,10 +268,23 @@ impl LoadReport {
 
 async fn send_and_record(
     load: TenantLoad,
-    http: reqwest::Client,
+    http: LoadClient,
     cancel: CancellationToken,
 ) -> LoadReport {
     let clock = load.clock;
+    // The pool is filled before the clock of the load starts: no scheduled send waits for it.
+    let wanted = connections::preopen_count(&load.arrival, load.max_in_flight);
+    let opened = http
+        .preopen(
+            &load.target.base_url,
+            load.target.api_key.as_deref(),
+            wanted,
+        )
+        .await;
+    tracing::debug!(
+        "tenant {}: {opened} of {wanted} connections opened before the load",
+        load.tenant
+    );
     let start_ns = clock.now_ns();
     let warmup_end_ns = start_ns + ns(load.workload.warmup);
     let measure_end_ns = warmup_end_ns + ns(load.workload.duration);
