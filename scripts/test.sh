@@ -49,6 +49,8 @@ MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration skypilot::th
 MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration lifetimes::
 # Seeded arrival processes, each send held to 2 ms of its schedule.
 MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration load_shapes::seeded_runs
+# A 2-minute trace replayed ten times faster: every record at its scaled time, held to 2 ms.
+MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration trace_replay::a_two_minute
 # An agent out of file descriptors, its 300 closed-loop workers failing and backing off.
 MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration request_faults::an_agent_out_of_file_descriptors
 

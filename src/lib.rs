@@ -30,6 +30,7 @@ pub mod series;
 pub mod slo;
 pub mod tls;
 pub mod tokens;
+pub mod trace;
 
 /// Version of this build, written into every JSONL header and summary.
 pub const TOOL_VERSION: &str = env!("CARGO_PKG_VERSION");

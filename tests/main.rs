@@ -29,3 +29,4 @@ mod slos;
 mod static_launcher;
 mod stream_resume;
 mod sweeps;
+mod trace_replay;

@@ -10,6 +10,9 @@
 //!    this process, since the record is kept in memory), at 64 and 1,000 concurrent streams
 //!    after a 2 s warm-up, and at 256 streams started together with none (a cold start on the
 //!    pool opened just before the load).
+//! 5. A trace replay (engine in a child process): the 2-minute BurstGPT sample of
+//!    configs/traces, built into the binary, replayed ten times faster; schedule lag against
+//!    each record's scaled time.
 //!
 //! Every figure goes through the same code as a real run: the same client, the same JSONL
 //! recording (into a temporary folder removed at the end).
@@ -102,6 +105,25 @@ pub struct TruthStage {
     pub itl_err_p99_ms: f64,
 }
 
+/// Stage 5.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplayStage {
+    /// Records replayed.
+    pub records: usize,
+    /// The replay's speed-up.
+    pub time_scale: f64,
+    /// Its length, s.
+    pub seconds: f64,
+    /// Records sent, of `records`.
+    pub sent: usize,
+    /// Schedule lag p50, µs.
+    pub lag_p50_us: f64,
+    /// Schedule lag p99, µs.
+    pub lag_p99_us: f64,
+    /// Largest schedule lag, µs.
+    pub lag_max_us: f64,
+}
+
 /// Every figure of a bench run.
 #[derive(Debug, Clone, Serialize)]
 pub struct Figures {
@@ -111,7 +133,14 @@ pub struct Figures {
     pub memory: MemoryStage,
     /// Stage 4.
     pub truth: Vec<TruthStage>,
+    /// Stage 5.
+    pub replay: ReplayStage,
 }
+
+/// The BurstGPT-format sample of configs/traces (2 minutes, 504 usable records).
+const BURSTGPT_SAMPLE: &str = include_str!("../../configs/traces/burstgpt-sample.csv");
+/// How much faster stage 5 replays it.
+const REPLAY_SCALE: f64 = 10.0;
 
 /// Runs the bench, prints the figures, and writes them to `json` if given.
 pub async fn run(
@@ -214,11 +243,73 @@ async fn stages(
             .await?,
         );
     }
+    eprintln!(
+        "bench: stage 5, a 2-minute trace replayed ×{REPLAY_SCALE} (engine in a child process)"
+    );
+    let engine = ChildEngine::start(&SimTiming {
+        max_batch: 1_024,
+        prefill_us_per_token: 0.0,
+        decode_step_us: 10_000.0,
+        decode_step_us_per_seq: 0.0,
+    })
+    .await?;
+    let replay = replay_stage(&engine.url, &scratch.join("replay")).await;
+    engine.stop().await;
     Ok(Figures {
         rates,
         memory,
         truth,
+        replay: replay?,
     })
+}
+
+/// Replays the built-in BurstGPT sample against the engine at `url`, recording into `dir`.
+async fn replay_stage(url: &str, dir: &Path) -> anyhow::Result<ReplayStage> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let path = dir.join("burstgpt-sample.csv");
+    std::fs::write(&path, BURSTGPT_SAMPLE)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let window = multitenant::trace::TraceWindow {
+        start: Duration::ZERO,
+        limit: None,
+        column: None,
+    };
+    let format = multitenant::trace::TraceFormat::BurstGpt;
+    let trace = multitenant::trace::Trace::load(&path, format, &window)?;
+    let span = trace.span().div_f64(REPLAY_SCALE);
+    let mut workload = synthetic(
+        Arrival::Trace {
+            time_scale: REPLAY_SCALE,
+        },
+        span + Duration::from_millis(1),
+        1,
+        1,
+    );
+    workload.warmup = Duration::ZERO;
+    workload.data = DataSource::Trace(multitenant::config::TraceData {
+        format,
+        path,
+        window,
+        tenant_map: None,
+    });
+    let (_, requests) = load_and_read(url, workload, &dir.join("load")).await?;
+    let mut lags: Vec<f64> = requests.iter().map(|r| lag_ns(r) as f64 / 1e3).collect();
+    Ok(ReplayStage {
+        records: trace.records.len(),
+        time_scale: REPLAY_SCALE,
+        seconds: span.as_secs_f64(),
+        sent: requests.len(),
+        lag_p50_us: quantile(&mut lags, 0.5),
+        lag_p99_us: quantile(&mut lags, 0.99),
+        lag_max_us: lags.iter().copied().fold(0.0, f64::max),
+    })
+}
+
+/// How late `r` was handed to the client after its scheduled time (a connect it waited for
+/// is not lag: it is recorded apart).
+fn lag_ns(r: &RequestEvent) -> u64 {
+    let handed_over = r.sent_ns.saturating_sub(r.connect_ns.unwrap_or(0));
+    handed_over.saturating_sub(r.scheduled_ns)
 }
 
 /// A streaming chat workload of fixed lengths, warmed up for 0.5 s.
@@ -272,10 +363,7 @@ fn rate_stage(
         .iter()
         .filter(|r| r.phase == Phase::Measure)
         .collect();
-    let mut lags: Vec<f64> = measured
-        .iter()
-        .map(|r| r.sent_ns.saturating_sub(r.scheduled_ns) as f64 / 1e3)
-        .collect();
+    let mut lags: Vec<f64> = measured.iter().map(|r| lag_ns(r) as f64 / 1e3).collect();
     let failed = measured.iter().filter(|r| r.error.is_some()).count();
     let tokens = |rs: &mut dyn Iterator<Item = &RequestEvent>| -> usize {
         rs.filter(|r| r.first_token_ns.is_some())
@@ -454,6 +542,11 @@ fn print(f: &Figures) {
             t.streams, t.warmup_ms, t.requests, t.connects, t.ttft_err_p50_ms, t.ttft_err_p99_ms, t.itl_err_p50_ms, t.itl_err_p99_ms
         );
     }
+    let r = &f.replay;
+    println!(
+        "  trace replay ×{} ({} of {} records in {:.1} s): schedule lag p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs",
+        r.time_scale, r.sent, r.records, r.seconds, r.lag_p50_us, r.lag_p99_us, r.lag_max_us
+    );
 }
 
 /// A simulated engine in a child process (`agent sim-engine`), stopped by its PID.

@@ -92,8 +92,9 @@ pub enum Command {
     },
     /// Measure the load generator itself against the simulated engine on this machine: the
     /// highest rate held with schedule lag p99 under 1 ms, CPU time per 1,000 streamed tokens,
-    /// memory at 10,000 concurrent streams, and measured-minus-true TTFT and ITL. Prints a
-    /// table; takes about a minute (`--quick`: about 20 s, smaller figures).
+    /// memory at 10,000 concurrent streams, measured-minus-true TTFT and ITL, and the schedule
+    /// lag of a 2-minute trace replayed ten times faster. Prints a table; takes about a minute
+    /// and a half (`--quick`: about 35 s, smaller figures).
     Bench {
         /// Shorter stages and 2,000 instead of 10,000 streams for the memory stage.
         #[arg(long)]
@@ -101,7 +102,7 @@ pub enum Command {
         /// Also write the figures as JSON to this file.
         #[arg(long)]
         json: Option<PathBuf>,
-        /// Instead of the four stages, hold `--soak-streams` streams open for this long
+        /// Instead of the five stages, hold `--soak-streams` streams open for this long
         /// (10m when given without a value), printing resident memory and schedule lag per
         /// window of the run.
         #[arg(long, value_parser = humantime::parse_duration, num_args = 0..=1, default_missing_value = "10m", conflicts_with = "quick")]

@@ -21,6 +21,7 @@ pub use validate::MAX_CONFIG_BYTES;
 pub const MAX_IN_FLIGHT: u32 = 100_000;
 mod validate_capacity;
 mod validate_launcher;
+mod validate_trace;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -138,6 +139,13 @@ pub enum Arrival {
         /// How arrivals are placed along the rate curve.
         spacing: Spacing,
     },
+    /// Each request at its time in a recorded trace (the workload's data is then
+    /// [`DataSource::Trace`], which also gives each request's lengths), divided by
+    /// `time_scale` (open loop).
+    Trace {
+        /// 10 replays the trace ten times faster; > 0.
+        time_scale: f64,
+    },
 }
 
 /// How the arrivals of a time-varying rate are placed.
@@ -157,7 +165,8 @@ impl Arrival {
             | Arrival::Poisson { rate }
             | Arrival::Gamma { rate, .. } => Some(rate),
             Arrival::Ramp { from, to, .. } => Some((from + to) / 2.0),
-            Arrival::Concurrency { .. } => None,
+            // A trace's rate is its records' (per tenant, known once they are read).
+            Arrival::Concurrency { .. } | Arrival::Trace { .. } => None,
         }
     }
 
@@ -175,6 +184,7 @@ impl Arrival {
                 };
                 format!("ramp {from}/s to {to}/s ({spacing})")
             }
+            Arrival::Trace { time_scale } => format!("trace replay ×{time_scale}"),
         }
     }
 }
@@ -288,6 +298,24 @@ pub enum DataSource {
     Synthetic(SyntheticData),
     /// Prompts from a file.
     Dataset(DatasetData),
+    /// Each request's prompt and output length from a trace, sent at the trace's times
+    /// ([`Arrival::Trace`]); prompts that share a `hash_ids` block share its text.
+    Trace(TraceData),
+}
+
+/// A trace a workload replays (`arrival: {kind: trace, ...}`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TraceData {
+    /// The file's format.
+    pub format: crate::trace::TraceFormat,
+    /// The file: absolute, or relative to the config file's folder when read with
+    /// [`Experiment::load`].
+    pub path: PathBuf,
+    /// The part of it replayed, and the column its tenant map routes by.
+    pub window: crate::trace::TraceWindow,
+    /// How its records are shared among the workload's tenants; `None`: each tenant
+    /// replays every record.
+    pub tenant_map: Option<crate::trace::TenantMap>,
 }
 
 /// Prompts from a ShareGPT or JSONL file.
@@ -696,8 +724,9 @@ impl Experiment {
         })
     }
 
-    /// The YAML `text` with each file path in it (`workloads.*.data.path` and
-    /// `.tokenizer`) replaced by `map(path)`: how a launcher points a node at its copies.
+    /// The YAML `text` with each file path in it (`workloads.*.data.path`, `.data.tokenizer`
+    /// and a trace's `.arrival.path`) replaced by `map(path)`: how a launcher points a node
+    /// at its copies.
     pub fn map_file_paths(
         text: &str,
         mut map: impl FnMut(&str) -> String,
@@ -713,8 +742,9 @@ impl Experiment {
             .and_then(serde_yaml::Value::as_mapping_mut)
         {
             for (_, workload) in workloads.iter_mut() {
-                for key in ["path", "tokenizer"] {
-                    let Some(value) = workload.get_mut("data").and_then(|d| d.get_mut(key)) else {
+                for (section, key) in [("data", "path"), ("data", "tokenizer"), ("arrival", "path")]
+                {
+                    let Some(value) = workload.get_mut(section).and_then(|d| d.get_mut(key)) else {
                         continue;
                     };
                     if let Some(path) = value.as_str() {

@@ -125,6 +125,20 @@ pub struct RawArrival {
     pub concurrencies: Option<Vec<i64>>,
     pub steps: Option<i64>,
     pub max_concurrency: Option<i64>,
+    pub path: Option<String>,
+    pub format: Option<String>,
+    pub time_scale: Option<f64>,
+    pub start: Option<String>,
+    pub limit: Option<u64>,
+    pub tenant_map: Option<RawTenantMap>,
+}
+
+/// `tenant_map:` of a trace arrival.
+#[derive(Debug, Deserialize)]
+pub struct RawTenantMap {
+    pub column: Option<String>,
+    pub to: Option<BTreeMap<String, String>>,
+    pub hash: Option<Vec<String>>,
 }
 
 /// `data:` of a workload.

@@ -23,7 +23,7 @@ const MAX_CONCURRENCY: u32 = MAX_IN_FLIGHT;
 /// within 1 ms up to about 400 streamed requests/s per tenant on two cores (`agent bench`), and
 /// no engine on one GPU serves 10,000 requests/s; a higher rate is a typo, and would only fill
 /// the agent's memory and disk with requests it cannot send on time.
-const MAX_RATE: f64 = 10_000.0;
+pub(super) const MAX_RATE: f64 = 10_000.0;
 /// Longest config text: one gRPC message carries it to each agent, with room to spare for
 /// its paths made absolute.
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
@@ -136,12 +136,29 @@ fn yaml_path(path: &serde_ignored::Path<'_>) -> String {
     }
 }
 
-fn join(parent: &str, key: &str) -> String {
+pub(super) fn join(parent: &str, key: &str) -> String {
     if parent.is_empty() {
         key.to_owned()
     } else {
         format!("{parent}.{key}")
     }
+}
+
+/// The keys of the rate-driven arrival kinds (every kind but `trace`), each with whether
+/// `raw` sets it.
+pub(super) fn rate_keys(raw: &RawArrival) -> [(&'static str, bool); 10] {
+    [
+        ("rate", raw.rate.is_some()),
+        ("cv", raw.cv.is_some()),
+        ("n", raw.n.is_some()),
+        ("from", raw.from.is_some()),
+        ("to", raw.to.is_some()),
+        ("spacing", raw.spacing.is_some()),
+        ("rates", raw.rates.is_some()),
+        ("concurrencies", raw.concurrencies.is_some()),
+        ("steps", raw.steps.is_some()),
+        ("max_concurrency", raw.max_concurrency.is_some()),
+    ]
 }
 
 /// Collects problems while building typed values; a builder returns `None` when its part is
@@ -243,6 +260,7 @@ impl Checker {
         for (i, node) in nodes.iter().enumerate() {
             self.stage_counts_agree(node, &workloads, &format!("nodes[{i}].tenants"));
         }
+        self.tenant_maps_match(&nodes, &workloads);
         let launcher = self.launcher(raw.launcher, &nodes);
         let capacity = raw
             .capacity
@@ -339,25 +357,58 @@ impl Checker {
                 None
             }
         };
-        let arrival = self
-            .required(raw.arrival, &join(path, "arrival"))
-            .and_then(|a| self.arrival(a, &join(path, "arrival")));
+        let arrival_path = join(path, "arrival");
+        let raw_arrival = self.required(raw.arrival, &arrival_path);
+        let replays = raw_arrival
+            .as_ref()
+            .is_some_and(|a| a.kind.as_deref() == Some("trace"));
+        let (arrival, trace) = match raw_arrival {
+            Some(a) if replays => match self.trace(a, &arrival_path) {
+                Some(t) => (
+                    Some(ArrivalPlan::Single(Arrival::Trace {
+                        time_scale: t.time_scale,
+                    })),
+                    Some(t),
+                ),
+                None => (None, None),
+            },
+            Some(a) => (self.arrival(a, &arrival_path), None),
+            None => (None, None),
+        };
         let data_path = join(path, "data");
         let tokenizer = raw
             .data
             .as_ref()
             .and_then(|d| d.tokenizer.clone())
             .and_then(|t| self.tokenizer(&t, &join(&data_path, "tokenizer")));
-        let data = self
-            .required(raw.data, &data_path)
-            .and_then(|d| self.data(d, &data_path));
+        let data = if replays {
+            if let Some(d) = &raw.data {
+                self.trace_data(d, &data_path);
+            }
+            trace.as_ref().map(|t| DataSource::Trace(t.data.clone()))
+        } else {
+            self.required(raw.data, &data_path)
+                .and_then(|d| self.data(d, &data_path))
+        };
+        // A replay starts measuring at once and lasts as long as its trace, unless told.
         let warmup = self
             .duration(raw.warmup, &join(path, "warmup"))
-            .unwrap_or(DEFAULT_WARMUP);
+            .unwrap_or(if replays {
+                Duration::ZERO
+            } else {
+                DEFAULT_WARMUP
+            });
         let duration_path = join(path, "duration");
-        let duration = self
-            .required(raw.duration, &duration_path)
-            .and_then(|d| self.duration(Some(d), &duration_path));
+        let duration = match (&trace, raw.duration) {
+            (Some(t), None) => Some(
+                (t.replay_span + Duration::from_millis(1))
+                    .saturating_sub(warmup)
+                    .max(Duration::from_millis(1)),
+            ),
+            (_, raw_duration) => self
+                .required(raw_duration, &duration_path)
+                .and_then(|d| self.duration(Some(d), &duration_path)),
+        };
         if duration == Some(Duration::ZERO) {
             self.problem(
                 &duration_path,
@@ -429,24 +480,27 @@ impl Checker {
                 self.problem(
                     &kind_path,
                     format!(
-                        "{other:?} is not an arrival kind: use constant, poisson, gamma, concurrency, ramp or sweep"
+                        "{other:?} is not an arrival kind: use constant, poisson, gamma, concurrency, ramp, sweep or trace"
                     ),
                 );
                 return None;
             }
         };
-        let given = [
-            ("rate", raw.rate.is_some()),
-            ("cv", raw.cv.is_some()),
-            ("n", raw.n.is_some()),
-            ("from", raw.from.is_some()),
-            ("to", raw.to.is_some()),
-            ("spacing", raw.spacing.is_some()),
-            ("rates", raw.rates.is_some()),
-            ("concurrencies", raw.concurrencies.is_some()),
-            ("steps", raw.steps.is_some()),
-            ("max_concurrency", raw.max_concurrency.is_some()),
+        let trace_keys = [
+            ("path", raw.path.is_some()),
+            ("format", raw.format.is_some()),
+            ("time_scale", raw.time_scale.is_some()),
+            ("start", raw.start.is_some()),
+            ("limit", raw.limit.is_some()),
+            ("tenant_map", raw.tenant_map.is_some()),
         ];
+        for (key, _) in trace_keys.iter().filter(|(_, set)| *set) {
+            self.problem(
+                &join(path, key),
+                format!("`{key}` applies to trace arrivals (kind: trace), not {kind}"),
+            );
+        }
+        let given = rate_keys(&raw);
         for (key, _) in given.iter().filter(|(k, set)| *set && !allowed.contains(k)) {
             self.problem(
                 &join(path, key),

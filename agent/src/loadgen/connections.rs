@@ -198,18 +198,27 @@ pub fn local_addr(response: &reqwest::Response) -> Option<SocketAddr> {
         .map(HttpInfo::local_addr)
 }
 
-/// Most connections opened ahead of an open-loop load: its expected sends in one second.
+/// The stretch at the start of an open-loop load whose sends each get a connection opened
+/// ahead, in seconds.
 const OPEN_LOOP_PREOPEN_S: f64 = 1.0;
 /// Most connections opened ahead of any load.
 pub const MAX_PREOPEN: u32 = 1_024;
 
 /// How many connections to open before a load of `arrival` starts: one per worker of a closed
-/// loop; an open loop's sends in its first second at its highest rate (a request in flight
-/// longer than that is rare at the start, and later connects are timed anyway). Capped at
-/// [`MAX_PREOPEN`] and at `max_in_flight`.
-pub fn preopen_count(arrival: &multitenant::config::Arrival, max_in_flight: u64) -> u32 {
+/// loop; an open loop's sends in one second at its highest rate, for a replay the most sends
+/// of its `replay` schedule in any one second (a request in flight longer than that is rare,
+/// and later connects are timed anyway). Capped at [`MAX_PREOPEN`] and at `max_in_flight`.
+pub fn preopen_count(
+    arrival: &multitenant::config::Arrival,
+    replay: Option<super::schedule::ArrivalSchedule>,
+    max_in_flight: u64,
+) -> u32 {
     use multitenant::config::Arrival;
     let wanted = match *arrival {
+        Arrival::Trace { .. } => {
+            let window = std::time::Duration::from_secs_f64(OPEN_LOOP_PREOPEN_S);
+            replay.map_or(1, |times| busiest_window(times, window)) as f64
+        }
         Arrival::Concurrency { n } => f64::from(n),
         Arrival::Constant { rate } | Arrival::Poisson { rate } | Arrival::Gamma { rate, .. } => {
             (rate * OPEN_LOOP_PREOPEN_S).ceil()
@@ -219,6 +228,23 @@ pub fn preopen_count(arrival: &multitenant::config::Arrival, max_in_flight: u64)
     let cap = u64::from(MAX_PREOPEN).min(max_in_flight);
     // `wanted` is finite and positive (validated rates), so the cast only saturates.
     (wanted as u64).clamp(1, cap.max(1)) as u32
+}
+
+/// The most of `times` (in order) that fall within any one stretch of `window`.
+fn busiest_window(
+    times: impl Iterator<Item = std::time::Duration>,
+    window: std::time::Duration,
+) -> usize {
+    let mut open = std::collections::VecDeque::new();
+    let mut most = 0;
+    for t in times {
+        while open.front().is_some_and(|&first| t - first >= window) {
+            open.pop_front();
+        }
+        open.push_back(t);
+        most = most.max(open.len());
+    }
+    most
 }
 
 /// How long one pre-opening request may take.
@@ -231,24 +257,46 @@ mod tests {
 
     #[test]
     fn a_closed_loop_opens_one_connection_per_worker_within_the_caps() {
-        assert_eq!(preopen_count(&Arrival::Concurrency { n: 256 }, 10_000), 256);
-        assert_eq!(preopen_count(&Arrival::Concurrency { n: 256 }, 100), 100);
         assert_eq!(
-            preopen_count(&Arrival::Concurrency { n: 5_000 }, 10_000),
+            preopen_count(&Arrival::Concurrency { n: 256 }, None, 10_000),
+            256
+        );
+        assert_eq!(
+            preopen_count(&Arrival::Concurrency { n: 256 }, None, 100),
+            100
+        );
+        assert_eq!(
+            preopen_count(&Arrival::Concurrency { n: 5_000 }, None, 10_000),
             MAX_PREOPEN
         );
     }
 
     #[test]
     fn an_open_loop_opens_its_first_seconds_sends_at_its_highest_rate() {
-        assert_eq!(preopen_count(&Arrival::Poisson { rate: 40.5 }, 10_000), 41);
-        assert_eq!(preopen_count(&Arrival::Constant { rate: 0.2 }, 10_000), 1);
+        assert_eq!(
+            preopen_count(&Arrival::Poisson { rate: 40.5 }, None, 10_000),
+            41
+        );
+        assert_eq!(
+            preopen_count(&Arrival::Constant { rate: 0.2 }, None, 10_000),
+            1
+        );
         let ramp = Arrival::Ramp {
             from: 300.0,
             to: 20.0,
             spacing: Spacing::Constant,
         };
-        assert_eq!(preopen_count(&ramp, 10_000), 300);
+        assert_eq!(preopen_count(&ramp, None, 10_000), 300);
+        // A replay ×2 of records at 0, 3, 3.6, 4, 4.5 and 9 s sends them at 0, 1.5, 1.8, 2,
+        // 2.25 and 4.5 s: at most four within one second (from 1.5 s).
+        let s = 1_000_000_000;
+        let times: std::sync::Arc<[u64]> =
+            vec![0, 3 * s, 3_600_000_000, 4 * s, 4 * s + s / 2, 9 * s].into();
+        let replay = super::super::schedule::ArrivalSchedule::replay(times, 2.0);
+        assert_eq!(
+            preopen_count(&Arrival::Trace { time_scale: 2.0 }, Some(replay), 10_000),
+            4
+        );
     }
 
     #[test]

@@ -11,9 +11,11 @@ pub mod connections;
 pub mod dispatch;
 pub mod prompt_log;
 pub mod prompts;
+pub mod replay;
 pub mod schedule;
 pub mod sse;
 pub mod standalone;
+pub mod start_line;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -31,6 +33,7 @@ use connections::LoadClient;
 use prompt_log::PromptLog;
 use prompts::PromptFactory;
 use schedule::ArrivalSchedule;
+use start_line::StartTicket;
 
 /// Everything needed to load one tenant.
 pub struct TenantLoad {
@@ -56,6 +59,9 @@ pub struct TenantLoad {
     /// Most requests in flight at once ([`multitenant::config::MAX_IN_FLIGHT`] in a run): an
     /// arrival past it is not sent, and is recorded as a `client` error.
     pub max_in_flight: u64,
+    /// Its place on the trial's start line: the loads that run together start their clocks
+    /// at one instant, once each has opened its connections.
+    pub start: StartTicket,
 }
 
 /// What a load run did.
@@ -266,14 +272,36 @@ impl LoadReport {
     }
 }
 
+/// The open-loop schedule of `arrival` with `seed`, phases `warmup` and `duration`, replaying
+/// `trace_times` for a trace; `None` for a closed loop.
+fn open_loop_schedule(
+    arrival: &Arrival,
+    trace_times: Option<&Arc<[u64]>>,
+    seed: u64,
+    warmup: Duration,
+    duration: Duration,
+) -> Option<ArrivalSchedule> {
+    match (arrival, trace_times) {
+        (Arrival::Trace { time_scale }, Some(times)) => {
+            Some(ArrivalSchedule::replay(times.clone(), *time_scale))
+        }
+        _ => ArrivalSchedule::new(arrival, seed, warmup, duration),
+    }
+}
+
 async fn send_and_record(
-    load: TenantLoad,
+    mut load: TenantLoad,
     http: LoadClient,
     cancel: CancellationToken,
 ) -> LoadReport {
     let clock = load.clock;
+    let arrival = load.arrival;
+    let trace_times = load.prompts.trace_times();
+    let (seed, warmup, duration) = (load.seed, load.workload.warmup, load.workload.duration);
+    let schedule =
+        move || open_loop_schedule(&arrival, trace_times.as_ref(), seed, warmup, duration);
     // The pool is filled before the clock of the load starts: no scheduled send waits for it.
-    let wanted = connections::preopen_count(&load.arrival, load.max_in_flight);
+    let wanted = connections::preopen_count(&arrival, schedule(), load.max_in_flight);
     let opened = http
         .preopen(
             &load.target.base_url,
@@ -285,17 +313,11 @@ async fn send_and_record(
         "tenant {}: {opened} of {wanted} connections opened before the load",
         load.tenant
     );
-    let start_ns = clock.now_ns();
-    let warmup_end_ns = start_ns + ns(load.workload.warmup);
-    let measure_end_ns = warmup_end_ns + ns(load.workload.duration);
+    let ticket = std::mem::replace(&mut load.start, StartTicket::alone(clock));
+    let start_ns = ticket.start().await;
+    let warmup_end_ns = start_ns + ns(warmup);
+    let measure_end_ns = warmup_end_ns + ns(duration);
     let drain_timeout = load.workload.drain_timeout;
-    let arrival = load.arrival;
-    let schedule = ArrivalSchedule::new(
-        &arrival,
-        load.seed,
-        load.workload.warmup,
-        load.workload.duration,
-    );
     let shared = Arc::new(Shared {
         load,
         http,
@@ -324,12 +346,11 @@ async fn send_and_record(
             let begin_ns = start_ns + spread_ns * k / u64::from(n);
             tracker.spawn(closed_loop_worker(shared.clone(), begin_ns, measure_end_ns));
         }
-    } else if let Some(schedule) = schedule {
+    } else if let Some(first) = schedule() {
         let (shared, tracker) = (shared.clone(), tracker.clone());
         let runtime = tokio::runtime::Handle::current();
-        let (warmup, duration) = (shared.load.workload.warmup, shared.load.workload.duration);
         sender = Some(tokio::task::spawn_blocking(move || {
-            let arrivals = schedule.map(|offset| start_ns + ns(offset));
+            let arrivals = first.map(|offset| start_ns + ns(offset));
             let stop = shared.stop.clone();
             dispatch::dispatch(clock, arrivals, measure_end_ns, &stop, |at_ns| {
                 let Some(index) = shared.claim() else {
@@ -348,8 +369,9 @@ async fn send_and_record(
             } else {
                 phase_end
             };
-            ArrivalSchedule::new(&arrival, shared.load.seed, warmup, duration).map(|again| {
-                // The schedule is endless and in order: it is counted up to the phase's end.
+            schedule().map(|again| {
+                // The schedule is in order (and endless but for a replay): it is counted up
+                // to the phase's end.
                 let (mut in_warmup, mut in_measure) = (0u64, 0u64);
                 for offset in again.map(ns).take_while(|&o| o < until) {
                     if offset < ns(warmup) {

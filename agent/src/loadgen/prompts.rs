@@ -8,12 +8,15 @@ use std::path::Path;
 use multitenant::config::{DataSource, LengthDist, SyntheticData};
 use multitenant::dataset::{Dataset, DatasetEntry, DatasetError};
 use multitenant::tokens::{PromptTokenizer, TokenizerError};
+
+use super::replay::{ReplayError, TenantReplay};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_distr::{Distribution, Normal};
 
-const WORDS: &[&str] = &[
+/// The words synthetic prompts are made of.
+pub(super) const WORDS: &[&str] = &[
     "the",
     "model",
     "serves",
@@ -69,6 +72,9 @@ pub enum PromptError {
     /// The tokenizer cannot be used.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// The trace gives this tenant nothing to replay.
+    #[error(transparent)]
+    Replay(#[from] ReplayError),
 }
 
 enum Source {
@@ -79,16 +85,18 @@ enum Source {
         order: Vec<usize>,
         output_tokens: Option<LengthDist>,
     },
+    Trace(TenantReplay),
 }
 
 impl PromptFactory {
-    /// Prompts from `data`, exact in length with `tokenizer`, from `seed`. A dataset and a
-    /// tokenizer are read now; the messages are the dataset's skipped entries, each with its
-    /// place in the file.
+    /// The prompts of `tenant` from `data`, exact in length with `tokenizer`, from `seed`. A
+    /// dataset, a trace and a tokenizer are read now; the messages say what of the file was
+    /// skipped (a dataset's entries, a trace's rows), each with its place in the file.
     pub fn new(
         data: &DataSource,
         tokenizer: Option<&Path>,
         seed: u64,
+        tenant: &str,
     ) -> Result<(Self, Vec<String>), PromptError> {
         let tokenizer = match tokenizer {
             Some(path) => Some(PromptTokenizer::load(path)?),
@@ -105,7 +113,20 @@ impl PromptFactory {
                     order,
                     output_tokens: d.output_tokens,
                 };
-                (source, dataset.skipped)
+                let notes = if dataset.skipped.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![format!(
+                        "{} dataset entries skipped: {}",
+                        dataset.skipped.len(),
+                        dataset.skipped.join("; ")
+                    )]
+                };
+                (source, notes)
+            }
+            DataSource::Trace(trace) => {
+                let (replay, notes) = TenantReplay::load(trace, tenant)?;
+                (Source::Trace(replay), notes)
             }
         };
         Ok((
@@ -123,10 +144,19 @@ impl PromptFactory {
     /// keeps the answers to the same prompts), or, for synthetic prompts, `index < keep`.
     pub fn keeps_response(&self, index: u64, keep: u32) -> bool {
         match &self.source {
-            Source::Synthetic(_) => index < u64::from(keep),
+            Source::Synthetic(_) | Source::Trace(_) => index < u64::from(keep),
             Source::Dataset { order, .. } => {
                 order[(index % order.len() as u64) as usize] < keep as usize
             }
+        }
+    }
+
+    /// The send times of a trace's records (unscaled, from the window's start), when the
+    /// prompts replay one.
+    pub fn trace_times(&self) -> Option<std::sync::Arc<[u64]>> {
+        match &self.source {
+            Source::Trace(replay) => Some(replay.times()),
+            _ => None,
         }
     }
 
@@ -135,6 +165,17 @@ impl PromptFactory {
         let mut rng = StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         match &self.source {
             Source::Synthetic(data) => synthetic(data, self.tokenizer.as_ref(), index, &mut rng),
+            Source::Trace(replay) => {
+                let (record, text, origin) = replay.prompt(index, self.seed);
+                Prompt {
+                    words: record.prompt_tokens,
+                    tokens: self.tokenizer.as_ref().and_then(|t| t.count(&text)),
+                    text,
+                    max_tokens: record.output_tokens,
+                    origin,
+                    expected: None,
+                }
+            }
             Source::Dataset {
                 entries,
                 order,
@@ -244,7 +285,7 @@ mod tests {
             },
         };
         let (f, skipped) =
-            PromptFactory::new(&DataSource::Synthetic(data), None, 3).expect("synthetic");
+            PromptFactory::new(&DataSource::Synthetic(data), None, 3, "t").expect("synthetic");
         assert!(skipped.is_empty());
         let prompts: Vec<Prompt> = (0..500).map(|i| f.prompt(i)).collect();
         for p in &prompts {
@@ -273,10 +314,11 @@ mod tests {
             path,
             output_tokens: Some(LengthDist::Fixed(9)),
         });
-        let (f, skipped) = PromptFactory::new(&data, None, 1).expect("usable");
+        let (f, skipped) = PromptFactory::new(&data, None, 1, "t").expect("usable");
         assert_eq!(skipped.len(), 1);
         assert!(
-            skipped[0].contains("p.jsonl:4: not a JSON object"),
+            skipped[0].contains("1 dataset entries skipped: ")
+                && skipped[0].contains("p.jsonl:4: not a JSON object"),
             "{skipped:?}"
         );
         let first: Vec<Prompt> = (0..3).map(|i| f.prompt(i)).collect();

@@ -1,6 +1,7 @@
 //! Open-loop arrival times: absolute offsets from the load's start, never "sleep after send",
 //! so a slow send does not push later arrivals back (no coordinated omission).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use multitenant::config::{Arrival, Spacing};
@@ -17,10 +18,24 @@ pub struct ArrivalSchedule {
 }
 
 enum OpenLoop {
-    Constant { gap_ns: f64 },
-    Poisson { gaps: Exp<f64> },
-    Gamma { gaps: Gamma<f64> },
-    Ramp { ramp: RampCurve, spacing: Spacing },
+    Constant {
+        gap_ns: f64,
+    },
+    Poisson {
+        gaps: Exp<f64>,
+    },
+    Gamma {
+        gaps: Gamma<f64>,
+    },
+    Ramp {
+        ramp: RampCurve,
+        spacing: Spacing,
+    },
+    /// A trace's times (ns from its window's start, in order), divided by `time_scale`.
+    Replay {
+        times: Arc<[u64]>,
+        time_scale: f64,
+    },
 }
 
 /// A rate held at `from` for `hold_s`, then linear from `from` to `to` over `len_s`, then
@@ -61,7 +76,7 @@ impl RampCurve {
 impl ArrivalSchedule {
     /// The schedule of an open-loop `arrival` whose warmup lasts `warmup` and whose measured
     /// phase lasts `duration` (a ramp climbs over the measured phase), or `None` for a
-    /// closed-loop one.
+    /// closed-loop one and for a trace (whose schedule is [`Self::replay`]).
     pub fn new(arrival: &Arrival, seed: u64, warmup: Duration, duration: Duration) -> Option<Self> {
         let kind = match *arrival {
             Arrival::Constant { rate } => OpenLoop::Constant { gap_ns: 1e9 / rate },
@@ -85,7 +100,7 @@ impl ArrivalSchedule {
                 },
                 spacing,
             },
-            Arrival::Concurrency { .. } => return None,
+            Arrival::Concurrency { .. } | Arrival::Trace { .. } => return None,
         };
         Some(Self {
             kind,
@@ -93,6 +108,19 @@ impl ArrivalSchedule {
             next_ns: 0.0,
             index: 0,
         })
+    }
+}
+
+impl ArrivalSchedule {
+    /// The schedule of a trace replay: each record at its time divided by `time_scale`, then
+    /// no more.
+    pub fn replay(times: Arc<[u64]>, time_scale: f64) -> Self {
+        Self {
+            kind: OpenLoop::Replay { times, time_scale },
+            rng: StdRng::seed_from_u64(0),
+            next_ns: 0.0,
+            index: 0,
+        }
     }
 }
 
@@ -107,6 +135,10 @@ impl Iterator for ArrivalSchedule {
                 return Some(Duration::from_nanos(
                     (gap_ns * (self.index - 1) as f64) as u64,
                 ));
+            }
+            OpenLoop::Replay { times, time_scale } => {
+                let at = *times.get(self.index as usize - 1)?;
+                return Some(Duration::from_nanos((at as f64 / time_scale).round() as u64));
             }
             OpenLoop::Poisson { gaps } => gaps.sample(&mut self.rng),
             OpenLoop::Gamma { gaps } => gaps.sample(&mut self.rng),
@@ -216,6 +248,17 @@ mod tests {
             Duration::ZERO
         )
         .is_none());
+    }
+
+    #[test]
+    fn a_replay_sends_each_record_at_its_scaled_time_then_ends() {
+        let times: Arc<[u64]> = vec![0, 1_000_000, 1_000_000, 25_000_005].into();
+        let at: Vec<Duration> = ArrivalSchedule::replay(times, 10.0).collect();
+        assert_eq!(
+            at,
+            [0, 100_000, 100_000, 2_500_001].map(Duration::from_nanos),
+            "scaled to the nanosecond, ties kept, and finite"
+        );
     }
 
     /// Counts arrivals per second of a ramp and holds each bin against the rate curve's

@@ -74,7 +74,7 @@ pub async fn record_workload_capped(
     let ArrivalPlan::Single(arrival) = workload.arrival else {
         bail!("a standalone load runs one arrival process, not a sweep");
     };
-    let (prompts, _) = PromptFactory::new(&workload.data, None, seed)?;
+    let (prompts, _) = PromptFactory::new(&workload.data, None, seed, "t")?;
     let load = TenantLoad {
         tenant: "t".into(),
         target: Target {
@@ -94,6 +94,7 @@ pub async fn record_workload_capped(
         stream: stream.clone(),
         prompt_log: None,
         max_in_flight,
+        start: super::start_line::StartTicket::alone(clock),
     };
     let report = super::run_tenant_load(load, CancellationToken::new()).await?;
     stream.close()?;

@@ -175,7 +175,7 @@ impl RunContext {
                 // entries are only drawn in another order).
                 let tokenizer = slot.workload.tokenizer.as_deref();
                 if let Ok((prompts, _)) =
-                    PromptFactory::new(&slot.workload.data, tokenizer, slot.seed)
+                    PromptFactory::new(&slot.workload.data, tokenizer, slot.seed, slot.name())
                 {
                     slot.prompts = Some(Arc::new(prompts));
                 }

@@ -9,8 +9,8 @@ use multitenant::events::TenantHeader;
 use super::outcome::EngineDeath;
 use crate::engine::RunningEngine;
 use crate::loadgen::{
-    client::Target, prompt_log::PromptLog, prompts::PromptFactory, LoadPanicked, LoadReport,
-    TenantLoad,
+    client::Target, prompt_log::PromptLog, prompts::PromptFactory, start_line::StartTicket,
+    LoadPanicked, LoadReport, TenantLoad,
 };
 use crate::recorder::StreamFile;
 
@@ -81,7 +81,9 @@ impl<'a> TenantSlot<'a> {
             workload: self.tenant.workload.clone(),
             api: workload.api,
             arrival: arrival.describe(),
-            offered_rate: arrival.offered_rate(),
+            offered_rate: arrival
+                .offered_rate()
+                .or_else(|| self.replayed_rate(arrival, warmup, duration)),
             streaming: workload.stream,
             forced_length: workload.ignore_eos,
             slo: (!workload.slo.is_empty()).then(|| workload.slo.clone()),
@@ -89,13 +91,34 @@ impl<'a> TenantSlot<'a> {
         }
     }
 
+    /// The rate a trace replay offers in the measured phase: its records scheduled in it.
+    fn replayed_rate(
+        &self,
+        arrival: &Arrival,
+        warmup: std::time::Duration,
+        duration: std::time::Duration,
+    ) -> Option<f64> {
+        let Arrival::Trace { time_scale } = *arrival else {
+            return None;
+        };
+        let times = self.prompts.as_ref()?.trace_times()?;
+        let phase = warmup..warmup + duration;
+        let sent = times
+            .iter()
+            .filter(|&&t| phase.contains(&std::time::Duration::from_nanos(t).div_f64(time_scale)))
+            .count();
+        Some(sent as f64 / duration.as_secs_f64().max(1e-9))
+    }
+
     /// The load to run against its engine, recorded into `stream`, its prompts into
-    /// `prompt_log`; `None` before the slot has its arrivals, prompts and engine.
+    /// `prompt_log`, started from `start`; `None` before the slot has its arrivals, prompts
+    /// and engine.
     pub fn tenant_load(
         &self,
         clock: crate::clock::RunClock,
         stream: Arc<StreamFile>,
         prompt_log: PromptLog,
+        start: StartTicket,
     ) -> Option<TenantLoad> {
         let (arrival, prompts, engine) =
             (self.arrival?, self.prompts.clone()?, self.engine.as_ref()?);
@@ -124,6 +147,7 @@ impl<'a> TenantSlot<'a> {
             stream,
             prompt_log: Some(prompt_log),
             max_in_flight: u64::from(multitenant::config::MAX_IN_FLIGHT),
+            start,
         })
     }
 

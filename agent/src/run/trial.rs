@@ -14,6 +14,7 @@ use super::outcome::TrialFailure;
 use super::sampling::Samplers;
 use super::slot::{LoadOutcome, TenantSlot};
 use super::RunContext;
+use crate::loadgen::start_line::{start_line, StartTicket};
 use crate::loadgen::{self, prompt_log::PromptLog, prompts::PromptFactory};
 use crate::mps::MpsDaemon;
 
@@ -134,7 +135,7 @@ impl<'a> TrialRunner<'a> {
 
     /// Everything that can be known wrong before an engine starts: the node's preflight
     /// (`refused`, from [`Self::wait_for_gpu_memory`]), engine preflight, this
-    /// stage's arrivals, and each tenant's prompts (a dataset's skipped entries are warned).
+    /// stage's arrivals, and each tenant's prompts (what a dataset or trace skipped is warned).
     /// The first problem found is the trial's reason.
     fn prepare_load(&mut self, refused: Vec<crate::preflight::Refusal>) -> Result<(), Halt> {
         let mut problems: Vec<String> = refused.into_iter().map(|r| r.reason).collect();
@@ -161,15 +162,10 @@ impl<'a> TrialRunner<'a> {
         for slot in &mut self.slots {
             let workload = slot.workload;
             let tokenizer = workload.tokenizer.as_deref();
-            match PromptFactory::new(&workload.data, tokenizer, slot.seed) {
-                Ok((factory, skipped)) => {
-                    if !skipped.is_empty() {
-                        self.log.warn(format!(
-                            "{}: {} dataset entries skipped: {}",
-                            slot.name(),
-                            skipped.len(),
-                            skipped.join("; ")
-                        ))?;
+            match PromptFactory::new(&workload.data, tokenizer, slot.seed, slot.name()) {
+                Ok((factory, notes)) => {
+                    for note in notes {
+                        self.log.warn(format!("{}: {note}", slot.name()))?;
                     }
                     slot.prompts = Some(Arc::new(factory));
                 }
@@ -206,6 +202,15 @@ impl<'a> TrialRunner<'a> {
         let mut streams = Vec::new();
         let mut prompt_writers = Vec::new();
         let mut loads = Vec::new();
+        let one_at_a_time = self.trial.mode == SharingMode::Exclusive;
+        let clock = self.ctx.clock;
+        let mut tickets = if one_at_a_time {
+            (0..self.slots.len())
+                .map(|_| StartTicket::alone(clock))
+                .collect()
+        } else {
+            start_line(clock, self.slots.len())
+        };
         for slot in &self.slots {
             let not_prepared =
                 || TrialFailure::Load(format!("{}: its load was not prepared", slot.name()));
@@ -229,12 +234,12 @@ impl<'a> TrialRunner<'a> {
                 Some(slot.stream_header(&arrival)),
             )?;
             streams.push(stream.clone());
+            let ticket = tickets.pop().ok_or_else(not_prepared)?;
             loads.push(
-                slot.tenant_load(self.ctx.clock, stream, prompt_log)
+                slot.tenant_load(clock, stream, prompt_log, ticket)
                     .ok_or_else(not_prepared)?,
             );
         }
-        let one_at_a_time = self.trial.mode == SharingMode::Exclusive;
         let outcomes = run_loads(
             loads,
             one_at_a_time,

@@ -67,12 +67,15 @@ pub fn cluster_name(settings: &SkyPilotSettings, node: &str, run_tag: &str) -> S
     )
 }
 
-/// The data files the config names (datasets, tokenizers), each with its name on a node.
+/// The data files the config names (datasets, traces, tokenizers), each with its name on a
+/// node.
 pub fn data_files(experiment: &Experiment) -> Vec<(PathBuf, String)> {
     let mut files: Vec<PathBuf> = Vec::new();
     for w in experiment.workloads.values() {
-        if let multitenant::config::DataSource::Dataset(d) = &w.data {
-            files.push(d.path.clone());
+        match &w.data {
+            multitenant::config::DataSource::Dataset(d) => files.push(d.path.clone()),
+            multitenant::config::DataSource::Trace(t) => files.push(t.path.clone()),
+            multitenant::config::DataSource::Synthetic(_) => {}
         }
         files.extend(w.tokenizer.clone());
     }
