@@ -50,3 +50,23 @@ fn validate_lists_every_problem_with_its_path_and_fails() {
         );
     }
 }
+
+#[test]
+fn validate_says_what_a_trace_replay_sends_to_each_tenant() {
+    let (_, coordinator) = binaries();
+    let config = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/trace-replay.yaml");
+    let out = Command::new(coordinator)
+        .arg("validate")
+        .arg(&config)
+        .output()
+        .expect("run coordinator");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    // 512 rows, 8 of them failed requests; 346 ChatGPT and 158 GPT-4 records remain.
+    for expected in [
+        "504 records over 119.9 s, replayed ×10 in 12.0 s; records per tenant: chat-small 346, chat-large 158",
+        "8 records with a zero output length (failed requests) skipped",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");
+    }
+}

@@ -35,6 +35,9 @@ use tokio_util::sync::CancellationToken;
 pub fn validate(config: &Path) -> anyhow::Result<()> {
     let experiment = Experiment::load(config)?;
     println!("{}: valid", config.display());
+    for line in trace_lines(&experiment) {
+        println!("  {line}");
+    }
     for node in &experiment.nodes {
         let trials: Vec<String> = node
             .trials(&experiment.workloads)
@@ -50,6 +53,52 @@ pub fn validate(config: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What each trace replay of `experiment` sends: its records, span and replay time, each
+/// tenant's share, and what was left out of the file (skipped rows, zero outputs, a file out
+/// of time order).
+fn trace_lines(experiment: &Experiment) -> Vec<String> {
+    let mut lines = Vec::new();
+    for (name, workload) in &experiment.workloads {
+        let (
+            multitenant::config::DataSource::Trace(data),
+            multitenant::config::ArrivalPlan::Single(multitenant::config::Arrival::Trace {
+                time_scale,
+            }),
+        ) = (&workload.data, &workload.arrival)
+        else {
+            continue;
+        };
+        let trace = match multitenant::trace::Trace::load(&data.path, data.format, &data.window) {
+            Ok(t) => t,
+            Err(e) => {
+                lines.push(format!("workload {name}: {e}"));
+                continue;
+            }
+        };
+        let shares: Vec<String> = experiment
+            .nodes
+            .iter()
+            .flat_map(|n| &n.tenants)
+            .filter(|t| &t.workload == name)
+            .map(|t| {
+                let n = trace.records_of(&t.name, data.tenant_map.as_ref()).len();
+                format!("{} {n}", t.name)
+            })
+            .collect();
+        lines.push(format!(
+            "workload {name}: trace {} ({}): {} records over {:.1} s, replayed ×{time_scale} in {:.1} s; records per tenant: {}",
+            data.path.display(),
+            data.format.name(),
+            trace.records.len(),
+            trace.span().as_secs_f64(),
+            trace.span().as_secs_f64() / time_scale,
+            shares.join(", ")
+        ));
+        lines.extend(trace.notes(&data.path));
+    }
+    lines
 }
 
 /// `coordinator plan`: prints the trials of every node and writes the SkyPilot task files.

@@ -53,18 +53,21 @@ impl LoadClient {
             if let Some(key) = api_key {
                 request = request.bearer_auth(key);
             }
-            async move {
-                // The body is read so that the connection goes back to the pool.
-                match request.send().await {
-                    Ok(response) => response.bytes().await.is_ok(),
-                    Err(_) => false,
-                }
-            }
+            request.send()
         });
-        let answered = futures_util::future::join_all(requests)
+        // Every answer is held, its body unread, until all have come: a connection goes back
+        // to the pool only once its body is read, so no request can take another's and each
+        // opens one of its own (read as they came, a fast answer's connection served a later
+        // request, and the load found fewer connections than it had asked for).
+        let answers: Vec<reqwest::Response> = futures_util::future::join_all(requests)
             .await
             .into_iter()
-            .filter(|ok| *ok)
+            .filter_map(Result::ok)
+            .collect();
+        let answered = futures_util::future::join_all(answers.into_iter().map(|a| a.bytes()))
+            .await
+            .into_iter()
+            .filter(Result::is_ok)
             .count();
         // No request waited for these connects.
         self.connects.forget_all();
