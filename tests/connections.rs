@@ -18,6 +18,7 @@ fn timing() -> SimTiming {
         prefill_us_per_token: 0.0,
         decode_step_us: 2_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     }
 }
 

@@ -20,6 +20,7 @@ fn fast_timing() -> SimTiming {
         prefill_us_per_token: 0.0,
         decode_step_us: 1_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     }
 }
 
@@ -192,6 +193,7 @@ async fn the_duration_ends_the_run_on_time_with_every_request_accounted_for() {
         prefill_us_per_token: 0.0,
         decode_step_us: 20_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     };
     let engine = sim_engine(slow, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -254,6 +256,7 @@ async fn an_open_loop_past_its_in_flight_cap_records_client_errors_not_engine_fa
         prefill_us_per_token: 0.0,
         decode_step_us: 100_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     };
     let engine = sim_engine(stuck, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -177,6 +177,7 @@ async fn stages(
         prefill_us_per_token: 0.0,
         decode_step_us: 10_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     })
     .await?;
     let mut rates = Vec::new();
@@ -218,6 +219,7 @@ async fn stages(
         prefill_us_per_token: 0.0,
         decode_step_us: 1_000_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     })
     .await?;
     let memory = memory_stage(&engine.url, streams, &scratch.join("memory")).await?;
@@ -251,6 +253,7 @@ async fn stages(
         prefill_us_per_token: 0.0,
         decode_step_us: 10_000.0,
         decode_step_us_per_seq: 0.0,
+        prefix_cache_tokens: 0,
     })
     .await?;
     let replay = replay_stage(&engine.url, &scratch.join("replay")).await;
@@ -452,6 +455,7 @@ async fn truth_stage(
             prefill_us_per_token: 0.0,
             decode_step_us: 25_000.0,
             decode_step_us_per_seq: 0.0,
+            prefix_cache_tokens: 0,
         },
         faults: SimFaults::default(),
         seed: 1,

@@ -89,6 +89,9 @@ pub enum Command {
         /// Timing model: prefill cost per prompt token, µs.
         #[arg(long, default_value_t = SimTiming::default().prefill_us_per_token)]
         prefill_us_per_token: f64,
+        /// Timing model: tokens its prefix cache holds (0: no cache).
+        #[arg(long, default_value_t = SimTiming::default().prefix_cache_tokens)]
+        prefix_cache_tokens: u64,
     },
     /// Measure the load generator itself against the simulated engine on this machine: the
     /// highest rate held with schedule lag p99 under 1 ms, CPU time per 1,000 streamed tokens,

@@ -288,12 +288,14 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             decode_step_us,
             decode_step_us_per_seq,
             prefill_us_per_token,
+            prefix_cache_tokens,
         } => {
             let timing = multitenant::config::SimTiming {
                 max_batch,
                 prefill_us_per_token,
                 decode_step_us,
                 decode_step_us_per_seq,
+                prefix_cache_tokens,
             };
             sim_engine(listen, model, seed, timing, shutdown).await
         }

@@ -341,6 +341,11 @@ pub struct ServerMetrics {
     pub requests: Option<f64>,
     /// `vllm:num_preemptions_total` in the window.
     pub preemptions: Option<f64>,
+    /// Share of the window's prompt tokens served from the engine's prefix cache
+    /// (`vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total`); `None` without
+    /// lookups.
+    #[serde(default)]
+    pub prefix_cache_hit_rate: Option<f64>,
 }
 
 /// Why a folder could not be analysed at all.
@@ -1088,6 +1093,21 @@ fn server_metrics(
             last.counters.get("vllm:num_preemptions_total").copied(),
             start.and_then(|s| s.counters.get("vllm:num_preemptions_total").copied()),
         ),
+        prefix_cache_hit_rate: {
+            let counter = |name: &str| {
+                delta(
+                    last.counters.get(name).copied(),
+                    start.and_then(|s| s.counters.get(name).copied()),
+                )
+            };
+            match (
+                counter("vllm:prefix_cache_hits_total"),
+                counter("vllm:prefix_cache_queries_total"),
+            ) {
+                (Some(hits), Some(queries)) if queries > 0.0 => Some(round3(hits / queries)),
+                _ => None,
+            }
+        },
     })
 }
 

@@ -649,7 +649,10 @@ pub enum VllmMemory {
 
 /// Timing model of the simulated engine (one iteration of continuous batching):
 /// `step = (decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt
-/// tokens) × interference`, and every running sequence emits one token per step.
+/// tokens) × interference`, and every running sequence emits one token per step. A new
+/// prompt's tokens that its prefix cache holds are not prefilled: as vLLM's, the cache keeps
+/// full blocks of [`SIM_BLOCK_TOKENS`] tokens (words), each keyed by the whole prefix up to
+/// it, evicts the least recently used, and always computes a prompt's last token.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimTiming {
     /// Most sequences decoded at once; the rest queue.
@@ -660,7 +663,12 @@ pub struct SimTiming {
     pub decode_step_us: f64,
     /// Added cost per running sequence.
     pub decode_step_us_per_seq: f64,
+    /// Tokens the prefix cache holds; 0 turns it off.
+    pub prefix_cache_tokens: u64,
 }
+
+/// Tokens per block of the simulated engine's prefix cache (vLLM's default block size).
+pub const SIM_BLOCK_TOKENS: u32 = 16;
 
 impl Default for SimTiming {
     fn default() -> Self {
@@ -669,6 +677,7 @@ impl Default for SimTiming {
             prefill_us_per_token: 20.0,
             decode_step_us: 8_000.0,
             decode_step_us_per_seq: 150.0,
+            prefix_cache_tokens: 262_144,
         }
     }
 }

@@ -217,6 +217,7 @@ pub struct RawSimTiming {
     pub prefill_us_per_token: Option<f64>,
     pub decode_step_us: Option<f64>,
     pub decode_step_us_per_seq: Option<f64>,
+    pub prefix_cache_tokens: Option<u64>,
 }
 
 /// `faults:` of a simulated engine: probabilities per request, seeded.

@@ -29,6 +29,9 @@ pub(super) const MAX_RATE: f64 = 10_000.0;
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Longest name, so that `<name>.engine.jsonl` and the run folder stay file names everywhere.
 const MAX_NAME_LEN: usize = 64;
+/// Largest prefix cache of a simulated engine, in tokens (its index costs tens of bytes a
+/// block).
+const MAX_PREFIX_CACHE_TOKENS: u64 = 1 << 30;
 /// Largest token count a length may ask for.
 const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
 /// Characters allowed in names that become file and folder names.
@@ -405,6 +408,8 @@ impl Checker {
                     .saturating_sub(warmup)
                     .max(Duration::from_millis(1)),
             ),
+            // A trace that could not be read has its problem already; no duration is due.
+            (None, None) if replays => None,
             (_, raw_duration) => self
                 .required(raw_duration, &duration_path)
                 .and_then(|d| self.duration(Some(d), &duration_path)),
@@ -1319,11 +1324,19 @@ impl Checker {
             d.decode_step_us_per_seq,
             "decode_step_us_per_seq",
         );
+        let prefix_cache_tokens = raw.prefix_cache_tokens.unwrap_or(d.prefix_cache_tokens);
+        if prefix_cache_tokens > MAX_PREFIX_CACHE_TOKENS {
+            self.problem(
+                &join(path, "prefix_cache_tokens"),
+                format!("at most {MAX_PREFIX_CACHE_TOKENS} tokens (0 turns the cache off), got {prefix_cache_tokens}"),
+            );
+        }
         Some(SimTiming {
             max_batch: max_batch?,
             prefill_us_per_token: prefill?,
             decode_step_us: step?,
             decode_step_us_per_seq: per_seq?,
+            prefix_cache_tokens: prefix_cache_tokens.min(MAX_PREFIX_CACHE_TOKENS),
         })
     }
 

@@ -11,6 +11,11 @@ use crate::trace::{Route, TenantMap, Trace, TraceFormat, TraceWindow};
 
 /// Highest `time_scale`: a trace replayed faster than this is a typo.
 const MAX_TIME_SCALE: f64 = 10_000.0;
+/// Lowest `time_scale`: a replay a thousand times slower than its trace.
+const MIN_TIME_SCALE: f64 = 0.001;
+/// Longest replay: a trace that would take longer has a time in another unit, or is not
+/// meant to be replayed whole (`start` and `limit` take a part).
+const MAX_REPLAY: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Column values listed when a tenant map names one the trace does not have.
 const VALUES_SHOWN: usize = 10;
 
@@ -59,10 +64,11 @@ impl Checker {
         });
         let scale_path = join(path, "time_scale");
         let time_scale = raw.time_scale.unwrap_or(1.0);
-        if !(time_scale.is_finite() && time_scale > 0.0 && time_scale <= MAX_TIME_SCALE) {
+        let scale_ok = (MIN_TIME_SCALE..=MAX_TIME_SCALE).contains(&time_scale);
+        if !scale_ok {
             self.problem(
                 &scale_path,
-                format!("time_scale divides the trace's times (10 replays it ten times faster): it must be > 0 and at most {MAX_TIME_SCALE}, got {time_scale}"),
+                format!("time_scale divides the trace's times (10 replays it ten times faster): it must be in {MIN_TIME_SCALE}..={MAX_TIME_SCALE}, got {time_scale}"),
             );
         }
         let start = self
@@ -92,25 +98,52 @@ impl Checker {
                 return None;
             }
         };
-        if !(time_scale.is_finite() && time_scale > 0.0 && time_scale <= MAX_TIME_SCALE) {
+        if !scale_ok {
             return None;
         }
-        if let Some(TenantMap {
-            column,
-            route: Route::Values(values),
-        }) = &tenant_map
-        {
-            self.values_occur(&trace, column, values, &map_path);
+        if let Some(map) = &tenant_map {
+            // A listed value the trace lacks is named as such; a hash may route a tenant
+            // nothing at all.
+            if let Route::Values(values) = &map.route {
+                self.values_occur(&trace, &map.column, values, &map_path);
+            }
+            let hashed = matches!(map.route, Route::Hash(_));
+            for tenant in map.tenants().into_iter().filter(|_| hashed) {
+                if trace.records_of(tenant, Some(map)).is_empty() {
+                    self.problem(
+                        &map_path,
+                        format!(
+                            "routes none of the window's {} records to {tenant}",
+                            trace.records.len()
+                        ),
+                    );
+                }
+            }
         }
-        let replay_span = trace.span().div_f64(time_scale);
+        let replay_span = match Duration::try_from_secs_f64(trace.span().as_secs_f64() / time_scale)
+        {
+            Ok(span) if span <= MAX_REPLAY => span,
+            _ => {
+                self.problem(
+                    &scale_path,
+                    format!(
+                        "replayed ×{time_scale}, the trace's {:.0} s would take longer than {}; is a time in another unit? (start and limit replay a part)",
+                        trace.span().as_secs_f64(),
+                        humantime::format_duration(MAX_REPLAY)
+                    ),
+                );
+                return None;
+            }
+        };
         let records = trace.records.len() as f64;
-        if records > 1.0 && records / replay_span.as_secs_f64().max(1e-9) > MAX_RATE {
+        // Records sent in one instant are judged as if spread over a millisecond.
+        let rate = records / replay_span.as_secs_f64().max(1e-3);
+        if rate > MAX_RATE {
             self.problem(
                 &scale_path,
                 format!(
-                    "replayed ×{time_scale}, the trace's {records} records over {:.3} s arrive at {:.0}/s on average, beyond what one node's load generator sends on schedule (at most {MAX_RATE}/s)",
+                    "replayed ×{time_scale}, the trace's {records} records over {:.3} s arrive at {rate:.0}/s on average, beyond what one node's load generator sends on schedule (at most {MAX_RATE}/s)",
                     replay_span.as_secs_f64(),
-                    records / replay_span.as_secs_f64().max(1e-9)
                 ),
             );
             return None;
@@ -336,6 +369,16 @@ mod tests {
             found[0].1.contains("(its values: ChatGPT, GPT-4)"),
             "{found:?}"
         );
+        // The sample's two models both hash to chat: big would replay nothing.
+        let hashed = config(", tenant_map: {column: Model, hash: [chat, big]}", "", TWO);
+        let found = problems(&hashed);
+        assert_eq!(
+            found,
+            [(
+                "workloads.w.arrival.tenant_map".to_owned(),
+                "routes none of the window's 504 records to big".to_owned()
+            )]
+        );
         let column = config(", tenant_map: {column: model, hash: [chat, big]}", "", TWO);
         let found = problems(&column);
         assert!(found[0].1.contains("no column \"model\""), "{found:?}");
@@ -357,11 +400,11 @@ mod tests {
             (
                 config(", time_scale: 0", "", TWO),
                 "workloads.w.arrival.time_scale",
-                "must be > 0",
+                "must be in 0.001..=10000",
             ),
             (
                 config(
-                    ", time_scale: 9000, tenant_map: {column: Model, hash: [chat, big]}",
+                    ", time_scale: 9000, tenant_map: {column: Model, to: {ChatGPT: chat, GPT-4: big}}",
                     "",
                     TWO,
                 ),
@@ -406,6 +449,30 @@ mod tests {
         let found = problems(&missing);
         assert_eq!(found[0].0, "workloads.w.arrival.path");
         assert!(found[0].1.contains("cannot read trace"), "{found:?}");
+    }
+
+    #[test]
+    fn a_time_in_another_unit_is_refused_not_replayed_for_decades() {
+        let dir = tempfile::tempdir().expect("tmp");
+        // Milliseconds from the start, then one line in milliseconds since 1970.
+        std::fs::write(
+            dir.path().join("t.jsonl"),
+            "{\"time_ms\": 0, \"prompt_tokens\": 4, \"output_tokens\": 4}\n{\"time_ms\": 1733000000000, \"prompt_tokens\": 4, \"output_tokens\": 4}\n",
+        )
+        .expect("write");
+        let text = "name: t\nworkloads:\n  w: {arrival: {kind: trace, path: t.jsonl, format: jsonl}}\nnodes:\n  - name: n\n    tenants:\n      - {name: a, engine: {kind: simulated}, workload: w}\n";
+        let err = parse_and_validate(text, "t.yaml", dir.path()).expect_err("decades");
+        let found: Vec<(String, String)> = err
+            .problems()
+            .iter()
+            .map(|p| (p.path.clone(), p.message.clone()))
+            .collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert_eq!(found[0].0, "workloads.w.arrival.time_scale");
+        assert!(
+            found[0].1.contains("is a time in another unit?"),
+            "{found:?}"
+        );
     }
 
     #[test]

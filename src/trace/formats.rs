@@ -2,7 +2,7 @@
 
 use std::io::BufRead;
 
-use super::{Row, Rows, TraceError, TraceFormat, MAX_RECORD_TOKENS};
+use super::{Row, Rows, TraceError, TraceFormat, MAX_RECORD_TOKENS, MAX_TIME_NS};
 
 /// The JSON fields of a JSONL format: time (and its unit in ns), prompt and output lengths.
 fn jsonl_fields(format: TraceFormat) -> (&'static str, f64, &'static str, &'static str) {
@@ -20,12 +20,16 @@ pub(super) fn read_jsonl(
     rows: &mut Rows,
 ) -> Result<(), TraceError> {
     let (time_key, ns_per_unit, prompt_key, output_key) = jsonl_fields(format);
-    for (index, line) in reader.lines().enumerate() {
+    for (index, line) in reader.split(b'\n').enumerate() {
         let line_no = index as u64 + 1;
         let line = line.map_err(|e| TraceError::Read {
             path: rows.path.clone(),
             message: format!("line {line_no}: {e}"),
         })?;
+        let Ok(line) = String::from_utf8(line) else {
+            rows.skip(line_no, "not UTF-8 text");
+            continue;
+        };
         if line.trim().is_empty() {
             continue;
         }
@@ -166,7 +170,8 @@ pub(super) fn read_csv(
     let key_at = column.map(find).transpose()?;
     let mut record = csv::StringRecord::new();
     loop {
-        let line_no = csv.position().line() + 1;
+        // Before a read, the position is the next record's: its line, 1-based.
+        let line_no = csv.position().line();
         match csv.read_record(&mut record) {
             Ok(false) => break,
             Ok(true) => {}
@@ -177,7 +182,8 @@ pub(super) fn read_csv(
                 })
             }
             Err(e) => {
-                rows.skip(line_no, e);
+                let at = e.position().map_or(line_no, csv::Position::line);
+                rows.skip(at, e);
                 continue;
             }
         }
@@ -215,6 +221,13 @@ pub(super) fn read_csv(
             }
         };
         let key = key_at.map(|at| field(at).to_owned());
+        if let (Some(column), Some("")) = (column, key.as_deref()) {
+            rows.skip(
+                line_no,
+                format!("no {column} (the tenant map's column) to route it by"),
+            );
+            continue;
+        }
         push(rows, line_no, time_ns, prompt, output, Vec::new(), key);
     }
     Ok(())
@@ -249,6 +262,13 @@ fn push(
 ) {
     if prompt_tokens == 0 {
         rows.skip(line, "a prompt of 0 tokens");
+        return;
+    }
+    if !(-MAX_TIME_NS..=MAX_TIME_NS).contains(&time_ns) {
+        rows.skip(
+            line,
+            "its time is out of range (more than 146 years from zero)",
+        );
         return;
     }
     rows.rows.push(Row {

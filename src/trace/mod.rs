@@ -21,6 +21,9 @@ pub const HASH_BLOCK_TOKENS: u32 = 512;
 pub const MAX_MESSAGES: usize = 20;
 /// Longest prompt or output a record may ask for, in tokens.
 pub const MAX_RECORD_TOKENS: u64 = 1_000_000;
+/// Largest time a row may give, in ns either side of zero (about 146 years): past it, a time
+/// is skipped as out of range, and no arithmetic on times can overflow.
+const MAX_TIME_NS: i128 = 1 << 62;
 
 /// Which format a trace file has.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -326,7 +329,7 @@ impl Trace {
     }
 
     /// One line per thing left out or changed, for the terminal: skipped rows (the first
-    /// named), zero outputs, records outside the window, a file out of time order.
+    /// named), zero outputs, a file out of time order.
     pub fn notes(&self, path: &Path) -> Vec<String> {
         let name = path.display();
         let mut notes = Vec::new();

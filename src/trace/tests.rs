@@ -287,3 +287,38 @@ fn a_tenant_map_routes_by_value_or_by_a_stable_hash() {
     assert_eq!(first, "baabbbabbbab");
     assert_eq!(hashed.tenants(), ["a", "b"]);
 }
+
+#[test]
+fn hostile_rows_are_skipped_not_panicked_on() {
+    let mut text = b"{\"time_ms\": 1e300, \"prompt_tokens\": 1, \"output_tokens\": 1}\n".to_vec();
+    text.extend_from_slice(b"{\"time_ms\": 0, \"prompt_tokens\": 1, \"output_tokens\": \xff}\n");
+    text.extend_from_slice(b"{\"time_ms\": 5, \"prompt_tokens\": 2, \"output_tokens\": 1}\n");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("t.jsonl");
+    std::fs::write(&path, &text).expect("write");
+    let trace = Trace::load(&path, TraceFormat::Jsonl, &whole()).expect("one usable row");
+    assert_eq!(trace.records.len(), 1);
+    assert!(
+        trace.skipped[0].contains(":1: its time is out of range"),
+        "{:?}",
+        trace.skipped
+    );
+    assert!(
+        trace.skipped[1].contains(":2: not UTF-8 text"),
+        "{:?}",
+        trace.skipped
+    );
+    // A CSV row without the map's column is skipped, and a bad row names its own line.
+    let csv = "Timestamp,Model,Request tokens,Response tokens\n1,,2,3\n2,a,2,3\n\"3,a,2,3\n";
+    let window = TraceWindow {
+        column: Some("Model".into()),
+        ..whole()
+    };
+    let trace = load_text(csv, TraceFormat::BurstGpt, &window).expect("one usable row");
+    assert_eq!(trace.records.len(), 1);
+    assert!(
+        trace.skipped[0].contains(":2: no Model"),
+        "{:?}",
+        trace.skipped
+    );
+}

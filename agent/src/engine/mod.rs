@@ -7,6 +7,7 @@
 mod model_source;
 pub mod process;
 pub mod sim_gpu;
+mod sim_prefix_cache;
 mod sim_scheduler;
 pub mod simulated;
 

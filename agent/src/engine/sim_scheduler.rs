@@ -3,7 +3,8 @@
 //! One task per engine. Each iteration admits waiting requests up to `max_batch`, takes
 //! `(decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt tokens)
 //! × gpu slowdown`, then emits one token to every running sequence. A new sequence's first
-//! token comes at the end of the step that prefilled it.
+//! token comes at the end of the step that prefilled it; of its prompt, only the tokens its
+//! prefix cache does not hold are prefilled.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -14,11 +15,14 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::sim_gpu::SimGpu;
+use super::sim_prefix_cache::{CacheCounters, PrefixCache};
 
 /// A request handed to the scheduler.
 pub struct Admission {
     /// Prompt length in (simulated) tokens.
     pub prompt_tokens: u32,
+    /// Its prompt's prefix-cache block keys ([`super::sim_prefix_cache::block_keys`]).
+    pub blocks: Vec<u64>,
     /// Tokens to generate.
     pub output_tokens: u32,
     /// Receives the instant each token is generated; closing it ends the sequence.
@@ -30,13 +34,16 @@ struct Running {
     tokens: mpsc::UnboundedSender<Instant>,
 }
 
-/// Runs the scheduler until `cancel` fires or every admission sender is gone.
+/// Runs the scheduler until `cancel` fires or every admission sender is gone, counting its
+/// prefix cache's lookups into `cache_counters`.
 pub async fn run(
     timing: SimTiming,
     gpu: Arc<SimGpu>,
     mut admissions: mpsc::UnboundedReceiver<Admission>,
+    cache_counters: Arc<CacheCounters>,
     cancel: CancellationToken,
 ) {
+    let mut cache = PrefixCache::new(timing.prefix_cache_tokens);
     let mut waiting: VecDeque<Admission> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let mut busy = false;
@@ -60,7 +67,8 @@ pub async fn run(
         let mut prefill_tokens = 0u64;
         while running.len() < timing.max_batch as usize {
             let Some(a) = waiting.pop_front() else { break };
-            prefill_tokens += u64::from(a.prompt_tokens);
+            let cached = cache.admit(&a.blocks, a.prompt_tokens, &cache_counters);
+            prefill_tokens += u64::from(a.prompt_tokens - cached);
             running.push(Running {
                 remaining: a.output_tokens,
                 tokens: a.tokens,

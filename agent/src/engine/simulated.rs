@@ -31,6 +31,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::sim_gpu::SimGpu;
+use super::sim_prefix_cache::{block_keys, CacheCounters};
 use super::sim_scheduler::{self, Admission};
 
 /// Header that marks every response as simulated.
@@ -76,6 +77,7 @@ struct AppState {
     faults: SimFaults,
     seed: u64,
     admissions: mpsc::UnboundedSender<Admission>,
+    cache_counters: Arc<CacheCounters>,
     truth: Option<Arc<Mutex<HashMap<String, TokenTruth>>>>,
     next_id: AtomicU64,
 }
@@ -97,10 +99,12 @@ impl SimEngine {
         let addr = listener.local_addr()?;
         let cancel = CancellationToken::new();
         let (admissions, admitted) = mpsc::unbounded_channel();
+        let cache_counters = Arc::new(CacheCounters::default());
         let scheduler = tokio::spawn(sim_scheduler::run(
             config.timing,
             gpu,
             admitted,
+            cache_counters.clone(),
             cancel.clone(),
         ));
         let truth = Arc::new(Mutex::new(HashMap::new()));
@@ -110,12 +114,14 @@ impl SimEngine {
             faults: config.faults,
             seed: config.seed,
             admissions,
+            cache_counters,
             truth: config.record_truth.then(|| truth.clone()),
             next_id: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/health", get(|| async { StatusCode::OK }))
             .route("/v1/models", get(models))
+            .route("/metrics", get(metrics))
             .route("/v1/completions", post(|s, h, b| generate(s, h, b, false)))
             .route(
                 "/v1/chat/completions",
@@ -178,6 +184,30 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
     json_response(StatusCode::OK, body)
 }
 
+/// Prometheus text with vLLM's prefix-cache counters (in tokens), under vLLM's names, so the
+/// agent's scraper reads a simulated engine as it reads vLLM.
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
+    let (queries, hits) = state.cache_counters.read();
+    let model = &state.model_json;
+    let body = format!(
+        "# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.\n\
+         # TYPE vllm:prefix_cache_queries counter\n\
+         vllm:prefix_cache_queries_total{{model_name={model}}} {queries}\n\
+         # HELP vllm:prefix_cache_hits Prefix cache hits, in terms of number of cached tokens.\n\
+         # TYPE vllm:prefix_cache_hits counter\n\
+         vllm:prefix_cache_hits_total{{model_name={model}}} {hits}\n"
+    );
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    response
+        .headers_mut()
+        .insert(SIMULATED_HEADER, axum::http::HeaderValue::from_static("1"));
+    response
+}
+
 fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
@@ -201,6 +231,7 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 /// Parsed request fields the simulation uses.
 struct GenerateRequest {
     prompt_tokens: u32,
+    blocks: Vec<u64>,
     max_tokens: u32,
     ignore_eos: bool,
     stream: bool,
@@ -257,6 +288,7 @@ fn parse_request(
         prompt_tokens: u32::try_from(text.split_whitespace().count())
             .unwrap_or(u32::MAX)
             .max(1),
+        blocks: block_keys(&text),
         max_tokens,
         ignore_eos: v
             .get("ignore_eos")
@@ -327,6 +359,7 @@ async fn generate(
     let (tokens_tx, tokens_rx) = mpsc::unbounded_channel();
     let admission = Admission {
         prompt_tokens: req.prompt_tokens,
+        blocks: req.blocks,
         output_tokens,
         tokens: tokens_tx,
     };

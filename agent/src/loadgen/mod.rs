@@ -315,8 +315,8 @@ async fn send_and_record(
     );
     let ticket = std::mem::replace(&mut load.start, StartTicket::alone(clock));
     let start_ns = ticket.start().await;
-    let warmup_end_ns = start_ns + ns(warmup);
-    let measure_end_ns = warmup_end_ns + ns(duration);
+    let warmup_end_ns = start_ns.saturating_add(ns(warmup));
+    let measure_end_ns = warmup_end_ns.saturating_add(ns(duration));
     let drain_timeout = load.workload.drain_timeout;
     let shared = Arc::new(Shared {
         load,

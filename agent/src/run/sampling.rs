@@ -66,11 +66,16 @@ impl Samplers {
             )));
         }
         for slot in slots {
-            let (Engine::Vllm(_), Some(engine)) = (&slot.tenant.engine, &slot.engine) else {
+            // vLLM's `/metrics`, and the simulated engine's (its prefix-cache counters).
+            let (Engine::Vllm(_) | Engine::Simulated { .. }, Some(engine)) =
+                (&slot.tenant.engine, &slot.engine)
+            else {
                 continue;
             };
             let name = StreamName::EngineMetrics(slot.name().to_owned());
-            let stream = ctx.create_stream(trial, &name, StreamKind::EngineMetrics, false, None)?;
+            let simulated = slot.tenant.engine.is_simulated();
+            let stream =
+                ctx.create_stream(trial, &name, StreamKind::EngineMetrics, simulated, None)?;
             running.push(tasks.spawn(engine_metrics::scrape(
                 stream,
                 ctx.http.clone(),

@@ -292,6 +292,20 @@ pub fn render_table(summary: &Summary) -> String {
     for line in answer_scores(summary) {
         out.push_str(&format!("answers: {line}\n"));
     }
+    for (node, trial) in summary.trials() {
+        for t in &trial.tenants {
+            // Unique prompts hit nothing, and a line per tenant saying so would be noise.
+            let hit_rate = t.server.as_ref().and_then(|s| s.prefix_cache_hit_rate);
+            if let Some(rate) = hit_rate.filter(|&r| r >= 0.001) {
+                out.push_str(&format!(
+                    "prefix cache: {node}/{}/{}: {:.1}% of prompt tokens served from the engine's cache\n",
+                    trial.trial,
+                    t.tenant,
+                    rate * 100.0
+                ));
+            }
+        }
+    }
     for warning in &summary.warnings {
         out.push_str(&format!("warning: {warning}\n"));
     }

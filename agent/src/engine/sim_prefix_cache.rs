@@ -1,0 +1,155 @@
+//! The simulated engine's prefix cache, modelled on vLLM's automatic prefix caching: a prompt
+//! is cut into full blocks of [`SIM_BLOCK_TOKENS`] words, each block keyed by a hash of the
+//! whole prompt up to its end (so a block is shared only by prompts that agree on everything
+//! before it), and a new prompt is served from cache for its longest run of leading blocks
+//! held. The last token of a prompt is always computed, as in vLLM. Blocks are evicted least
+//! recently used first. Queries and hits are counted in tokens, as vLLM's
+//! `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` counters are.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use multitenant::config::SIM_BLOCK_TOKENS;
+
+/// The block keys of `text`: one per full block of words, each a hash of every word up to
+/// the block's end.
+pub fn block_keys(text: &str) -> Vec<u64> {
+    let mut keys = Vec::new();
+    // FNV-1a over the words and the spaces between them, carried from block to block.
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    for (i, word) in text.split_whitespace().enumerate() {
+        for b in word.bytes().chain(std::iter::once(b' ')) {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        if (i + 1) % SIM_BLOCK_TOKENS as usize == 0 {
+            keys.push(hash);
+        }
+    }
+    keys
+}
+
+/// Queries and hits so far, in tokens, read by `/metrics`.
+#[derive(Debug, Default)]
+pub struct CacheCounters {
+    queries: AtomicU64,
+    hits: AtomicU64,
+}
+
+impl CacheCounters {
+    /// (prompt tokens looked up, of those served from cache).
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.queries.load(Ordering::Relaxed),
+            self.hits.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// Blocks held, most recently used last.
+pub struct PrefixCache {
+    capacity_blocks: usize,
+    tick: u64,
+    used_at: HashMap<u64, u64>,
+    by_use: BTreeMap<u64, u64>,
+}
+
+impl PrefixCache {
+    /// A cache of `capacity_tokens` (whole blocks; 0: no cache).
+    pub fn new(capacity_tokens: u64) -> Self {
+        Self {
+            capacity_blocks: usize::try_from(capacity_tokens / u64::from(SIM_BLOCK_TOKENS))
+                .unwrap_or(usize::MAX),
+            tick: 0,
+            used_at: HashMap::new(),
+            by_use: BTreeMap::new(),
+        }
+    }
+
+    /// Admits a prompt of `prompt_tokens` whose full blocks are `keys`: returns how many of
+    /// its tokens are served from cache, counts the lookup into `counters`, and keeps its
+    /// blocks as the most recently used.
+    pub fn admit(&mut self, keys: &[u64], prompt_tokens: u32, counters: &CacheCounters) -> u32 {
+        let held = keys
+            .iter()
+            .take_while(|k| self.used_at.contains_key(k))
+            .count();
+        let cached = (held as u64 * u64::from(SIM_BLOCK_TOKENS))
+            .min(u64::from(prompt_tokens.saturating_sub(1))) as u32;
+        counters
+            .queries
+            .fetch_add(u64::from(prompt_tokens), Ordering::Relaxed);
+        counters
+            .hits
+            .fetch_add(u64::from(cached), Ordering::Relaxed);
+        if self.capacity_blocks == 0 {
+            return cached;
+        }
+        for &key in keys {
+            self.tick += 1;
+            if let Some(old) = self.used_at.insert(key, self.tick) {
+                self.by_use.remove(&old);
+            }
+            self.by_use.insert(self.tick, key);
+        }
+        while self.used_at.len() > self.capacity_blocks {
+            let Some((_, key)) = self.by_use.pop_first() else {
+                break;
+            };
+            self.used_at.remove(&key);
+        }
+        cached
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(n: usize, tag: &str) -> String {
+        (0..n)
+            .map(|i| format!("{tag}{i}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+
+    #[test]
+    fn a_prompt_is_served_its_longest_cached_run_of_leading_blocks() {
+        let counters = CacheCounters::default();
+        let mut cache = PrefixCache::new(1_000);
+        let base = words(40, "w");
+        // 40 words: two full blocks, nothing cached yet.
+        assert_eq!(cache.admit(&block_keys(&base), 40, &counters), 0);
+        // The same 40 words and 10 more: both blocks are held (32 tokens).
+        let longer = format!("{base} {}", words(10, "x"));
+        assert_eq!(cache.admit(&block_keys(&longer), 50, &counters), 32);
+        // The whole prompt cached but its last token.
+        let exact = words(32, "w");
+        assert_eq!(cache.admit(&block_keys(&exact), 32, &counters), 31);
+        // A different first word shares nothing after it either.
+        let other = format!("z {}", &base[3..]);
+        assert_eq!(cache.admit(&block_keys(&other), 40, &counters), 0);
+        assert_eq!(counters.read(), (40 + 50 + 32 + 40, 32 + 31));
+    }
+
+    #[test]
+    fn the_least_recently_used_blocks_go_first_and_a_zero_cache_holds_none() {
+        let counters = CacheCounters::default();
+        // Room for two blocks.
+        let mut cache = PrefixCache::new(32);
+        let (a, b, c) = (words(16, "a"), words(16, "b"), words(16, "c"));
+        for p in [&a, &b] {
+            cache.admit(&block_keys(p), 17, &counters);
+        }
+        assert_eq!(cache.admit(&block_keys(&a), 17, &counters), 16, "a is held");
+        // c evicts b, used longer ago than a.
+        cache.admit(&block_keys(&c), 17, &counters);
+        assert_eq!(
+            cache.admit(&block_keys(&b), 17, &counters),
+            0,
+            "b was evicted"
+        );
+        let mut none = PrefixCache::new(0);
+        none.admit(&block_keys(&a), 17, &counters);
+        assert_eq!(none.admit(&block_keys(&a), 17, &counters), 0);
+    }
+}
