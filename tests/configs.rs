@@ -64,7 +64,7 @@ fn validate_says_what_a_trace_replay_sends_to_each_tenant() {
     assert!(out.status.success(), "{stdout}");
     // 512 rows, 8 of them failed requests; 346 ChatGPT and 158 GPT-4 records remain.
     for expected in [
-        "504 records over 119.9 s, replayed ×10 in 12.0 s; records per tenant: chat-small 346, chat-large 158",
+        "504 records over 119.9 s, replayed ×10 in 12.0 s; records per tenant: chat-large 158, chat-small 346",
         "8 records with a zero output length (failed requests) skipped",
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing from:\n{stdout}");

@@ -240,7 +240,11 @@ async fn a_partition_shorter_than_the_lease_loses_nothing() {
     );
     let run_id = dir.file_name().expect("name");
     let copies = streams(&agent_dir.join(run_id), &dir.join("nodes/node-a"));
-    assert_eq!(copies.len(), 4, "agent, host, tenant, prompts");
+    assert_eq!(
+        copies.len(),
+        5,
+        "agent, host, tenant, prompts, engine metrics"
+    );
     for (rel, theirs, copy) in &copies {
         assert!(theirs == copy, "{} differs from the agent's", rel.display());
     }

@@ -66,8 +66,9 @@ async fn a_broken_event_stream_resumes_with_nothing_lost_or_doubled() {
         .position(|p| p == std::path::Path::new("doctor.json"));
     copied.remove(doctor.expect("nodes/node-a/doctor.json"));
     assert_eq!(agent_files, copied);
-    // agent, host, and per tenant its requests and the prompts they sent.
-    assert_eq!(agent_files.len(), 6, "{agent_files:?}");
+    // agent, host, and per tenant its requests, the prompts they sent and its engine's
+    // metrics (a simulated engine's prefix-cache counters).
+    assert_eq!(agent_files.len(), 8, "{agent_files:?}");
     for rel in &agent_files {
         let theirs = std::fs::read(agent_run.join(rel)).expect("agent file");
         let copy = std::fs::read(ours.join(rel)).expect("our copy");

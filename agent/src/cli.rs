@@ -90,7 +90,8 @@ pub enum Command {
         #[arg(long, default_value_t = SimTiming::default().prefill_us_per_token)]
         prefill_us_per_token: f64,
         /// Timing model: tokens its prefix cache holds (0: no cache).
-        #[arg(long, default_value_t = SimTiming::default().prefix_cache_tokens)]
+        #[arg(long, default_value_t = SimTiming::default().prefix_cache_tokens,
+              value_parser = clap::value_parser!(u64).range(..=multitenant::config::MAX_PREFIX_CACHE_TOKENS))]
         prefix_cache_tokens: u64,
     },
     /// Measure the load generator itself against the simulated engine on this machine: the

@@ -77,14 +77,19 @@ fn trace_lines(experiment: &Experiment) -> Vec<String> {
                 continue;
             }
         };
-        let shares: Vec<String> = experiment
+        // A tenant name on several nodes replays the same records: listed once.
+        let tenants: std::collections::BTreeSet<&str> = experiment
             .nodes
             .iter()
             .flat_map(|n| &n.tenants)
             .filter(|t| &t.workload == name)
+            .map(|t| t.name.as_str())
+            .collect();
+        let shares: Vec<String> = tenants
+            .into_iter()
             .map(|t| {
-                let n = trace.records_of(&t.name, data.tenant_map.as_ref()).len();
-                format!("{} {n}", t.name)
+                let n = trace.records_of(t, data.tenant_map.as_ref()).len();
+                format!("{t} {n}")
             })
             .collect();
         lines.push(format!(

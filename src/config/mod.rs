@@ -669,6 +669,9 @@ pub struct SimTiming {
 
 /// Tokens per block of the simulated engine's prefix cache (vLLM's default block size).
 pub const SIM_BLOCK_TOKENS: u32 = 16;
+/// Largest prefix cache of a simulated engine, in tokens: 4M blocks, whose index takes about
+/// 300 MiB (some 70 bytes a block).
+pub const MAX_PREFIX_CACHE_TOKENS: u64 = 1 << 26;
 
 impl Default for SimTiming {
     fn default() -> Self {

@@ -29,9 +29,6 @@ pub(super) const MAX_RATE: f64 = 10_000.0;
 pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Longest name, so that `<name>.engine.jsonl` and the run folder stay file names everywhere.
 const MAX_NAME_LEN: usize = 64;
-/// Largest prefix cache of a simulated engine, in tokens (its index costs tens of bytes a
-/// block).
-const MAX_PREFIX_CACHE_TOKENS: u64 = 1 << 30;
 /// Largest token count a length may ask for.
 const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
 /// Characters allowed in names that become file and folder names.

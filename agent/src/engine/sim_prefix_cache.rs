@@ -67,12 +67,15 @@ impl PrefixCache {
 
     /// Admits a prompt of `prompt_tokens` whose full blocks are `keys`: returns how many of
     /// its tokens are served from cache, counts the lookup into `counters`, and keeps its
-    /// blocks as the most recently used.
+    /// blocks as the most recently used. Without a cache nothing is looked up or counted.
     pub fn admit(&mut self, keys: &[u64], prompt_tokens: u32, counters: &CacheCounters) -> u32 {
         let held = keys
             .iter()
             .take_while(|k| self.used_at.contains_key(k))
             .count();
+        if self.capacity_blocks == 0 {
+            return 0;
+        }
         let cached = (held as u64 * u64::from(SIM_BLOCK_TOKENS))
             .min(u64::from(prompt_tokens.saturating_sub(1))) as u32;
         counters
@@ -81,10 +84,10 @@ impl PrefixCache {
         counters
             .hits
             .fetch_add(u64::from(cached), Ordering::Relaxed);
-        if self.capacity_blocks == 0 {
-            return cached;
-        }
-        for &key in keys {
+        // Last block first, so a prompt's first block is its most recently used and goes last:
+        // only a leading run of blocks can hit, and a prompt larger than the cache keeps its
+        // head (vLLM evicts from the tail of a prompt too).
+        for &key in keys.iter().rev() {
             self.tick += 1;
             if let Some(old) = self.used_at.insert(key, self.tick) {
                 self.by_use.remove(&old);
@@ -148,8 +151,20 @@ mod tests {
             0,
             "b was evicted"
         );
+        let before = counters.read();
         let mut none = PrefixCache::new(0);
         none.admit(&block_keys(&a), 17, &counters);
         assert_eq!(none.admit(&block_keys(&a), 17, &counters), 0);
+        assert_eq!(counters.read(), before, "no cache: no lookups to count");
+    }
+
+    #[test]
+    fn a_prompt_larger_than_the_cache_keeps_its_head() {
+        let counters = CacheCounters::default();
+        // Room for two blocks; the prompt has four.
+        let mut cache = PrefixCache::new(32);
+        let long = words(64, "w");
+        cache.admit(&block_keys(&long), 64, &counters);
+        assert_eq!(cache.admit(&block_keys(&long), 64, &counters), 32);
     }
 }

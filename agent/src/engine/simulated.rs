@@ -2,7 +2,8 @@
 //!
 //! Routes: `POST /v1/completions` and `POST /v1/chat/completions` (SSE streaming with a final
 //! `usage` chunk when `stream_options.include_usage` is set, or one JSON body), `GET /v1/models`,
-//! `GET /health`. Prompt tokens are whitespace-separated words. Every response carries
+//! `GET /health`, `GET /metrics` (vLLM's prefix-cache counters). Prompt tokens are
+//! whitespace-separated words. Every response carries
 //! `x-multitenant-simulated: true`, and the model list says the model is simulated.
 //!
 //! Output length is `max_tokens` under `ignore_eos`, else a draw in `1..=max_tokens`. Faults
@@ -188,7 +189,13 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 /// agent's scraper reads a simulated engine as it reads vLLM.
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (queries, hits) = state.cache_counters.read();
-    let model = &state.model_json;
+    // The exposition format escapes only backslash, double quote and newline in a label.
+    let escaped = state
+        .model
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n");
+    let model = format!("\"{escaped}\"");
     let body = format!(
         "# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.\n\
          # TYPE vllm:prefix_cache_queries counter\n\
@@ -202,9 +209,10 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         axum::http::header::CONTENT_TYPE,
         axum::http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
-    response
-        .headers_mut()
-        .insert(SIMULATED_HEADER, axum::http::HeaderValue::from_static("1"));
+    response.headers_mut().insert(
+        SIMULATED_HEADER,
+        axum::http::HeaderValue::from_static("true"),
+    );
     response
 }
 

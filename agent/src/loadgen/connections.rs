@@ -49,11 +49,13 @@ impl LoadClient {
     pub async fn preopen(&self, base_url: &str, api_key: Option<&str>, count: u32) -> u32 {
         let url = format!("{base_url}/v1/models");
         let requests = (0..count).map(|_| {
-            let mut request = self.http.get(&url).timeout(PREOPEN_TIMEOUT);
+            let mut request = self.http.get(&url);
             if let Some(key) = api_key {
                 request = request.bearer_auth(key);
             }
-            request.send()
+            // Each send alone is bounded, not its body: a request's own timeout would run on
+            // while its answer is held below, and fail the reading of every held body.
+            tokio::time::timeout(PREOPEN_TIMEOUT, request.send())
         });
         // Every answer is held, its body unread, until all have come: a connection goes back
         // to the pool only once its body is read, so no request can take another's and each
@@ -62,12 +64,15 @@ impl LoadClient {
         let answers: Vec<reqwest::Response> = futures_util::future::join_all(requests)
             .await
             .into_iter()
-            .filter_map(Result::ok)
+            .filter_map(|sent| sent.ok()?.ok())
             .collect();
-        let answered = futures_util::future::join_all(answers.into_iter().map(|a| a.bytes()))
+        let bodies = answers
+            .into_iter()
+            .map(|a| tokio::time::timeout(PREOPEN_TIMEOUT, a.bytes()));
+        let answered = futures_util::future::join_all(bodies)
             .await
             .into_iter()
-            .filter(Result::is_ok)
+            .filter(|read| matches!(read, Ok(Ok(_))))
             .count();
         // No request waited for these connects.
         self.connects.forget_all();

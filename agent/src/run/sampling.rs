@@ -1,5 +1,5 @@
 //! A trial's samplers, started and stopped as one unit: the host, every GPU through NVML
-//! (where it works), and the `/metrics` of every vLLM engine.
+//! (where it works), and the `/metrics` of every vLLM and simulated engine.
 
 use std::time::Duration;
 
