@@ -5,16 +5,23 @@
 //! cache on a cluster.
 //!
 //! It holds what `cargo build --release --locked -p agent` needs: the workspace manifest and
-//! lock file, the root crate's build script, and the Rust, proto and manifest files of the
-//! library, the agent and the coordinator (the coordinator's so that the workspace loads).
+//! lock file, the root crate's build script, the trace sample the agent builds in, and the
+//! Rust, proto and manifest files of the library, the agent and the coordinator (the
+//! coordinator's so that the workspace loads).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// Files at the workspace root.
-const ROOT_FILES: &[&str] = &["Cargo.toml", "Cargo.lock", "build.rs"];
+/// Files outside the source folders, from the workspace root: the manifest, the lock file, the
+/// root build script, and the trace sample `agent bench` has built in (`include_str!`).
+const ROOT_FILES: &[&str] = &[
+    "Cargo.toml",
+    "Cargo.lock",
+    "build.rs",
+    "configs/traces/burstgpt-sample.csv",
+];
 /// Folders walked for source files.
 const SOURCE_DIRS: &[&str] = &["src", "proto", "agent", "coordinator"];
 /// What a source file ends in.
