@@ -9,8 +9,8 @@ use multitenant::events::TenantHeader;
 use super::outcome::EngineDeath;
 use crate::engine::RunningEngine;
 use crate::loadgen::{
-    client::Target, prompt_log::PromptLog, prompts::PromptFactory, start_line::StartTicket,
-    LoadPanicked, LoadReport, TenantLoad,
+    client::Target, prompt_log::PromptLog, prompts::PromptFactory, schedule::ArrivalSchedule,
+    start_line::StartTicket, LoadPanicked, LoadReport, TenantLoad,
 };
 use crate::recorder::StreamFile;
 
@@ -103,9 +103,9 @@ impl<'a> TenantSlot<'a> {
         };
         let times = self.prompts.as_ref()?.trace_times()?;
         let phase = warmup..warmup + duration;
-        let sent = times
-            .iter()
-            .filter(|&&t| phase.contains(&std::time::Duration::from_nanos(t).div_f64(time_scale)))
+        // The replay's own schedule, so the count agrees with the sends to the nanosecond.
+        let sent = ArrivalSchedule::replay(times, time_scale)
+            .filter(|at| phase.contains(at))
             .count();
         Some(sent as f64 / duration.as_secs_f64().max(1e-9))
     }
