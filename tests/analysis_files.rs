@@ -21,19 +21,22 @@ fn header(stream: StreamKind, tenant: Option<&str>) -> Header {
         zero_wall_ns: 1_700_000_000_000_000_000,
         simulated: true,
         stage: None,
-        tenant: tenant.map(|name| TenantHeader {
-            name: name.into(),
-            model: "m".into(),
-            engine: "simulated".into(),
-            workload: "w".into(),
-            api: Api::Chat,
-            arrival: "constant 2/s".into(),
-            offered_rate: Some(2.0),
-            streaming: true,
-            forced_length: true,
-            slo: None,
-            planned_ms: None,
-        }),
+        tenant: tenant
+            .map(|name| TenantHeader {
+                name: name.into(),
+                model: "m".into(),
+                engine: "simulated".into(),
+                workload: "w".into(),
+                api: Api::Chat,
+                arrival: "constant 2/s".into(),
+                offered_rate: Some(2.0),
+                streaming: true,
+                forced_length: true,
+                slo: None,
+                planned_ms: None,
+                shared_prefixes: None,
+            })
+            .map(Box::new),
     }
 }
 
@@ -58,6 +61,8 @@ fn request(id: &str, sent_ms: u64, ttft_ms: u64, gap_ms: u64, tokens: u32) -> Re
         token_source: Some(TokenSource::Usage),
         status: Some(200),
         error: None,
+        conversation: None,
+        turn: None,
     }
 }
 

@@ -54,7 +54,7 @@ async fn a_request_that_opened_a_connection_records_the_connect_outside_ttft() {
     let mut measured = Vec::new();
     for id in ["first", "second"] {
         let before_ns = clock.now_ns();
-        let m = client::execute(&http, &target, id, &prompt(), &clock, &abort, false).await;
+        let m = client::execute(&http, &target, id, &prompt(), &[], &clock, &abort, false).await;
         assert!(m.error.is_none(), "{id}: {:?}", m.error);
         let truth = engine.truth(id).expect("the engine recorded it");
         let received_ns = clock.ns_at(truth.received);

@@ -10,6 +10,7 @@ mod capacity;
 mod compare;
 mod configs;
 mod connections;
+mod conversations;
 mod damaged_reports;
 mod end_to_end;
 mod engine_supervisor;

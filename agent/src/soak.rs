@@ -256,6 +256,8 @@ mod tests {
             token_source: None,
             status: Some(200),
             error: None,
+            conversation: None,
+            turn: None,
         }
     }
 

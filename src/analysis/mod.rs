@@ -296,6 +296,10 @@ pub struct TenantSummary {
     pub arrival: String,
     /// Offered rate of an open-loop process.
     pub offered_rate: Option<f64>,
+    /// Why its prompts share text an engine's prefix cache can serve, when they do (the
+    /// default is prompts unique to their request).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_prefixes: Option<String>,
     /// The measurements.
     #[serde(flatten)]
     pub metrics: TenantMetrics,
@@ -727,6 +731,7 @@ fn analyze_trial(
             simulated: header.simulated,
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
+            shared_prefixes: tenant.shared_prefixes,
             slo: tenant.slo.as_ref().map(|s| s.judge(&metrics, good)),
             metrics,
             load_checks: checks,
@@ -917,12 +922,16 @@ fn load_checks(m: &TenantMetrics, tenant: &TenantHeader) -> Vec<String> {
     }
     if let Some(scheduled) = m.scheduled {
         // Judged against the arrivals actually drawn: a short Poisson phase may hold far
-        // fewer than rate × duration, and sending all of them is on schedule.
-        if (m.sent as f64) < scheduled as f64 * (1.0 - MAX_RATE_SHORTFALL) {
+        // fewer than rate × duration, and sending all of them is on schedule. A
+        // conversation's arrival is its first turn.
+        let (sent, what) = match m.conversations {
+            Some(started) => (started, "conversations"),
+            None => (m.sent, "requests"),
+        };
+        if (sent as f64) < scheduled as f64 * (1.0 - MAX_RATE_SHORTFALL) {
             out.push(format!(
-                "sent {} of the {scheduled} requests its schedule placed in the measure phase ({:.1}% short; bound {:.0}%)",
-                m.sent,
-                (1.0 - m.sent as f64 / scheduled as f64) * 100.0,
+                "sent {sent} of the {scheduled} {what} its schedule placed in the measure phase ({:.1}% short; bound {:.0}%)",
+                (1.0 - sent as f64 / scheduled as f64) * 100.0,
                 MAX_RATE_SHORTFALL * 100.0
             ));
         }
@@ -1163,6 +1172,7 @@ mod tests {
             forced_length: false,
             slo: None,
             planned_ms: None,
+            shared_prefixes: None,
         }
     }
 

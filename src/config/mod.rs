@@ -20,6 +20,7 @@ pub use validate::MAX_CONFIG_BYTES;
 /// bound.
 pub const MAX_IN_FLIGHT: u32 = 100_000;
 mod validate_capacity;
+mod validate_conversation;
 mod validate_launcher;
 mod validate_trace;
 
@@ -301,7 +302,93 @@ pub enum DataSource {
     /// Each request's prompt and output length from a trace, sent at the trace's times
     /// ([`Arrival::Trace`]); prompts that share a `hash_ids` block share its text.
     Trace(TraceData),
+    /// Multi-turn conversations: each arrival starts one, whose turns carry its history.
+    Conversation(ConversationData),
 }
+
+impl DataSource {
+    /// Why this data's prompts share text an engine's prefix cache can serve, when they do
+    /// (the default, synthetic and dataset prompts, are unique to their request).
+    pub fn shared_prefixes(&self) -> Option<String> {
+        match self {
+            DataSource::Synthetic(_) | DataSource::Dataset(_) => None,
+            DataSource::Trace(t) => matches!(
+                t.format,
+                crate::trace::TraceFormat::Mooncake | crate::trace::TraceFormat::Jsonl
+            )
+            .then(|| {
+                "records that share hash_ids blocks share their text: an engine's prefix cache serves what the trace reused".into()
+            }),
+            DataSource::Conversation(c) => {
+                let system = match c.shared_system_prompt_tokens {
+                    0 => String::new(),
+                    n => format!(", after a {n}-token system prompt every conversation shares"),
+                };
+                Some(format!(
+                    "conversations of {} turns carry their history{system}: an engine's prefix cache serves part of each later turn",
+                    c.turns.describe()
+                ))
+            }
+        }
+    }
+}
+
+/// Most turns one conversation may have.
+pub const MAX_TURNS: u32 = 64;
+
+/// Multi-turn conversations (`data: {kind: conversation, ...}`). Turn 1 is sent at the
+/// conversation's arrival; turn k+1 is sent `think_time` after turn k's answer ended, with the
+/// whole history (the system prompt, every earlier question and the answers as received)
+/// before its new question. A turn that fails ends its conversation: there is no answer to
+/// carry.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConversationData {
+    /// Turns per conversation, drawn per conversation in `1..=MAX_TURNS`.
+    pub turns: LengthDist,
+    /// Pause between an answer and the next question.
+    pub think_time: ThinkTime,
+    /// Length of a system prompt every conversation of the tenant begins with; 0: none.
+    pub shared_system_prompt_tokens: u32,
+    /// Length of each new question.
+    pub prompt_tokens: LengthDist,
+    /// Requested answer length of each turn (`max_tokens`).
+    pub output_tokens: LengthDist,
+}
+
+/// A user's pause between an answer and their next question.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ThinkTime {
+    /// Always the same.
+    Fixed(Duration),
+    /// Uniform over `[min, max]`.
+    Uniform {
+        /// Shortest pause.
+        min: Duration,
+        /// Longest pause.
+        max: Duration,
+    },
+    /// Exponential with this mean (memoryless users).
+    Exponential {
+        /// Mean pause.
+        mean: Duration,
+    },
+}
+
+impl ThinkTime {
+    /// The longest pause it can draw, for bounding a conversation's length; an exponential
+    /// is bounded at ten means, where it is cut.
+    pub fn max(&self) -> Duration {
+        match *self {
+            ThinkTime::Fixed(d) => d,
+            ThinkTime::Uniform { max, .. } => max,
+            ThinkTime::Exponential { mean } => mean * EXPONENTIAL_THINK_CUT,
+        }
+    }
+}
+
+/// An exponential think time is cut at this many means, so no pause outlasts a run by
+/// chance.
+pub const EXPONENTIAL_THINK_CUT: u32 = 10;
 
 /// A trace a workload replays (`arrival: {kind: trace, ...}`).
 #[derive(Debug, Clone, PartialEq)]
@@ -371,6 +458,30 @@ pub enum LengthDist {
         /// Largest value.
         max: u32,
     },
+}
+
+impl LengthDist {
+    /// The distribution in a few words: `4`, `2..=6`, `~4 (sd 1, 2..=6)`.
+    pub fn describe(&self) -> String {
+        match *self {
+            LengthDist::Fixed(n) => n.to_string(),
+            LengthDist::Uniform { min, max } => format!("{min}..={max}"),
+            LengthDist::Normal {
+                mean,
+                stddev,
+                min,
+                max,
+            } => format!("~{mean} (sd {stddev}, {min}..={max})"),
+        }
+    }
+
+    /// The largest value it can draw.
+    pub fn max(&self) -> u32 {
+        match *self {
+            LengthDist::Fixed(n) => n,
+            LengthDist::Uniform { max, .. } | LengthDist::Normal { max, .. } => max,
+        }
+    }
 }
 
 /// One node: a machine with one agent.

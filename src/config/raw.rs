@@ -153,6 +153,11 @@ pub struct RawData {
     pub profile: Option<String>,
     pub path: Option<String>,
     pub tokenizer: Option<String>,
+    /// As `prompt_tokens`.
+    pub turns: Option<serde_yaml::Value>,
+    /// A duration, `{min, max}` or `{mean}` of durations.
+    pub think_time: Option<serde_yaml::Value>,
+    pub shared_system_prompt_tokens: Option<i64>,
 }
 
 /// One entry of `nodes:`.

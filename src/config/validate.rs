@@ -30,7 +30,7 @@ pub const MAX_CONFIG_BYTES: usize = 1024 * 1024;
 /// Longest name, so that `<name>.engine.jsonl` and the run folder stay file names everywhere.
 const MAX_NAME_LEN: usize = 64;
 /// Largest token count a length may ask for.
-const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
+pub(super) const MAX_TOKENS_PER_LENGTH: i64 = 1_000_000;
 /// Characters allowed in names that become file and folder names.
 fn is_name_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
@@ -674,6 +674,10 @@ impl Checker {
     }
 
     fn data(&mut self, raw: RawData, path: &str) -> Option<DataSource> {
+        if raw.kind.as_deref() == Some("conversation") {
+            return self.conversation(raw, path).map(DataSource::Conversation);
+        }
+        self.no_conversation_keys(&raw, path);
         let format = match raw.kind.as_deref() {
             None | Some("synthetic") => {
                 return self.synthetic(raw, path).map(DataSource::Synthetic)
@@ -683,7 +687,7 @@ impl Checker {
             Some(other) => {
                 self.problem(
                     &join(path, "kind"),
-                    format!("{other:?} is not a data kind: use synthetic, sharegpt or jsonl"),
+                    format!("{other:?} is not a data kind: use synthetic, sharegpt, jsonl or conversation"),
                 );
                 return None;
             }
@@ -788,7 +792,7 @@ impl Checker {
         })
     }
 
-    fn length(&mut self, value: &serde_yaml::Value, path: &str) -> Option<LengthDist> {
+    pub(super) fn length(&mut self, value: &serde_yaml::Value, path: &str) -> Option<LengthDist> {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Dist {

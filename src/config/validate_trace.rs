@@ -221,6 +221,12 @@ impl Checker {
             ("output_tokens", raw.output_tokens.is_some()),
             ("profile", raw.profile.is_some()),
             ("path", raw.path.is_some()),
+            ("turns", raw.turns.is_some()),
+            ("think_time", raw.think_time.is_some()),
+            (
+                "shared_system_prompt_tokens",
+                raw.shared_system_prompt_tokens.is_some(),
+            ),
         ] {
             if set {
                 self.problem(

@@ -96,7 +96,7 @@ pub struct Header {
     pub stage: Option<u32>,
     /// For tenant streams: who the tenant is and what load it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tenant: Option<TenantHeader>,
+    pub tenant: Option<Box<TenantHeader>>,
 }
 
 /// Tenant description in a tenant stream's header.
@@ -130,6 +130,11 @@ pub struct TenantHeader {
     /// before).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub planned_ms: Option<u64>,
+    /// Why its prompts share text an engine's prefix cache can serve, when they do
+    /// (conversations, a trace's shared blocks); absent: every prompt is unique to its
+    /// request (schema 1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_prefixes: Option<String>,
 }
 
 /// Which phase a request was scheduled in.
@@ -249,6 +254,13 @@ pub struct RequestEvent {
     /// Set when the request failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RequestError>,
+    /// The conversation it is a turn of (0-based, in the order the tenant's conversations
+    /// started), for conversation workloads (schema 1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversation: Option<u64>,
+    /// Its turn in that conversation, 1-based (schema 1.4).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn: Option<u32>,
 }
 
 impl RequestEvent {

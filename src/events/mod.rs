@@ -21,10 +21,12 @@
 //!   comes from the simulated engine), `stage` (1-based, for a stage of a sweep) and, for tenant
 //!   streams, `tenant` (name, model, engine kind, workload, API, arrival, offered rate,
 //!   streaming, forced length, SLO, and the milliseconds of warm-up plus measurement planned,
-//!   `planned_ms`, from schema 1.2).
+//!   `planned_ms`, from schema 1.2, and `shared_prefixes`, why its prompts share text, from
+//!   schema 1.4).
 //! - `request`: one finished request, see [`RequestEvent`]; from schema 1.3 a request that
 //!   waited for a new connection records the connect in `connect_ns`, and its `sent_ns` is the
-//!   instant the connection was ready.
+//!   instant the connection was ready; from schema 1.4 a turn of a conversation carries its
+//!   `conversation` (0-based) and `turn` (1-based).
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`; on `drain` of
 //!   an open-loop load, `scheduled` counts the arrivals its schedule placed in the measure
 //!   phase (schema 1.1; absent before).
@@ -53,4 +55,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.3";
+pub const SCHEMA_VERSION: &str = "1.4";

@@ -27,5 +27,7 @@ pub(crate) fn completed(sent_ms: u64, ttft_ms: u64, gap_ms: u64, tokens: u32) ->
         token_source: Some(TokenSource::Usage),
         status: Some(200),
         error: None,
+        conversation: None,
+        turn: None,
     }
 }

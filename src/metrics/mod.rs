@@ -13,4 +13,4 @@ pub mod variants;
 
 pub(crate) use histogram::round3;
 pub use histogram::{LatencyHistogram, Percentiles};
-pub use tenant::{Definitions, TenantAccumulator, TenantMetrics, Throughput};
+pub use tenant::{Definitions, TenantAccumulator, TenantMetrics, Throughput, TurnTtft};

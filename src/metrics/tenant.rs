@@ -105,6 +105,23 @@ pub struct TenantMetrics {
     /// number of requests that opened a connection. Not part of TTFT or E2E.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_ms: Option<Percentiles>,
+    /// Conversations whose first turn was measured, for conversation workloads: the arrivals
+    /// of their schedule, while `sent` counts every turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub conversations: Option<u64>,
+    /// TTFT of each turn of conversations, in turn order: later turns carry a longer
+    /// history, much of it in an engine's prefix cache.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ttft_by_turn: Vec<TurnTtft>,
+}
+
+/// TTFT of one turn of a tenant's conversations.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct TurnTtft {
+    /// The turn, 1-based.
+    pub turn: u32,
+    /// Its time to first token, ms.
+    pub ttft_ms: Percentiles,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -127,6 +144,9 @@ pub struct TenantAccumulator {
     pub lag: LatencyHistogram,
     /// Connects measured requests waited for, µs.
     pub connect: LatencyHistogram,
+    /// TTFT by conversation turn, µs.
+    ttft_by_turn: BTreeMap<u32, LatencyHistogram>,
+    conversations: Option<u64>,
     sent: u64,
     completed: u64,
     errors: BTreeMap<String, u64>,
@@ -166,6 +186,9 @@ impl TenantAccumulator {
             return;
         }
         self.sent += 1;
+        if let Some(turn) = r.turn {
+            *self.conversations.get_or_insert(0) += u64::from(turn == 1);
+        }
         let handed_off_ns = r.sent_ns.saturating_sub(r.connect_ns.unwrap_or(0));
         self.lag
             .record_ns(handed_off_ns.saturating_sub(r.scheduled_ns));
@@ -194,6 +217,9 @@ impl TenantAccumulator {
         }
         if let (Some(ttft), Some(_)) = (r.ttft_ns(), r.last_token_ns) {
             self.ttft.record_ns(ttft);
+            if let Some(turn) = r.turn {
+                self.ttft_by_turn.entry(turn).or_default().record_ns(ttft);
+            }
         }
         if let Some(tpot) = r.tpot_ns() {
             self.tpot.record_ns(tpot);
@@ -264,6 +290,17 @@ impl TenantAccumulator {
             e2e_ms: self.e2e.percentiles(),
             schedule_lag_ms: self.lag.percentiles(),
             connect_ms: self.connect.percentiles(),
+            conversations: self.conversations,
+            ttft_by_turn: self
+                .ttft_by_turn
+                .iter()
+                .filter_map(|(&turn, h)| {
+                    Some(TurnTtft {
+                        turn,
+                        ttft_ms: h.percentiles()?,
+                    })
+                })
+                .collect(),
         }
     }
 }
@@ -313,6 +350,32 @@ mod tests {
         // Window: first sent 0 ms to last done 540.1 ms; 22 output tokens.
         assert!((t.window_s - 0.5401).abs() < 1e-9);
         assert!((t.output_tokens_per_s - 22.0 / 0.5401).abs() < 1e-6);
+    }
+
+    #[test]
+    fn turns_get_a_ttft_each_and_first_turns_count_conversations() {
+        let mut acc = TenantAccumulator::default();
+        acc.phase(Phase::Measure, 0);
+        // Two conversations: turn 1 at 40 and 60 ms TTFT, turn 2 at 10 ms.
+        for (k, (turn, ttft)) in [(1, 40), (2, 10), (1, 60), (2, 10)].into_iter().enumerate() {
+            let mut r = completed(k as u64 * 200, ttft, 5, 4);
+            r.conversation = Some(k as u64 / 2);
+            r.turn = Some(turn);
+            acc.request(&r);
+        }
+        let m = acc.finish();
+        assert_eq!((m.sent, m.conversations), (4, Some(2)));
+        let by_turn: Vec<(u32, u64, f64)> = m
+            .ttft_by_turn
+            .iter()
+            .map(|t| (t.turn, t.ttft_ms.count, t.ttft_ms.max))
+            .collect();
+        assert_eq!(by_turn.len(), 2);
+        assert_eq!((by_turn[0].0, by_turn[0].1), (1, 2));
+        assert!((by_turn[0].2 - 60.0).abs() < 0.1, "{by_turn:?}");
+        assert!((by_turn[1].2 - 10.0).abs() < 0.1, "{by_turn:?}");
+        let plain = TenantAccumulator::default().finish();
+        assert!(plain.conversations.is_none() && plain.ttft_by_turn.is_empty());
     }
 
     /// A request that waited 30 ms for its connection: sent when the connection was ready,

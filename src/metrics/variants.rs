@@ -145,6 +145,8 @@ mod tests {
             token_source: None,
             status: Some(200),
             error: None,
+            conversation: None,
+            turn: None,
         };
         let p50 = |peer: Peer, name: &str| {
             variant(peer, std::slice::from_ref(&r)).figures[name]

@@ -328,6 +328,11 @@ pub fn quantile(values: &mut [f64], q: f64) -> f64 {
 /// Writes `yaml` to `<tmp>/<name>.yaml`, runs `coordinator run` on it with `<tmp>/runs` as the
 /// output folder, asserts it succeeded, and returns the experiment folder.
 pub fn run_experiment(tmp: &Path, name: &str, yaml: &str) -> PathBuf {
+    run_experiment_printing(tmp, name, yaml).0
+}
+
+/// [`run_experiment`], returning what it printed too.
+pub fn run_experiment_printing(tmp: &Path, name: &str, yaml: &str) -> (PathBuf, String) {
     let (_, coordinator) = binaries();
     let cfg = tmp.join(format!("{name}.yaml"));
     std::fs::write(&cfg, yaml).expect("config");
@@ -344,7 +349,7 @@ pub fn run_experiment(tmp: &Path, name: &str, yaml: &str) -> PathBuf {
         "{stdout}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    results_dir(&stdout)
+    (results_dir(&stdout), stdout.into_owned())
 }
 
 /// Copies every file under `from` to the same place under `to`.

@@ -13,19 +13,58 @@ use multitenant::config::SIM_BLOCK_TOKENS;
 
 /// The block keys of `text`: one per full block of words, each a hash of every word up to
 /// the block's end.
+#[cfg(test)]
 pub fn block_keys(text: &str) -> Vec<u64> {
-    let mut keys = Vec::new();
-    // FNV-1a over the words and the spaces between them, carried from block to block.
-    let mut hash = 0xcbf2_9ce4_8422_2325u64;
-    for (i, word) in text.split_whitespace().enumerate() {
-        for b in word.bytes().chain(std::iter::once(b' ')) {
-            hash = (hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
-        }
-        if (i + 1) % SIM_BLOCK_TOKENS as usize == 0 {
-            keys.push(hash);
+    sequence_keys(text, 0).0
+}
+
+/// The block keys of `text` followed by an answer of `answer_tokens` tokens as the engine
+/// writes them (`tok1 tok2 …`): those of the prompt, and those that the answer completes.
+/// A conversation's next turn begins with the prompt and the answer, so an engine that keeps
+/// the blocks of what it generated, as vLLM does, serves them from cache.
+pub fn sequence_keys(text: &str, answer_tokens: u32) -> (Vec<u64>, Vec<u64>) {
+    let mut hasher = BlockHasher::default();
+    let prompt: Vec<u64> = text
+        .split_whitespace()
+        .filter_map(|w| hasher.push(w))
+        .collect();
+    let mut answer = Vec::new();
+    let mut word = String::new();
+    for i in 1..=answer_tokens {
+        word.clear();
+        word.push_str("tok");
+        word.push_str(&i.to_string());
+        answer.extend(hasher.push(&word));
+    }
+    (prompt, answer)
+}
+
+/// FNV-1a over the words and the spaces between them, carried from block to block.
+struct BlockHasher {
+    hash: u64,
+    words: usize,
+}
+
+impl Default for BlockHasher {
+    fn default() -> Self {
+        Self {
+            hash: 0xcbf2_9ce4_8422_2325,
+            words: 0,
         }
     }
-    keys
+}
+
+impl BlockHasher {
+    /// Takes the next word; returns the key of the block it completes, if it completes one.
+    fn push(&mut self, word: &str) -> Option<u64> {
+        for b in word.bytes().chain(std::iter::once(b' ')) {
+            self.hash = (self.hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.words += 1;
+        self.words
+            .is_multiple_of(SIM_BLOCK_TOKENS as usize)
+            .then_some(self.hash)
+    }
 }
 
 /// Queries and hits so far, in tokens, read by `/metrics`.
@@ -87,6 +126,20 @@ impl PrefixCache {
         // Last block first, so a prompt's first block is its most recently used and goes last:
         // only a leading run of blocks can hit, and a prompt larger than the cache keeps its
         // head (vLLM evicts from the tail of a prompt too).
+        self.keep(keys);
+        cached
+    }
+
+    /// Keeps the blocks an answer completed (`keys`, in order) once it is written, as the most
+    /// recently used; nothing without a cache.
+    pub fn keep_answer(&mut self, keys: &[u64]) {
+        if self.capacity_blocks > 0 {
+            self.keep(keys);
+        }
+    }
+
+    /// Marks `keys` used now, the first of them last, and evicts past capacity.
+    fn keep(&mut self, keys: &[u64]) {
         for &key in keys.iter().rev() {
             self.tick += 1;
             if let Some(old) = self.used_at.insert(key, self.tick) {
@@ -100,7 +153,6 @@ impl PrefixCache {
             };
             self.used_at.remove(&key);
         }
-        cached
     }
 }
 
@@ -156,6 +208,27 @@ mod tests {
         none.admit(&block_keys(&a), 17, &counters);
         assert_eq!(none.admit(&block_keys(&a), 17, &counters), 0);
         assert_eq!(counters.read(), before, "no cache: no lookups to count");
+    }
+
+    #[test]
+    fn a_kept_answer_serves_the_next_turn_that_carries_it() {
+        let counters = CacheCounters::default();
+        let mut cache = PrefixCache::new(10_000);
+        let question = words(20, "q");
+        let (prompt, answer) = sequence_keys(&question, 28);
+        // 20 + 28 words: three full blocks, the first of the prompt alone.
+        assert_eq!((prompt.len(), answer.len()), (1, 2));
+        cache.admit(&prompt, 20, &counters);
+        let answered: Vec<String> = (1..=28).map(|i| format!("tok{i}")).collect();
+        let next = format!("{question} {} {}", answered.join(" "), words(10, "n"));
+        assert_eq!(
+            cache.admit(&block_keys(&next), 58, &counters),
+            16,
+            "before the answer is kept, only the prompt's block"
+        );
+        cache.keep_answer(&answer);
+        assert_eq!(cache.admit(&block_keys(&next), 58, &counters), 48);
+        assert_eq!(block_keys(&next)[..3], [prompt, answer].concat()[..]);
     }
 
     #[test]

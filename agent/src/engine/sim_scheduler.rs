@@ -4,7 +4,8 @@
 //! `(decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt tokens)
 //! × gpu slowdown`, then emits one token to every running sequence. A new sequence's first
 //! token comes at the end of the step that prefilled it; of its prompt, only the tokens its
-//! prefix cache does not hold are prefilled.
+//! prefix cache does not hold are prefilled. A finished answer's blocks are kept in the
+//! cache, so a conversation's next turn, which carries it, finds them.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,9 @@ pub struct Admission {
     pub prompt_tokens: u32,
     /// Its prompt's prefix-cache block keys ([`super::sim_prefix_cache::block_keys`]).
     pub blocks: Vec<u64>,
+    /// The blocks its answer completes ([`super::sim_prefix_cache::sequence_keys`]), kept in
+    /// the prefix cache once the answer is written.
+    pub answer_blocks: Vec<u64>,
     /// Tokens to generate.
     pub output_tokens: u32,
     /// Receives the instant each token is generated; closing it ends the sequence.
@@ -32,6 +36,7 @@ pub struct Admission {
 struct Running {
     remaining: u32,
     tokens: mpsc::UnboundedSender<Instant>,
+    answer_blocks: Vec<u64>,
 }
 
 /// Runs the scheduler until `cancel` fires or every admission sender is gone, counting its
@@ -72,6 +77,7 @@ pub async fn run(
             running.push(Running {
                 remaining: a.output_tokens,
                 tokens: a.tokens,
+                answer_blocks: a.answer_blocks,
             });
         }
         if !busy {
@@ -94,6 +100,9 @@ pub async fn run(
                 return false;
             }
             seq.remaining -= 1;
+            if seq.remaining == 0 {
+                cache.keep_answer(&seq.answer_blocks);
+            }
             seq.remaining > 0
         });
     }

@@ -32,7 +32,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
 use super::sim_gpu::SimGpu;
-use super::sim_prefix_cache::{block_keys, CacheCounters};
+use super::sim_prefix_cache::{sequence_keys, CacheCounters};
 use super::sim_scheduler::{self, Admission};
 
 /// Header that marks every response as simulated.
@@ -239,7 +239,8 @@ fn error_response(status: StatusCode, message: &str) -> Response {
 /// Parsed request fields the simulation uses.
 struct GenerateRequest {
     prompt_tokens: u32,
-    blocks: Vec<u64>,
+    /// The prompt as the engine reads it (the chat messages' contents joined by spaces).
+    text: String,
     max_tokens: u32,
     ignore_eos: bool,
     stream: bool,
@@ -296,7 +297,7 @@ fn parse_request(
         prompt_tokens: u32::try_from(text.split_whitespace().count())
             .unwrap_or(u32::MAX)
             .max(1),
-        blocks: block_keys(&text),
+        text,
         max_tokens,
         ignore_eos: v
             .get("ignore_eos")
@@ -365,9 +366,11 @@ async fn generate(
     }
     .min(req.max_tokens);
     let (tokens_tx, tokens_rx) = mpsc::unbounded_channel();
+    let (blocks, answer_blocks) = sequence_keys(&req.text, output_tokens);
     let admission = Admission {
         prompt_tokens: req.prompt_tokens,
-        blocks: req.blocks,
+        blocks,
+        answer_blocks,
         output_tokens,
         tokens: tokens_tx,
     };

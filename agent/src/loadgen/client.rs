@@ -12,6 +12,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::connections::{self, LoadClient};
+use super::conversation::Message;
 use super::prompts::Prompt;
 use super::sse::SseParser;
 use crate::clock::RunClock;
@@ -174,27 +175,55 @@ fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<
     });
 }
 
-/// Sends `prompt` as request `id` and measures it. Never fails: errors are in the result.
-/// When `abort` fires, the request ends as `cancelled` with what it received so far. With
-/// `keep_text`, the generated text is collected into [`Measured::text`].
+/// Sends `prompt` after `history` (the earlier messages of its conversation; empty for a
+/// request of its own) as request `id` and measures it. Never fails: errors are in the
+/// result. When `abort` fires, the request ends as `cancelled` with what it received so far.
+/// With `keep_text`, the generated text is collected into [`Measured::text`].
+///
+/// The chat API gets the history as messages; the completions API gets one text, the
+/// messages' contents joined by blank lines, so that each turn's text begins with the whole
+/// of the turn before it.
+#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     client: &LoadClient,
     target: &Target,
     id: &str,
     prompt: &Prompt,
+    history: &[Message],
     clock: &RunClock,
     abort: &CancellationToken,
     keep_text: bool,
 ) -> Measured {
     let (path, mut body) = match target.api {
-        Api::Completions => (
+        Api::Completions if history.is_empty() => (
             "/v1/completions",
             json!({"model": target.model, "prompt": prompt.text}),
         ),
-        Api::Chat => (
-            "/v1/chat/completions",
-            json!({"model": target.model, "messages": [{"role": "user", "content": prompt.text}]}),
-        ),
+        Api::Completions => {
+            let mut text = String::new();
+            for m in history {
+                text.push_str(&m.content);
+                text.push_str("\n\n");
+            }
+            text.push_str(&prompt.text);
+            (
+                "/v1/completions",
+                json!({"model": target.model, "prompt": text}),
+            )
+        }
+        Api::Chat => {
+            let messages: Vec<serde_json::Value> = history
+                .iter()
+                .map(|m| json!({"role": m.role.as_str(), "content": m.content}))
+                .chain(std::iter::once(
+                    json!({"role": "user", "content": prompt.text}),
+                ))
+                .collect();
+            (
+                "/v1/chat/completions",
+                json!({"model": target.model, "messages": messages}),
+            )
+        }
     };
     body["max_tokens"] = json!(prompt.max_tokens);
     body["stream"] = json!(target.stream);

@@ -213,12 +213,15 @@ const OPEN_LOOP_PREOPEN_S: f64 = 1.0;
 pub const MAX_PREOPEN: u32 = 1_024;
 
 /// How many connections to open before a load of `arrival` starts: one per worker of a closed
-/// loop; an open loop's sends in one second at its highest rate, for a replay the most sends
-/// of its `replay` schedule in any one second (a request in flight longer than that is rare,
-/// and later connects are timed anyway). Capped at [`MAX_PREOPEN`] and at `max_in_flight`.
+/// loop; an open loop's sends in one second at its highest rate (a random one's with room for
+/// its bursts, three standard deviations of a Poisson count), for a replay the most sends of
+/// its `replay` schedule in any one second (a request in flight longer than that is rare, and
+/// later connects are timed anyway). Each arrival may bring `requests_per_arrival` requests
+/// in flight (a conversation's turns). Capped at [`MAX_PREOPEN`] and at `max_in_flight`.
 pub fn preopen_count(
     arrival: &multitenant::config::Arrival,
     replay: Option<super::schedule::ArrivalSchedule>,
+    requests_per_arrival: u32,
     max_in_flight: u64,
 ) -> u32 {
     use multitenant::config::Arrival;
@@ -228,11 +231,14 @@ pub fn preopen_count(
             replay.map_or(1, |times| busiest_window(times, window)) as f64
         }
         Arrival::Concurrency { n } => f64::from(n),
-        Arrival::Constant { rate } | Arrival::Poisson { rate } | Arrival::Gamma { rate, .. } => {
-            (rate * OPEN_LOOP_PREOPEN_S).ceil()
+        Arrival::Constant { rate } => (rate * OPEN_LOOP_PREOPEN_S).ceil(),
+        Arrival::Poisson { rate } | Arrival::Gamma { rate, .. } => {
+            let mean = rate * OPEN_LOOP_PREOPEN_S;
+            (mean + 3.0 * mean.sqrt()).ceil()
         }
         Arrival::Ramp { from, to, .. } => (from.max(to) * OPEN_LOOP_PREOPEN_S).ceil(),
     };
+    let wanted = wanted * f64::from(requests_per_arrival.max(1));
     let cap = u64::from(MAX_PREOPEN).min(max_in_flight);
     // `wanted` is finite and positive (validated rates), so the cast only saturates.
     (wanted as u64).clamp(1, cap.max(1)) as u32
@@ -266,27 +272,37 @@ mod tests {
     #[test]
     fn a_closed_loop_opens_one_connection_per_worker_within_the_caps() {
         assert_eq!(
-            preopen_count(&Arrival::Concurrency { n: 256 }, None, 10_000),
+            preopen_count(&Arrival::Concurrency { n: 256 }, None, 1, 10_000),
             256
         );
         assert_eq!(
-            preopen_count(&Arrival::Concurrency { n: 256 }, None, 100),
+            preopen_count(&Arrival::Concurrency { n: 256 }, None, 1, 100),
             100
         );
         assert_eq!(
-            preopen_count(&Arrival::Concurrency { n: 5_000 }, None, 10_000),
+            preopen_count(&Arrival::Concurrency { n: 5_000 }, None, 1, 10_000),
             MAX_PREOPEN
         );
     }
 
     #[test]
-    fn an_open_loop_opens_its_first_seconds_sends_at_its_highest_rate() {
+    fn an_open_loop_opens_its_first_seconds_sends_at_its_highest_rate_with_room_for_bursts() {
         assert_eq!(
-            preopen_count(&Arrival::Poisson { rate: 40.5 }, None, 10_000),
+            preopen_count(&Arrival::Poisson { rate: 40.5 }, None, 1, 10_000),
+            60,
+            "40.5 and three standard deviations, 19.1"
+        );
+        assert_eq!(
+            preopen_count(&Arrival::Constant { rate: 40.5 }, None, 1, 10_000),
             41
         );
         assert_eq!(
-            preopen_count(&Arrival::Constant { rate: 0.2 }, None, 10_000),
+            preopen_count(&Arrival::Constant { rate: 40.5 }, None, 4, 10_000),
+            164,
+            "conversations of up to four turns"
+        );
+        assert_eq!(
+            preopen_count(&Arrival::Constant { rate: 0.2 }, None, 1, 10_000),
             1
         );
         let ramp = Arrival::Ramp {
@@ -294,7 +310,7 @@ mod tests {
             to: 20.0,
             spacing: Spacing::Constant,
         };
-        assert_eq!(preopen_count(&ramp, None, 10_000), 300);
+        assert_eq!(preopen_count(&ramp, None, 1, 10_000), 300);
         // A replay ×2 of records at 0, 3, 3.6, 4, 4.5 and 9 s sends them at 0, 1.5, 1.8, 2,
         // 2.25 and 4.5 s: at most four within one second (from 1.5 s).
         let s = 1_000_000_000;
@@ -302,7 +318,7 @@ mod tests {
             vec![0, 3 * s, 3_600_000_000, 4 * s, 4 * s + s / 2, 9 * s].into();
         let replay = super::super::schedule::ArrivalSchedule::replay(times, 2.0);
         assert_eq!(
-            preopen_count(&Arrival::Trace { time_scale: 2.0 }, Some(replay), 10_000),
+            preopen_count(&Arrival::Trace { time_scale: 2.0 }, Some(replay), 1, 10_000),
             4
         );
     }

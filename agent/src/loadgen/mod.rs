@@ -8,6 +8,7 @@
 
 pub mod client;
 pub mod connections;
+pub mod conversation;
 pub mod dispatch;
 pub mod prompt_log;
 pub mod prompts;
@@ -30,8 +31,10 @@ use crate::clock::RunClock;
 use crate::recorder::StreamFile;
 use client::Target;
 use connections::LoadClient;
+use conversation::{Message, Role, TurnOf};
+use dispatch::FollowUp;
 use prompt_log::PromptLog;
-use prompts::PromptFactory;
+use prompts::{Prompt, PromptFactory};
 use schedule::ArrivalSchedule;
 use start_line::StartTicket;
 
@@ -82,6 +85,11 @@ struct Shared {
     load: TenantLoad,
     http: LoadClient,
     claimed: AtomicU64,
+    /// Conversations started, for conversation workloads.
+    conversations_started: AtomicU64,
+    /// Where an open loop's conversations ask for their later turns, which the arrival
+    /// thread releases on time; `None`: they wait on the runtime's timer (closed loop).
+    follow_ups: Option<std::sync::mpsc::Sender<FollowUp>>,
     /// Requests sent and not yet done.
     in_flight: AtomicU64,
     write_errors: AtomicU64,
@@ -130,9 +138,94 @@ impl Shared {
     /// Sends request `index` and records it; returns whether it failed for the client's own
     /// reasons (out of descriptors or ports), so a closed loop can back off instead of spinning.
     async fn request(self: Arc<Self>, index: u64, scheduled_ns: u64) -> bool {
-        let id = request_id(&self.load.tenant, index);
         let prompt = self.load.prompts.prompt(index);
-        let keep_text = self
+        self.send(index, scheduled_ns, prompt, &[], None)
+            .await
+            .client_failed
+    }
+
+    /// Runs conversation `number` from its first turn at `first_ns`: each later turn is
+    /// scheduled its think time after the answer before it ended, and is not sent when that
+    /// falls at or past `end_ns`. A turn that fails ends the conversation. Returns whether its
+    /// last turn failed for the client's own reasons.
+    async fn conversation(self: Arc<Self>, number: u64, first_ns: u64, end_ns: u64) -> bool {
+        let Some(conversations) = self.load.prompts.conversations() else {
+            return false;
+        };
+        let mut history = conversations.opening();
+        let mut at_ns = first_ns;
+        let mut client_failed = false;
+        for turn in 1..=conversations.turns(number) {
+            let turn = TurnOf {
+                conversation: number,
+                turn,
+            };
+            if turn.turn > 1 {
+                match self.wait_for_turn(at_ns, end_ns).await {
+                    Some(scheduled_ns) => at_ns = scheduled_ns,
+                    None => break,
+                }
+            }
+            let Some(index) = self.claim() else { break };
+            let question = conversations.question(turn);
+            let asked = question.text.clone();
+            let sent = self
+                .send(index, at_ns, question, &history, Some(turn))
+                .await;
+            client_failed = sent.client_failed;
+            let Some(answer) = sent.answer else { break };
+            history.push(Message {
+                role: Role::User,
+                content: asked,
+            });
+            history.push(Message {
+                role: Role::Assistant,
+                content: answer,
+            });
+            at_ns = sent.done_ns.saturating_add(ns(conversations.think(turn)));
+        }
+        client_failed
+    }
+
+    /// Waits for a later turn scheduled at `at_ns`; returns the time it counts as scheduled,
+    /// or `None` when it falls at or past `end_ns` or sending stopped. Released by the arrival
+    /// thread it is exact; on the runtime's timer (up to a millisecond late) it counts from
+    /// when it woke, as a closed loop's requests do.
+    async fn wait_for_turn(&self, at_ns: u64, end_ns: u64) -> Option<u64> {
+        if at_ns >= end_ns || self.stop.is_cancelled() {
+            return None;
+        }
+        let clock = self.load.clock;
+        match &self.follow_ups {
+            Some(queue) => {
+                let (release, released) = tokio::sync::oneshot::channel();
+                queue.send(FollowUp { at_ns, release }).ok()?;
+                tokio::select! {
+                    released = released => released.ok().map(|()| at_ns),
+                    () = self.stop.cancelled() => None,
+                }
+            }
+            None => tokio::select! {
+                () = tokio::time::sleep_until(clock.instant_at(at_ns).into()) => {
+                    Some(clock.now_ns())
+                }
+                () = self.stop.cancelled() => None,
+            },
+        }
+    }
+
+    /// Sends `prompt` after `history` as request `index` (turn `turn` of a conversation, if
+    /// it is one), records it, and returns what a conversation needs of it.
+    async fn send(
+        &self,
+        index: u64,
+        scheduled_ns: u64,
+        prompt: Prompt,
+        history: &[Message],
+        turn: Option<TurnOf>,
+    ) -> Sent {
+        let id = request_id(&self.load.tenant, index);
+        let keeps = self
             .load
             .prompts
             .keeps_response(index, self.load.workload.keep_responses);
@@ -146,14 +239,20 @@ impl Shared {
                 &self.load.target,
                 &id,
                 &prompt,
+                history,
                 clock,
                 &self.abort,
-                keep_text,
+                keeps || turn.is_some(),
             )
             .await
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let response = measured.text.take().filter(|_| measured.error.is_none());
+        let text = measured.text.take().filter(|_| measured.error.is_none());
+        let (answer, response) = match (turn.is_some(), keeps) {
+            (true, true) => (text.clone(), text),
+            (true, false) => (text, None),
+            (false, _) => (None, text),
+        };
         let client_failed = measured
             .error
             .as_ref()
@@ -170,6 +269,7 @@ impl Shared {
             self.measured_last_done_ns
                 .fetch_max(measured.done_ns, Ordering::Relaxed);
         }
+        let done_ns = measured.done_ns;
         self.write(Event::Request(RequestEvent {
             id,
             phase,
@@ -177,7 +277,7 @@ impl Shared {
             sent_ns: measured.sent_ns,
             first_token_ns: measured.first_token_ns,
             last_token_ns: measured.last_token_ns,
-            done_ns: measured.done_ns,
+            done_ns,
             connect_ns: measured.connect_ns,
             chunk_gaps_us: measured.chunk_gaps_us,
             max_tokens: prompt.max_tokens,
@@ -186,12 +286,29 @@ impl Shared {
             token_source: measured.token_source,
             status: measured.status,
             error: measured.error,
+            conversation: turn.map(|t| t.conversation),
+            turn: turn.map(|t| t.turn),
         }));
         if let Some(log) = &self.load.prompt_log {
-            log.record(index, response).await;
+            // A turn's question cannot be rebuilt from its index alone: it goes as sent.
+            log.record(index, turn.map(|_| prompt), response).await;
         }
-        client_failed
+        Sent {
+            client_failed,
+            answer,
+            done_ns,
+        }
     }
+}
+
+/// What a conversation needs of a request it sent.
+struct Sent {
+    /// It failed for the client's own reasons.
+    client_failed: bool,
+    /// The answer, when it completed.
+    answer: Option<String>,
+    /// When it ended.
+    done_ns: u64,
 }
 
 /// How long a closed-loop worker waits after a request the client itself could not send.
@@ -301,7 +418,11 @@ async fn send_and_record(
     let schedule =
         move || open_loop_schedule(&arrival, trace_times.as_ref(), seed, warmup, duration);
     // The pool is filled before the clock of the load starts: no scheduled send waits for it.
-    let wanted = connections::preopen_count(&arrival, schedule(), load.max_in_flight);
+    let turns = load
+        .prompts
+        .conversations()
+        .map_or(1, conversation::Conversations::most_turns);
+    let wanted = connections::preopen_count(&arrival, schedule(), turns, load.max_in_flight);
     let opened = http
         .preopen(
             &load.target.base_url,
@@ -318,10 +439,20 @@ async fn send_and_record(
     let warmup_end_ns = start_ns.saturating_add(ns(warmup));
     let measure_end_ns = warmup_end_ns.saturating_add(ns(duration));
     let drain_timeout = load.workload.drain_timeout;
+    let closed_loop = matches!(arrival, Arrival::Concurrency { .. });
+    let conversational = load.prompts.conversations().is_some();
+    let (follow_ups, follow_up_queue) = if conversational && !closed_loop {
+        let (queue, follow_ups) = std::sync::mpsc::channel();
+        (Some(follow_ups), Some(queue))
+    } else {
+        (None, None)
+    };
     let shared = Arc::new(Shared {
         load,
         http,
         claimed: AtomicU64::new(0),
+        conversations_started: AtomicU64::new(0),
+        follow_ups: follow_up_queue,
         in_flight: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
         measured_completed: AtomicU64::new(0),
@@ -335,7 +466,6 @@ async fn send_and_record(
     if warmup_end_ns > start_ns {
         shared.write_phase(Phase::Warmup, start_ns);
     }
-    let closed_loop = matches!(arrival, Arrival::Concurrency { .. });
     let mut sender = None;
     let mut scheduled = None;
     if let Arrival::Concurrency { n } = arrival {
@@ -352,13 +482,28 @@ async fn send_and_record(
         sender = Some(tokio::task::spawn_blocking(move || {
             let arrivals = first.map(|offset| start_ns + ns(offset));
             let stop = shared.stop.clone();
-            dispatch::dispatch(clock, arrivals, measure_end_ns, &stop, |at_ns| {
-                let Some(index) = shared.claim() else {
-                    return false;
-                };
-                tracker.spawn_on(shared.clone().request(index, at_ns), &runtime);
-                true
-            });
+            dispatch::dispatch_with_follow_ups(
+                clock,
+                arrivals,
+                follow_ups.as_ref(),
+                measure_end_ns,
+                &stop,
+                |at_ns| {
+                    if conversational {
+                        // Each arrival starts a conversation; its turns claim the requests.
+                        let number = shared.conversations_started.fetch_add(1, Ordering::SeqCst);
+                        let conversation =
+                            shared.clone().conversation(number, at_ns, measure_end_ns);
+                        tracker.spawn_on(conversation, &runtime);
+                        return !shared.stop.is_cancelled();
+                    }
+                    let Some(index) = shared.claim() else {
+                        return false;
+                    };
+                    tracker.spawn_on(shared.clone().request(index, at_ns), &runtime);
+                    true
+                },
+            );
             // The same seed draws the same schedule again: count its measure-phase arrivals
             // now that sending is over, off the send path. `max_requests` caps them as it
             // caps the sends; a stop caps them at the instant it came, since nothing after it
@@ -380,7 +525,12 @@ async fn send_and_record(
                         in_measure += 1;
                     }
                 }
-                let cap = shared.load.workload.max_requests;
+                // A conversation's arrival is its start, while `max_requests` counts turns.
+                let cap = shared
+                    .load
+                    .workload
+                    .max_requests
+                    .filter(|_| !conversational);
                 cap.map_or(in_measure, |max| {
                     in_measure.min(max.saturating_sub(in_warmup))
                 })
@@ -453,8 +603,14 @@ async fn closed_loop_worker(shared: Arc<Shared>, begin_ns: u64, end_ns: u64) {
         if shared.stop.is_cancelled() || now >= end_ns {
             return;
         }
-        let Some(index) = shared.claim() else { return };
-        if shared.clone().request(index, now).await {
+        let client_failed = if shared.load.prompts.conversations().is_some() {
+            let number = shared.conversations_started.fetch_add(1, Ordering::SeqCst);
+            shared.clone().conversation(number, now, end_ns).await
+        } else {
+            let Some(index) = shared.claim() else { return };
+            shared.clone().request(index, now).await
+        };
+        if client_failed {
             // Out of descriptors or ports: a retry at once would fail the same way, as fast
             // as the loop can spin. Wait for in-flight requests to give some back.
             tokio::select! {

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use multitenant::events::{Event, PromptEvent};
 use tokio::sync::{mpsc, oneshot};
 
-use super::prompts::PromptFactory;
+use super::prompts::{Prompt, PromptFactory};
 use super::request_id;
 use crate::recorder::StreamFile;
 
@@ -33,6 +33,8 @@ pub struct PromptWriter {
 
 struct Ended {
     index: u64,
+    /// The prompt as sent, when it cannot be rebuilt from the index (a conversation's turn).
+    prompt: Option<Prompt>,
     response: Option<String>,
 }
 
@@ -50,11 +52,16 @@ impl PromptLog {
             .spawn(move || {
                 let mut written = 0;
                 let mut first_error = None;
-                while let Some(Ended { index, response }) = ended.blocking_recv() {
+                while let Some(Ended {
+                    index,
+                    prompt,
+                    response,
+                }) = ended.blocking_recv()
+                {
                     if first_error.is_some() {
                         continue; // keep draining, so no request waits on a dead writer
                     }
-                    let prompt = factory.prompt(index);
+                    let prompt = prompt.unwrap_or_else(|| factory.prompt(index));
                     let event = Event::Prompt(PromptEvent {
                         id: request_id(&tenant, index),
                         origin: prompt.origin,
@@ -74,10 +81,18 @@ impl PromptLog {
         Ok((PromptLog { queue }, PromptWriter { done }))
     }
 
-    /// Records that request `index` ended, with the answer it kept, if any.
-    pub async fn record(&self, index: u64, response: Option<String>) {
+    /// Records that request `index` ended, with its prompt when the factory cannot rebuild
+    /// it, and the answer it kept, if any.
+    pub async fn record(&self, index: u64, prompt: Option<Prompt>, response: Option<String>) {
         // Fails only once the writer is gone, which `PromptWriter::finish` reports.
-        let _ = self.queue.send(Ended { index, response }).await;
+        let _ = self
+            .queue
+            .send(Ended {
+                index,
+                prompt,
+                response,
+            })
+            .await;
     }
 }
 

@@ -9,6 +9,7 @@ use multitenant::config::{DataSource, LengthDist, SyntheticData};
 use multitenant::dataset::{Dataset, DatasetEntry, DatasetError};
 use multitenant::tokens::{PromptTokenizer, TokenizerError};
 
+use super::conversation::{Conversations, TurnOf};
 use super::replay::{ReplayError, TenantReplay};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -86,6 +87,7 @@ enum Source {
         output_tokens: Option<LengthDist>,
     },
     Trace(TenantReplay),
+    Conversation(Box<Conversations>),
 }
 
 impl PromptFactory {
@@ -98,7 +100,7 @@ impl PromptFactory {
         seed: u64,
         tenant: &str,
     ) -> Result<(Self, Vec<String>), PromptError> {
-        let tokenizer = match tokenizer {
+        let mut tokenizer = match tokenizer {
             Some(path) => Some(PromptTokenizer::load(path)?),
             None => None,
         };
@@ -128,6 +130,10 @@ impl PromptFactory {
                 let (replay, notes) = TenantReplay::load(trace, tenant)?;
                 (Source::Trace(replay), notes)
             }
+            DataSource::Conversation(c) => (
+                Source::Conversation(Box::new(Conversations::new(*c, tokenizer.take(), seed))),
+                Vec::new(),
+            ),
         };
         Ok((
             Self {
@@ -144,7 +150,9 @@ impl PromptFactory {
     /// keeps the answers to the same prompts), or, for synthetic prompts, `index < keep`.
     pub fn keeps_response(&self, index: u64, keep: u32) -> bool {
         match &self.source {
-            Source::Synthetic(_) | Source::Trace(_) => index < u64::from(keep),
+            Source::Synthetic(_) | Source::Trace(_) | Source::Conversation(_) => {
+                index < u64::from(keep)
+            }
             Source::Dataset { order, .. } => {
                 order[(index % order.len() as u64) as usize] < keep as usize
             }
@@ -160,10 +168,24 @@ impl PromptFactory {
         }
     }
 
-    /// The prompt of request `index`; the same index always gives the same prompt.
+    /// The conversations the prompts are, when they are.
+    pub fn conversations(&self) -> Option<&Conversations> {
+        match &self.source {
+            Source::Conversation(c) => Some(c),
+            _ => None,
+        }
+    }
+
+    /// The prompt of request `index`; the same index always gives the same prompt. For
+    /// conversations, whose turns are asked through [`Self::conversations`], it is the first
+    /// question of conversation `index`.
     pub fn prompt(&self, index: u64) -> Prompt {
         let mut rng = StdRng::seed_from_u64(self.seed ^ index.wrapping_mul(0x9E37_79B9_7F4A_7C15));
         match &self.source {
+            Source::Conversation(c) => c.question(TurnOf {
+                conversation: index,
+                turn: 1,
+            }),
             Source::Synthetic(data) => synthetic(data, self.tokenizer.as_ref(), index, &mut rng),
             Source::Trace(replay) => {
                 let (record, text, origin) = replay.prompt(index, self.seed);
@@ -227,33 +249,39 @@ fn synthetic(
     let max_tokens = draw(&data.output_tokens, rng);
     // The first word is unique to the request, so no engine's prefix cache can serve it.
     let prefix = format!("r{index:x}{:08x}", rng.random::<u32>());
-    if let Some(tokenizer) = tokenizer {
-        let (text, tokens) = tokenizer.prompt(&prefix, length, rng);
-        return Prompt {
-            words: u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX),
-            tokens: Some(tokens),
-            text,
-            max_tokens,
-            origin: "synthetic".into(),
-            expected: None,
-        };
-    }
-    let mut text = prefix;
-    for _ in 1..length {
-        text.push(' ');
-        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
-    }
+    let (text, words, tokens) = text_of(&prefix, length, tokenizer, rng);
     Prompt {
         text,
-        words: length,
-        tokens: None,
+        words,
+        tokens,
         max_tokens,
         origin: "synthetic".into(),
         expected: None,
     }
 }
 
-fn draw(dist: &LengthDist, rng: &mut StdRng) -> u32 {
+/// A text of `length` tokens beginning with `prefix` (the prefix's own, when longer): with a
+/// tokenizer exactly, else `length` words. Returns the text, its words and its counted tokens.
+pub(super) fn text_of(
+    prefix: &str,
+    length: u32,
+    tokenizer: Option<&PromptTokenizer>,
+    rng: &mut StdRng,
+) -> (String, u32, Option<u32>) {
+    if let Some(tokenizer) = tokenizer {
+        let (text, tokens) = tokenizer.prompt(prefix, length, rng);
+        let words = u32::try_from(text.split_whitespace().count()).unwrap_or(u32::MAX);
+        return (text, words, Some(tokens));
+    }
+    let mut text = prefix.to_owned();
+    for _ in 1..length {
+        text.push(' ');
+        text.push_str(WORDS[rng.random_range(0..WORDS.len())]);
+    }
+    (text, length.max(1), None)
+}
+
+pub(super) fn draw(dist: &LengthDist, rng: &mut StdRng) -> u32 {
     match *dist {
         LengthDist::Fixed(n) => n,
         LengthDist::Uniform { min, max } => rng.random_range(min..=max),

@@ -100,7 +100,7 @@ impl RunContext {
             zero_wall_ns: self.clock.zero_wall_ns(),
             simulated,
             stage: trial.stage.map(Stage::number),
-            tenant,
+            tenant: tenant.map(Box::new),
         };
         self.run
             .streams

@@ -88,6 +88,7 @@ impl<'a> TenantSlot<'a> {
             forced_length: workload.ignore_eos,
             slo: (!workload.slo.is_empty()).then(|| workload.slo.clone()),
             planned_ms: Some((warmup + duration).as_millis() as u64),
+            shared_prefixes: workload.data.shared_prefixes(),
         }
     }
 

@@ -292,6 +292,7 @@ pub fn render_table(summary: &Summary) -> String {
     for line in answer_scores(summary) {
         out.push_str(&format!("answers: {line}\n"));
     }
+    out.push_str(&render_prompts(summary));
     for (node, trial) in summary.trials() {
         for t in &trial.tenants {
             // Unique prompts hit nothing, and a line per tenant saying so would be noise.
@@ -308,6 +309,41 @@ pub fn render_table(summary: &Summary) -> String {
     }
     for warning in &summary.warnings {
         out.push_str(&format!("warning: {warning}\n"));
+    }
+    out
+}
+
+/// What overrode the default of prompts unique to their request (once per tenant), and each
+/// conversation tenant's TTFT by turn (per trial).
+fn render_prompts(summary: &Summary) -> String {
+    let mut out = String::new();
+    let mut said = std::collections::BTreeSet::new();
+    for (node, trial) in summary.trials() {
+        for t in &trial.tenants {
+            if let Some(why) = &t.shared_prefixes {
+                if said.insert((node, t.tenant.as_str())) {
+                    out.push_str(&format!("prompts: {node}/{}: {why}\n", t.tenant));
+                }
+            }
+            if t.metrics.ttft_by_turn.is_empty() {
+                continue;
+            }
+            let turns: Vec<String> = t
+                .metrics
+                .ttft_by_turn
+                .iter()
+                .map(|t| {
+                    let p = &t.ttft_ms;
+                    format!("{}: {:.1}/{:.1} ({})", t.turn, p.p50, p.p99, p.count)
+                })
+                .collect();
+            out.push_str(&format!(
+                "TTFT by turn: {node}/{}/{}: turn: p50/p99 ms (requests) {}\n",
+                trial.trial,
+                t.tenant,
+                turns.join(", ")
+            ));
+        }
     }
     out
 }

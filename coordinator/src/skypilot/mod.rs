@@ -75,7 +75,8 @@ pub fn data_files(experiment: &Experiment) -> Vec<(PathBuf, String)> {
         match &w.data {
             multitenant::config::DataSource::Dataset(d) => files.push(d.path.clone()),
             multitenant::config::DataSource::Trace(t) => files.push(t.path.clone()),
-            multitenant::config::DataSource::Synthetic(_) => {}
+            multitenant::config::DataSource::Synthetic(_)
+            | multitenant::config::DataSource::Conversation(_) => {}
         }
         files.extend(w.tokenizer.clone());
     }
