@@ -85,6 +85,8 @@ fn every_event_kind_round_trips_exactly() {
         kind: ErrorKind::StreamDropped,
         message: "cut \"mid\" stream\n".into(),
     });
+    failed.conversation = Some(3);
+    failed.turn = Some(2);
     let events = vec![
         Event::Phase(PhaseEvent {
             phase: Phase::Warmup,
@@ -146,7 +148,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.3""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.4""#));
     assert!(text
         .lines()
         .nth(2)
