@@ -17,7 +17,7 @@ pub const TOKEN_ENV: &str = "MULTITENANT_AGENT_TOKEN";
 pub const MIN_TOKEN_LEN: usize = 16;
 
 /// Why a token was not accepted as a configured secret.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TokenError {
     /// The token is too short to be a secret.
     #[error("the agent token has {len} characters; at least {MIN_TOKEN_LEN} are required")]

@@ -14,6 +14,7 @@
 //! - [`series`]: the same folder as per-request and per-sample time series, for plots.
 //! - [`tokens`]: prompts of an exact token count from a model's `tokenizer.json`.
 //! - [`auth`]: the bearer token both sides of the gRPC API use.
+//! - [`pairing`]: the pairing string that joins a coordinator to a daemon agent.
 //! - [`tls`]: the certificate name and environment variables of coordinator-agent TLS.
 //! - [`proto`]: the generated gRPC types of `proto/multitenant/v1`.
 
@@ -25,6 +26,7 @@ pub mod dataset;
 pub mod events;
 pub mod layout;
 pub mod metrics;
+pub mod pairing;
 pub mod proto;
 pub mod series;
 pub mod slo;

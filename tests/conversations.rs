@@ -4,10 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use multitenant::analysis::TenantSummary;
 use multitenant::events::{read_stream, Event, Phase, RequestEvent};
 
-use crate::support::{read_summary, run_experiment_printing};
+use crate::support::{phase_at, prefix_hit_rate, read_summary, run_experiment_printing, tenant_in};
 
 /// Tokens of the system prompt every conversation shares, of each question, of each answer.
 const SYSTEM: u32 = 200;
@@ -35,14 +34,7 @@ fn conversations_carry_their_history_on_time_into_the_prefix_cache() {
     // Every turn of every conversation: in order, its history carried, on time.
     let stream = read_stream(&dir.join("nodes/local/solo-chat/chat.jsonl")).expect("stream");
     assert!(stream.warnings.is_empty(), "{:?}", stream.warnings);
-    let measure_end = stream
-        .events
-        .iter()
-        .find_map(|l| match &l.event {
-            Event::Phase(p) if p.phase == Phase::Drain => Some(p.at_ns),
-            _ => None,
-        })
-        .expect("a drain phase");
+    let measure_end = phase_at(&stream, Phase::Drain);
     for r in stream.requests() {
         assert!(
             r.scheduled_ns < measure_end,
@@ -106,21 +98,11 @@ fn conversations_carry_their_history_on_time_into_the_prefix_cache() {
 
     // The summary: TTFT by turn, the cache serving the history, and the terminal saying why.
     let summary = read_summary(&dir);
-    let tenant = |trial: &str, name: &str| -> TenantSummary {
-        summary
-            .trials()
-            .find(|(_, t)| t.trial == trial)
-            .and_then(|(_, t)| t.tenants.iter().find(|x| x.tenant == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("{trial}/{name} in the summary"))
-    };
-    let (chat, unique) = (tenant("solo-chat", "chat"), tenant("solo-unique", "unique"));
-    let hit_rate = |t: &TenantSummary| {
-        t.server
-            .as_ref()
-            .and_then(|s| s.prefix_cache_hit_rate)
-            .unwrap_or_else(|| panic!("{}: no prefix cache hit rate", t.tenant))
-    };
+    let (chat, unique) = (
+        tenant_in(&summary, "solo-chat", "chat"),
+        tenant_in(&summary, "solo-unique", "unique"),
+    );
+    let hit_rate = prefix_hit_rate;
     assert!(hit_rate(&chat) > 0.6, "conversations: {}", hit_rate(&chat));
     assert!(hit_rate(&unique) < 0.01, "unique: {}", hit_rate(&unique));
     let by_turn: BTreeMap<u32, _> = chat

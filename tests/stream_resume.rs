@@ -53,10 +53,14 @@ async fn a_broken_event_stream_resumes_with_nothing_lost_or_doubled() {
     let run_id = outcome.dir.file_name().expect("name").to_owned();
     let agent_run = agent.data_dir.join(&run_id);
     let ours = outcome.dir.join("nodes/node-a");
-    // The agent's SHA256SUMS lists its closed streams for `coordinator attach`; it is no stream.
+    // The agent's SHA256SUMS lists its closed streams for `coordinator attach`, and its run
+    // record lets a restarted agent serve the run again; neither is a stream.
     let agent_files: Vec<_> = files_under(&agent_run)
         .into_iter()
-        .filter(|p| p != std::path::Path::new(multitenant::layout::SUMS_FILE))
+        .filter(|p| {
+            p != std::path::Path::new(multitenant::layout::SUMS_FILE)
+                && p != std::path::Path::new(multitenant::layout::RUN_RECORD_FILE)
+        })
         .collect();
     // The node's folder holds every stream of the agent's, and the preflight the coordinator
     // asked for before the run.

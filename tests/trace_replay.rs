@@ -3,9 +3,9 @@
 
 use std::path::Path;
 
-use multitenant::events::{read_stream, Event, Phase, RequestEvent};
+use multitenant::events::{read_stream, Phase, RequestEvent};
 
-use crate::support::{heavy, run_experiment};
+use crate::support::{heavy, phase_at, prefix_hit_rate, run_experiment, tenant_in};
 
 /// One row of the BurstGPT sample, read apart from the code under test.
 struct Row {
@@ -44,14 +44,7 @@ fn tenant_stream(dir: &Path, trial: &str, tenant: &str) -> (Vec<RequestEvent>, u
     let path = dir.join(format!("nodes/local/{trial}/{tenant}.jsonl"));
     let contents = read_stream(&path).expect("stream");
     assert!(contents.warnings.is_empty(), "{:?}", contents.warnings);
-    let start = contents
-        .events
-        .iter()
-        .find_map(|line| match &line.event {
-            Event::Phase(p) if p.phase == Phase::Measure => Some(p.at_ns),
-            _ => None,
-        })
-        .expect("a measure phase");
+    let start = phase_at(&contents, Phase::Measure);
     let mut requests: Vec<RequestEvent> = contents.requests().cloned().collect();
     requests.sort_by(|a, b| a.id.cmp(&b.id));
     (requests, start)
@@ -179,24 +172,11 @@ fn shared_prefix_blocks_are_served_from_the_engines_prefix_cache() {
     );
     let dir = run_experiment(tmp.path(), "prefix", &yaml);
     let summary = crate::support::read_summary(&dir);
-    let tenant = |trial: &str, name: &str| {
-        summary
-            .trials()
-            .find(|(_, t)| t.trial == trial)
-            .and_then(|(_, t)| t.tenants.iter().find(|x| x.tenant == name))
-            .cloned()
-            .unwrap_or_else(|| panic!("{trial}/{name} in the summary"))
-    };
     let (shared, unique) = (
-        tenant("solo-shared", "shared"),
-        tenant("solo-unique", "unique"),
+        tenant_in(&summary, "solo-shared", "shared"),
+        tenant_in(&summary, "solo-unique", "unique"),
     );
-    let hit_rate = |t: &multitenant::analysis::TenantSummary| {
-        t.server
-            .as_ref()
-            .and_then(|s| s.prefix_cache_hit_rate)
-            .unwrap_or_else(|| panic!("{}: no prefix cache hit rate: {:?}", t.tenant, t.server))
-    };
+    let hit_rate = prefix_hit_rate;
     // 23 of the 40 records begin with blocks an earlier record had: by their hash_ids, 47% of
     // all prompt tokens can be served from cache; unique prompts share nothing.
     assert!(hit_rate(&shared) > 0.35, "shared: {}", hit_rate(&shared));

@@ -29,12 +29,17 @@ pub enum Command {
         /// MULTITENANT_TLS_CLIENT_CA. Needed to listen on anything but loopback.
         #[arg(long)]
         tls: bool,
-        /// Folder that receives one subfolder per run.
-        #[arg(long, default_value = "agent-data")]
-        data_dir: PathBuf,
+        /// Folder that receives one subfolder per run (default: `agent-data`, or `runs` in
+        /// the --state-dir).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
         /// File holding the bearer token (first line).
         #[arg(long)]
         token_file: Option<PathBuf>,
+        /// Serve as the daemon `agent init` made in this folder: TLS with its certificate,
+        /// its token, and enrolment of coordinators that pair (`coordinator pair`).
+        #[arg(long, conflicts_with_all = ["tls", "token_file"])]
+        state_dir: Option<PathBuf>,
         /// The MPS control program `mps` trials use (a name on PATH or a path).
         #[arg(long, default_value = "nvidia-cuda-mps-control")]
         mps_control: PathBuf,
@@ -52,6 +57,55 @@ pub enum Command {
         /// brings up several nodes calls each only once the slowest is up).
         #[arg(long, value_parser = humantime::parse_duration, requires = "exit_when_idle")]
         first_run_within: Option<std::time::Duration>,
+        /// How long finished runs are kept.
+        #[command(flatten)]
+        retention: RetentionArgs,
+    },
+    /// Make this node's agent identity (idempotent): a private state folder with a token, a CA
+    /// and a server certificate; prints the pairing string for `coordinator pair`.
+    Init {
+        /// The state folder.
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+        /// Where coordinators will reach this agent, `https://HOST:PORT` (default: the one
+        /// stored, else `https://<host name>:7777`).
+        #[arg(long)]
+        url: Option<String>,
+        /// Replace the token and the CA: every earlier pairing stops working.
+        #[arg(long)]
+        rotate: bool,
+        /// Sign the server and coordinator certificates with this CA certificate (PEM)
+        /// instead of a CA the agent makes; needs --ca-key.
+        #[arg(long, requires = "ca_key")]
+        ca_cert: Option<PathBuf>,
+        /// The key of --ca-cert (PEM), kept in the state folder (0600).
+        #[arg(long, requires = "ca_cert")]
+        ca_key: Option<PathBuf>,
+    },
+    /// Print the pairing string of this node's agent again.
+    Pairing {
+        /// The state folder.
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+    },
+    /// Install and start a systemd unit that serves this node's agent across logouts, crashes
+    /// and reboots (needs root); without systemd, print the foreground command instead.
+    InstallService {
+        /// The state folder (`agent init`).
+        #[arg(long, default_value_os_t = default_state_dir())]
+        state_dir: PathBuf,
+        /// Address to listen on.
+        #[arg(long, default_value = "0.0.0.0:7777")]
+        listen: SocketAddr,
+        /// The MPS control program `mps` trials use.
+        #[arg(long, default_value = "/usr/bin/nvidia-cuda-mps-control")]
+        mps_control: PathBuf,
+        /// Only print the unit.
+        #[arg(long)]
+        print: bool,
+        /// How long finished runs are kept.
+        #[command(flatten)]
+        retention: RetentionArgs,
     },
     /// Check what this node has (GPUs, driver, compute mode, MPS, vLLM, disk, memory) and which
     /// sharing modes it can run; one line per check.
@@ -115,4 +169,31 @@ pub enum Command {
         #[arg(long, default_value_t = 10_000, requires = "soak", value_parser = clap::value_parser!(u32).range(1..=100_000))]
         soak_streams: u32,
     },
+}
+
+/// The state folder of a daemon agent: `/var/lib/multitenant-agent` for root, else
+/// `$XDG_STATE_HOME/multitenant-agent` (`~/.local/state/multitenant-agent`).
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/multitenant-agent");
+    }
+    let state = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+        .unwrap_or_else(|| PathBuf::from("."));
+    state.join("multitenant-agent")
+}
+
+/// How long the agent keeps the runs it recorded. A run is deleted only after a coordinator
+/// confirmed that its copy of every stream matches the agent's SHA-256.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct RetentionArgs {
+    /// Delete confirmed runs this long after they ended (e.g. 30d, or forever). Default: 30d
+    /// with --state-dir (a daemon), forever otherwise.
+    #[arg(long, value_parser = crate::retention::parse_keep_for)]
+    pub keep_runs_for: Option<crate::retention::Limit<std::time::Duration>>,
+    /// Delete confirmed runs, oldest first, while all runs take more than this (e.g. 100GiB,
+    /// or unlimited). Default: 100GiB with --state-dir, unlimited otherwise.
+    #[arg(long, value_parser = crate::retention::parse_keep_size)]
+    pub keep_runs_size: Option<crate::retention::Limit<u64>>,
 }

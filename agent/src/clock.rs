@@ -2,6 +2,13 @@
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// Whole seconds since the Unix epoch, now: the time records on disk carry.
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 /// A run's time origin. Every event time of a run is `now_ns()` of the same `RunClock`, so any
 /// two times of one node subtract exactly; `zero_wall_ns` ties the origin to UTC.
 #[derive(Debug, Clone, Copy)]

@@ -6,6 +6,8 @@
 //! - [`engine`]: the simulated engine (a real OpenAI-compatible server) and external engines.
 //! - [`loadgen`]: arrivals, synthetic prompts, the streaming client and its SSE parser.
 //! - [`recorder`]: the JSONL files on disk and the resumable reading behind `StreamEvents`.
+//! - [`identity`]: a daemon agent's state folder: token, CA, certificates, enrolment.
+//! - [`service_unit`]: the systemd unit that keeps a daemon agent up.
 //! - [`host`], [`gpu`]: node sampling and GPU discovery; [`mps`]: the MPS daemon of a trial.
 //! - [`mod@doctor`]: what a node has and which sharing modes it can run.
 //! - [`clock`]: the run's monotonic clock; [`lease`]: runs and agents end when the
@@ -20,13 +22,16 @@ pub mod engine;
 pub mod engine_metrics;
 pub mod gpu;
 pub mod host;
+pub mod identity;
 pub mod lease;
 pub mod loadgen;
 pub mod mps;
 pub mod preflight;
 pub mod recorder;
+pub mod retention;
 pub mod run;
 pub mod server;
+pub mod service_unit;
 pub mod soak;
 
 use std::io::Write;
@@ -73,6 +78,8 @@ pub struct ServeSettings {
     pub mps_control: PathBuf,
     /// Exit once no run runs and no call came for a while.
     pub exit_when_idle: Option<IdleExit>,
+    /// Which confirmed runs are deleted, and when.
+    pub retention: retention::Retention,
 }
 
 /// When an idle agent exits.
@@ -99,6 +106,7 @@ pub async fn serve(
         data_dir,
         mps_control,
         exit_when_idle,
+        retention,
     } = settings;
     if tls.is_none() {
         require_loopback(listen)?;
@@ -111,7 +119,14 @@ pub async fn serve(
     let gpu = gpu::NodeGpus::probe();
     eprintln!("{}", gpu.status.describe());
     eprintln!("{}", raise_fd_limit());
-    let runs = Arc::new(run::RunManager::new(data_dir, gpu, mps_control));
+    eprintln!("{}", retention.describe());
+    let runs = Arc::new(run::RunManager::new(data_dir, gpu, mps_control).with_retention(retention));
+    for line in runs.recover() {
+        eprintln!("{line}");
+    }
+    if retention != retention::Retention::default() {
+        tokio::spawn(sweep_hourly(runs.clone(), shutdown.clone()));
+    }
     let addr = listener.local_addr()?;
     let mut stdout = std::io::stdout();
     writeln!(stdout, "listening on {addr}")?;
@@ -122,6 +137,24 @@ pub async fn serve(
     let served = server::serve(listener, runs.clone(), token, tls, shutdown.clone()).await;
     runs.shutdown().await;
     served.context("the gRPC server failed")
+}
+
+/// Deletes the runs retention lets go now and then every hour, until `shutdown`.
+async fn sweep_hourly(runs: Arc<run::RunManager>, shutdown: CancellationToken) {
+    let mut hourly = tokio::time::interval(std::time::Duration::from_secs(3600));
+    loop {
+        tokio::select! {
+            _ = hourly.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let swept = tokio::task::spawn_blocking({
+            let runs = runs.clone();
+            move || runs.sweep()
+        });
+        for line in swept.await.unwrap_or_default() {
+            eprintln!("{line}");
+        }
+    }
 }
 
 /// Raises this process's soft limit on open files to its hard limit: every in-flight request
@@ -243,34 +276,115 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             tls,
             data_dir,
             token_file,
+            state_dir,
             mps_control,
             exit_with_stdin,
             exit_when_idle,
             first_run_within,
+            retention,
         } => {
             if exit_with_stdin {
                 stop_when_stdin_closes(shutdown.clone());
             }
-            let tls = if tls {
-                server::ServerTls::from_env().map(Some)
+            let serving = if state_dir.is_some() {
+                retention::Serving::Daemon
             } else {
-                Ok(None)
+                retention::Serving::ForALauncher
             };
-            match (load_token(token_file.as_deref()), tls) {
-                (Ok(token), Ok(tls)) => {
-                    let settings = ServeSettings {
-                        listen,
-                        data_dir,
-                        mps_control,
-                        exit_when_idle: exit_when_idle.map(|after_runs| IdleExit {
-                            after_runs,
-                            before_first_run: first_run_within.unwrap_or(after_runs),
-                        }),
-                    };
-                    serve(settings, token, tls, shutdown).await
+            let (token, tls, runs_dir) = match state_dir {
+                Some(dir) => {
+                    let identity = identity::load(&dir)?;
+                    let tls = identity.server_tls()?;
+                    eprintln!(
+                        "serving the agent of {} at {}: TLS with client certificates of its own CA; coordinators pair with `coordinator pair` (`agent pairing` prints the string)",
+                        dir.display(),
+                        identity.url()
+                    );
+                    (identity.token().clone(), Some(tls), identity.runs_dir())
                 }
-                (Err(e), _) | (_, Err(e)) => Err(e),
+                None => {
+                    let tls = if tls {
+                        Some(server::ServerTls::from_env()?)
+                    } else {
+                        None
+                    };
+                    (load_token(token_file.as_deref())?, tls, "agent-data".into())
+                }
+            };
+            let settings = ServeSettings {
+                listen,
+                data_dir: data_dir.unwrap_or(runs_dir),
+                mps_control,
+                exit_when_idle: exit_when_idle.map(|after_runs| IdleExit {
+                    after_runs,
+                    before_first_run: first_run_within.unwrap_or(after_runs),
+                }),
+                retention: retention::Retention::of_serve(
+                    retention.keep_runs_for,
+                    retention.keep_runs_size,
+                    serving,
+                ),
+            };
+            serve(settings, token, tls, shutdown).await
+        }
+        Command::Init {
+            state_dir,
+            url,
+            rotate,
+            ca_cert,
+            ca_key,
+        } => {
+            let user_ca = match (ca_cert, ca_key) {
+                (Some(cert), Some(key)) => Some(identity::UserCa::read(&cert, &key)?),
+                _ => None,
+            };
+            let (identity, outcome) =
+                identity::init(&state_dir, url.as_deref(), rotate, user_ca.as_ref())?;
+            let what = match outcome {
+                identity::InitOutcome::Created => "made a new agent identity in",
+                identity::InitOutcome::Kept => "kept the agent identity already in (pass --rotate to replace it)",
+                identity::InitOutcome::Rotated => "rotated the token and CA of (every earlier pairing fails once the agent restarts; pair again with the string below)",
+            };
+            eprintln!("{what} {}", state_dir.display());
+            if outcome == identity::InitOutcome::Rotated {
+                eprintln!("a running agent keeps the identity it started with: restart it (`systemctl restart {}`)", service_unit::UNIT_NAME);
             }
+            eprintln!("agent URL: {}", identity.url());
+            eprintln!("pairing string (a secret: it holds the token), for `coordinator pair <string> --node <name>`:");
+            println!("{}", identity.pairing());
+            Ok(())
+        }
+        Command::Pairing { state_dir } => {
+            println!("{}", identity::load(&state_dir)?.pairing());
+            Ok(())
+        }
+        Command::InstallService {
+            state_dir,
+            listen,
+            mps_control,
+            print,
+            retention,
+        } => {
+            identity::load(&state_dir)?;
+            let settings = service_unit::ServiceSettings {
+                binary: std::env::current_exe().context("finding this agent binary")?,
+                state_dir: std::path::absolute(&state_dir)
+                    .with_context(|| format!("resolving {}", state_dir.display()))?,
+                listen,
+                mps_control,
+                retention,
+            };
+            if print {
+                print!("{}", settings.unit());
+                return Ok(());
+            }
+            let path = service_unit::install(&settings)?;
+            println!(
+                "installed {} and started it; logs: journalctl -u {}",
+                path.display(),
+                service_unit::UNIT_NAME
+            );
+            Ok(())
         }
         Command::Doctor {
             vllm,

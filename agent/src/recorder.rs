@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use multitenant::events::{Event, EventWriter, Header};
-use multitenant::layout::{RESERVE_FILE, SUMS_FILE};
+use multitenant::layout::{StreamName, RESERVE_FILE, SUMS_FILE};
 use sha2::{Digest, Sha256};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -55,6 +55,15 @@ impl WriteFailure {
             failed: CancellationToken::new(),
             reserve: Mutex::new(Some(path)),
         })
+    }
+
+    /// No reserve: for the streams of a run that has ended, which take no more lines.
+    fn none() -> Self {
+        Self {
+            first: OnceLock::new(),
+            failed: CancellationToken::new(),
+            reserve: Mutex::new(None),
+        }
     }
 
     /// Records `reason` if it is the first, gives the reserve back, and wakes the watchers.
@@ -182,14 +191,7 @@ impl StreamFile {
         inner.sha256_hex = Some(sha.clone());
         drop(inner);
         self.changed.send_modify(|v| *v += 1);
-        // One write of one line in append mode: closes racing on other streams cannot
-        // interleave inside it.
-        File::options()
-            .create(true)
-            .append(true)
-            .open(&self.sums_path)
-            .and_then(|mut sums| sums.write_all(format!("{sha}  {}\n", self.rel_path).as_bytes()))
-            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", self.sums_path.display())))
+        append_sum(&self.sums_path, &sha, &self.rel_path)
     }
 
     /// Path relative to the run folder.
@@ -326,6 +328,59 @@ impl RunStreams {
         Ok(stream)
     }
 
+    /// The streams a run recorded in `root` before this agent process started: every
+    /// stream file under it, closed. A stream left open (its agent died mid-run) is cut back to
+    /// its last whole line and closed now, so that its checksum joins `SHA256SUMS` too.
+    pub fn recover(root: PathBuf) -> io::Result<Self> {
+        let sums_path = root.join(SUMS_FILE);
+        let sums = std::fs::read_to_string(&sums_path).unwrap_or_default();
+        let recorded: std::collections::HashMap<&str, &str> = sums
+            .lines()
+            .filter_map(|l| l.split_once("  "))
+            .map(|(sha, path)| (path, sha))
+            .collect();
+        let mut paths = Vec::new();
+        jsonl_files(&root, &root, &mut paths)?;
+        paths.sort();
+        let this = Self {
+            streams: Mutex::new(Vec::new()),
+            changed: watch::Sender::new(0),
+            failure: Arc::new(WriteFailure::none()),
+            root,
+        };
+        for rel_path in paths {
+            let abs_path = this.root.join(&rel_path);
+            let offsets = whole_lines(&abs_path)?;
+            let len = std::fs::metadata(&abs_path)?.len();
+            let sha256_hex = match recorded.get(rel_path.as_str()) {
+                Some(sha) => (*sha).to_owned(),
+                None => {
+                    let sha = sha256_file(&abs_path)?;
+                    append_sum(&sums_path, &sha, &rel_path)?;
+                    sha
+                }
+            };
+            this.streams
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(Arc::new(StreamFile {
+                    rel_path,
+                    abs_path,
+                    sums_path: sums_path.clone(),
+                    inner: Mutex::new(Inner {
+                        writer: None,
+                        offsets,
+                        len,
+                        sha256_hex: Some(sha256_hex),
+                        failed: None,
+                    }),
+                    changed: this.changed.clone(),
+                    failure: this.failure.clone(),
+                }));
+        }
+        Ok(this)
+    }
+
     /// Every stream so far.
     pub fn all(&self) -> Vec<Arc<StreamFile>> {
         self.streams
@@ -343,6 +398,65 @@ impl RunStreams {
     pub fn poke(&self) {
         self.changed.send_modify(|v| *v += 1);
     }
+}
+
+/// Appends `sha  rel_path` to `SHA256SUMS`. One write of one line in append mode: closes
+/// racing on other streams cannot interleave inside it.
+fn append_sum(sums_path: &Path, sha: &str, rel_path: &str) -> io::Result<()> {
+    File::options()
+        .create(true)
+        .append(true)
+        .open(sums_path)
+        .and_then(|mut sums| sums.write_all(format!("{sha}  {rel_path}\n").as_bytes()))
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", sums_path.display())))
+}
+
+/// Every stream file (a name [`StreamName`] knows) under `dir`, relative to `root`, dot
+/// entries left out.
+pub(crate) fn jsonl_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            jsonl_files(root, &path, out)?;
+        } else if StreamName::parse(&entry.file_name().to_string_lossy()).is_some() {
+            if let Some(rel) = path.strip_prefix(root).ok().and_then(Path::to_str) {
+                out.push(rel.to_owned());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Start offsets of the whole lines of `path`; a last line without its newline (its writer
+/// died inside the write) is cut off the file.
+fn whole_lines(path: &Path) -> io::Result<Vec<u64>> {
+    let mut file = io::BufReader::with_capacity(1 << 16, File::open(path)?);
+    let mut offsets = Vec::new();
+    let (mut at, mut line_start) = (0u64, 0u64);
+    loop {
+        let buf = io::BufRead::fill_buf(&mut file)?;
+        if buf.is_empty() {
+            break;
+        }
+        for (i, _) in buf.iter().enumerate().filter(|(_, b)| **b == b'\n') {
+            offsets.push(line_start);
+            line_start = at + i as u64 + 1;
+        }
+        let n = buf.len();
+        at += n as u64;
+        io::BufRead::consume(&mut file, n);
+    }
+    if line_start < at {
+        File::options()
+            .write(true)
+            .open(path)?
+            .set_len(line_start)?;
+    }
+    Ok(offsets)
 }
 
 fn sha256_file(path: &Path) -> io::Result<String> {
@@ -444,5 +558,69 @@ mod tests {
             .status()
             .expect("sha256sum runs");
         assert!(check.success(), "sha256sum -c disagrees");
+    }
+
+    #[test]
+    fn a_restarted_agent_serves_closed_streams_as_they_were_and_closes_open_ones_at_a_whole_line() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (closed, open) = {
+            let streams = RunStreams::new(dir.path().to_owned()).expect("streams");
+            let closed = streams.create("t/agent.jsonl", header()).expect("create");
+            let open = streams.create("t/host.jsonl", header()).expect("create");
+            for (i, s) in [&closed, &open, &open].into_iter().enumerate() {
+                s.append(&Event::Warning(WarningEvent {
+                    at_ns: i as u64,
+                    message: "w".into(),
+                }))
+                .expect("append");
+            }
+            closed.close().expect("close");
+            (closed.snapshot(), open.snapshot())
+        };
+        // The agent died inside a write: half a line at the end of the open stream.
+        let host = dir.path().join("t/host.jsonl");
+        let whole = std::fs::read(&host).expect("read");
+        let mut torn = whole.clone();
+        torn.extend_from_slice(b"{\"seq\":3,\"ki");
+        std::fs::write(&host, &torn).expect("tear");
+        // Not a stream name: left out.
+        std::fs::write(dir.path().join("t/notes.txt"), "x").expect("other file");
+
+        let recovered = RunStreams::recover(dir.path().to_owned()).expect("recover");
+        let snaps: Vec<StreamSnapshot> = recovered.all().iter().map(|s| s.snapshot()).collect();
+        assert_eq!(snaps.len(), 2, "{snaps:?}");
+        assert_eq!(
+            snaps[0], closed,
+            "a closed stream as it was, checksum from SHA256SUMS"
+        );
+        assert_eq!((snaps[1].lines, snaps[1].bytes), (open.lines, open.bytes));
+        assert_eq!(
+            std::fs::read(&host).expect("read"),
+            whole,
+            "cut to its last whole line"
+        );
+        let (count, served) = recovered.all()[1]
+            .read_from(0, u64::MAX)
+            .expect("read")
+            .expect("lines");
+        assert_eq!((count, served), (3, whole));
+        assert!(
+            recovered.all()[1]
+                .append(&Event::Warning(WarningEvent {
+                    at_ns: 9,
+                    message: "late".into(),
+                }))
+                .is_err(),
+            "a recovered stream takes no more lines"
+        );
+        let check = std::process::Command::new("sha256sum")
+            .args(["-c", "--quiet", SUMS_FILE])
+            .current_dir(dir.path())
+            .status()
+            .expect("sha256sum runs");
+        assert!(
+            check.success(),
+            "the stream closed on recovery is in SHA256SUMS"
+        );
     }
 }

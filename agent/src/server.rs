@@ -9,9 +9,11 @@ use std::time::Duration;
 use multitenant::auth::BearerToken;
 use multitenant::events::SCHEMA_MAJOR;
 use multitenant::proto::v1::agent_server::{Agent, AgentServer};
+use multitenant::proto::v1::pairing_server::{Pairing, PairingServer};
 use multitenant::proto::v1::{
-    DoctorCheck, DoctorRequest, DoctorResponse, EventChunk, GetRunRequest, GetRunResponse, GpuInfo,
-    InfoRequest, InfoResponse, StartRunRequest, StartRunResponse, StopRunRequest, StopRunResponse,
+    ConfirmRunRequest, ConfirmRunResponse, DoctorCheck, DoctorRequest, DoctorResponse,
+    EnrollRequest, EnrollResponse, EventChunk, GetRunRequest, GetRunResponse, GpuInfo, InfoRequest,
+    InfoResponse, StartRunRequest, StartRunResponse, StopRunRequest, StopRunResponse,
     StreamEventsRequest, StreamState, TrialRefusal,
 };
 use tokio::sync::mpsc;
@@ -22,7 +24,8 @@ use tonic::transport::{Certificate, Identity, ServerTlsConfig};
 use tonic::{Request, Response, Status};
 
 use crate::gpu::GpuStatus;
-use crate::run::{Run, RunManager, RunState, StartError};
+use crate::identity::{EnrolError, Enroller};
+use crate::run::{ConfirmError, Run, RunManager, RunState, StartError};
 
 /// Most bytes sent in one `EventChunk`.
 const CHUNK_BYTES: u64 = 256 * 1024;
@@ -58,6 +61,9 @@ impl AgentService {
 }
 
 /// Serves the agent API on `listener` until `shutdown`, refusing calls without `token`.
+/// With TLS that enrols coordinators (a daemon agent's), the `Pairing` service is served
+/// under the token alone, and every `Agent` call also needs a client certificate of the
+/// agent's CA.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     runs: Arc<RunManager>,
@@ -66,8 +72,16 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let contact = runs.contact().clone();
-    let service = AgentServer::with_interceptor(AgentService::new(runs), move |req| {
-        let checked = token.check(req);
+    let enrolment = tls.as_ref().and_then(|t| t.enrolment.clone());
+    let needs_client_cert = enrolment.is_some();
+    let agent_token = token.clone();
+    let service = AgentServer::with_interceptor(AgentService::new(runs), move |req: Request<()>| {
+        if needs_client_cert && req.peer_certs().is_none_or(|c| c.is_empty()) {
+            return Err(Status::unauthenticated(
+                "this agent needs a client certificate: pair with it first (`coordinator pair <pairing string> --node <name>`)",
+            ));
+        }
+        let checked = agent_token.check(req);
         if checked.is_ok() {
             contact.renew();
         }
@@ -82,11 +96,21 @@ pub async fn serve(
         builder = builder.tls_config(
             ServerTlsConfig::new()
                 .identity(Identity::from_pem(tls.cert_pem, tls.key_pem))
-                .client_ca_root(Certificate::from_pem(tls.client_ca_pem)),
+                .client_ca_root(Certificate::from_pem(tls.client_ca_pem))
+                // Only enrolment goes without a certificate; the interceptor above holds
+                // every other call to one. A certificate of another CA is still refused in
+                // the handshake.
+                .client_auth_optional(needs_client_cert),
         )?;
     }
+    let pairing = enrolment.map(|enroller| {
+        PairingServer::with_interceptor(PairingService { enroller }, move |req: Request<()>| {
+            token.check(req)
+        })
+    });
     builder
         .add_service(service)
+        .add_optional_service(pairing)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.cancelled_owned())
         .await
 }
@@ -101,6 +125,8 @@ pub struct ServerTls {
     pub key_pem: String,
     /// The CA of the coordinator's client certificate.
     pub client_ca_pem: String,
+    /// A daemon agent's own CA, which signs the certificates of coordinators that pair.
+    pub enrolment: Option<Arc<Enroller>>,
 }
 
 impl ServerTls {
@@ -117,7 +143,38 @@ impl ServerTls {
             cert_pem: read(CERT_ENV)?,
             key_pem: read(KEY_ENV)?,
             client_ca_pem: read(CLIENT_CA_ENV)?,
+            enrolment: None,
         })
+    }
+}
+
+/// Enrolment of coordinators that hold the pairing string.
+struct PairingService {
+    enroller: Arc<Enroller>,
+}
+
+#[tonic::async_trait]
+impl Pairing for PairingService {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let req = request.into_inner();
+        let client_cert_pem =
+            self.enroller
+                .sign(&req.csr_pem, &req.label)
+                .map_err(|e| match e {
+                    EnrolError::BadRequest(_) => Status::invalid_argument(e.to_string()),
+                    EnrolError::Agent(_) => Status::internal(e.to_string()),
+                })?;
+        eprintln!(
+            "enrolled a coordinator ({}): it may now call this agent",
+            req.label
+        );
+        Ok(Response::new(EnrollResponse {
+            client_cert_pem,
+            hostname: sysinfo::System::host_name().unwrap_or_default(),
+        }))
     }
 }
 
@@ -147,6 +204,7 @@ impl Agent for AgentService {
             gpus,
             gpu_unavailable_reason: reason,
             engine_kinds: vec!["simulated".into(), "external".into()],
+            mps: self.runs.mps_readiness(),
         }))
     }
 
@@ -259,6 +317,39 @@ impl Agent for AgentService {
             other => other.name().to_owned(),
         };
         Ok(Response::new(StopRunResponse { state }))
+    }
+
+    async fn confirm_run(
+        &self,
+        request: Request<ConfirmRunRequest>,
+    ) -> Result<Response<ConfirmRunResponse>, Status> {
+        let req = request.into_inner();
+        let copies = req
+            .streams
+            .into_iter()
+            .map(|d| (d.path, d.sha256_hex))
+            .collect();
+        let ended_ago = self
+            .runs
+            .confirm(&req.run_id, &copies)
+            .map_err(|e| match e {
+                ConfirmError::NotFound(_) => Status::not_found(e.to_string()),
+                ConfirmError::Refused(_) => Status::failed_precondition(e.to_string()),
+                ConfirmError::Record { .. } => Status::internal(e.to_string()),
+            })?;
+        eprintln!(
+            "run {}: a coordinator confirmed its copy of every stream",
+            req.run_id
+        );
+        let retention = self.runs.retention().describe_for(ended_ago);
+        // A run past its time goes now, not at the next hourly sweep.
+        let runs = self.runs.clone();
+        tokio::task::spawn_blocking(move || {
+            for line in runs.sweep() {
+                eprintln!("{line}");
+            }
+        });
+        Ok(Response::new(ConfirmRunResponse { retention }))
     }
 }
 

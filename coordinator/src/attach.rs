@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use multitenant::analysis::{analyze_dir, Summary, TrialStatus};
+use multitenant::analysis::{analyze, Analysis, Summary, TrialStatus};
 use multitenant::config::{Experiment, LauncherKind};
 use multitenant::layout::{self, ExperimentDir, SUMS_FILE};
 use multitenant::proto::v1::GetRunRequest;
@@ -141,7 +141,10 @@ pub async fn attach(dir: &Path, fail_on_slo: bool) -> anyhow::Result<crate::Verd
             dir.display()
         ),
     }
-    let mut summary = analyze_dir(dir).context("analysing the experiment")?;
+    let Analysis {
+        mut summary,
+        series,
+    } = analyze(dir).context("analysing the experiment")?;
     let marker = folder.file(layout::INTERRUPTED_FILE);
     if all_trials_ended(&summary) {
         // An earlier attach, before the agents were done, marked it: now it is complete.
@@ -159,7 +162,7 @@ pub async fn attach(dir: &Path, fail_on_slo: bool) -> anyhow::Result<crate::Verd
         .with_context(|| format!("writing {}", marker.display()))?;
         summary.interrupted = true;
     }
-    crate::report::write_summary_files(dir, &summary)?;
+    crate::report::write_summary_files(dir, &summary, &series)?;
     print!("{}", crate::report::render_table(&summary));
     println!("results: {}", dir.display());
     if !refused.is_empty() {

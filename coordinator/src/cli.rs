@@ -14,6 +14,13 @@ pub struct Cli {
     pub command: Command,
 }
 
+/// Formats `coordinator export` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormat {
+    /// Apache Parquet, one file per table.
+    Parquet,
+}
+
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -70,6 +77,54 @@ pub enum Command {
         /// Exit with status 3 when a tenant of a finished trial misses its SLO.
         #[arg(long)]
         fail_on_slo: bool,
+    },
+    /// Pair with a daemon agent (`agent init` on the node printed the string): enrol this
+    /// coordinator's client certificate, check the agent answers, and store it as NODE, which
+    /// a `static` launcher entry can then name alone (`agents: [{node: NODE}]`).
+    Pair {
+        /// The pairing string, or `-` to read it from standard input (it holds the token:
+        /// on a shared machine, `-` keeps it out of `ps`).
+        pairing: String,
+        /// The node name to store it as.
+        #[arg(long)]
+        node: String,
+        /// Replace the agent already paired as NODE.
+        #[arg(long)]
+        replace: bool,
+    },
+    /// List the paired agents, and whether each answers (version, GPUs, MPS readiness).
+    Agents,
+    /// Write an experiment's events as Parquet tables (requests, GPU samples, engine
+    /// metrics), for DuckDB, polars or Spark.
+    Export {
+        /// The experiment folder (`runs/<name>-<utc>`).
+        dir: PathBuf,
+        /// The format: parquet.
+        #[arg(long, value_enum, default_value_t = ExportFormat::Parquet)]
+        format: ExportFormat,
+        /// Where to write the files (default: `export/` in the experiment folder).
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+    /// Measure analysis on a seeded synthetic experiment: requests/s and peak memory of the
+    /// summary, of the summary with its report, and of the Parquet export.
+    BenchAnalysis {
+        /// Request events in all.
+        #[arg(long, default_value_t = 1_000_000)]
+        requests: u64,
+        /// Tenant streams they are split over.
+        #[arg(long, default_value_t = 2)]
+        tenants: u32,
+        /// Content chunks per request.
+        #[arg(long, default_value_t = 64)]
+        chunks: u32,
+        /// Write the experiment here and keep it (default: a temporary folder).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Run one step over the experiment in --dir and print its figures as JSON (what
+        /// the benchmark's child processes do).
+        #[arg(long, value_enum, hide = true, requires = "dir")]
+        measure: Option<crate::bench::Step>,
     },
     /// Recompute the summary of an experiment folder from its JSONL streams alone.
     Analyze {

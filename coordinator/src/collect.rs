@@ -13,7 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use multitenant::events::Line;
 use multitenant::proto::v1::{
-    EventChunk, GetRunRequest, GetRunResponse, StreamCursor, StreamEventsRequest,
+    ConfirmRunRequest, EventChunk, GetRunRequest, GetRunResponse, StreamCursor, StreamDigest,
+    StreamEventsRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -24,6 +25,9 @@ use crate::progress::Progress;
 /// How long nothing may listen at the agent's address (connection refused) before the agent
 /// is reported dead: a refusal is an answer from its machine, not a slow network.
 const REFUSED_FOR: Duration = Duration::from_secs(2);
+
+/// How long the agent may take to record a confirmation.
+const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 
 /// What collecting a run took.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -145,7 +149,11 @@ impl<'a> Collector<'a> {
                 )
             })?
             .into_inner();
-        let streams = self.verify(&run)?;
+        let digests = self.verify(&run)?;
+        let streams = run.streams.len();
+        if run.state != "running" && digests.len() == streams {
+            self.confirm(client, run_id, digests).await;
+        }
         Ok(CollectReport {
             state: run.state,
             error: run.error,
@@ -238,8 +246,73 @@ impl<'a> Collector<'a> {
         Ok(LocalStream { file, next_seq })
     }
 
-    /// Checks every stream the agent has against the local copy.
-    fn verify(&self, run: &GetRunResponse) -> anyhow::Result<usize> {
+    /// Tells the agent that this copy of its ended run is whole, so that its retention may
+    /// delete the run; a refusal only means the agent keeps it, and is said.
+    async fn confirm(&self, client: &mut Client, run_id: &str, streams: Vec<StreamDigest>) {
+        // Only a copy on disk is one: the agent may delete its own as soon as it hears.
+        if let Err(e) = self.sync(&streams) {
+            say!(
+                "  {}: the copy could not be synced to disk ({e:#}); the agent is not told it may delete the run",
+                self.node
+            );
+            return;
+        }
+        let request = ConfirmRunRequest {
+            run_id: run_id.to_owned(),
+            streams,
+        };
+        // The run is collected whatever the answer: a confirmation never holds up the end.
+        let answer = tokio::time::timeout(CONFIRM_WITHIN, client.confirm_run(request)).await;
+        let Ok(answer) = answer else {
+            say!(
+                "  {}: the agent did not answer the copy's confirmation within {} s; it keeps the run",
+                self.node,
+                CONFIRM_WITHIN.as_secs()
+            );
+            return;
+        };
+        match answer {
+            Ok(answer) => {
+                let retention = answer.into_inner().retention;
+                if !retention.is_empty() {
+                    say!(
+                        "  {}: the agent recorded that this folder holds a verified copy of the run; {retention}",
+                        self.node
+                    );
+                }
+            }
+            // An agent from before confirmations keeps every run.
+            Err(status) if status.code() == tonic::Code::Unimplemented => {}
+            Err(status) => say!(
+                "  {}: the agent did not take the copy's confirmation ({}); it keeps the run",
+                self.node,
+                status.message()
+            ),
+        }
+    }
+
+    /// Syncs the local copy of each of `streams`, and the folders that name them, to disk.
+    fn sync(&self, streams: &[StreamDigest]) -> anyhow::Result<()> {
+        let mut folders = std::collections::BTreeSet::new();
+        for stream in streams {
+            let path = self.node_dir.join(checked_rel_path(&stream.path)?);
+            File::open(&path)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", path.display()))?;
+            folders.extend(path.parent().map(Path::to_owned));
+        }
+        for folder in folders {
+            File::open(&folder)
+                .and_then(|f| f.sync_all())
+                .with_context(|| format!("syncing {}", folder.display()))?;
+        }
+        Ok(())
+    }
+
+    /// Checks every stream the agent has against the local copy; returns the SHA-256 of each
+    /// copy of a closed stream.
+    fn verify(&self, run: &GetRunResponse) -> anyhow::Result<Vec<StreamDigest>> {
+        let mut digests = Vec::new();
         for s in &run.streams {
             let rel = checked_rel_path(&s.path)?;
             let path = self.node_dir.join(&rel);
@@ -266,9 +339,13 @@ impl<'a> Collector<'a> {
                         s.sha256_hex
                     );
                 }
+                digests.push(StreamDigest {
+                    path: s.path.clone(),
+                    sha256_hex: sha,
+                });
             }
         }
-        Ok(run.streams.len())
+        Ok(digests)
     }
 }
 

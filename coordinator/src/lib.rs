@@ -9,14 +9,18 @@
 //! - [`progress`]: live per-tenant lines.
 //! - [`report`]: what people read: the terminal table, `summary.json`, `summary.csv`,
 //!   `report.html` with its plots, and comparisons; one module per format.
+//! - [`paired`]: daemon agents paired with `coordinator pair`, and `coordinator agents`.
 //! - [`tls`]: the experiment CA and the certificates of coordinator and agents.
 
 pub mod agent_client;
 pub mod attach;
+pub mod bench;
 pub mod cli;
 pub mod collect;
 pub mod console;
+pub mod export;
 pub mod launch;
+pub mod paired;
 pub mod preflight;
 pub mod progress;
 pub mod report;
@@ -298,9 +302,11 @@ pub fn analyze(
                 .with_context(|| format!("--definitions {name:?}: use vllm, guidellm or aiperf"))
         })
         .transpose()?;
-    let summary = analyze_dir(dir).with_context(|| format!("analysing {}", dir.display()))?;
+    let multitenant::analysis::Analysis { summary, series } =
+        multitenant::analysis::analyze(dir)
+            .with_context(|| format!("analysing {}", dir.display()))?;
     if write {
-        report::write_summary_files(dir, &summary)?;
+        report::write_summary_files(dir, &summary, &series)?;
     }
     print!("{}", report::render_table(&summary));
     if let Some(peer) = peer {
@@ -318,6 +324,29 @@ pub fn analyze(
         }
     }
     Ok(verdict(&summary, fail_on_slo))
+}
+
+/// `coordinator export --format parquet`: writes the tables and says what they hold.
+pub fn export(dir: &Path, output: Option<&Path>) -> anyhow::Result<()> {
+    let out = output.map_or_else(
+        || multitenant::layout::ExperimentDir::new(dir).file(multitenant::layout::EXPORT_DIR),
+        Path::to_path_buf,
+    );
+    let exported = export::export_parquet(dir, &out)
+        .with_context(|| format!("exporting {}", dir.display()))?;
+    for warning in &exported.warnings {
+        eprintln!("warning: {warning}");
+    }
+    for (path, rows) in &exported.files {
+        println!("{}: {rows} rows", path.display());
+    }
+    if let Some((requests, _)) = exported.files.first() {
+        println!(
+            "query it, e.g.: duckdb -c \"SELECT tenant, quantile_cont((first_token_ns - sent_ns) / 1e6, 0.99) AS ttft_p99_ms FROM '{}' WHERE phase = 'measure' AND error_kind IS NULL GROUP BY tenant\"",
+            requests.display()
+        );
+    }
+    Ok(())
 }
 
 /// `coordinator run`: runs the experiment with locally spawned agents and prints the summary.
@@ -359,8 +388,50 @@ pub async fn execute(command: cli::Command) -> anyhow::Result<Verdict> {
             definitions,
         } => analyze(&dir, write, fail_on_slo, definitions.as_deref()),
         Command::Attach { dir, fail_on_slo } => attach::attach(&dir, fail_on_slo).await,
+        Command::Export {
+            dir,
+            format: cli::ExportFormat::Parquet,
+            output,
+        } => export(&dir, output.as_deref()).map(|()| Verdict::Done),
+        Command::BenchAnalysis {
+            requests,
+            tenants,
+            chunks,
+            dir,
+            measure,
+        } => match (measure, dir) {
+            (Some(step), Some(dir)) => bench::measure(step, &dir),
+            (_, dir) => bench::run(&bench::BenchSettings {
+                requests,
+                tenants,
+                chunks,
+                dir,
+            }),
+        }
+        .map(|()| Verdict::Done),
         Command::Plan { config, output_dir } => plan(&config, &output_dir).map(|()| Verdict::Done),
         Command::Down { dir } => down(&dir).await.map(|()| Verdict::Done),
+        Command::Pair {
+            pairing,
+            node,
+            replace,
+        } => {
+            let pairing = if pairing == "-" {
+                let mut text = String::new();
+                std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+                    .context("reading the pairing string from standard input")?;
+                text
+            } else {
+                pairing
+            };
+            let agent = paired::pair(&pairing, &node, replace).await?;
+            println!(
+                "paired node {} with the agent at {} (host {}): a static launcher entry `{{node: {}}}` now reaches it",
+                agent.node, agent.url, agent.hostname, agent.node
+            );
+            Ok(Verdict::Done)
+        }
+        Command::Agents => paired::print_agents().await.map(|()| Verdict::Done),
         Command::Compare { dirs, json, html } => {
             compare(&dirs, json.as_deref(), html.as_deref()).map(|()| Verdict::Done)
         }

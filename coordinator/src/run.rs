@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context};
 use futures_util::future::join_all;
-use multitenant::analysis::{analyze_dir, Summary};
+use multitenant::analysis::{analyze, Analysis, Summary};
 use multitenant::config::{Experiment, LauncherKind, Node, OnNodeFailure};
 use multitenant::layout::{self, ExperimentDir, Plan, PlanNode, PlanTenant, PlanTrial};
 use multitenant::proto::v1::{InfoRequest, StartRunRequest, StopRunRequest};
@@ -166,14 +166,17 @@ async fn run_with(
         Some(ran) => ran,
         None => (Vec::new(), launch_failures),
     };
-    let mut summary = analyze_dir(run.dir).context("analysing the collected streams")?;
+    let Analysis {
+        mut summary,
+        series,
+    } = analyze(run.dir).context("analysing the collected streams")?;
     summary.warnings.extend(teardown.notes);
     if interrupted {
         // What an interruption cut (a launch abandoned, a node stopped midway) is its
         // consequence, not another failure: the summary names it, the exit code is 4.
         summary.warnings.append(&mut failures);
     }
-    report::write_summary_files(run.dir, &summary)?;
+    report::write_summary_files(run.dir, &summary, &series)?;
     if !teardown.failures.is_empty() {
         let mut all = failures;
         all.extend(teardown.failures);

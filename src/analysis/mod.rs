@@ -3,15 +3,21 @@
 //!
 //! The folder is walked through [`crate::layout`]: its node, trial and stream folders and
 //! `plan.json`, never by file names spelled here.
+//!
+//! Each stream is read once, line by line, and folded as it is read into histograms, counters
+//! and the bounded series of [`crate::series`]: memory does not grow with the number of
+//! requests. Trial folders, and the tenant streams of each, are read on every core; histograms
+//! merge exactly, so the figures are those of one reader going through the files in order.
 
 use std::path::{Path, PathBuf};
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{self, CapacitySummary, ProbeSummary, ProbeVerdict, SearchRecord};
 use crate::config::SharingMode;
 use crate::events::{
-    read_stream, EngineMetrics, Event, GpuSample, ReadError, StreamKind, TenantHeader, TrialState,
+    read_stream, Event, GpuSample, ReadError, StreamKind, StreamReader, TenantHeader, TrialState,
 };
 use crate::layout::{ExperimentDir, ListError, NodeDir, Plan, PlanTrial, StreamName, TrialDir};
 use crate::metrics::gpu::{self, GpuTrialSummary};
@@ -19,6 +25,9 @@ use crate::metrics::quality::QualitySummary;
 use crate::metrics::round3;
 use crate::metrics::slowdown::{colocation_gain, Slowdown};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics};
+use crate::series::{ExperimentSeries, NodeSeries, TenantSeries, TrialSeries};
+
+mod tenant;
 
 /// Version of the summary.json layout (1.1 added `missing` streams per trial and `quality` of
 /// kept answers per tenant).
@@ -374,8 +383,25 @@ pub enum AnalysisError {
     Read(#[from] ReadError),
 }
 
+/// An experiment's summary and the series its plots are drawn from, made in one pass over its
+/// streams.
+#[derive(Debug, Clone)]
+pub struct Analysis {
+    /// The figures.
+    pub summary: Summary,
+    /// The series for plots.
+    pub series: ExperimentSeries,
+}
+
 /// Analyses the experiment folder `dir`.
 pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
+    Ok(analyze(dir)?.summary)
+}
+
+/// Analyses the experiment folder `dir`: its summary and its series, each stream read once.
+/// Trial folders, and the tenant streams within each, are read on every core; their results
+/// are taken in node and run order, so nothing depends on which was read first.
+pub fn analyze(dir: &Path) -> Result<Analysis, AnalysisError> {
     let experiment = ExperimentDir::new(dir);
     if !experiment.is_experiment() {
         return Err(AnalysisError::NotAnExperiment(dir.to_owned()));
@@ -388,19 +414,53 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
     if let Some(plan) = &plan {
         summary.experiment.clone_from(&plan.experiment);
     }
+    // Each node's trial folders, with what the plan expected of each, and the planned trials
+    // no folder holds.
+    let mut listed = Vec::new();
+    for node_dir in experiment.nodes()? {
+        let mut planned = take_planned(&mut plan, &node_dir.name);
+        let trials: Vec<(TrialDir, Option<PlanTrial>)> = node_dir
+            .trials_in_run_order()?
+            .into_iter()
+            .map(|trial_dir| {
+                let expected = planned
+                    .iter()
+                    .position(|t| t.trial == trial_dir.name)
+                    .map(|i| planned.remove(i));
+                (trial_dir, expected)
+            })
+            .collect();
+        listed.push((node_dir, trials, planned));
+    }
+    let analysed: Vec<Vec<Result<TrialAnalysis, AnalysisError>>> = listed
+        .par_iter()
+        .map(|(_, trials, _)| {
+            trials
+                .par_iter()
+                .map(|(trial_dir, expected)| analyze_trial(trial_dir, expected.clone()))
+                .collect()
+        })
+        .collect();
+    let mut series = ExperimentSeries::default();
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
     let mut by_trial: Vec<TrialOnNodes> = Vec::new();
-    for node_dir in experiment.nodes()? {
+    for ((node_dir, _, planned), results) in listed.into_iter().zip(analysed) {
         let node = node_dir.name.clone();
-        let mut planned = take_planned(&mut plan, &node);
         let mut trials = Vec::new();
         let mut searches = Vec::new();
-        for trial_dir in node_dir.trials_in_run_order()? {
-            let expected = planned
-                .iter()
-                .position(|t| t.trial == trial_dir.name)
-                .map(|i| planned.remove(i));
-            let (trial, histograms) = match analyze_trial(&trial_dir, expected, &mut summary)? {
+        let mut node_series = NodeSeries {
+            node: node.clone(),
+            trials: Vec::new(),
+            gpu: Vec::new(),
+        };
+        for result in results {
+            let analysed = result?;
+            analysed.notes.apply(&mut summary);
+            if let Some(trial_series) = analysed.series {
+                node_series.trials.push(trial_series);
+                node_series.gpu.extend(analysed.gpu);
+            }
+            let (trial, histograms) = match analysed.folder {
                 Folder::Trial(measured) => *measured,
                 Folder::Search(search) => {
                     searches.push(search);
@@ -436,6 +496,8 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
         let probes: Vec<ProbeSummary> = trials.iter().filter_map(|t| t.probe.clone()).collect();
         capacities.extend(capacity::node_capacity(&node, &searches, &probes));
         summary.nodes.push(NodeSummary { node, trials });
+        node_series.gpu.sort_by_key(|s| (s.at_ns, s.gpu));
+        series.nodes.push(node_series);
     }
     if !capacities.is_empty() {
         summary.capacity = Some(CapacitySummary {
@@ -487,7 +549,7 @@ pub fn analyze_dir(dir: &Path) -> Result<Summary, AnalysisError> {
             },
         )
         .collect();
-    Ok(summary)
+    Ok(Analysis { summary, series })
 }
 
 /// A planned trial whose folder is not there: every tenant is missing, no figure is made up.
@@ -532,11 +594,68 @@ enum Folder {
     Search(SearchRecord),
 }
 
+/// One trial folder analysed on its own: what it adds to the summary and the series.
+struct TrialAnalysis {
+    folder: Folder,
+    notes: Notes,
+    /// `None` for a capacity search's folders, which the capacity summary shows instead.
+    series: Option<TrialSeries>,
+    /// The trial's GPU samples, for the node's series.
+    gpu: Vec<GpuSample>,
+}
+
+/// What a trial folder tells the experiment's summary besides its own figures, applied in
+/// node and run order, so the summary is the same however the folders were read.
+#[derive(Default)]
+struct Notes {
+    warnings: Vec<Note>,
+    /// The experiment's name, from the last tenant stream's header.
+    experiment: Option<String>,
+    simulated: bool,
+}
+
+/// One warning, as [`Notes`] keeps it until applied.
+enum Note {
+    /// Added as it is.
+    Plain(String),
+    /// A fact several trials may state: see [`push_once`].
+    Once { trial: String, message: String },
+}
+
+impl Notes {
+    fn push(&mut self, warning: String) {
+        self.warnings.push(Note::Plain(warning));
+    }
+
+    fn extend(&mut self, warnings: impl IntoIterator<Item = String>) {
+        self.warnings.extend(warnings.into_iter().map(Note::Plain));
+    }
+
+    fn once(&mut self, trial: &str, message: &str) {
+        self.warnings.push(Note::Once {
+            trial: trial.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
+    fn apply(self, summary: &mut Summary) {
+        for note in self.warnings {
+            match note {
+                Note::Plain(warning) => summary.warnings.push(warning),
+                Note::Once { trial, message } => push_once(&mut summary.warnings, &trial, &message),
+            }
+        }
+        if let Some(experiment) = self.experiment {
+            summary.experiment = experiment;
+        }
+        summary.simulated |= self.simulated;
+    }
+}
+
 /// Analyses one trial folder on its own (its warnings dropped): what the agent reads of a
 /// probe it has just run, to choose the next.
 pub fn analyze_trial_folder(trial_dir: &TrialDir) -> Result<TrialSummary, AnalysisError> {
-    let mut scratch = Summary::empty();
-    match analyze_trial(trial_dir, None, &mut scratch)? {
+    match analyze_trial(trial_dir, None)?.folder {
         Folder::Trial(measured) => Ok(measured.0),
         Folder::Search(search) => Err(AnalysisError::NotATrial {
             folder: trial_dir.path.clone(),
@@ -545,83 +664,113 @@ pub fn analyze_trial_folder(trial_dir: &TrialDir) -> Result<TrialSummary, Analys
     }
 }
 
-fn analyze_trial(
-    trial_dir: &TrialDir,
-    planned: Option<PlanTrial>,
-    summary: &mut Summary,
-) -> Result<Folder, AnalysisError> {
-    let trial = trial_dir.name.clone();
-    let mut state = TrialStatus::Incomplete;
-    let mut reason = None;
-    let mut mode = None;
-    let mut stage = None;
-    let mut invalidated: Vec<(String, String)> = Vec::new();
-    let mut search = None;
-    let mut probe = None;
+/// What a trial's agent stream says: how it ended, and whether it is a capacity search's.
+#[derive(Default)]
+struct TrialLifecycle {
+    state: Option<(TrialStatus, Option<String>)>,
+    mode: Option<SharingMode>,
+    stage: Option<u32>,
+    invalidated: Vec<(String, String)>,
+    search: Option<crate::events::SearchEvent>,
+    probe: Option<crate::events::ProbeEvent>,
+    started_ns: Option<u64>,
+    ended_ns: Option<u64>,
+}
+
+fn read_lifecycle(trial_dir: &TrialDir, notes: &mut Notes) -> TrialLifecycle {
+    let trial = &trial_dir.name;
+    let mut life = TrialLifecycle::default();
     let agent_path = trial_dir.stream(&StreamName::Agent);
-    let agent = agent_path.is_file().then(|| read_stream(&agent_path));
-    if let Some(Err(e)) = &agent {
-        summary.warnings.push(format!("{e}; trial state unknown"));
-    }
-    if let Some(Ok(agent)) = agent {
-        summary.warnings.extend(agent.warnings);
-        mode = Some(agent.header.mode);
-        stage = agent.header.stage;
-        // A capacity search's folders repeat the node-wide warnings of its trials; they are
-        // counted, not listed, so a line does not grow by every probe's name.
-        let capacity_folder = agent
-            .events
-            .iter()
-            .any(|l| matches!(l.event, Event::Search(_) | Event::Probe(_)));
-        for line in &agent.events {
-            match &line.event {
-                Event::Trial(t) if t.state != TrialState::Started => {
-                    state = TrialStatus::from_recorded(t.state);
-                    reason = t.reason.clone();
-                }
-                Event::Warning(w) if capacity_folder => {
-                    push_once(&mut summary.warnings, "capacity probes", &w.message);
-                }
-                Event::Warning(w) => push_once(&mut summary.warnings, &trial, &w.message),
-                Event::TenantInvalid(t) => invalidated.push((t.tenant.clone(), t.reason.clone())),
-                Event::Search(s) => search = Some(s.clone()),
-                Event::Probe(p) => probe = Some(p.clone()),
-                _ => {}
-            }
-        }
-    } else if agent.is_none() {
-        summary.warnings.push(format!(
+    if !agent_path.is_file() {
+        notes.push(format!(
             "{}: agent.jsonl is missing; trial state unknown",
             trial_dir.path.display()
         ));
+        return life;
     }
-    if let Some(s) = search {
+    let agent = match read_stream(&agent_path) {
+        Ok(agent) => agent,
+        Err(e) => {
+            notes.push(format!("{e}; trial state unknown"));
+            return life;
+        }
+    };
+    notes.extend(agent.warnings);
+    life.mode = Some(agent.header.mode);
+    life.stage = agent.header.stage;
+    // A capacity search's folders repeat the node-wide warnings of its trials; they are
+    // counted, not listed, so a line does not grow by every probe's name.
+    let capacity_folder = agent
+        .events
+        .iter()
+        .any(|l| matches!(l.event, Event::Search(_) | Event::Probe(_)));
+    for line in agent.events {
+        match line.event {
+            Event::Trial(t) if t.state == TrialState::Started => {
+                life.started_ns.get_or_insert(t.at_ns);
+            }
+            Event::Trial(t) => {
+                life.ended_ns = Some(t.at_ns);
+                life.state = Some((TrialStatus::from_recorded(t.state), t.reason));
+            }
+            Event::Warning(w) if capacity_folder => notes.once("capacity probes", &w.message),
+            Event::Warning(w) => notes.once(trial, &w.message),
+            Event::TenantInvalid(t) => life.invalidated.push((t.tenant, t.reason)),
+            Event::Search(s) => life.search = Some(s),
+            Event::Probe(p) => life.probe = Some(p),
+            _ => {}
+        }
+    }
+    life
+}
+
+fn analyze_trial(
+    trial_dir: &TrialDir,
+    planned: Option<PlanTrial>,
+) -> Result<TrialAnalysis, AnalysisError> {
+    let trial = trial_dir.name.clone();
+    let mut notes = Notes::default();
+    let life = read_lifecycle(trial_dir, &mut notes);
+    let (state, reason) = life.state.unwrap_or((TrialStatus::Incomplete, None));
+    let mut mode = life.mode;
+    if let Some(s) = life.search {
         let failure = (state != TrialStatus::Finished).then(|| {
             reason
                 .clone()
                 .unwrap_or_else(|| format!("the search ended {state}"))
         });
-        return Ok(Folder::Search(SearchRecord {
-            search: s.search,
-            mode: mode.unwrap_or(SharingMode::Solo),
-            tenants: s.tenants,
-            policy: s.policy,
-            direction: s.direction,
-            failure,
-        }));
+        return Ok(TrialAnalysis {
+            folder: Folder::Search(SearchRecord {
+                search: s.search,
+                mode: mode.unwrap_or(SharingMode::Solo),
+                tenants: s.tenants,
+                policy: s.policy,
+                direction: s.direction,
+                failure,
+            }),
+            notes,
+            series: None,
+            gpu: Vec::new(),
+        });
     }
+    let streams = trial_dir.tenant_streams()?;
+    let reads: Vec<Result<tenant::TenantRead, ReadError>> = streams
+        .par_iter()
+        .map(|found| tenant::read_tenant(&found.path, trial_dir, &life.invalidated))
+        .collect();
     let mut tenants = Vec::new();
+    let mut tenant_series = Vec::new();
     let mut needed: Vec<(String, u64)> = Vec::new();
     let mut histograms = TrialHistograms::default();
     let mut merged_window: Option<(u64, u64)> = None;
     let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
     let mut missing = Vec::new();
-    for found in trial_dir.tenant_streams()? {
-        let path = found.path;
-        let stream = match read_stream(&path) {
-            Ok(stream) => stream,
+    for (found, read) in streams.iter().zip(reads) {
+        let path = &found.path;
+        let read = match read {
+            Ok(read) => read,
             Err(e) => {
-                summary.warnings.push(format!("{e}; stream left out"));
+                notes.push(format!("{e}; stream left out"));
                 missing.push(MissingStream {
                     tenant: found.name.tenant().unwrap_or_default().to_owned(),
                     reason: e.to_string(),
@@ -629,89 +778,63 @@ fn analyze_trial(
                 continue;
             }
         };
-        summary.warnings.extend(stream.warnings.iter().cloned());
-        let header = &stream.header;
+        notes.extend(read.warnings);
+        let header = read.header;
         if header.stream != StreamKind::Tenant {
             continue;
         }
-        let Some(tenant) = header.tenant.clone() else {
-            summary.warnings.push(format!(
+        let Some(tenant) = header.tenant else {
+            notes.push(format!(
                 "{}:1: tenant stream without tenant description; skipped",
                 path.display()
             ));
             continue;
         };
-        summary.experiment.clone_from(&header.experiment);
-        summary.simulated |= header.simulated;
+        notes.experiment = Some(header.experiment);
+        notes.simulated |= header.simulated;
         mode.get_or_insert(header.mode);
-        if let Some((_, reason)) = invalidated.iter().find(|(t, _)| *t == tenant.name) {
-            summary
-                .warnings
-                .push(format!("{trial}/{}: {reason}; no figures", tenant.name));
+        if let Some((_, reason)) = life.invalidated.iter().find(|(t, _)| *t == tenant.name) {
+            notes.push(format!("{trial}/{}: {reason}; no figures", tenant.name));
             missing.push(MissingStream {
                 tenant: tenant.name,
                 reason: format!("{reason} (agent.jsonl)"),
             });
             continue;
         }
-        let mut acc = TenantAccumulator::default();
-        let mut good = 0u64;
-        let end_ns = stream.events.iter().find_map(|l| match &l.event {
-            Event::Phase(p) if p.phase == crate::events::Phase::Done => Some(p.at_ns),
-            _ => None,
-        });
-        let mut implausible = Implausible::default();
-        for line in &stream.events {
-            match &line.event {
-                Event::Request(r) => {
-                    if let Some(why) = r.implausible(end_ns) {
-                        implausible.note(line.seq, &r.id, why);
-                        continue;
-                    }
-                    acc.request(r);
-                    let measured = r.phase == crate::events::Phase::Measure;
-                    if measured && tenant.slo.as_ref().is_some_and(|s| s.request_meets(r)) {
-                        good += 1;
-                    }
-                }
-                Event::Phase(p) => {
-                    acc.phase(p.phase, p.at_ns);
-                    if let Some(arrivals) = p.scheduled {
-                        acc.scheduled(arrivals);
-                    }
-                }
-                _ => {}
-            }
-        }
-        if let Some(note) = implausible.warning(&path) {
-            summary.warnings.push(note);
+        let Some(measured) = read.measured else {
+            continue;
+        };
+        let tenant::Measured {
+            requests,
+            server: (server, server_warnings),
+            answers: (quality, answers, answer_warnings),
+        } = measured;
+        let acc = requests.acc;
+        if let Some(note) = requests.implausible.warning(path) {
+            notes.push(note);
         }
         if let Some((start, end)) = acc.window_ns() {
             merged_window =
                 Some(merged_window.map_or((start, end), |(s, e)| (s.min(start), e.max(end))));
         }
-        let engine_path = trial_dir.stream(&StreamName::EngineMetrics(tenant.name.clone()));
-        let server = match engine_path.is_file().then(|| read_stream(&engine_path)) {
-            Some(Ok(engine)) => {
-                summary.warnings.extend(engine.warnings.iter().cloned());
-                server_metrics(&engine.events, acc.measure_start_ns())
-            }
-            Some(Err(e)) => {
-                summary
-                    .warnings
-                    .push(format!("{e}; engine metrics left out"));
-                None
-            }
-            None => None,
-        };
-        let quality = answer_quality(trial_dir, &tenant.name, &mut summary.warnings);
+        notes.extend(server_warnings);
+        notes.extend(answer_warnings);
         histograms.add(&acc);
+        tenant_series.push(TenantSeries {
+            tenant: tenant.name.clone(),
+            offered_rate: tenant.offered_rate,
+            ttft: acc.ttft.clone(),
+            tpot: acc.tpot.clone(),
+            window_ns: acc.window_ns(),
+            timeline: requests.timeline,
+            answers,
+        });
         let mut metrics = acc.finish();
-        metrics.implausible = implausible.count;
+        metrics.implausible = requests.implausible.count;
         output_tokens += metrics.output_tokens;
         total_tokens += metrics.output_tokens + metrics.prompt_tokens;
         if metrics.completed == 0 {
-            summary.warnings.push(format!(
+            notes.push(format!(
                 "{trial}/{}: no completed measured request",
                 tenant.name
             ));
@@ -720,9 +843,7 @@ fn analyze_trial(
         needed.push((tenant.name.clone(), requests_needed));
         let checks = load_checks(&metrics, &tenant);
         for check in &checks {
-            summary
-                .warnings
-                .push(format!("{trial}/{}: {check}", tenant.name));
+            notes.push(format!("{trial}/{}: {check}", tenant.name));
         }
         tenants.push(TenantSummary {
             tenant: tenant.name,
@@ -732,7 +853,10 @@ fn analyze_trial(
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
             shared_prefixes: tenant.shared_prefixes,
-            slo: tenant.slo.as_ref().map(|s| s.judge(&metrics, good)),
+            slo: tenant
+                .slo
+                .as_ref()
+                .map(|s| s.judge(&metrics, requests.good)),
             metrics,
             load_checks: checks,
             slowdown: None,
@@ -750,47 +874,24 @@ fn analyze_trial(
                 "{} does not exist (plan.json lists this tenant)",
                 path.display()
             );
-            summary
-                .warnings
-                .push(format!("{trial}/{tenant}: {reason}; no figures"));
+            notes.push(format!("{trial}/{tenant}: {reason}; no figures"));
             missing.push(MissingStream { tenant, reason });
         }
     }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
-    let gpu_path = trial_dir.stream(&StreamName::Gpu);
-    let gpu_stream = match (merged_window, gpu_path.is_file()) {
-        (Some(_), true) => match read_stream(&gpu_path) {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                summary
-                    .warnings
-                    .push(format!("{e}; no GPU figures for this trial"));
-                None
-            }
-        },
-        _ => None,
-    };
-    let gpus = match (merged_window, gpu_stream) {
-        (Some(window), Some(stream)) => {
-            summary.warnings.extend(stream.warnings.iter().cloned());
-            let samples: Vec<GpuSample> = stream
-                .events
-                .into_iter()
-                .filter_map(|l| match l.event {
-                    Event::GpuSample(s) => Some(s),
-                    _ => None,
-                })
-                .collect();
-            gpu::summarize(&samples, window)
-        }
-        _ => Vec::new(),
+    // The plots show a probe's GPU samples with its search, not on the node's timeline.
+    let plotted = life.probe.is_none();
+    let samples = gpu_samples(trial_dir, merged_window.is_some(), plotted, &mut notes);
+    let gpus = match merged_window {
+        Some(window) => gpu::summarize(&samples, window),
+        None => Vec::new(),
     };
     let energy: Option<f64> = gpus.iter().map(|g| g.energy_j).sum();
     let energy_per_output_token_j = energy
         .filter(|_| !gpus.is_empty() && output_tokens > 0)
         .map(|j| j / output_tokens as f64);
     let per_s = |tokens: u64| window_s.filter(|_| tokens > 0).map(|w| tokens as f64 / w);
-    let probe = probe.map(|p| {
+    let probe = life.probe.map(|p| {
         let verdict = if state != TrialStatus::Finished {
             ProbeVerdict::Broken {
                 reason: reason
@@ -824,10 +925,16 @@ fn analyze_trial(
             verdict,
         }
     });
-    let trial = TrialSummary {
+    let series = plotted.then(|| TrialSeries {
+        trial: trial.clone(),
+        started_ns: life.started_ns,
+        ended_ns: life.ended_ns,
+        tenants: tenant_series,
+    });
+    let summary = TrialSummary {
         trial,
         mode: mode.unwrap_or(SharingMode::Solo),
-        stage,
+        stage: life.stage,
         state,
         reason,
         tenants,
@@ -839,65 +946,46 @@ fn analyze_trial(
         missing,
         probe,
     };
-    Ok(Folder::Trial(Box::new((trial, histograms))))
+    Ok(TrialAnalysis {
+        folder: Folder::Trial(Box::new((summary, histograms))),
+        notes,
+        series,
+        gpu: if plotted { samples } else { Vec::new() },
+    })
 }
 
-/// The scores of a tenant's kept answers in `trial_dir`, from its prompts stream; `None` when
-/// it kept none (or the stream is absent or unreadable, which is warned).
-fn answer_quality(
+/// The trial's GPU samples, read when the summary needs them (`for_summary`: a measured window
+/// to summarise them over, whose stream's problems are warned) or the plots do.
+fn gpu_samples(
     trial_dir: &TrialDir,
-    tenant: &str,
-    warnings: &mut Vec<String>,
-) -> Option<QualitySummary> {
-    let path = trial_dir.stream(&StreamName::Prompts(tenant.to_owned()));
-    if !path.is_file() {
-        return None;
+    for_summary: bool,
+    for_plots: bool,
+    notes: &mut Notes,
+) -> Vec<GpuSample> {
+    let path = trial_dir.stream(&StreamName::Gpu);
+    if !(for_summary || for_plots) || !path.is_file() {
+        return Vec::new();
     }
-    let stream = match read_stream(&path) {
-        Ok(stream) => stream,
-        Err(e) => {
-            warnings.push(format!("{e}; answers not scored"));
-            return None;
+    match read_stream(&path) {
+        Ok(stream) => {
+            if for_summary {
+                notes.extend(stream.warnings);
+            }
+            stream
+                .events
+                .into_iter()
+                .filter_map(|l| match l.event {
+                    Event::GpuSample(s) => Some(s),
+                    _ => None,
+                })
+                .collect()
         }
-    };
-    warnings.extend(stream.warnings.iter().cloned());
-    let answers: Vec<(&str, Option<&str>)> = stream
-        .events
-        .iter()
-        .filter_map(|l| match &l.event {
-            Event::Prompt(p) => Some((p.response.as_deref()?, p.expected.as_deref())),
-            _ => None,
-        })
-        .collect();
-    (!answers.is_empty()).then(|| QualitySummary::of(answers))
-}
-
-/// Request events of one stream whose times cannot be true, left out of the figures.
-#[derive(Debug, Default)]
-struct Implausible {
-    count: u64,
-    /// The first: line, request id and why.
-    first: Option<(u64, String, &'static str)>,
-}
-
-impl Implausible {
-    fn note(&mut self, seq: u64, id: &str, why: &'static str) {
-        self.count += 1;
-        self.first.get_or_insert_with(|| (seq, id.to_owned(), why));
-    }
-
-    /// One warning naming the first case by `file:line`, and how many more there are.
-    fn warning(&self, path: &Path) -> Option<String> {
-        let (seq, id, why) = self.first.as_ref()?;
-        let more = match self.count {
-            1 => String::new(),
-            n => format!(", and {} more like it", n - 1),
-        };
-        Some(format!(
-            "{}:{}: request {id} has implausible times ({why}){more}; left out of the figures",
-            path.display(),
-            seq + 1
-        ))
+        Err(e) => {
+            if for_summary {
+                notes.push(format!("{e}; no GPU figures for this trial"));
+            }
+            Vec::new()
+        }
     }
 }
 
@@ -982,7 +1070,9 @@ pub struct TenantVariant {
     pub metrics: crate::metrics::variants::VariantMetrics,
 }
 
-/// Every tenant of every trial of the experiment in `dir`, under `peer`'s definitions.
+/// Every tenant of every trial of the experiment in `dir`, under `peer`'s definitions, each
+/// stream read once, line by line. A stream that cannot be read, and lines that are not
+/// events, are left out here without a word: [`analyze`] names them.
 pub fn peer_variants(
     dir: &Path,
     peer: crate::metrics::variants::Peer,
@@ -995,23 +1085,23 @@ pub fn peer_variants(
     for node_dir in experiment.nodes()? {
         for trial_dir in node_dir.trials_in_run_order()? {
             for found in trial_dir.tenant_streams()? {
-                let stream = read_stream(&found.path)?;
-                let Some(tenant) = stream.header.tenant.as_ref() else {
+                let Ok(reader) = StreamReader::open(&found.path) else {
                     continue;
                 };
-                let requests: Vec<crate::events::RequestEvent> = stream
-                    .events
-                    .iter()
-                    .filter_map(|l| match &l.event {
-                        Event::Request(r) => Some(r.clone()),
-                        _ => None,
-                    })
-                    .collect();
+                let Some(tenant) = reader.header().tenant.as_ref().map(|t| t.name.clone()) else {
+                    continue;
+                };
+                let mut fold = crate::metrics::variants::VariantFold::new(peer);
+                for line in reader {
+                    if let Event::Request(r) = &line.event {
+                        fold.request(r);
+                    }
+                }
                 out.push(TenantVariant {
                     node: node_dir.name.clone(),
                     trial: trial_dir.name.clone(),
-                    tenant: tenant.name.clone(),
-                    metrics: crate::metrics::variants::variant(peer, &requests),
+                    tenant,
+                    metrics: fold.finish(),
                 });
             }
         }
@@ -1063,61 +1153,6 @@ fn push_once(warnings: &mut Vec<String>, trial: &str, message: &str) {
         }
         None => warnings.push(format!("{trial}{suffix}")),
     }
-}
-
-/// The engine's means between its last scrape at or before `measure_start_ns` (or from zero)
-/// and its last scrape.
-fn server_metrics(
-    lines: &[crate::events::Line],
-    measure_start_ns: Option<u64>,
-) -> Option<ServerMetrics> {
-    let samples: Vec<&EngineMetrics> = lines
-        .iter()
-        .filter_map(|l| match &l.event {
-            Event::EngineMetrics(m) => Some(m),
-            _ => None,
-        })
-        .collect();
-    let last = *samples.last()?;
-    let start = measure_start_ns.and_then(|t| samples.iter().rev().find(|s| s.at_ns <= t).copied());
-    let mean_ms = |name: &str| {
-        let now = last.histograms.get(name)?;
-        now.mean_since(start.and_then(|s| s.histograms.get(name)))
-            .map(|seconds| round3(seconds * 1e3))
-    };
-    let delta = |now: Option<f64>, before: Option<f64>| now.map(|n| n - before.unwrap_or(0.0));
-    let e2e = "vllm:e2e_request_latency_seconds";
-    Some(ServerMetrics {
-        samples: samples.len(),
-        ttft_mean_ms: mean_ms("vllm:time_to_first_token_seconds"),
-        itl_mean_ms: mean_ms("vllm:inter_token_latency_seconds"),
-        tpot_mean_ms: mean_ms("vllm:request_time_per_output_token_seconds"),
-        e2e_mean_ms: mean_ms(e2e),
-        queue_mean_ms: mean_ms("vllm:request_queue_time_seconds"),
-        requests: delta(
-            last.histograms.get(e2e).map(|h| h.count),
-            start.and_then(|s| s.histograms.get(e2e)).map(|h| h.count),
-        ),
-        preemptions: delta(
-            last.counters.get("vllm:num_preemptions_total").copied(),
-            start.and_then(|s| s.counters.get("vllm:num_preemptions_total").copied()),
-        ),
-        prefix_cache_hit_rate: {
-            let counter = |name: &str| {
-                delta(
-                    last.counters.get(name).copied(),
-                    start.and_then(|s| s.counters.get(name).copied()),
-                )
-            };
-            match (
-                counter("vllm:prefix_cache_hits_total"),
-                counter("vllm:prefix_cache_queries_total"),
-            ) {
-                (Some(hits), Some(queries)) if queries > 0.0 => Some(round3(hits / queries)),
-                _ => None,
-            }
-        },
-    })
 }
 
 /// The plan in the folder: `None` when there is none (nothing to check against); an

@@ -79,11 +79,24 @@ pub struct UserCa {
 pub struct StaticAgent {
     /// The node it serves.
     pub node: String,
-    /// `http://127.0.0.1:port` (loopback only) or `https://host:port` (TLS with the
-    /// launcher's CA).
-    pub url: String,
-    /// Environment variable of this coordinator that holds the agent's token.
-    pub token_env: String,
+    /// How the coordinator reaches it.
+    pub address: AgentAddress,
+}
+
+/// How the coordinator reaches a static agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AgentAddress {
+    /// Written in the config.
+    Given {
+        /// `http://127.0.0.1:port` (loopback only) or `https://host:port` (TLS with the
+        /// launcher's CA).
+        url: String,
+        /// Environment variable of this coordinator that holds the agent's token.
+        token_env: String,
+    },
+    /// The agent paired as this node (`coordinator pair`): its URL, token and certificates
+    /// are in the coordinator's config folder.
+    Paired,
 }
 
 /// Settings of the SkyPilot launcher (SkyPilot 0.14's task YAML and CLI).

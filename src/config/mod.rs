@@ -33,8 +33,8 @@ pub use capacity::{
 };
 pub use error::{ConfigError, Problem};
 pub use launcher::{
-    AgentInstall, Launcher, LauncherKind, OnNodeFailure, Platform, SkyPilotSettings, StaticAgent,
-    UserCa, DEFAULT_LEASE, DEFAULT_VLLM_VERSION, NODE_VLLM_VENV,
+    AgentAddress, AgentInstall, Launcher, LauncherKind, OnNodeFailure, Platform, SkyPilotSettings,
+    StaticAgent, UserCa, DEFAULT_LEASE, DEFAULT_VLLM_VERSION, NODE_VLLM_VENV,
 };
 
 /// A validated experiment.

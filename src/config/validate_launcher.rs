@@ -6,8 +6,8 @@ use std::time::Duration;
 use super::raw::{RawLauncher, RawSkyPilot, RawStaticAgent};
 use super::validate::Checker;
 use super::{
-    AgentInstall, Engine, Launcher, LauncherKind, Node, OnNodeFailure, Platform, SkyPilotSettings,
-    StaticAgent, UserCa, DEFAULT_LEASE, DEFAULT_VLLM_VERSION, NODE_VLLM_VENV,
+    AgentAddress, AgentInstall, Engine, Launcher, LauncherKind, Node, OnNodeFailure, Platform,
+    SkyPilotSettings, StaticAgent, UserCa, DEFAULT_LEASE, DEFAULT_VLLM_VERSION, NODE_VLLM_VENV,
 };
 
 /// Shortest `launcher.lease`: an event stream is seen at least once a second.
@@ -142,10 +142,7 @@ impl Checker {
         let mut seen = BTreeSet::new();
         for (i, a) in raw.into_iter().enumerate() {
             let path = format!("launcher.agents[{i}]");
-            let node = self.required(a.node, &format!("{path}.node"));
-            let url = self.required(a.url, &format!("{path}.url"));
-            let token_env = self.required(a.token_env, &format!("{path}.token_env"));
-            let (Some(node), Some(url), Some(token_env)) = (node, url, token_env) else {
+            let Some(node) = self.required(a.node, &format!("{path}.node")) else {
                 continue;
             };
             if !nodes.iter().any(|n| n.name == node) {
@@ -157,32 +154,21 @@ impl Checker {
                     format!("node {node:?} has two agents"),
                 );
             }
-            if let Some(rest) = url.strip_prefix("http://") {
-                let host = rest.split([':', '/']).next().unwrap_or_default();
-                if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
-                    self.problem(
-                        &format!("{path}.url"),
-                        format!("{url} is plain text off loopback; use https:// with launcher.tls (the agent runs with --tls)"),
-                    );
+            let address = match (a.url, a.token_env) {
+                (None, None) => AgentAddress::Paired,
+                (Some(url), Some(token_env)) => {
+                    self.agent_url(&path, &url, have_ca);
+                    AgentAddress::Given { url, token_env }
                 }
-            } else if url.starts_with("https://") {
-                if !have_ca {
+                (Some(_), None) | (None, Some(_)) => {
                     self.problem(
-                        &format!("{path}.url"),
-                        "an https agent needs launcher.tls {ca_cert, ca_key}: the CA that signed its certificate",
+                        &path,
+                        "give both url and token_env, or neither to reach the agent paired as this node (`coordinator pair`)",
                     );
+                    continue;
                 }
-            } else {
-                self.problem(
-                    &format!("{path}.url"),
-                    format!("{url:?} is not an http:// or https:// address"),
-                );
-            }
-            agents.push(StaticAgent {
-                node,
-                url,
-                token_env,
-            });
+            };
+            agents.push(StaticAgent { node, address });
         }
         for node in nodes.iter().filter(|n| !seen.contains(&n.name)) {
             self.problem(
@@ -191,6 +177,30 @@ impl Checker {
             );
         }
         Some(agents)
+    }
+
+    fn agent_url(&mut self, path: &str, url: &str, have_ca: bool) {
+        if let Some(rest) = url.strip_prefix("http://") {
+            let host = rest.split([':', '/']).next().unwrap_or_default();
+            if !matches!(host, "127.0.0.1" | "localhost" | "[::1]") {
+                self.problem(
+                    &format!("{path}.url"),
+                    format!("{url} is plain text off loopback; use https:// with launcher.tls (the agent runs with --tls)"),
+                );
+            }
+        } else if url.starts_with("https://") {
+            if !have_ca {
+                self.problem(
+                    &format!("{path}.url"),
+                    "an https agent needs launcher.tls {ca_cert, ca_key}: the CA that signed its certificate (or pair with it: `coordinator pair`, then give only its node)",
+                );
+            }
+        } else {
+            self.problem(
+                &format!("{path}.url"),
+                format!("{url:?} is not an http:// or https:// address"),
+            );
+        }
     }
 
     fn skypilot(&mut self, raw: Option<RawSkyPilot>, nodes: &[Node]) -> Option<SkyPilotSettings> {

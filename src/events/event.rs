@@ -6,8 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::{Api, SharingMode};
 
-/// One line of a stream: its sequence number and its event.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One line of a stream: its sequence number and its event. Written with `seq` and `type`
+/// first; read by hand (`line_de`), so the event's fields are read in place.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Line {
     /// Index of the line in its file; the header is 0.
     pub seq: u64,
@@ -151,6 +152,18 @@ pub enum Phase {
     Done,
 }
 
+impl Phase {
+    /// The snake_case name, as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Warmup => "warmup",
+            Phase::Measure => "measure",
+            Phase::Drain => "drain",
+            Phase::Done => "done",
+        }
+    }
+}
+
 /// Where token counts came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -159,6 +172,16 @@ pub enum TokenSource {
     Usage,
     /// Counted by the client (one per content chunk) because the server gave no usage.
     Counted,
+}
+
+impl TokenSource {
+    /// The snake_case name, as in JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenSource::Usage => "usage",
+            TokenSource::Counted => "counted",
+        }
+    }
 }
 
 /// Why a request failed.

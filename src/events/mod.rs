@@ -43,13 +43,16 @@
 //! truncated or malformed line with a warning naming `file:line`.
 
 mod event;
+mod line_de;
 mod reader;
 #[cfg(test)]
 pub(crate) mod testing;
 mod writer;
 
 pub use event::*;
-pub use reader::{read_stream, ReadError, StreamContents, MAX_LINE_BYTES, MAX_NAMED_SKIPS};
+pub use reader::{
+    read_stream, ReadError, StreamContents, StreamReader, MAX_LINE_BYTES, MAX_NAMED_SKIPS,
+};
 pub use writer::EventWriter;
 
 /// Major version of the schema: bumped when a reader of the old version would misread a file.

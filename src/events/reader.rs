@@ -1,5 +1,8 @@
-//! Reads a stream back, tolerating damage: bad lines are skipped and reported, never fatal.
+//! Reads a stream back, line by line, tolerating damage: bad lines are skipped and reported,
+//! never fatal.
 
+use std::fs::File;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 
 use super::{Event, Header, Line, SCHEMA_MAJOR};
@@ -61,110 +64,215 @@ pub const MAX_LINE_BYTES: usize = 32 * 1024 * 1024;
 /// Skipped lines named one by one per stream; the rest are counted in one more warning.
 pub const MAX_NAMED_SKIPS: usize = 20;
 
-/// Reads the stream at `path`.
-pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
-    let bytes = std::fs::read(path).map_err(|source| ReadError::Io {
-        path: path.to_owned(),
-        source,
-    })?;
-    let shown = path.display();
-    let complete_len = bytes.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
-    let mut lines = bytes[..complete_len].split(|&b| b == b'\n').enumerate();
-    let header = match lines.next() {
-        Some((_, first)) if first.len() > MAX_LINE_BYTES => {
-            return Err(ReadError::NoHeader {
-                path: path.to_owned(),
-                message: format!(
-                    "a first line of {} bytes, over the {MAX_LINE_BYTES}-byte bound, is no header",
-                    first.len()
-                ),
-            })
+/// A stream read one line at a time: its header when opened, then its events in file order,
+/// skipping what cannot be read. Memory stays at one line (at most [`MAX_LINE_BYTES`]) and a
+/// read buffer, whatever the file's size.
+pub struct StreamReader {
+    path: PathBuf,
+    input: BufReader<File>,
+    header: Header,
+    /// The line being read.
+    line: Vec<u8>,
+    /// Index of the next line in the file (the header is 0).
+    index: u64,
+    skips: Skips,
+    /// The last thing read was the end, a torn last line or an I/O error.
+    ended: Option<String>,
+}
+
+/// Bytes read from the file per system call.
+const READ_BUFFER: usize = 1 << 20;
+
+/// What one read of a line found.
+enum Raw {
+    /// A whole line, in the reader's buffer.
+    Line,
+    /// A whole line of this many bytes, over the bound; not kept.
+    TooLong(usize),
+    /// The end of the file after this many bytes without a newline.
+    Torn(usize),
+    /// The end of the file.
+    End,
+}
+
+/// Reads the next line of `input` into `line`, without its newline, keeping at most
+/// [`MAX_LINE_BYTES`] of it.
+fn read_raw(input: &mut BufReader<File>, line: &mut Vec<u8>) -> std::io::Result<Raw> {
+    line.clear();
+    let mut len = 0usize;
+    loop {
+        let available = match input.fill_buf() {
+            Ok(available) => available,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            return Ok(if len == 0 { Raw::End } else { Raw::Torn(len) });
         }
-        Some((_, first)) if !first.is_empty() => match serde_json::from_slice::<Line>(first) {
-            Ok(Line {
-                event: Event::Header(h),
-                ..
-            }) => h,
-            Ok(other) => {
-                return Err(ReadError::NoHeader {
-                    path: path.to_owned(),
-                    message: format!("expected a header line, found a {:?} event", other.event),
-                })
-            }
-            Err(e) => {
-                return Err(ReadError::NoHeader {
-                    path: path.to_owned(),
-                    message: e.to_string(),
-                })
-            }
-        },
-        _ => {
-            return Err(ReadError::NoHeader {
-                path: path.to_owned(),
-                message: "the file has no complete first line".into(),
-            })
+        let newline = memchr::memchr(b'\n', available);
+        let part = &available[..newline.unwrap_or(available.len())];
+        if len + part.len() <= MAX_LINE_BYTES {
+            line.extend_from_slice(part);
+        } else {
+            line.clear();
         }
-    };
-    let major = header
-        .schema_version
-        .split('.')
-        .next()
-        .and_then(|m| m.parse::<u32>().ok());
-    if major.is_none_or(|m| m > SCHEMA_MAJOR) {
-        return Err(ReadError::NewerSchema {
+        len += part.len();
+        let used = part.len() + usize::from(newline.is_some());
+        input.consume(used);
+        if newline.is_some() {
+            return Ok(if len > MAX_LINE_BYTES {
+                Raw::TooLong(len)
+            } else {
+                Raw::Line
+            });
+        }
+    }
+}
+
+/// Lines skipped: the first [`MAX_NAMED_SKIPS`] named, the rest counted.
+#[derive(Default)]
+struct Skips {
+    named: Vec<String>,
+    count: usize,
+}
+
+impl Skips {
+    fn note(&mut self, warning: String) {
+        self.count += 1;
+        if self.count <= MAX_NAMED_SKIPS {
+            self.named.push(warning);
+        }
+    }
+}
+
+impl StreamReader {
+    /// Opens the stream at `path` and reads its header.
+    pub fn open(path: &Path) -> Result<Self, ReadError> {
+        let io_error = |source| ReadError::Io {
             path: path.to_owned(),
-            found: header.schema_version,
-        });
+            source,
+        };
+        let no_header = |message: String| ReadError::NoHeader {
+            path: path.to_owned(),
+            message,
+        };
+        let file = File::open(path).map_err(io_error)?;
+        let mut input = BufReader::with_capacity(READ_BUFFER, file);
+        let mut line = Vec::new();
+        let header = match read_raw(&mut input, &mut line).map_err(io_error)? {
+            Raw::TooLong(len) => {
+                return Err(no_header(format!(
+                "a first line of {len} bytes, over the {MAX_LINE_BYTES}-byte bound, is no header"
+            )))
+            }
+            Raw::Line if !line.is_empty() => match serde_json::from_slice::<Line>(&line) {
+                Ok(Line {
+                    event: Event::Header(h),
+                    ..
+                }) => h,
+                Ok(other) => {
+                    return Err(no_header(format!(
+                        "expected a header line, found a {:?} event",
+                        other.event
+                    )))
+                }
+                Err(e) => return Err(no_header(e.to_string())),
+            },
+            _ => return Err(no_header("the file has no complete first line".into())),
+        };
+        let major = header
+            .schema_version
+            .split('.')
+            .next()
+            .and_then(|m| m.parse::<u32>().ok());
+        if major.is_none_or(|m| m > SCHEMA_MAJOR) {
+            return Err(ReadError::NewerSchema {
+                path: path.to_owned(),
+                found: header.schema_version,
+            });
+        }
+        Ok(Self {
+            path: path.to_owned(),
+            input,
+            header,
+            line,
+            index: 1,
+            skips: Skips::default(),
+            ended: None,
+        })
     }
-    let mut events = Vec::new();
-    let mut warnings = Vec::new();
-    let mut skipped = 0usize;
-    let mut skip = |warning: String| {
-        skipped += 1;
-        if skipped <= MAX_NAMED_SKIPS {
-            warnings.push(warning);
-        }
-    };
-    for (index, raw) in lines {
-        if raw.is_empty() {
-            continue;
-        }
-        let line_no = index + 1;
-        if raw.len() > MAX_LINE_BYTES {
-            skip(format!(
-                "{shown}:{line_no}: a line of {} bytes, over the {MAX_LINE_BYTES}-byte bound; line skipped",
-                raw.len()
+
+    /// The stream's header (line 0).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The header and one message per skipped line, each naming `file:line`, once every
+    /// event has been read.
+    pub fn finish(self) -> (Header, Vec<String>) {
+        let shown = self.path.display();
+        let mut warnings = self.skips.named;
+        if self.skips.count > MAX_NAMED_SKIPS {
+            warnings.push(format!(
+                "{shown}: {} more lines skipped like the {MAX_NAMED_SKIPS} above",
+                self.skips.count - MAX_NAMED_SKIPS
             ));
-            continue;
         }
-        match serde_json::from_slice::<Line>(raw) {
-            Ok(line) if line.seq == index as u64 => events.push(line),
-            Ok(line) => skip(format!(
-                "{shown}:{line_no}: seq {} where {index} was expected; line skipped",
-                line.seq
-            )),
-            Err(e) => skip(format!(
-                "{shown}:{line_no}: not a valid event ({e}); line skipped"
-            )),
+        warnings.extend(self.ended.filter(|e| !e.is_empty()));
+        (self.header, warnings)
+    }
+}
+
+impl Iterator for StreamReader {
+    type Item = Line;
+
+    /// The next readable event; lines that are not one are skipped and noted.
+    fn next(&mut self) -> Option<Line> {
+        while self.ended.is_none() {
+            let index = self.index;
+            let line_no = index + 1;
+            let shown = self.path.display();
+            let raw = read_raw(&mut self.input, &mut self.line);
+            self.index += 1;
+            match raw {
+                Err(e) => {
+                    self.ended = Some(format!(
+                        "{shown}:{line_no}: cannot read further ({e}); the rest of the file is left out"
+                    ))
+                }
+                Ok(Raw::End) => self.ended = Some(String::new()),
+                Ok(Raw::Torn(len)) => {
+                    self.ended = Some(format!(
+                        "{shown}:{line_no}: truncated last line ({len} bytes without a newline) skipped"
+                    ))
+                }
+                Ok(Raw::TooLong(len)) => self.skips.note(format!(
+                    "{shown}:{line_no}: a line of {len} bytes, over the {MAX_LINE_BYTES}-byte bound; line skipped"
+                )),
+                Ok(Raw::Line) if self.line.is_empty() => {}
+                Ok(Raw::Line) => match super::line_de::parse_line(&mut self.line) {
+                    Ok(line) if line.seq == index => return Some(line),
+                    Ok(line) => self.skips.note(format!(
+                        "{shown}:{line_no}: seq {} where {index} was expected; line skipped",
+                        line.seq
+                    )),
+                    Err(e) => self.skips.note(format!(
+                        "{shown}:{line_no}: not a valid event ({e}); line skipped"
+                    )),
+                },
+            }
         }
+        None
     }
-    if skipped > MAX_NAMED_SKIPS {
-        warnings.push(format!(
-            "{shown}: {} more lines skipped like the {MAX_NAMED_SKIPS} above",
-            skipped - MAX_NAMED_SKIPS
-        ));
-    }
-    if complete_len < bytes.len() {
-        let line_no = bytes[..complete_len]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
-        warnings.push(format!(
-            "{shown}:{line_no}: truncated last line ({} bytes without a newline) skipped",
-            bytes.len() - complete_len
-        ));
-    }
+}
+
+/// Reads the whole stream at `path` into memory: for streams known to be small (an agent's
+/// lifecycle, a trial's GPU samples) and for tests; large ones are folded through
+/// [`StreamReader`].
+pub fn read_stream(path: &Path) -> Result<StreamContents, ReadError> {
+    let mut reader = StreamReader::open(path)?;
+    let events = reader.by_ref().collect();
+    let (header, warnings) = reader.finish();
     Ok(StreamContents {
         header,
         events,

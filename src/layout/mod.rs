@@ -46,10 +46,15 @@ pub const PLOTS_DIR: &str = "plots";
 pub const CA_PEM: &str = "ca.pem";
 /// SkyPilot's cluster ledger.
 pub const CLUSTERS_FILE: &str = "clusters.json";
+/// `coordinator export`'s tables, by default.
+pub const EXPORT_DIR: &str = "export";
 /// SkyPilot's task files and launch logs.
 pub const SKYPILOT_DIR: &str = "skypilot";
 /// `SHA256SUMS` in an agent's run folder: `<sha256>  <path>` for each stream it closed.
 pub const SUMS_FILE: &str = "SHA256SUMS";
+/// `.run.json` in an agent's run folder: the run's record (config hash, trials, end state),
+/// written at its start and completed at its end, so that a restarted agent serves it again.
+pub const RUN_RECORD_FILE: &str = ".run.json";
 /// In an agent's run folder while the run lasts: space held back so that a trial's end can be
 /// written on a disk its streams filled.
 pub const RESERVE_FILE: &str = ".disk-reserve";

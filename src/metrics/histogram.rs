@@ -71,6 +71,28 @@ impl LatencyHistogram {
         (self.sum_sq_us as f64 / n - mean * mean).max(0.0).sqrt()
     }
 
+    /// Values recorded.
+    pub fn count(&self) -> u64 {
+        self.hist.len()
+    }
+
+    /// The empirical distribution as steps, in value order: per bucket that holds values, its
+    /// value in µs (the bucket's upper edge, held within the exact min and max as percentiles
+    /// are) and the count of values at or below it.
+    pub fn cdf_us(&self) -> Vec<(u64, u64)> {
+        let mut at_or_below = 0u64;
+        self.hist
+            .iter_recorded()
+            .map(|v| {
+                at_or_below += v.count_since_last_iteration();
+                (
+                    v.value_iterated_to().clamp(self.min_us, self.max_us),
+                    at_or_below,
+                )
+            })
+            .collect()
+    }
+
     /// The distribution in milliseconds, or `None` when empty.
     pub fn percentiles(&self) -> Option<Percentiles> {
         if self.hist.is_empty() {
@@ -147,6 +169,20 @@ mod tests {
         assert!((p.p99 - 99.0).abs() < 0.1, "{p:?}");
         assert!((p.max - 100.0).abs() < 0.1, "{p:?}");
         assert!((p.mean - 50.5).abs() < 0.05, "{p:?}");
+    }
+
+    #[test]
+    fn the_cdf_steps_through_every_recorded_bucket_to_the_count() {
+        let mut h = LatencyHistogram::new();
+        for us in [5, 5, 7, 1_000, 1_000_000] {
+            h.record_us(us);
+        }
+        assert_eq!(
+            h.cdf_us(),
+            vec![(5, 2), (7, 3), (1_000, 4), (1_000_000, 5)],
+            "the last bucket's edge is held at the exact maximum"
+        );
+        assert!(LatencyHistogram::new().cdf_us().is_empty());
     }
 
     #[test]

@@ -20,25 +20,36 @@ pub struct QualitySummary {
     pub rouge_l: Option<f64>,
 }
 
-impl QualitySummary {
-    /// Scores `(answer, expected)` pairs; answers without an expected output are only counted.
-    pub fn of<'a>(answers: impl IntoIterator<Item = (&'a str, Option<&'a str>)>) -> Self {
-        let (mut kept, mut scored, mut exact, mut rouge) = (0u64, 0u64, 0u64, 0.0);
-        for (answer, expected) in answers {
-            kept += 1;
-            if let Some(expected) = expected {
-                scored += 1;
-                exact += u64::from(exact_match(answer, expected));
-                rouge += rouge_l(answer, expected);
-            }
+/// Scores kept answers one at a time, for the [`QualitySummary`] of a stream read once.
+#[derive(Debug, Clone, Default)]
+pub struct QualityAccumulator {
+    kept: u64,
+    scored: u64,
+    exact: u64,
+    rouge: f64,
+}
+
+impl QualityAccumulator {
+    /// Takes one kept answer and its expected output, when the dataset has one.
+    pub fn add(&mut self, answer: &str, expected: Option<&str>) {
+        self.kept += 1;
+        if let Some(expected) = expected {
+            self.scored += 1;
+            self.exact += u64::from(exact_match(answer, expected));
+            self.rouge += rouge_l(answer, expected);
         }
+    }
+
+    /// The scores; `None` when no answer was kept.
+    pub fn finish(&self) -> Option<QualitySummary> {
+        let scored = self.scored;
         let share = |v: f64| (scored > 0).then(|| super::round3(v / scored as f64));
-        Self {
-            kept,
+        (self.kept > 0).then(|| QualitySummary {
+            kept: self.kept,
             scored,
-            exact_match: share(exact as f64),
-            rouge_l: share(rouge),
-        }
+            exact_match: share(self.exact as f64),
+            rouge_l: share(self.rouge),
+        })
     }
 }
 
@@ -123,15 +134,24 @@ mod tests {
 
     #[test]
     fn a_summary_counts_unscored_answers_and_never_scores_nothing() {
-        let q = QualitySummary::of([
+        let score = |answers: &[(&str, Option<&str>)]| {
+            let mut scores = QualityAccumulator::default();
+            for (answer, expected) in answers {
+                scores.add(answer, *expected);
+            }
+            scores.finish()
+        };
+        let q = score(&[
             (" tok1 tok2", Some("tok1 tok2")),
             (" tok1 tok2", Some("tok1 other")),
             (" tok1", None),
-        ]);
+        ])
+        .expect("three kept");
         assert_eq!((q.kept, q.scored), (3, 2));
         assert_eq!(q.exact_match, Some(0.5));
         assert_eq!(q.rouge_l, Some(0.75), "(1 + 0.5) / 2");
-        let none = QualitySummary::of([(" tok1", None)]);
+        let none = score(&[(" tok1", None)]).expect("one kept");
         assert_eq!((none.exact_match, none.rouge_l), (None, None));
+        assert!(score(&[]).is_none(), "nothing kept, no scores");
     }
 }

@@ -64,20 +64,45 @@ pub struct VariantMetrics {
 
 /// Computes `peer`'s figures over the completed measured requests of `requests`.
 pub fn variant(peer: Peer, requests: &[RequestEvent]) -> VariantMetrics {
-    let mut figures: BTreeMap<&'static str, LatencyHistogram> = BTreeMap::new();
-    let mut record = |name: &'static str, ns: u64| figures.entry(name).or_default().record_ns(ns);
-    for r in requests
-        .iter()
-        .filter(|r| r.phase == Phase::Measure && r.error.is_none())
-    {
+    let mut fold = VariantFold::new(peer);
+    for r in requests {
+        fold.request(r);
+    }
+    fold.finish()
+}
+
+/// `peer`'s figures folded one request at a time: what a stream read line by line feeds.
+#[derive(Debug)]
+pub struct VariantFold {
+    peer: Peer,
+    figures: BTreeMap<&'static str, LatencyHistogram>,
+}
+
+impl VariantFold {
+    /// No request yet.
+    pub fn new(peer: Peer) -> Self {
+        Self {
+            peer,
+            figures: BTreeMap::new(),
+        }
+    }
+
+    /// Takes one request; only completed measured ones with content count.
+    pub fn request(&mut self, r: &RequestEvent) {
+        if r.phase != Phase::Measure || r.error.is_some() {
+            return;
+        }
         let (Some(first), Some(last)) = (r.first_token_ns, r.last_token_ns) else {
-            continue;
+            return;
         };
+        let figures = &mut self.figures;
+        let mut record =
+            |name: &'static str, ns: u64| figures.entry(name).or_default().record_ns(ns);
         let n = u64::from(r.output_tokens.unwrap_or(0));
         let ttft = first.saturating_sub(r.sent_ns);
         let to_last = last.saturating_sub(r.sent_ns);
-        let per_token_after_first = (n >= 2).then(|| (last - first) / (n - 1));
-        match peer {
+        let per_token_after_first = (n >= 2).then(|| last.saturating_sub(first) / (n - 1));
+        match self.peer {
             Peer::Vllm => {
                 record("ttft", ttft);
                 record("e2el", to_last);
@@ -110,13 +135,18 @@ pub fn variant(peer: Peer, requests: &[RequestEvent]) -> VariantMetrics {
             }
         }
     }
-    VariantMetrics {
-        peer,
-        figures: figures
-            .into_iter()
-            .map(|(name, h)| (format!("{name}_ms"), h.percentiles()))
-            .collect(),
-        notes: peer.notes(),
+
+    /// The figures, by the peer's names.
+    pub fn finish(self) -> VariantMetrics {
+        VariantMetrics {
+            peer: self.peer,
+            figures: self
+                .figures
+                .into_iter()
+                .map(|(name, h)| (format!("{name}_ms"), h.percentiles()))
+                .collect(),
+            notes: self.peer.notes(),
+        }
     }
 }
 

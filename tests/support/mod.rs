@@ -19,7 +19,7 @@ use multitenant::config::{
     Api, Arrival, ArrivalPlan, DataSource, LengthDist, SharingMode, SimFaults, SimTiming,
     SyntheticData, Workload,
 };
-use multitenant::events::{read_stream, RequestEvent};
+use multitenant::events::{read_stream, Event, Phase, RequestEvent};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -350,6 +350,40 @@ pub fn run_experiment_printing(tmp: &Path, name: &str, yaml: &str) -> (PathBuf, 
         String::from_utf8_lossy(&out.stderr)
     );
     (results_dir(&stdout), stdout.into_owned())
+}
+
+/// The instant a stream's load entered `phase`.
+pub fn phase_at(contents: &multitenant::events::StreamContents, phase: Phase) -> u64 {
+    contents
+        .events
+        .iter()
+        .find_map(|line| match &line.event {
+            Event::Phase(p) if p.phase == phase => Some(p.at_ns),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no {phase:?} phase in the stream"))
+}
+
+/// Tenant `name` of trial `trial` in `summary`.
+pub fn tenant_in(
+    summary: &multitenant::analysis::Summary,
+    trial: &str,
+    name: &str,
+) -> multitenant::analysis::TenantSummary {
+    summary
+        .trials()
+        .find(|(_, t)| t.trial == trial)
+        .and_then(|(_, t)| t.tenants.iter().find(|x| x.tenant == name))
+        .cloned()
+        .unwrap_or_else(|| panic!("{trial}/{name} in the summary"))
+}
+
+/// The share of a tenant's prompt tokens its engine served from its prefix cache.
+pub fn prefix_hit_rate(t: &multitenant::analysis::TenantSummary) -> f64 {
+    t.server
+        .as_ref()
+        .and_then(|s| s.prefix_cache_hit_rate)
+        .unwrap_or_else(|| panic!("{}: no prefix cache hit rate: {:?}", t.tenant, t.server))
 }
 
 /// Copies every file under `from` to the same place under `to`.

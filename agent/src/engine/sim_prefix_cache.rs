@@ -7,6 +7,7 @@
 //! `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` counters are.
 
 use std::collections::{BTreeMap, HashMap};
+use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use multitenant::config::SIM_BLOCK_TOKENS;
@@ -29,11 +30,11 @@ pub fn sequence_keys(text: &str, answer_tokens: u32) -> (Vec<u64>, Vec<u64>) {
         .filter_map(|w| hasher.push(w))
         .collect();
     let mut answer = Vec::new();
-    let mut word = String::new();
+    // One buffer for every word: this runs for each request the engine admits.
+    let mut word = String::with_capacity(16);
     for i in 1..=answer_tokens {
         word.clear();
-        word.push_str("tok");
-        word.push_str(&i.to_string());
+        let _ = write!(word, "tok{i}");
         answer.extend(hasher.push(&word));
     }
     (prompt, answer)

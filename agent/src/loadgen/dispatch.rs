@@ -59,6 +59,19 @@ impl Ord for Queued {
     }
 }
 
+/// How a dispatch ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dispatched {
+    /// Every arrival before the end was released.
+    ToTheEnd,
+    /// `stop` was cancelled, or `send` refused, before the arrival due at `next_ns` (absolute
+    /// run-clock time) was released: it and every later one went unsent.
+    CutShort {
+        /// The first arrival not released.
+        next_ns: u64,
+    },
+}
+
 /// Calls `send(at_ns)` for each arrival of `arrivals` (absolute run-clock times, ascending) at
 /// that time, until an arrival is at or past `end_ns`, `send` returns `false`, or `stop` is
 /// cancelled. Blocks the calling thread: run it on a thread of its own.
@@ -68,8 +81,8 @@ pub fn dispatch(
     end_ns: u64,
     stop: &CancellationToken,
     send: impl FnMut(u64) -> bool,
-) {
-    dispatch_with_follow_ups(clock, arrivals, None, end_ns, stop, send);
+) -> Dispatched {
+    dispatch_with_follow_ups(clock, arrivals, None, end_ns, stop, send)
 }
 
 /// [`dispatch`], also releasing each [`FollowUp`] that comes through `follow_ups` at its
@@ -83,7 +96,7 @@ pub fn dispatch_with_follow_ups(
     end_ns: u64,
     stop: &CancellationToken,
     mut send: impl FnMut(u64) -> bool,
-) {
+) -> Dispatched {
     // Without this, each sleep may end up to 50 µs late (the default timer slack).
     if let Err(e) = nix::sys::prctl::set_timerslack(1) {
         tracing::debug!("timer slack stays at its default: {e}");
@@ -92,11 +105,15 @@ pub fn dispatch_with_follow_ups(
     let mut queued: BinaryHeap<Reverse<Queued>> = BinaryHeap::new();
     let mut asked = 0u64;
     loop {
-        let next_arrival = arrivals.peek().copied();
-        if next_arrival.is_none() && follow_ups.is_none() {
-            return;
+        let next_arrival = arrivals.peek().copied().filter(|&at| at < end_ns);
+        // What a stop now leaves unsent: this arrival and those after it; past the end, none.
+        let stopped_here = || match next_arrival {
+            Some(next_ns) => Dispatched::CutShort { next_ns },
+            None => Dispatched::ToTheEnd,
+        };
+        if arrivals.peek().is_none() && follow_ups.is_none() {
+            return Dispatched::ToTheEnd;
         }
-        let next_arrival = next_arrival.filter(|&at| at < end_ns);
         let next_follow_up = queued.peek().map(|Reverse(q)| q.at_ns);
         let due = [next_arrival, next_follow_up]
             .into_iter()
@@ -105,7 +122,7 @@ pub fn dispatch_with_follow_ups(
             .unwrap_or(end_ns)
             .min(end_ns);
         match wait_until(clock, due, stop, follow_ups) {
-            Woke::Stopped => return,
+            Woke::Stopped => return stopped_here(),
             Woke::Asked(f) => {
                 if f.at_ns < end_ns {
                     queued.push(Reverse(Queued {
@@ -116,12 +133,12 @@ pub fn dispatch_with_follow_ups(
                     asked += 1;
                 }
             }
-            Woke::Due if due >= end_ns => return,
+            Woke::Due if due >= end_ns => return Dispatched::ToTheEnd,
             Woke::Due if next_arrival == Some(due) => {
-                arrivals.next();
                 if !send(due) {
-                    return;
+                    return stopped_here();
                 }
+                arrivals.next();
             }
             Woke::Due => {
                 if let Some(Reverse(q)) = queued.pop() {
@@ -189,10 +206,11 @@ mod tests {
         let arrivals = (0..200u64).map(|i| start + i * 250_000);
         let end = start + 150 * 250_000;
         let mut lags = Vec::new();
-        dispatch(clock, arrivals, end, &CancellationToken::new(), |at| {
+        let dispatched = dispatch(clock, arrivals, end, &CancellationToken::new(), |at| {
             lags.push(clock.now_ns() - at);
             true
         });
+        assert_eq!(dispatched, Dispatched::ToTheEnd);
         assert_eq!(lags.len(), 150);
         assert!(clock.now_ns() >= end, "returned before the end");
         lags.sort_unstable();
@@ -206,19 +224,15 @@ mod tests {
         let stop = CancellationToken::new();
         stop.cancel();
         let mut calls = 0;
-        dispatch(
-            clock,
-            [clock.now_ns() + 1_000].into_iter(),
-            u64::MAX,
-            &stop,
-            |_| {
-                calls += 1;
-                true
-            },
-        );
+        let first = clock.now_ns() + 1_000;
+        let dispatched = dispatch(clock, [first].into_iter(), u64::MAX, &stop, |_| {
+            calls += 1;
+            true
+        });
         assert_eq!(calls, 0);
+        assert_eq!(dispatched, Dispatched::CutShort { next_ns: first });
         let now = clock.now_ns();
-        dispatch(
+        let dispatched = dispatch(
             clock,
             (0..10).map(|i| now + i),
             u64::MAX,
@@ -229,6 +243,33 @@ mod tests {
             },
         );
         assert_eq!(calls, 3);
+        // The third was refused: it is the first not sent.
+        assert_eq!(dispatched, Dispatched::CutShort { next_ns: now + 2 });
+    }
+
+    /// A stop between two arrivals names the later one, however long after the stop the
+    /// dispatcher noticed it: what was due before it was sent.
+    #[test]
+    fn a_stop_names_the_first_arrival_it_kept_from_being_sent() {
+        let clock = RunClock::start();
+        let start = clock.now_ns() + 1_000_000;
+        let arrivals = (0..100u64).map(|i| start + i * 2_000_000);
+        let stop = CancellationToken::new();
+        let mut sent = Vec::new();
+        let dispatched = dispatch(clock, arrivals, u64::MAX, &stop, |at| {
+            sent.push(at);
+            if sent.len() == 4 {
+                stop.cancel();
+            }
+            true
+        });
+        assert_eq!(sent.len(), 4);
+        assert_eq!(
+            dispatched,
+            Dispatched::CutShort {
+                next_ns: start + 4 * 2_000_000
+            }
+        );
     }
 
     #[test]

@@ -482,7 +482,7 @@ async fn send_and_record(
         sender = Some(tokio::task::spawn_blocking(move || {
             let arrivals = first.map(|offset| start_ns + ns(offset));
             let stop = shared.stop.clone();
-            dispatch::dispatch_with_follow_ups(
+            let dispatched = dispatch::dispatch_with_follow_ups(
                 clock,
                 arrivals,
                 follow_ups.as_ref(),
@@ -495,7 +495,8 @@ async fn send_and_record(
                         let conversation =
                             shared.clone().conversation(number, at_ns, measure_end_ns);
                         tracker.spawn_on(conversation, &runtime);
-                        return !shared.stop.is_cancelled();
+                        // Started: the dispatcher sees a stop before its next arrival.
+                        return true;
                     }
                     let Some(index) = shared.claim() else {
                         return false;
@@ -506,13 +507,15 @@ async fn send_and_record(
             );
             // The same seed draws the same schedule again: count its measure-phase arrivals
             // now that sending is over, off the send path. `max_requests` caps them as it
-            // caps the sends; a stop caps them at the instant it came, since nothing after it
-            // was to be sent.
+            // caps the sends; a stop caps them at the first arrival it kept from being sent
+            // (not at the instant the stop was seen: an arrival due in between was never
+            // to be sent).
             let phase_end = ns(warmup + duration);
-            let until = if stop.is_cancelled() {
-                clock.now_ns().saturating_sub(start_ns).min(phase_end)
-            } else {
-                phase_end
+            let until = match dispatched {
+                dispatch::Dispatched::ToTheEnd => phase_end,
+                dispatch::Dispatched::CutShort { next_ns } => {
+                    next_ns.saturating_sub(start_ns).min(phase_end)
+                }
             };
             schedule().map(|again| {
                 // The schedule is in order (and endless but for a replay): it is counted up

@@ -19,6 +19,7 @@ mod engines;
 mod loads;
 mod log;
 pub mod outcome;
+mod retain;
 mod sampling;
 mod search;
 mod slot;
@@ -38,11 +39,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use outcome::TrialFailure;
+pub use retain::ConfirmError;
 
-use crate::clock::RunClock;
+use crate::clock::{unix_now, RunClock};
 use crate::gpu::{GpuStatus, NodeGpus};
 use crate::lease::{self, Contact};
 use crate::recorder::RunStreams;
+use crate::retention::Retention;
 use context::RunContext;
 use stages::StagePlanner;
 
@@ -71,6 +74,51 @@ impl RunState {
     }
 }
 
+use multitenant::layout::RUN_RECORD_FILE as RUN_RECORD;
+
+/// What [`RUN_RECORD`] holds: written at a run's start, completed at its end, read by a later
+/// agent process to serve the run again.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct RunRecord {
+    config_sha256: String,
+    trials: Vec<String>,
+    /// `None` while the run runs; its end state's name and reason after.
+    ended: Option<(String, String)>,
+    /// When and whether it ended and was confirmed (absent in records of older agents).
+    #[serde(default, flatten)]
+    times: RunTimes,
+}
+
+/// When a run ended and when a coordinator confirmed its copy, in seconds since the Unix
+/// epoch: what retention goes by.
+#[derive(Debug, Clone, Copy, Default, serde::Serialize, serde::Deserialize)]
+struct RunTimes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ended_unix_s: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    confirmed_unix_s: Option<u64>,
+}
+
+impl RunRecord {
+    fn write(&self, root: &std::path::Path) -> std::io::Result<()> {
+        let path = root.join(RUN_RECORD);
+        let partial = root.join(".run.json.partial");
+        std::fs::write(&partial, serde_json::to_vec(self)?)?;
+        std::fs::rename(partial, path)
+    }
+
+    fn state(&self) -> RunState {
+        match &self.ended {
+            None => RunState::Failed(
+                "interrupted: the agent ended (crash, kill or restart) while this run was running; every whole line recorded until then is kept".into(),
+            ),
+            Some((name, _)) if name == "finished" => RunState::Finished,
+            Some((name, _)) if name == "stopped" => RunState::Stopped,
+            Some((_, reason)) => RunState::Failed(reason.clone()),
+        }
+    }
+}
+
 /// One run.
 pub struct Run {
     /// Id chosen by the coordinator.
@@ -90,6 +138,8 @@ pub struct Run {
     agent_contact: Arc<Contact>,
     /// Why the run was stopped, when the agent stopped it by itself.
     stop_reason: Mutex<Option<String>>,
+    /// When it ended and was confirmed.
+    times: Mutex<RunTimes>,
 }
 
 impl Run {
@@ -130,11 +180,39 @@ impl Run {
             .clone()
     }
 
+    /// The record of this run in `state`.
+    fn record(&self, state: &RunState) -> RunRecord {
+        self.record_with(state, *self.times.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// The record of this run in `state` with `times` (for a caller that holds their lock).
+    fn record_with(&self, state: &RunState, times: RunTimes) -> RunRecord {
+        RunRecord {
+            config_sha256: self.config_sha256.clone(),
+            trials: self.trials.clone(),
+            times,
+            ended: (*state != RunState::Running).then(|| {
+                let reason = match state {
+                    RunState::Failed(reason) => reason.clone(),
+                    _ => String::new(),
+                };
+                (state.name().to_owned(), reason)
+            }),
+        }
+    }
+
     fn set_state(&self, state: RunState) {
         let ended = state != RunState::Running;
         if ended {
             // Gone before anyone learns that the run ended and looks at its folder.
             self.streams.release_reserve();
+            self.times
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .ended_unix_s = Some(unix_now());
+            if let Err(e) = self.record(&state).write(self.streams.root()) {
+                eprintln!("run {}: cannot record its end ({e}); a restarted agent will call it interrupted", self.id);
+            }
         }
         self.state.send_replace(state);
         if ended {
@@ -191,6 +269,12 @@ pub struct RunManager {
     tracker: TaskTracker,
     shutdown: CancellationToken,
     contact: Arc<Contact>,
+    /// Set by the first [`RunManager::start`] of this process.
+    started_any: std::sync::atomic::AtomicBool,
+    /// Which confirmed runs [`RunManager::sweep`] deletes.
+    retention: Retention,
+    /// Held by the sweep that runs.
+    sweeping: Mutex<()>,
 }
 
 impl RunManager {
@@ -211,7 +295,21 @@ impl RunManager {
             tracker: TaskTracker::new(),
             shutdown: CancellationToken::new(),
             contact: Arc::new(Contact::default()),
+            started_any: Default::default(),
+            retention: Retention::default(),
+            sweeping: Mutex::new(()),
         }
+    }
+
+    /// The same manager, deleting confirmed runs as `retention` says.
+    pub fn with_retention(mut self, retention: Retention) -> Self {
+        self.retention = retention;
+        self
+    }
+
+    /// Which confirmed runs it deletes.
+    pub fn retention(&self) -> &Retention {
+        &self.retention
     }
 
     /// When any authenticated call last came.
@@ -219,13 +317,10 @@ impl RunManager {
         &self.contact
     }
 
-    /// Whether this agent was ever given a run.
+    /// Whether this agent process was ever given a run (runs taken up from an earlier
+    /// process do not count: a kept node's new coordinator still gets the first-run wait).
     pub fn has_had_runs(&self) -> bool {
-        !self
-            .runs
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+        self.started_any.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether any run is still running.
@@ -240,6 +335,16 @@ impl RunManager {
     /// What the agent knows of its GPUs.
     pub fn gpu(&self) -> &GpuStatus {
         &self.gpu.status
+    }
+
+    /// Whether `mps` trials can run with real engines: `ready (<control program>)` or why not.
+    pub fn mps_readiness(&self) -> String {
+        let control = self.mps_control.display().to_string();
+        match (&self.gpu.status, crate::engine::find_executable(&control)) {
+            (GpuStatus::Unavailable(reason), _) => format!("not ready: no GPU ({reason})"),
+            (_, None) => format!("not ready: {control} not found"),
+            (_, Some(path)) => format!("ready ({})", path.display()),
+        }
     }
 
     /// The run `id`, if this agent has it.
@@ -341,8 +446,12 @@ impl RunManager {
             contact: Contact::default(),
             agent_contact: self.contact.clone(),
             stop_reason: Mutex::new(None),
+            times: Mutex::default(),
         });
+        run.record(&RunState::Running).write(run.streams.root())?;
         runs.insert(run_id.to_owned(), run.clone());
+        self.started_any
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let leased = run.clone();
         let lease = experiment.launcher.lease;
         self.tracker
@@ -370,10 +479,151 @@ impl RunManager {
         Ok((run, false))
     }
 
+    /// Takes up the runs an earlier agent process left in the data folder, so that their
+    /// streams are served again: ended runs as they ended, a run that was running when that
+    /// process died as failed, "interrupted", with its open streams closed at their last
+    /// whole line. Returns one line per run taken up.
+    pub fn recover(&self) -> Vec<String> {
+        let Ok(entries) = std::fs::read_dir(&self.data_dir) else {
+            return Vec::new();
+        };
+        let mut said = Vec::new();
+        let mut runs = self.runs.lock().unwrap_or_else(|p| p.into_inner());
+        for entry in entries.flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let root = entry.path();
+            if id.starts_with(retain::DELETING_PREFIX) {
+                // A sweep was deleting it when the agent ended: finished now.
+                if let Err(e) = std::fs::remove_dir_all(&root) {
+                    said.push(format!("cannot finish deleting {}: {e}", root.display()));
+                }
+                continue;
+            }
+            // Run ids never start with '.': model downloads and the like live there.
+            if id.starts_with('.') {
+                continue;
+            }
+            let Ok(text) = std::fs::read(root.join(RUN_RECORD)) else {
+                continue;
+            };
+            // Before the streams are taken up (which may close and checksum them): an
+            // interrupted run ended when its streams last changed.
+            let last_change = retain::last_change(&root);
+            let recovered = serde_json::from_slice::<RunRecord>(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|record| {
+                    let streams = RunStreams::recover(root.clone()).map_err(|e| e.to_string())?;
+                    Ok((record, streams))
+                });
+            let (record, streams) = match recovered {
+                Ok(r) => r,
+                Err(e) => {
+                    said.push(format!("run {id}: not taken up, {}: {e}", root.display()));
+                    continue;
+                }
+            };
+            let state = record.state();
+            let ended = CancellationToken::new();
+            ended.cancel();
+            let times = RunTimes {
+                ended_unix_s: record.times.ended_unix_s.or(last_change),
+                ..record.times
+            };
+            let run = Arc::new(Run {
+                id: id.clone(),
+                trials: record.trials.clone(),
+                streams: Arc::new(streams),
+                config_sha256: record.config_sha256.clone(),
+                state: watch::Sender::new(state.clone()),
+                cancel: CancellationToken::new(),
+                ended,
+                contact: Contact::default(),
+                agent_contact: self.contact.clone(),
+                stop_reason: Mutex::new(None),
+                times: Mutex::new(times),
+            });
+            if record.ended.is_some() {
+                said.push(format!("run {id}: {}, served again", state.name()));
+            } else {
+                // Recorded now, so that a later restart reads the interruption as its end.
+                if let Err(e) = run.record(&state).write(&root) {
+                    said.push(format!("run {id}: cannot record its interruption ({e})"));
+                }
+                said.push(format!("run {id}: was running when the agent ended; marked interrupted, its streams kept to their last whole line"));
+            }
+            runs.insert(id, run);
+        }
+        said.sort();
+        said
+    }
+
     /// Stops every run and waits for them to record their end.
     pub async fn shutdown(&self) {
         self.shutdown.cancel();
         self.tracker.close();
         self.tracker.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_that_was_running_when_its_agent_died_is_taken_up_as_interrupted() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let record = RunRecord {
+            config_sha256: "abc".into(),
+            trials: vec!["mps".into()],
+            ended: None,
+            times: RunTimes::default(),
+        };
+        let root = dir.path().join("r1");
+        std::fs::create_dir_all(root.join("mps")).expect("run folder");
+        record.write(&root).expect("record");
+        std::fs::write(root.join("mps/agent.jsonl"), "{\"a\":1}\n{\"a\"").expect("stream");
+        let finished = RunRecord {
+            ended: Some(("finished".into(), String::new())),
+            ..record
+        };
+        let done = dir.path().join("r2");
+        std::fs::create_dir_all(&done).expect("run folder");
+        finished.write(&done).expect("record");
+        let manager = RunManager::new(
+            dir.path().to_owned(),
+            NodeGpus::unavailable("tests run without a GPU"),
+            "no-mps".into(),
+        );
+        let said = manager.recover();
+        assert_eq!(said.len(), 2, "{said:?}");
+        assert!(
+            said[0].contains("r1: was running when the agent ended"),
+            "{said:?}"
+        );
+        let run = manager.get("r1").expect("taken up");
+        assert!(
+            matches!(run.state(), RunState::Failed(r) if r.starts_with("interrupted: ")),
+            "{:?}",
+            run.state()
+        );
+        assert_eq!(
+            run.streams.all()[0].snapshot().lines,
+            1,
+            "the torn line is cut"
+        );
+        assert_eq!(
+            manager.get("r2").expect("taken up").state(),
+            RunState::Finished
+        );
+        // The interruption is recorded: a second restart reads it as the run's end.
+        let again = RunManager::new(
+            dir.path().to_owned(),
+            NodeGpus::unavailable("tests run without a GPU"),
+            "no-mps".into(),
+        );
+        again.recover();
+        assert!(
+            matches!(again.get("r1").expect("r1").state(), RunState::Failed(r) if r.starts_with("interrupted: "))
+        );
     }
 }

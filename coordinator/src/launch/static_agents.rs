@@ -1,9 +1,10 @@
 //! The static launcher: agents that already run, one per node, from `launcher.static` (tokens
-//! from the environment, TLS with the user's CA) or given directly; nothing to tear down.
+//! from the environment and TLS with the user's CA, or agents paired with `coordinator pair`)
+//! or given directly; nothing to tear down.
 
 use anyhow::{bail, Context};
 use multitenant::auth::BearerToken;
-use multitenant::config::{Experiment, StaticAgent};
+use multitenant::config::{AgentAddress, Experiment, StaticAgent};
 use tokio_util::sync::CancellationToken;
 
 use super::{AgentEndpoint, Launched, Launcher, Teardown};
@@ -21,7 +22,8 @@ impl StaticLauncher {
         Self { endpoints }
     }
 
-    /// The config's static agents, in node order; tokens from the environment.
+    /// The config's static agents, in node order: tokens from the environment, or the
+    /// agents paired as their nodes.
     pub fn from_config(experiment: &Experiment, agents: &[StaticAgent]) -> anyhow::Result<Self> {
         let tls = match &experiment.launcher.tls {
             Some(ca) => Some(ExperimentTls::from_user_ca(ca)?),
@@ -35,21 +37,24 @@ impl StaticLauncher {
                     .iter()
                     .find(|a| a.node == node.name)
                     .with_context(|| format!("node {} has no agent", node.name))?;
-                let secret = std::env::var(&agent.token_env).with_context(|| {
+                let (url, token_env) = match &agent.address {
+                    AgentAddress::Paired => return crate::paired::load(&node.name)?.endpoint(),
+                    AgentAddress::Given { url, token_env } => (url, token_env),
+                };
+                let secret = std::env::var(token_env).with_context(|| {
                     format!(
-                        "node {}: the agent token is read from {}, which is not set",
-                        node.name, agent.token_env
+                        "node {}: the agent token is read from {token_env}, which is not set",
+                        node.name
                     )
                 })?;
-                let token = BearerToken::new(&secret).with_context(|| {
-                    format!("node {}: the token in {}", node.name, agent.token_env)
-                })?;
-                let tls = match (&tls, agent.url.starts_with("https://")) {
+                let token = BearerToken::new(&secret)
+                    .with_context(|| format!("node {}: the token in {token_env}", node.name))?;
+                let tls = match (&tls, url.starts_with("https://")) {
                     (Some(t), true) => Some(t.client_config()),
                     _ => None,
                 };
                 Ok(AgentEndpoint {
-                    url: agent.url.clone(),
+                    url: url.clone(),
                     token,
                     tls,
                 })

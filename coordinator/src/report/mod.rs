@@ -17,14 +17,17 @@ use std::path::Path;
 use anyhow::Context;
 use multitenant::analysis::Summary;
 use multitenant::layout::{self, ExperimentDir};
+use multitenant::series::ExperimentSeries;
 
 /// Writes `summary.json`, `summary.csv`, `report.html` and `plots/*.svg` into the experiment
-/// folder `dir` (the plots read its streams again for the per-request series).
-pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> {
+/// folder `dir`, from its summary and the series made in the same pass over its streams.
+pub fn write_summary_files(
+    dir: &Path,
+    summary: &Summary,
+    series: &ExperimentSeries,
+) -> anyhow::Result<()> {
     let json = serde_json::to_string_pretty(summary).context("serializing the summary")? + "\n";
-    let series = multitenant::series::read_series(dir)
-        .with_context(|| format!("reading the series of {} for plots", dir.display()))?;
-    let plots = plots::draw_all(summary, &series)?;
+    let plots = plots::draw_all(summary, series)?;
     let folder = ExperimentDir::new(dir);
     let plots_dir = folder.file(layout::PLOTS_DIR);
     std::fs::create_dir_all(&plots_dir)
@@ -39,7 +42,7 @@ pub fn write_summary_files(dir: &Path, summary: &Summary) -> anyhow::Result<()> 
     }
     write(
         &folder.file(layout::REPORT_HTML),
-        &render_html(summary, &plots, &series),
+        &render_html(summary, &plots, series),
     )
 }
 

@@ -12,7 +12,8 @@ use std::ops::Range;
 use anyhow::anyhow;
 use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
 use multitenant::events::GpuSample;
-use multitenant::series::{ExperimentSeries, NodeSeries, RequestPoint};
+use multitenant::metrics::LatencyHistogram;
+use multitenant::series::{ExperimentSeries, LogSketch, NodeSeries, TenantSeries, TimeBin};
 use plotters::coord::types::RangedCoordf64;
 use plotters::coord::{CoordTranslate, Shift};
 use plotters::prelude::*;
@@ -137,8 +138,11 @@ pub fn draw_all(summary: &Summary, series: &ExperimentSeries) -> anyhow::Result<
     for node in &series.nodes {
         let colours = TenantColours::of(node);
         for (metric, pick) in [
-            ("TTFT", (|r| r.ttft_ns) as fn(&RequestPoint) -> Option<u64>),
-            ("TPOT", |r| r.tpot_ns),
+            (
+                "TTFT",
+                (|t| &t.ttft) as fn(&TenantSeries) -> &LatencyHistogram,
+            ),
+            ("TPOT", |t| &t.tpot),
         ] {
             for tenant in colours.names() {
                 latency_cdf(&mut plots, node, tenant, metric, pick)?;
@@ -218,47 +222,54 @@ fn file_name(parts: &[&str]) -> String {
     format!("{clean}.svg")
 }
 
-fn ms(ns: u64) -> f64 {
-    ns as f64 / 1e6
-}
-
-/// The empirical CDF of `values` (sorted ascending) as a step line: at each kept value it
-/// rises from the share below it to the share at or below it. Long series keep every k-th
-/// value (at most [`MAX_LINE_POINTS`] steps) and always the last.
-fn cdf_points(values: &[f64]) -> Vec<(f64, f64)> {
-    let n = values.len();
-    let step = n.div_ceil(MAX_LINE_POINTS).max(1);
-    let mut kept: Vec<usize> = (0..n).step_by(step).collect();
-    if n > 0 && kept.last() != Some(&(n - 1)) {
-        kept.push(n - 1);
+/// The empirical CDF of `histogram` as a step line, in ms: at each kept bucket it rises from
+/// the share below it to the share at or below it. Histograms of many buckets keep every k-th
+/// (at most [`MAX_LINE_POINTS`] steps) and always the last.
+fn cdf_points(histogram: &LatencyHistogram) -> Steps {
+    let steps = histogram.cdf_us();
+    let n = histogram.count() as f64;
+    let step = steps.len().div_ceil(MAX_LINE_POINTS).max(1);
+    let mut kept: Vec<usize> = (0..steps.len()).step_by(step).collect();
+    if !steps.is_empty() && kept.last() != Some(&(steps.len() - 1)) {
+        kept.push(steps.len() - 1);
     }
     let mut points = Vec::with_capacity(kept.len() * 2);
     let mut below = 0.0;
     for i in kept {
-        let at_or_below = (i + 1) as f64 / n as f64;
-        points.push((values[i], below));
-        points.push((values[i], at_or_below));
+        let (us, count) = steps[i];
+        let at_or_below = count as f64 / n;
+        points.push((us as f64 / 1e3, below));
+        points.push((us as f64 / 1e3, at_or_below));
         below = at_or_below;
     }
     points
 }
+
+/// Points of a line, (x, y).
+type Steps = Vec<(f64, f64)>;
 
 fn latency_cdf(
     plots: &mut Plots,
     node: &NodeSeries,
     tenant: &str,
     metric: &str,
-    pick: fn(&RequestPoint) -> Option<u64>,
+    pick: fn(&TenantSeries) -> &LatencyHistogram,
 ) -> anyhow::Result<()> {
     let title = format!("{metric} CDF of {tenant} on {}, per trial", node.node);
-    let lines: Vec<(String, Vec<f64>)> = node
+    // Per trial: its name, its count and its CDF's steps.
+    let lines: Vec<(String, u64, Steps)> = node
         .trials
         .iter()
         .filter_map(|trial| {
             let t = trial.tenants.iter().find(|t| t.tenant == tenant)?;
-            let mut values: Vec<f64> = t.requests.iter().filter_map(pick).map(ms).collect();
-            values.sort_by(f64::total_cmp);
-            (!values.is_empty()).then(|| (trial.trial.clone(), values))
+            let histogram = pick(t);
+            (histogram.count() > 0).then(|| {
+                (
+                    trial.trial.clone(),
+                    histogram.count(),
+                    cdf_points(histogram),
+                )
+            })
         })
         .collect();
     if lines.is_empty() {
@@ -270,7 +281,7 @@ fn latency_cdf(
     }
     let x_max = lines
         .iter()
-        .filter_map(|(_, v)| v.last().copied())
+        .filter_map(|(_, _, points)| points.last().map(|p| p.0))
         .fold(0.0, f64::max)
         .max(1e-3)
         * 1.05;
@@ -283,11 +294,14 @@ fn latency_cdf(
             (0.0..x_max, 0.0..1.0),
             (&x_desc, "share of requests"),
         )?;
-        for (i, (trial, values)) in lines.iter().enumerate() {
+        for (i, (trial, count, points)) in lines.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             chart
-                .draw_series(LineSeries::new(cdf_points(values), colour.stroke_width(2)))?
-                .label(format!("{trial} (n={})", values.len()))
+                .draw_series(LineSeries::new(
+                    points.iter().copied(),
+                    colour.stroke_width(2),
+                ))?
+                .label(format!("{trial} (n={count})"))
                 .legend(line_mark(colour.to_rgba(), 2));
         }
         draw_legend(&mut chart, SeriesLabelPosition::LowerRight)?;
@@ -297,36 +311,36 @@ fn latency_cdf(
     Ok(())
 }
 
-/// The node's time axis: its origin, its end and the bin width, all in ns.
+/// The node's time axis: its origin and end in ns, and its bins, `bin_s` seconds wide: a power
+/// of two, so every tenant's timeline re-bins onto it exactly, its bins starting at whole
+/// multiples of their width on the node's clock.
 struct TimeAxis {
     origin: u64,
     end: u64,
-    bin: u64,
+    bin_s: u64,
 }
 
 impl TimeAxis {
     fn of(node: &NodeSeries) -> Option<Self> {
-        let requests = node
-            .trials
-            .iter()
-            .flat_map(|t| &t.tenants)
-            .flat_map(|t| &t.requests);
+        let tenants = node.trials.iter().flat_map(|t| &t.tenants);
+        let windows = tenants.clone().filter_map(|t| t.window_ns);
         let starts = node.trials.iter().filter_map(|t| t.started_ns);
         let ends = node.trials.iter().filter_map(|t| t.ended_ns);
         let origin = starts
-            .chain(requests.clone().map(|r| r.sent_ns))
+            .chain(windows.clone().map(|w| w.0))
             .chain(node.gpu.iter().map(|s| s.at_ns))
             .min()?;
         let end = ends
-            .chain(requests.map(|r| r.done_ns))
+            .chain(windows.map(|w| w.1))
             .chain(node.gpu.iter().map(|s| s.at_ns))
             .max()?;
-        let span = end.saturating_sub(origin).max(1);
-        Some(Self {
-            origin,
-            end,
-            bin: (span / TIMELINE_BINS).max(1_000_000_000),
-        })
+        let span_s = end.saturating_sub(origin) / 1_000_000_000;
+        let widest = tenants.map(|t| t.timeline.width_s()).max().unwrap_or(1);
+        let bin_s = (span_s / TIMELINE_BINS)
+            .max(widest)
+            .max(1)
+            .next_power_of_two();
+        Some(Self { origin, end, bin_s })
     }
 
     fn seconds(&self, ns: u64) -> f64 {
@@ -337,12 +351,9 @@ impl TimeAxis {
         0.0..self.seconds(self.end).max(1.0)
     }
 
-    fn bin_of(&self, ns: u64) -> u64 {
-        ns.saturating_sub(self.origin) / self.bin
-    }
-
-    fn bin_mid_s(&self, bin: u64) -> f64 {
-        (bin as f64 + 0.5) * self.bin as f64 / 1e9
+    /// The middle of the bin that starts at `start_ns`, in seconds on the axis.
+    fn bin_mid_s(&self, start_ns: u64) -> f64 {
+        (start_ns as f64 - self.origin as f64) / 1e9 + self.bin_s as f64 / 2.0
     }
 }
 
@@ -446,17 +457,17 @@ fn request_panels(node: &NodeSeries, axis: &TimeAxis, colours: &TenantColours) -
     let mut labelled: Vec<&str> = Vec::new();
     for trial in &node.trials {
         for tenant in &trial.tenants {
-            let mut tokens: BTreeMap<u64, u64> = BTreeMap::new();
-            let mut ttfts: BTreeMap<u64, Vec<u64>> = BTreeMap::new();
-            for r in &tenant.requests {
-                if !r.failed {
-                    *tokens.entry(axis.bin_of(r.done_ns)).or_default() +=
-                        u64::from(r.output_tokens);
-                }
-                if let Some(t) = r.ttft_ns {
-                    ttfts.entry(axis.bin_of(r.sent_ns)).or_default().push(t);
-                }
-            }
+            let bins: BTreeMap<u64, TimeBin> = tenant.timeline.rebinned(axis.bin_s);
+            let tokens: Vec<(u64, u64)> = bins
+                .iter()
+                .filter(|(_, b)| b.output_tokens > 0)
+                .map(|(&start, b)| (start, b.output_tokens))
+                .collect();
+            let ttfts: Vec<(u64, &LogSketch)> = bins
+                .iter()
+                .filter(|(_, b)| b.ttft.count() > 0)
+                .map(|(&start, b)| (start, &b.ttft))
+                .collect();
             if tokens.is_empty() && ttfts.is_empty() {
                 continue;
             }
@@ -465,13 +476,13 @@ fn request_panels(node: &NodeSeries, axis: &TimeAxis, colours: &TenantColours) -
                 tenant.tenant.clone()
             });
             let colour = colours.of_tenant(&tenant.tenant);
-            let bin_s = axis.bin as f64 / 1e9;
+            let bin_s = axis.bin_s as f64;
             throughput.lines.push(Line {
                 label: label.clone(),
                 colour,
                 points: tokens
                     .into_iter()
-                    .map(|(bin, n)| (axis.bin_mid_s(bin), n as f64 / bin_s))
+                    .map(|(start, n)| (axis.bin_mid_s(start), n as f64 / bin_s))
                     .collect(),
             });
             ttft.lines.push(Line {
@@ -479,9 +490,8 @@ fn request_panels(node: &NodeSeries, axis: &TimeAxis, colours: &TenantColours) -
                 colour,
                 points: ttfts
                     .into_iter()
-                    .map(|(bin, mut v)| {
-                        v.sort_unstable();
-                        (axis.bin_mid_s(bin), ms(v[v.len() / 2]))
+                    .filter_map(|(start, sketch)| {
+                        Some((axis.bin_mid_s(start), sketch.median_us()? / 1e3))
                     })
                     .collect(),
             });
@@ -778,27 +788,29 @@ mod tests {
 
     #[test]
     fn cdf_points_step_thin_long_series_and_end_at_one() {
-        let values: Vec<f64> = (1..=1000).map(f64::from).collect();
-        let points = cdf_points(&values);
+        let mut many = LatencyHistogram::new();
+        for us in 1..=1000 {
+            many.record_us(us);
+        }
+        let points = cdf_points(&many);
         assert!(
             points.len() <= 2 * (MAX_LINE_POINTS + 1),
             "{} points",
             points.len()
         );
-        assert_eq!(points[..2], [(1.0, 0.0), (1.0, 0.001)]);
-        assert_eq!(points.last(), Some(&(1000.0, 1.0)));
+        assert_eq!(points[..2], [(0.001, 0.0), (0.001, 0.001)]);
+        assert_eq!(points.last(), Some(&(1.0, 1.0)));
         assert!(points
             .windows(2)
             .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
-        // {20, 20, 30, 30}: half the requests at 20 ms or less, all at 30 ms or less.
-        let steps = cdf_points(&[20.0, 20.0, 30.0, 30.0]);
+        // {2, 2, 3, 3} ms: half the requests at 2 ms or less, all at 3 ms or less.
+        let mut four = LatencyHistogram::new();
+        for us in [2_000, 2_000, 3_000, 3_000] {
+            four.record_us(us);
+        }
         assert_eq!(
-            steps[..4],
-            [(20.0, 0.0), (20.0, 0.25), (20.0, 0.25), (20.0, 0.5)]
-        );
-        assert_eq!(
-            steps[4..],
-            [(30.0, 0.5), (30.0, 0.75), (30.0, 0.75), (30.0, 1.0)]
+            cdf_points(&four),
+            [(2.0, 0.0), (2.0, 0.5), (3.0, 0.5), (3.0, 1.0)]
         );
     }
 

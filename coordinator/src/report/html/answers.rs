@@ -70,11 +70,11 @@ pub(super) fn render(out: &mut String, summary: &Summary, series: &ExperimentSer
                 }
             }
             let shown = rows.len().min(MAX_ROWS);
-            if rows.len() > shown {
+            let kept = kept_answers(summary, &node.node, &trial.trial);
+            if kept > shown as u64 {
                 let _ = writeln!(
                     section,
-                    "<p>The first {shown} of {} kept prompts; the scores above cover all.</p>",
-                    rows.len()
+                    "<p>The first {shown} kept prompts by request number (a tenant kept {kept}); the scores above cover every kept answer.</p>"
                 );
             }
             let mut header = vec!["prompt", "expected"];
@@ -103,6 +103,17 @@ pub(super) fn render(out: &mut String, summary: &Summary, series: &ExperimentSer
         out.push_str("<h2>Answers side by side</h2>\n");
         out.push_str(&section);
     }
+}
+
+/// The most answers one tenant of the trial kept, as the summary counted them.
+fn kept_answers(summary: &Summary, node: &str, trial: &str) -> u64 {
+    summary
+        .trials()
+        .filter(|(n, t)| *n == node && t.trial == trial)
+        .flat_map(|(_, t)| &t.tenants)
+        .filter_map(|t| Some(t.quality.as_ref()?.kept))
+        .max()
+        .unwrap_or(0)
 }
 
 fn answer_cell(prompt: Option<&PromptEvent>) -> Cell {
