@@ -45,8 +45,8 @@ fn gap_stats(instants: impl Iterator<Item = u64>) -> (f64, f64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seeded_runs_realise_each_arrival_process() {
-    // Holds every send to 2 ms of its schedule at p99: beside the suite's other tests it
-    // measured their load (14 ms in CI), so it runs alone.
+    // Holds the sends to their schedule (median under 0.25 ms, p99 under 5 ms): beside the
+    // suite's other tests it measured their load (14 ms in CI), so it runs alone.
     if !heavy("the arrival-process test") {
         return;
     }
@@ -113,13 +113,24 @@ async fn seeded_runs_realise_each_arrival_process() {
             "{arrival:?}: sent mean gap {sent_mean}"
         );
         // Each send happened when its schedule said: the realised process is the seeded one.
+        // The median send is held tight, since a scheduler that slept on tokio's 1 ms timer
+        // wheel would put it near 0.5 ms (this one measures 0.03 ms); the tail is held to
+        // 5 ms, which a scheduler that lost its place would pass by tens of milliseconds. The
+        // tail alone is the machine's: 0.2 ms here idle, 2.5 ms once in CI for the burstiest
+        // process, with the same code.
         let mut lags: Vec<u64> = requests
             .iter()
             .map(|r| r.sent_ns - r.scheduled_ns)
             .collect();
         lags.sort_unstable();
-        let p99_ms = lags[lags.len() * 99 / 100] as f64 / 1e6;
-        assert!(p99_ms < 2.0, "{arrival:?}: schedule lag p99 {p99_ms} ms");
+        let lag_ms = |q: f64| lags[((lags.len() - 1) as f64 * q) as usize] as f64 / 1e6;
+        let (p50_ms, p99_ms) = (lag_ms(0.5), lag_ms(0.99));
+        eprintln!(
+            "{arrival:?}: schedule lag p50 {p50_ms:.3} ms, p99 {p99_ms:.3} ms, max {:.3} ms",
+            lag_ms(1.0)
+        );
+        assert!(p50_ms < 0.25, "{arrival:?}: schedule lag p50 {p50_ms} ms");
+        assert!(p99_ms < 5.0, "{arrival:?}: schedule lag p99 {p99_ms} ms");
         assert!(
             (got_cv - cv).abs() < *cv_err,
             "{arrival:?}: scheduled cv {got_cv}"
