@@ -148,7 +148,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.4""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.5""#));
     assert!(text
         .lines()
         .nth(2)

@@ -69,6 +69,8 @@ fn check_by_hand(s: &Summary) {
     assert!(close(t.window_s, 1.571));
     assert!(close(t.output_tokens_per_s, 20.0 / 1.571), "12.7307");
     assert!(close(t.total_tokens_per_s, 420.0 / 1.571));
+    // 400 prompt tokens (100 a request) over the same window.
+    assert!(close(t.input_tokens_per_s, 400.0 / 1.571), "254.6149");
     // 4 sent over the 2 s measure phase; schedule lag 0.05 ms.
     assert_eq!(m.achieved_rate, Some(2.0));
     assert_eq!(m.schedule_lag_ms.map(|p| p.p99), Some(0.05));
@@ -98,6 +100,8 @@ fn check_by_hand(s: &Summary) {
     assert_eq!(slowdown.ttft_p99, Some(1.3333));
     assert_eq!(slowdown.tpot_p50, Some(2.0));
     assert_eq!(slowdown.output_tokens_per_s, Some(0.8926));
+    // E2E p99 120 (shared) / 70 (solo) = 1.7143.
+    assert_eq!(slowdown.e2e_p99, Some(1.7143));
 
     let b = tenant(s, "mps", "b");
     // TTFT 80 > 50: the SLO fails; no request met it.

@@ -12,6 +12,7 @@ mod configs;
 mod connections;
 mod conversations;
 mod damaged_reports;
+mod embeddings;
 mod end_to_end;
 mod engine_supervisor;
 mod full_disk;

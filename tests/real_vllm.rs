@@ -24,6 +24,36 @@ use multitenant::events::{read_stream, Event};
 use crate::support::{request_events, InProcessAgent};
 use multitenant::analysis::TrialStatus;
 
+/// vLLM's executable and the tiny model's folder, when the real vLLM tests run; `None`, saying
+/// so, when they do not.
+fn real_vllm(test: &str) -> Option<(String, String)> {
+    if std::env::var("MULTITENANT_VLLM_TESTS").as_deref() != Ok("1") {
+        eprintln!("{test} skipped: set MULTITENANT_VLLM_TESTS=1 (see scripts/vllm-cpu-setup.sh)");
+        return None;
+    }
+    let from_setup = |key: &str| {
+        std::env::var(key).unwrap_or_else(|_| panic!("{key} (from scripts/vllm-cpu-setup.sh)"))
+    };
+    Some((
+        from_setup("MULTITENANT_VLLM_BIN"),
+        from_setup("MULTITENANT_VLLM_MODEL"),
+    ))
+}
+
+/// Writes `config` to `<tmp>/<name>.yaml` and runs it on an agent in this process (its folder
+/// `<tmp>/agent`, the experiment's under `<tmp>/runs`); the agent is left running.
+async fn run_on_an_agent(
+    tmp: &Path,
+    name: &str,
+    config: &str,
+) -> (InProcessAgent, coordinator::run::Outcome) {
+    let config_path = tmp.join(format!("{name}.yaml"));
+    std::fs::write(&config_path, config).expect("write config");
+    let agent = InProcessAgent::start(&tmp.join("agent")).await;
+    let outcome = agent.run_experiment(&config_path, &tmp.join("runs")).await;
+    (agent, outcome)
+}
+
 fn tenant(name: &str, core: u32, bin: &str, model: &str) -> String {
     format!(
         "      - name: {name}\n        workload: w\n        engine:\n          kind: vllm\n          model: {model}\n          served_model_name: tiny-{name}\n          executable: {bin}\n          kv_cache_memory_bytes: 134217728\n          startup_timeout: 300s\n          args: [--dtype, bfloat16, --max-model-len, \"2048\", --enforce-eager]\n          env: {{VLLM_CPU_OMP_THREADS_BIND: \"{core}\", HF_HUB_OFFLINE: \"1\", TRANSFORMERS_OFFLINE: \"1\"}}\n"
@@ -32,28 +62,16 @@ fn tenant(name: &str, core: u32, bin: &str, model: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
-    if std::env::var("MULTITENANT_VLLM_TESTS").as_deref() != Ok("1") {
-        eprintln!(
-            "real vLLM test skipped: set MULTITENANT_VLLM_TESTS=1 (see scripts/vllm-cpu-setup.sh)"
-        );
+    let Some((bin, model)) = real_vllm("real vLLM test") else {
         return;
-    }
-    let bin = std::env::var("MULTITENANT_VLLM_BIN")
-        .expect("MULTITENANT_VLLM_BIN (from scripts/vllm-cpu-setup.sh)");
-    let model = std::env::var("MULTITENANT_VLLM_MODEL")
-        .expect("MULTITENANT_VLLM_MODEL (from scripts/vllm-cpu-setup.sh)");
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "name: real-vllm\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 4}}, data: {{prompt_tokens: 32, output_tokens: 128, tokenizer: {model}/tokenizer.json}}, warmup: 0s, duration: 15s, keep_responses: 2}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
         tenant("a", 0, &bin, &model),
         tenant("b", 1, &bin, &model)
     );
-    let config_path = tmp.path().join("real-vllm.yaml");
-    std::fs::write(&config_path, config).expect("write config");
-    let agent = InProcessAgent::start(&tmp.path().join("agent")).await;
-    let outcome = agent
-        .run_experiment(&config_path, &tmp.path().join("runs"))
-        .await;
+    let (agent, outcome) = run_on_an_agent(tmp.path(), "real-vllm", &config).await;
     let trial = &outcome.summary.nodes[0].trials[0];
     assert_eq!(trial.state, TrialStatus::Finished, "{:?}", trial.reason);
     assert!(
@@ -166,12 +184,9 @@ fn per_token_latency_ms(stream: &Path) -> f64 {
 /// (or the reason there are none) and a verdict that analysis reproduces from the JSONL alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_by_analysis() {
-    if std::env::var("MULTITENANT_VLLM_TESTS").as_deref() != Ok("1") {
-        eprintln!("real vLLM capacity test skipped: set MULTITENANT_VLLM_TESTS=1");
+    let Some((bin, model)) = real_vllm("real vLLM capacity test") else {
         return;
-    }
-    let bin = std::env::var("MULTITENANT_VLLM_BIN").expect("MULTITENANT_VLLM_BIN");
-    let model = std::env::var("MULTITENANT_VLLM_MODEL").expect("MULTITENANT_VLLM_MODEL");
+    };
     let tmp = tempfile::tempdir().expect("tempdir");
     // Short outputs and median bounds: a CPU server answers a few requests per second, and
     // p50 needs only 10 completed requests per probe.
@@ -180,12 +195,7 @@ async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_b
         tenant("a", 0, &bin, &model),
         tenant("b", 1, &bin, &model)
     );
-    let config_path = tmp.path().join("real-capacity.yaml");
-    std::fs::write(&config_path, config).expect("write config");
-    let agent = InProcessAgent::start(&tmp.path().join("agent")).await;
-    let outcome = agent
-        .run_experiment(&config_path, &tmp.path().join("runs"))
-        .await;
+    let (agent, outcome) = run_on_an_agent(tmp.path(), "real-capacity", &config).await;
     let capacity = outcome.summary.capacity.clone().expect("capacity searched");
     let node = &capacity.nodes[0];
     eprintln!("real vLLM verdict: {}", node.verdict);
@@ -207,4 +217,46 @@ async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_b
     let again = multitenant::analysis::analyze_dir(&outcome.dir).expect("analysis");
     assert_eq!(again.capacity.as_ref(), Some(&capacity));
     assert!(!outcome.summary.simulated);
+    agent.stop().await;
+}
+
+/// A REAL vLLM server (CPU build) serving the tiny model as an embedding model
+/// (`--runner pooling --convert embed`), loaded through `/v1/embeddings`: every request is
+/// answered whole with a vector and the server's count of its 32 prompt tokens, and the
+/// client's latency is at least the server's own end-to-end latency.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_vllm_embedding_server_is_loaded_through_the_embeddings_api() {
+    let Some((bin, model)) = real_vllm("real vLLM embeddings test") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let tenant = tenant("e", 0, &bin, &model).replace(
+        "--enforce-eager]",
+        "--enforce-eager, --runner, pooling, --convert, embed]",
+    );
+    let config = format!(
+        "name: real-embeddings\nworkloads:\n  w: {{api: embeddings, arrival: {{kind: concurrency, n: 2}}, data: {{prompt_tokens: 32, tokenizer: {model}/tokenizer.json}}, warmup: 0s, duration: 8s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n{tenant}"
+    );
+    let (agent, outcome) = run_on_an_agent(tmp.path(), "real-embeddings", &config).await;
+    let trial = &outcome.summary.nodes[0].trials[0];
+    assert_eq!(trial.state, TrialStatus::Finished, "{:?}", trial.reason);
+    let t = &trial.tenants[0];
+    let m = &t.metrics;
+    assert!(m.completed >= 10 && m.failed == 0, "{m:?}");
+    assert_eq!(m.token_source, "usage");
+    assert!(m.ttft_ms.is_none(), "an embedding streams no token: {m:?}");
+    let (requests, _) = request_events(&outcome.dir.join("nodes/n/solo-e/e.jsonl"));
+    for r in &requests {
+        assert_eq!(r.prompt_tokens, Some(32), "the server's count: {r:?}");
+        assert_eq!(r.output_tokens, Some(0));
+    }
+    let client_e2e = m.e2e_ms.expect("latency").mean;
+    let server_e2e = t.server.as_ref().and_then(|s| s.e2e_mean_ms);
+    eprintln!("embeddings: latency client {client_e2e:.3} ms vs server {server_e2e:?} ms");
+    let server_e2e = server_e2e.expect("vLLM's e2e_request_latency_seconds for pooling requests");
+    assert!(
+        client_e2e >= server_e2e - 1.0 && client_e2e - server_e2e <= 25.0,
+        "latency disagrees"
+    );
+    agent.stop().await;
 }

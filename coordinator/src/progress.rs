@@ -2,7 +2,8 @@
 //!
 //! On a terminal ([`View::Live`]): one redrawn line per node (its trial, of how many, and the
 //! trial's stage) and one per running tenant (requests done and failed, the rate achieved over
-//! the last seconds, TTFT p50 and p99 so far, and the time since its stream began against the
+//! the last seconds, TTFT p50 and p99 so far (an embeddings tenant's latency end to end, as it
+//! streams no token), and the time since its stream began against the
 //! warm-up and measurement its stream's header says are planned), drawn by indicatif. Elsewhere
 //! ([`View::Plain`]: CI logs, a pipe): a line per node at each stage change and a line per
 //! running tenant every 2 s. Either way a tenant that finishes leaves one line behind.
@@ -99,7 +100,10 @@ impl NodeProgress {
 struct TenantProgress {
     done: u64,
     failed: u64,
-    ttft: LatencyHistogram,
+    /// TTFT, or the latency end to end of a tenant whose answers come whole (embeddings).
+    latency: LatencyHistogram,
+    /// Whether answers come whole, as its stream's header says: no TTFT, latency end to end.
+    answered_whole: bool,
     /// `(when, done)` at recent redraws, for the achieved rate.
     recent: VecDeque<(Instant, u64)>,
     first_seen: Instant,
@@ -112,7 +116,8 @@ impl TenantProgress {
         Self {
             done: 0,
             failed: 0,
-            ttft: LatencyHistogram::default(),
+            latency: LatencyHistogram::default(),
+            answered_whole: false,
             recent: VecDeque::new(),
             first_seen: Instant::now(),
             planned,
@@ -139,10 +144,17 @@ impl TenantProgress {
         }
     }
 
-    fn ttft_text(&self) -> String {
-        self.ttft.percentiles().map_or("-".to_owned(), |p| {
+    /// `TTFT p50 … p99 …`, or `latency p50 …` for answers that come whole.
+    fn latency_text(&self) -> String {
+        let figures = self.latency.percentiles().map_or("-".to_owned(), |p| {
             format!("p50 {:.1} ms p99 {:.1} ms", p.p50, p.p99)
-        })
+        });
+        let what = if self.answered_whole {
+            "latency"
+        } else {
+            "TTFT"
+        };
+        format!("{what} {figures}")
     }
 
     fn elapsed_text(&self, now: Instant) -> String {
@@ -162,10 +174,10 @@ impl TenantProgress {
     fn running_text(&mut self, now: Instant) -> String {
         let rate = self.sample_rate(now);
         format!(
-            "done {:>6}  failed {:>4}  {rate:>7.1} req/s  TTFT {}  {}",
+            "done {:>6}  failed {:>4}  {rate:>7.1} req/s  {}  {}",
             self.done,
             self.failed,
-            self.ttft_text(),
+            self.latency_text(),
             self.elapsed_text(now)
         )
     }
@@ -174,11 +186,11 @@ impl TenantProgress {
     fn finished_text(&self, now: Instant) -> String {
         let took = now.duration_since(self.first_seen);
         format!(
-            "done {}, failed {}, {:.1} req/s overall, TTFT {}, in {}",
+            "done {}, failed {}, {:.1} req/s overall, {}, in {}",
             self.done,
             self.failed,
             self.done as f64 / took.as_secs_f64().max(1e-3),
-            self.ttft_text(),
+            self.latency_text(),
             seconds(took)
         )
     }
@@ -275,8 +287,11 @@ impl Progress {
                     .as_ref()
                     .and_then(|t| t.planned_ms)
                     .map(Duration::from_millis);
+                let answered_whole = h.tenant.as_ref().is_some_and(|t| !t.api.generates());
                 let mut state = self.lock();
-                self.tenant(&mut state, node, trial, &tenant, planned);
+                if let Some(t) = self.tenant(&mut state, node, trial, &tenant, planned) {
+                    t.answered_whole = answered_whole;
+                }
             }
             (Some(StreamName::Tenant(tenant)), Event::Request(r)) => {
                 let mut state = self.lock();
@@ -287,8 +302,10 @@ impl Progress {
                     t.failed += 1;
                 } else {
                     t.done += 1;
-                    if let Some(first) = r.first_token_ns {
-                        t.ttft.record_ns(first.saturating_sub(r.sent_ns));
+                    if t.answered_whole {
+                        t.latency.record_ns(r.done_ns.saturating_sub(r.sent_ns));
+                    } else if let Some(first) = r.first_token_ns {
+                        t.latency.record_ns(first.saturating_sub(r.sent_ns));
                     }
                 }
             }

@@ -15,7 +15,7 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::capacity::{self, CapacitySummary, ProbeSummary, ProbeVerdict, SearchRecord};
-use crate::config::SharingMode;
+use crate::config::{Api, SharingMode};
 use crate::events::{
     read_stream, Event, GpuSample, ReadError, StreamKind, StreamReader, TenantHeader, TrialState,
 };
@@ -299,6 +299,9 @@ pub struct TenantSummary {
     pub model: String,
     /// Engine kind.
     pub engine: String,
+    /// The API its load called (absent in summaries written before embeddings: chat).
+    #[serde(default)]
+    pub api: Api,
     /// Whether the engine was simulated.
     pub simulated: bool,
     /// Arrival process.
@@ -849,6 +852,7 @@ fn analyze_trial(
             tenant: tenant.name,
             model: tenant.model,
             engine: tenant.engine,
+            api: tenant.api,
             simulated: header.simulated,
             arrival: tenant.arrival,
             offered_rate: tenant.offered_rate,
@@ -1189,7 +1193,6 @@ fn take_planned(plan: &mut Option<Plan>, node: &str) -> Vec<PlanTrial> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Api;
     use crate::events::testing::completed;
     use crate::events::Phase;
     use crate::metrics::TenantAccumulator;

@@ -21,6 +21,7 @@ pub use validate::MAX_CONFIG_BYTES;
 pub const MAX_IN_FLIGHT: u32 = 100_000;
 mod validate_capacity;
 mod validate_conversation;
+mod validate_embeddings;
 mod validate_launcher;
 mod validate_trace;
 
@@ -57,13 +58,33 @@ pub struct Experiment {
 }
 
 /// Which OpenAI API a workload calls.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Api {
     /// `/v1/chat/completions`.
+    #[default]
     Chat,
     /// `/v1/completions`.
     Completions,
+    /// `/v1/embeddings`: one forward pass over the prompt, answered whole. Its requests have
+    /// latency (end to end), requests/s and input tokens/s; no TTFT, TPOT or ITL (schema 1.5).
+    Embeddings,
+}
+
+impl Api {
+    /// The name a config and the outputs use.
+    pub fn name(self) -> &'static str {
+        match self {
+            Api::Chat => "chat",
+            Api::Completions => "completions",
+            Api::Embeddings => "embeddings",
+        }
+    }
+
+    /// Whether the API generates tokens (and so has output lengths, TTFT, TPOT and ITL).
+    pub fn generates(self) -> bool {
+        !matches!(self, Api::Embeddings)
+    }
 }
 
 /// How load is generated for a tenant.

@@ -342,21 +342,30 @@ impl Checker {
 
     fn workload(
         &mut self,
-        raw: RawWorkload,
+        mut raw: RawWorkload,
         path: &str,
         default_slo: &crate::slo::Slo,
     ) -> Option<Workload> {
         let api = match raw.api.as_deref() {
             None | Some("chat") => Some(Api::Chat),
             Some("completions") => Some(Api::Completions),
+            Some("embeddings") => Some(Api::Embeddings),
             Some(other) => {
                 self.problem(
                     &join(path, "api"),
-                    format!("{other:?} is not an API: use chat or completions"),
+                    format!("{other:?} is not an API: use chat, completions or embeddings"),
                 );
                 None
             }
         };
+        let embeds = api == Some(Api::Embeddings);
+        if embeds {
+            self.embeddings_only(&raw, path);
+            // Synthetic prompts are drawn with an output length; an embedding asks for none.
+            if let Some(d) = raw.data.as_mut().filter(|d| d.profile.is_none()) {
+                d.output_tokens.get_or_insert(serde_yaml::Value::from(1));
+            }
+        }
         let arrival_path = join(path, "arrival");
         let raw_arrival = self.required(raw.arrival, &arrival_path);
         let replays = raw_arrival
@@ -425,6 +434,13 @@ impl Checker {
         }
         let slo = match raw.slo {
             Some(own) => self.slo(own, &join(path, "slo")),
+            // An embedding has no tokens streamed: the experiment's token bounds do not apply.
+            None if embeds => crate::slo::Slo {
+                ttft_ms: Default::default(),
+                tpot_ms: Default::default(),
+                itl_ms: Default::default(),
+                ..default_slo.clone()
+            },
             None => default_slo.clone(),
         };
         let mut request_fields = serde_json::Map::new();
@@ -441,6 +457,7 @@ impl Checker {
                     self.problem(&at, format!("`{key}` is set by the load generator from the tenant and the workload's data; it cannot be overridden"));
                 }
                 "ignore_eos" => self.problem(&at, "use the workload's `ignore_eos: true|false`"),
+                "input" if embeds => self.problem(&at, "`input` is set by the load generator from the workload's data; it cannot be overridden"),
                 _ => {
                     request_fields.insert(key, value);
                 }
@@ -448,7 +465,7 @@ impl Checker {
         }
         Some(Workload {
             api: api?,
-            stream: raw.stream.unwrap_or(true),
+            stream: raw.stream.unwrap_or(!embeds),
             arrival: arrival?,
             data: data?,
             tokenizer,

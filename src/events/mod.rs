@@ -26,7 +26,8 @@
 //! - `request`: one finished request, see [`RequestEvent`]; from schema 1.3 a request that
 //!   waited for a new connection records the connect in `connect_ns`, and its `sent_ns` is the
 //!   instant the connection was ready; from schema 1.4 a turn of a conversation carries its
-//!   `conversation` (0-based) and `turn` (1-based).
+//!   `conversation` (0-based) and `turn` (1-based); from schema 1.5 the header's API may be
+//!   `embeddings`, whose requests ask for no output (`max_tokens` 0) and deliver none.
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`; on `drain` of
 //!   an open-loop load, `scheduled` counts the arrivals its schedule placed in the measure
 //!   phase (schema 1.1; absent before).
@@ -58,4 +59,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.4";
+pub const SCHEMA_VERSION: &str = "1.5";

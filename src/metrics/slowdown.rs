@@ -18,6 +18,10 @@ pub struct Slowdown {
     pub tpot_p50: Option<f64>,
     /// TPOT p99, shared / solo.
     pub tpot_p99: Option<f64>,
+    /// End-to-end latency p99, shared / solo: the latency of an embeddings tenant, which has
+    /// no TTFT or TPOT (absent before schema 1.5).
+    #[serde(default)]
+    pub e2e_p99: Option<f64>,
     /// Output tokens per second, shared / solo.
     pub output_tokens_per_s: Option<f64>,
 }
@@ -53,6 +57,10 @@ impl Slowdown {
             tpot_p99: ratio(
                 p(shared, |m| Some(m.tpot_ms?.p99)),
                 p(solo, |m| Some(m.tpot_ms?.p99)),
+            ),
+            e2e_p99: ratio(
+                p(shared, |m| Some(m.e2e_ms?.p99)),
+                p(solo, |m| Some(m.e2e_ms?.p99)),
             ),
             output_tokens_per_s: ratio(
                 shared.throughput.map(|t| t.output_tokens_per_s),

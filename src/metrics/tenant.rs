@@ -50,6 +50,10 @@ pub struct Throughput {
     pub requests_per_s: f64,
     /// Output tokens per second.
     pub output_tokens_per_s: f64,
+    /// Prompt (input) tokens per second: an embeddings tenant's token throughput (schema 1.5;
+    /// absent before).
+    #[serde(default)]
+    pub input_tokens_per_s: f64,
     /// Prompt plus output tokens per second.
     pub total_tokens_per_s: f64,
 }
@@ -252,6 +256,7 @@ impl TenantAccumulator {
                     window_s,
                     requests_per_s: self.completed as f64 / window_s,
                     output_tokens_per_s: self.output_tokens as f64 / window_s,
+                    input_tokens_per_s: self.prompt_tokens as f64 / window_s,
                     total_tokens_per_s: (self.output_tokens + self.prompt_tokens) as f64 / window_s,
                 })
             }

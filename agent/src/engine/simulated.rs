@@ -1,7 +1,9 @@
 //! The built-in simulated engine: a real OpenAI-compatible HTTP server with a known timing model.
 //!
 //! Routes: `POST /v1/completions` and `POST /v1/chat/completions` (SSE streaming with a final
-//! `usage` chunk when `stream_options.include_usage` is set, or one JSON body), `GET /v1/models`,
+//! `usage` chunk when `stream_options.include_usage` is set, or one JSON body),
+//! `POST /v1/embeddings` (a prefill-only pass: the vector is ready at the end of the step that
+//! prefilled the input), `GET /v1/models`,
 //! `GET /health`, `GET /metrics` (vLLM's prefix-cache counters). Prompt tokens are
 //! whitespace-separated words. Every response carries
 //! `x-multitenant-simulated: true`, and the model list says the model is simulated.
@@ -128,6 +130,7 @@ impl SimEngine {
                 "/v1/chat/completions",
                 post(|s, h, b| generate(s, h, b, true)),
             )
+            .route("/v1/embeddings", post(embed))
             .with_state(state);
         let shutdown = cancel.clone();
         // Without TCP_NODELAY, Nagle holds each small SSE chunk until the previous one is
@@ -236,6 +239,30 @@ fn error_response(status: StatusCode, message: &str) -> Response {
     )
 }
 
+/// The request's `x-request-id`, or a number of the engine's own.
+fn request_id(state: &AppState, headers: &HeaderMap) -> String {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .unwrap_or_else(|| format!("sim-{}", state.next_id.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// The JSON body of a request to `model`: 400 when it is not JSON or names no model, 404 (as
+/// from vLLM) when it names another model.
+fn request_for(body: &[u8], model: &str) -> Result<Value, (StatusCode, String)> {
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
+    match v.get("model").and_then(Value::as_str) {
+        Some(m) if m == model => Ok(v),
+        Some(m) => Err((
+            StatusCode::NOT_FOUND,
+            format!("The model `{m}` does not exist."),
+        )),
+        None => Err((StatusCode::BAD_REQUEST, "`model` is required".into())),
+    }
+}
+
 /// Parsed request fields the simulation uses.
 struct GenerateRequest {
     prompt_tokens: u32,
@@ -253,18 +280,7 @@ fn parse_request(
     model: &str,
 ) -> Result<GenerateRequest, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let v: Value =
-        serde_json::from_slice(body).map_err(|e| bad(format!("body is not JSON: {e}")))?;
-    match v.get("model").and_then(Value::as_str) {
-        Some(m) if m == model => {}
-        Some(m) => {
-            return Err((
-                StatusCode::NOT_FOUND,
-                format!("The model `{m}` does not exist."),
-            ))
-        }
-        None => return Err(bad("`model` is required".into())),
-    }
+    let v = request_for(body, model)?;
     let text = if chat {
         let messages = v
             .get("messages")
@@ -347,11 +363,7 @@ async fn generate(
         Ok(r) => r,
         Err((status, message)) => return error_response(status, &message),
     };
-    let id = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| format!("sim-{}", state.next_id.fetch_add(1, Ordering::Relaxed)));
+    let id = request_id(&state, &headers);
     let fault = pick_fault(&state.faults, draw(state.seed, &id, 1));
     if fault == Some(Fault::HttpError) {
         return error_response(
@@ -406,6 +418,82 @@ async fn generate(
     } else {
         response.whole(tokens_rx, truth).await
     }
+}
+
+/// Length of the simulated embedding vectors.
+const EMBEDDING_DIMENSIONS: usize = 16;
+
+/// The input of an embeddings request: one text or a list of texts, joined by spaces.
+fn embedding_input(body: &[u8], model: &str) -> Result<String, (StatusCode, String)> {
+    let bad = |m: String| (StatusCode::BAD_REQUEST, m);
+    let v = request_for(body, model)?;
+    match v.get("input") {
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|i| i.as_str().map(str::to_owned))
+            .collect::<Option<Vec<_>>>()
+            .map(|texts| texts.join(" "))
+            .ok_or_else(|| bad("`input` must be a string or a list of strings".into())),
+        _ => Err(bad(
+            "`input` must be a string or a non-empty list of strings".into(),
+        )),
+    }
+}
+
+/// `POST /v1/embeddings`: the input is prefilled in one scheduler step, beside the running
+/// sequences, and the answer is a vector drawn from the seed and the request id.
+async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+    let received = Instant::now();
+    let text = match embedding_input(&body, &state.model) {
+        Ok(t) => t,
+        Err((status, message)) => return error_response(status, &message),
+    };
+    let id = request_id(&state, &headers);
+    if pick_fault(&state.faults, draw(state.seed, &id, 1)) == Some(Fault::HttpError) {
+        return error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "simulated internal error (fault injection)",
+        );
+    }
+    let prompt_tokens = u32::try_from(text.split_whitespace().count())
+        .unwrap_or(u32::MAX)
+        .max(1);
+    let (tokens_tx, mut tokens_rx) = mpsc::unbounded_channel();
+    let admission = Admission {
+        prompt_tokens,
+        blocks: sequence_keys(&text, 0).0,
+        answer_blocks: Vec::new(),
+        output_tokens: 1,
+        tokens: tokens_tx,
+    };
+    if state.admissions.send(admission).is_err() {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "engine is shutting down");
+    }
+    let Some(ready) = tokens_rx.recv().await else {
+        return error_response(StatusCode::SERVICE_UNAVAILABLE, "engine is shutting down");
+    };
+    let vector: Vec<f64> = (0..EMBEDDING_DIMENSIONS)
+        .map(|i| draw(state.seed, &id, 100 + i as u64) * 2.0 - 1.0)
+        .collect();
+    let body = serde_json::json!({
+        "id": format!("embd-{id}"),
+        "object": "list",
+        "created": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        "model": state.model,
+        "data": [{"index": 0, "object": "embedding", "embedding": vector}],
+        "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
+    });
+    if let Some(log) = &state.truth {
+        log.lock().unwrap_or_else(|p| p.into_inner()).insert(
+            id,
+            TokenTruth {
+                received,
+                emitted: vec![ready],
+            },
+        );
+    }
+    json_response(StatusCode::OK, body.to_string())
 }
 
 type TruthSlot = Option<(Arc<Mutex<HashMap<String, TokenTruth>>>, String, Instant)>;

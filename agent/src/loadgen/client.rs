@@ -224,14 +224,20 @@ pub async fn execute(
                 json!({"model": target.model, "messages": messages}),
             )
         }
+        Api::Embeddings => (
+            "/v1/embeddings",
+            json!({"model": target.model, "input": prompt.text}),
+        ),
     };
-    body["max_tokens"] = json!(prompt.max_tokens);
-    body["stream"] = json!(target.stream);
-    if target.ignore_eos {
-        body["ignore_eos"] = json!(true);
-    }
-    if target.stream {
-        body["stream_options"] = json!({"include_usage": true});
+    if target.api.generates() {
+        body["max_tokens"] = json!(prompt.max_tokens);
+        body["stream"] = json!(target.stream);
+        if target.ignore_eos {
+            body["ignore_eos"] = json!(true);
+        }
+        if target.stream {
+            body["stream_options"] = json!({"include_usage": true});
+        }
     }
     for (key, value) in &target.request_fields {
         body[key] = value.clone();
@@ -303,6 +309,11 @@ pub async fn execute(
     }
     if target.stream {
         read_stream(response, &mut m, clock, abort).await;
+    } else if target.api == Api::Embeddings {
+        tokio::select! {
+            () = read_embedding(response, &mut m, clock) => {}
+            () = abort.cancelled() => fail(&mut m, clock, ErrorKind::Cancelled, CANCELLED),
+        }
     } else {
         tokio::select! {
             () = read_whole(response, &mut m, clock) => {}
@@ -446,19 +457,111 @@ fn apply_usage(m: &mut Measured, usage: Option<Usage>, counted: u32) {
     }
 }
 
-async fn read_whole(response: reqwest::Response, m: &mut Measured, clock: &RunClock) {
-    let bytes = match response.bytes().await {
-        Ok(b) => b,
+/// An `/v1/embeddings` answer: the vectors (as numbers, or base64 under
+/// `encoding_format: base64`) and the prompt tokens they cost.
+#[derive(Deserialize)]
+struct EmbeddingAnswer {
+    #[serde(default)]
+    data: Vec<EmbeddingItem>,
+    #[serde(default)]
+    usage: Option<EmbeddingUsage>,
+    #[serde(default)]
+    error: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct EmbeddingItem {
+    embedding: Embedding,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum Embedding {
+    Numbers(Vec<f64>),
+    Base64(String),
+}
+
+impl Embedding {
+    fn is_empty(&self) -> bool {
+        match self {
+            Embedding::Numbers(v) => v.is_empty(),
+            Embedding::Base64(s) => s.is_empty(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct EmbeddingUsage {
+    prompt_tokens: Option<u32>,
+}
+
+/// The whole body of a response that is not streamed, with `done` set when it has arrived;
+/// `None`, with the failure recorded, when it could not be read.
+async fn body_of(
+    response: reqwest::Response,
+    m: &mut Measured,
+    clock: &RunClock,
+) -> Option<bytes::Bytes> {
+    match response.bytes().await {
+        Ok(bytes) => {
+            m.done_ns = clock.now_ns();
+            Some(bytes)
+        }
         Err(e) => {
-            return fail(
+            fail(
                 m,
                 clock,
                 ErrorKind::StreamDropped,
                 format!("reading the body: {e}"),
-            )
+            );
+            None
+        }
+    }
+}
+
+/// Reads an embeddings answer whole: done when its body has arrived, its prompt tokens from
+/// `usage`, and no output tokens. An answer without a non-empty vector is a failure.
+async fn read_embedding(response: reqwest::Response, m: &mut Measured, clock: &RunClock) {
+    let Some(bytes) = body_of(response, m, clock).await else {
+        return;
+    };
+    let answer = match serde_json::from_slice::<EmbeddingAnswer>(&bytes) {
+        Ok(a) => a,
+        Err(e) => {
+            let shown: String = String::from_utf8_lossy(&bytes).chars().take(120).collect();
+            return fail(
+                m,
+                clock,
+                ErrorKind::MalformedChunk,
+                format!("body is not an embeddings answer ({e}): {shown}"),
+            );
         }
     };
-    m.done_ns = clock.now_ns();
+    if let Some(error) = answer.error {
+        return fail(
+            m,
+            clock,
+            ErrorKind::ServerError,
+            error.to_string().chars().take(300).collect::<String>(),
+        );
+    }
+    if answer.data.first().is_none_or(|d| d.embedding.is_empty()) {
+        return fail(
+            m,
+            clock,
+            ErrorKind::MalformedChunk,
+            "the embeddings answer holds no vector",
+        );
+    }
+    m.output_tokens = Some(0);
+    m.prompt_tokens = answer.usage.and_then(|u| u.prompt_tokens);
+    m.token_source = m.prompt_tokens.map(|_| TokenSource::Usage);
+}
+
+async fn read_whole(response: reqwest::Response, m: &mut Measured, clock: &RunClock) {
+    let Some(bytes) = body_of(response, m, clock).await else {
+        return;
+    };
     match serde_json::from_slice::<Chunk>(&bytes) {
         Ok(chunk) if chunk.error.is_none() => {
             if let Some(text) = m.text.as_mut() {

@@ -280,7 +280,12 @@ impl Shared {
             done_ns,
             connect_ns: measured.connect_ns,
             chunk_gaps_us: measured.chunk_gaps_us,
-            max_tokens: prompt.max_tokens,
+            // An embedding asks for no output.
+            max_tokens: if self.load.target.api.generates() {
+                prompt.max_tokens
+            } else {
+                0
+            },
             prompt_tokens: measured.prompt_tokens,
             output_tokens: measured.output_tokens,
             token_source: measured.token_source,

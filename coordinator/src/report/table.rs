@@ -2,7 +2,7 @@
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
-use multitenant::analysis::Summary;
+use multitenant::analysis::{Summary, TenantSummary};
 use multitenant::metrics::Percentiles;
 
 /// How the terminal shows a figure or verdict that has no data.
@@ -46,6 +46,7 @@ fn render_comparison(summary: &Summary) -> Option<String> {
         "TTFT p99",
         "TPOT p50",
         "TPOT p99",
+        "E2E p99",
         "out tok/s",
     ]);
     let mut rows = 0;
@@ -61,6 +62,7 @@ fn render_comparison(summary: &Summary) -> Option<String> {
                 times(s.ttft_p99),
                 times(s.tpot_p50),
                 times(s.tpot_p99),
+                times(s.e2e_p99),
                 times(s.output_tokens_per_s),
             ]);
         }
@@ -70,7 +72,7 @@ fn render_comparison(summary: &Summary) -> Option<String> {
                 trial.trial.clone(),
                 "= co-location gain".into(),
             ];
-            row.extend((0..4).map(|_| String::new()));
+            row.extend((0..5).map(|_| String::new()));
             row.push(times(Some(gain)));
             table.add_row(row);
         }
@@ -185,6 +187,57 @@ fn render_capacity(summary: &Summary) -> Option<String> {
     ))
 }
 
+/// A tenant's SLO verdict as the tables show it.
+fn slo_cell(t: &TenantSummary) -> String {
+    match t.slo.as_ref() {
+        Some(s) if s.pass => "pass".into(),
+        Some(_) => "FAIL".into(),
+        None => NO_DATA.into(),
+    }
+}
+
+/// The embeddings tenants, which stream no tokens: latency end to end and input tokens/s, or
+/// `None` when there are none.
+fn render_embeddings(summary: &Summary) -> Option<String> {
+    let mut table = styled([
+        "node",
+        "trial",
+        "tenant",
+        "done",
+        "failed",
+        "latency p50 ms",
+        "latency p99 ms",
+        "req/s",
+        "in tok/s",
+        "offered/s",
+        "achieved/s",
+        "SLO",
+    ]);
+    let mut rows = 0;
+    for (node, trial) in summary.trials() {
+        for t in trial.tenants.iter().filter(|t| !t.api.generates()) {
+            rows += 1;
+            let m = &t.metrics;
+            table.add_row([
+                node.to_owned(),
+                trial.trial.clone(),
+                t.tenant.clone(),
+                m.completed.to_string(),
+                m.failed.to_string(),
+                ms(m.e2e_ms.as_ref(), |p| p.p50),
+                ms(m.e2e_ms.as_ref(), |p| p.p99),
+                rate(m.throughput.map(|t| t.requests_per_s)),
+                rate(m.throughput.map(|t| t.input_tokens_per_s)),
+                rate(t.offered_rate),
+                rate(m.achieved_rate),
+                slo_cell(t),
+            ]);
+        }
+    }
+    align_numbers(&mut table, 3);
+    (rows > 0).then(|| table.to_string())
+}
+
 /// Renders the summary; every missing figure shows as `-`, never as 0.
 pub fn render_table(summary: &Summary) -> String {
     let mut table = styled([
@@ -208,7 +261,7 @@ pub fn render_table(summary: &Summary) -> String {
         } else {
             format!("{} ({})", trial.trial, trial.state)
         };
-        for t in &trial.tenants {
+        for t in trial.tenants.iter().filter(|t| t.api.generates()) {
             let m = &t.metrics;
             table.add_row([
                 node.to_owned(),
@@ -223,11 +276,7 @@ pub fn render_table(summary: &Summary) -> String {
                 rate(m.throughput.map(|t| t.output_tokens_per_s)),
                 rate(t.offered_rate),
                 rate(m.achieved_rate),
-                match t.slo.as_ref() {
-                    Some(s) if s.pass => "pass".into(),
-                    Some(_) => "FAIL".into(),
-                    None => NO_DATA.into(),
-                },
+                slo_cell(t),
             ]);
         }
         for missing in &trial.missing {
@@ -239,6 +288,13 @@ pub fn render_table(summary: &Summary) -> String {
             ];
             row.extend((0..9).map(|_| NO_DATA.to_owned()));
             table.add_row(row);
+        }
+        // Output tokens summed: nothing to sum in a trial of embeddings tenants alone.
+        let embeddings_alone = !trial.tenants.is_empty()
+            && trial.tenants.iter().all(|t| !t.api.generates())
+            && trial.missing.is_empty();
+        if embeddings_alone {
+            continue;
         }
         let mut total: Vec<Cell> = vec![
             Cell::new(node),
@@ -264,6 +320,13 @@ pub fn render_table(summary: &Summary) -> String {
     }
     out.push_str(&table.to_string());
     out.push('\n');
+    if let Some(embeddings) = render_embeddings(summary) {
+        out.push_str(
+            "embeddings tenants (answered whole: latency end to end, no tokens streamed)\n",
+        );
+        out.push_str(&embeddings);
+        out.push('\n');
+    }
     if let Some(comparison) = comparison {
         out.push_str("sharing vs solo (shared / solo; latency above 1 is slower, throughput below 1 is less)\n");
         out.push_str(&comparison);
