@@ -261,6 +261,31 @@ fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = long_config(tmp.path(), "60s");
     let coordinator = start_run(tmp.path(), &cfg);
+    // While it runs, no other coordinator may write into its folder.
+    let folder = std::fs::read_dir(tmp.path().join("runs"))
+        .expect("runs")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.join("nodes").is_dir())
+        .expect("the experiment folder");
+    let attach = |dir: &Path| {
+        let (_, bin) = binaries();
+        Command::new(bin)
+            .arg("attach")
+            .arg(dir)
+            .output()
+            .expect("attach")
+    };
+    let refused = attach(&folder);
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "is in use by coordinator run (pid {}",
+            coordinator.id()
+        )),
+        "{said}"
+    );
     let pid = Pid::from_raw(i32::try_from(coordinator.id()).expect("pid"));
     kill(pid, Signal::SIGTERM).expect("SIGTERM");
     let started = Instant::now();
@@ -289,6 +314,11 @@ fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
         processes_mentioning(tmp.path()).is_empty(),
         "agent left behind"
     );
+    // Its end let the folder go.
+    let later = attach(&folder);
+    let said = String::from_utf8_lossy(&later.stderr);
+    assert!(!said.contains("is in use by"), "{said}");
+    assert!(read_summary(&folder).interrupted);
 }
 
 #[test]

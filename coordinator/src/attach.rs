@@ -60,6 +60,7 @@ pub async fn attach(dir: &Path, fail_on_slo: bool) -> anyhow::Result<crate::Verd
             dir.display()
         );
     }
+    let _lock = crate::folder_lock::FolderLock::take(dir, "coordinator attach")?;
     let config = folder.file(layout::CONFIG_FILE);
     let experiment = Experiment::load(&config)
         .with_context(|| format!("reading the experiment's own {}", config.display()))?;

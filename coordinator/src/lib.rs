@@ -5,6 +5,7 @@
 //! - [`skypilot`]: the `sky` CLI, the task files and the cluster ledger behind `coordinator down`.
 //! - [`agent_client`]: authenticated gRPC client.
 //! - [`attach`]: `coordinator attach`, finishing an experiment whose coordinator ended early.
+//! - [`folder_lock`]: one coordinator at a time in an experiment folder.
 //! - [`collect`]: byte-identical, resumable copies of the agents' streams.
 //! - [`progress`]: live per-tenant lines.
 //! - [`report`]: what people read: the terminal table, `summary.json`, `summary.csv`,
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod collect;
 pub mod console;
 pub mod export;
+pub mod folder_lock;
 pub mod launch;
 pub mod paired;
 pub mod preflight;

@@ -87,6 +87,8 @@ pub async fn run_experiment(
     let folder = ExperimentDir::new(&dir);
     std::fs::create_dir_all(folder.nodes_dir())
         .with_context(|| format!("creating {}", dir.display()))?;
+    // Held until the summary is written: an `attach` meanwhile is refused.
+    let _lock = crate::folder_lock::FolderLock::take(&dir, "coordinator run")?;
     std::fs::write(folder.file(layout::CONFIG_FILE), &config_text)
         .context("copying the config into the experiment folder")?;
     let run = ExperimentRun {

@@ -30,6 +30,8 @@ use crate::events::{read_stream, Event};
 pub const CONFIG_FILE: &str = "config.yaml";
 /// The coordinator's plan.
 pub const PLAN_FILE: &str = "plan.json";
+/// Locked by the coordinator (`run` or `attach`) that writes into the folder, and naming it.
+pub const COORDINATOR_LOCK_FILE: &str = ".coordinator.lock";
 /// The summary.
 pub const SUMMARY_JSON: &str = "summary.json";
 /// One CSV row per tenant and trial.
