@@ -11,6 +11,7 @@ mod compare;
 mod configs;
 mod connections;
 mod conversations;
+mod crashers;
 mod damaged_reports;
 mod embeddings;
 mod end_to_end;
