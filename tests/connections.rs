@@ -6,11 +6,10 @@ use std::time::Duration;
 use agent::clock::RunClock;
 use agent::loadgen::client::{self, Target};
 use agent::loadgen::connections::LoadClient;
-use agent::loadgen::prompts::Prompt;
 use multitenant::config::{Api, Arrival, ArrivalPlan, SimFaults, SimTiming};
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{constant_workload, record_load, sim_engine};
+use crate::support::{constant_workload, four_word_prompt, record_load, sim_engine};
 
 fn timing() -> SimTiming {
     SimTiming {
@@ -19,17 +18,6 @@ fn timing() -> SimTiming {
         decode_step_us: 2_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
-    }
-}
-
-fn prompt() -> Prompt {
-    Prompt {
-        text: "one two three four".into(),
-        words: 4,
-        tokens: None,
-        max_tokens: 4,
-        origin: "synthetic".into(),
-        expected: None,
     }
 }
 
@@ -54,7 +42,17 @@ async fn a_request_that_opened_a_connection_records_the_connect_outside_ttft() {
     let mut measured = Vec::new();
     for id in ["first", "second"] {
         let before_ns = clock.now_ns();
-        let m = client::execute(&http, &target, id, &prompt(), &[], &clock, &abort, false).await;
+        let m = client::execute(
+            &http,
+            &target,
+            id,
+            &four_word_prompt(),
+            &[],
+            &clock,
+            &abort,
+            false,
+        )
+        .await;
         assert!(m.error.is_none(), "{id}: {:?}", m.error);
         let truth = engine.truth(id).expect("the engine recorded it");
         let received_ns = clock.ns_at(truth.received);

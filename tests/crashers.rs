@@ -8,14 +8,13 @@ use std::path::{Path, PathBuf};
 use agent::clock::RunClock;
 use agent::loadgen::client::{self, Target};
 use agent::loadgen::connections::LoadClient;
-use agent::loadgen::prompts::Prompt;
 use multitenant::config::{Api, Experiment};
 use multitenant::events::{read_stream, MAX_NAMED_SKIPS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::fixture;
+use crate::support::{fixture, four_word_prompt};
 
 /// The files of `crashers/<kind>`, sorted; the corpus must not be empty.
 fn corpus(kind: &str) -> Vec<PathBuf> {
@@ -136,14 +135,7 @@ async fn every_sse_crasher_ends_its_request_as_recorded() {
     let clock = RunClock::start();
     let http = LoadClient::new(clock).expect("client");
     let abort = CancellationToken::new();
-    let prompt = Prompt {
-        text: "one two three four".into(),
-        words: 4,
-        tokens: None,
-        max_tokens: 4,
-        origin: "synthetic".into(),
-        expected: None,
-    };
+    let prompt = four_word_prompt();
     for path in corpus("sse") {
         let name = path
             .file_name()

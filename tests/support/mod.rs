@@ -58,6 +58,18 @@ pub async fn sim_engine(timing: SimTiming, faults: SimFaults) -> SimEngine {
     .expect("start sim engine")
 }
 
+/// A four-word prompt asking for four tokens, for requests sent one by one.
+pub fn four_word_prompt() -> agent::loadgen::prompts::Prompt {
+    agent::loadgen::prompts::Prompt {
+        text: "one two three four".into(),
+        words: 4,
+        tokens: None,
+        max_tokens: 4,
+        origin: "synthetic".into(),
+        expected: None,
+    }
+}
+
 /// A streaming chat workload at a constant rate.
 pub fn constant_workload(rate: f64, duration: Duration, prompt: u32, output: u32) -> Workload {
     Workload {
