@@ -38,6 +38,10 @@ pub fn with_sources(error: &dyn std::error::Error) -> String {
         ),
         ("BadCertificate", "the other side rejected our certificate"),
         (
+            "DecryptError",
+            "the other side could not verify our certificate with the CA it trusts",
+        ),
+        (
             "CertificateRequired",
             "the agent requires a client certificate",
         ),
@@ -51,6 +55,18 @@ pub fn with_sources(error: &dyn std::error::Error) -> String {
         }
     }
     text
+}
+
+/// Why the first call on a new connection failed: the error and its sources and, over TLS
+/// when they do not name a certificate, how an agent refuses a client certificate it does not
+/// accept (it closes the connection once the handshake is done, so the call sees a closed or
+/// cancelled connection and no word about certificates).
+pub fn first_call_refused(status: &Status, over_tls: bool) -> String {
+    let mut reason = with_sources(status);
+    if over_tls && !reason.contains("certificate") {
+        reason.push_str(" (over TLS, a closed connection on the first call is how an agent refuses a client certificate it does not accept: check that it runs with this experiment's CA, or that this coordinator was paired with it since its identity last changed)");
+    }
+    reason
 }
 
 /// A client of one agent.

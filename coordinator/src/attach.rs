@@ -205,7 +205,7 @@ async fn resume(
             tonic::Code::NotFound => anyhow::anyhow!("the agent has no run {run_id}"),
             _ => anyhow::anyhow!(
                 "the agent refused GetRun: {}",
-                agent_client::with_sources(&s)
+                agent_client::first_call_refused(&s, endpoint.tls.is_some())
             ),
         })?
         .into_inner();

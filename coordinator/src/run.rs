@@ -268,10 +268,7 @@ async fn drive_node(
         .info(InfoRequest {})
         .await
         .map_err(|s| {
-            let mut reason = agent_client::with_sources(&s);
-            if endpoint.tls.is_some() && !reason.contains("certificate") {
-                reason.push_str(" (over TLS, a closed connection on the first call is how an agent refuses a client certificate it does not accept: check that it runs with this experiment's CA)");
-            }
+            let reason = agent_client::first_call_refused(&s, endpoint.tls.is_some());
             anyhow::anyhow!("the agent at {} refused Info: {reason}", endpoint.url)
         })?
         .into_inner();
