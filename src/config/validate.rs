@@ -362,7 +362,11 @@ impl Checker {
         if embeds {
             self.embeddings_only(&raw, path);
             // Synthetic prompts are drawn with an output length; an embedding asks for none.
-            if let Some(d) = raw.data.as_mut().filter(|d| d.profile.is_none()) {
+            let replays = raw.arrival.as_ref().and_then(|a| a.kind.as_deref()) == Some("trace");
+            let synthetic = |d: &RawData| {
+                matches!(d.kind.as_deref(), None | Some("synthetic")) && d.profile.is_none()
+            };
+            if let Some(d) = raw.data.as_mut().filter(|d| !replays && synthetic(d)) {
                 d.output_tokens.get_or_insert(serde_yaml::Value::from(1));
             }
         }

@@ -71,6 +71,14 @@ mod tests {
     }
 
     #[test]
+    fn a_replay_drives_embeddings_without_output_lengths() {
+        // `data:` beside a trace takes only a tokenizer: nothing may be added to it.
+        let replay = "name: e\nworkloads:\n  w: {api: embeddings, arrival: {kind: trace, path: configs/traces/burstgpt-sample.csv, format: burstgpt, time_scale: 10}, data: {}}\nnodes:\n  - name: n\n    tenants:\n      - {name: a, engine: {kind: simulated}, workload: w}\n";
+        let e = Experiment::from_yaml(replay, "e.yaml").expect("a replay of embeddings");
+        assert_eq!(e.workloads["w"].api, Api::Embeddings);
+    }
+
+    #[test]
     fn what_an_embedding_cannot_be_asked_is_refused_by_name() {
         for (workload, path, says) in [
             (
