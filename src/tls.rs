@@ -17,3 +17,18 @@ pub const CERT_ENV: &str = "MULTITENANT_TLS_CERT";
 pub const KEY_ENV: &str = "MULTITENANT_TLS_KEY";
 /// PEM of the CA whose client certificates the agent accepts.
 pub const CLIENT_CA_ENV: &str = "MULTITENANT_TLS_CLIENT_CA";
+
+/// A new server certificate for [`AGENT_SERVER_NAME`], signed by `issuer` (the experiment's CA
+/// or an agent's own): its PEM and its key's PEM.
+pub fn agent_server_certificate(
+    issuer: &rcgen::Issuer<'_, impl rcgen::SigningKey>,
+) -> Result<(String, String), rcgen::Error> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::new(vec![AGENT_SERVER_NAME.to_owned()])?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, AGENT_SERVER_NAME);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}

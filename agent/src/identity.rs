@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use anyhow::{bail, Context};
 use multitenant::auth::BearerToken;
 use multitenant::pairing::{der_of_pem, PairingCode};
-use multitenant::tls::AGENT_SERVER_NAME;
+use multitenant::tls::agent_server_certificate;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
     ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose,
@@ -229,23 +229,16 @@ fn generate(dir: &Path, url: String, user_ca: Option<&UserCa>) -> anyhow::Result
             (ca_cert.pem(), ca_key_pem, Issuer::new(ca, ca_key))
         }
     };
-    let server_key = KeyPair::generate()?;
-    let mut server = CertificateParams::new(vec![AGENT_SERVER_NAME.to_owned()])?;
-    server
-        .distinguished_name
-        .push(DnType::CommonName, AGENT_SERVER_NAME);
-    server.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let server_cert = server
-        .signed_by(&server_key, &issuer)
-        .context("signing the agent's server certificate")?;
+    let (server_cert_pem, server_key_pem) =
+        agent_server_certificate(&issuer).context("signing the agent's server certificate")?;
     Ok(NodeIdentity {
         dir: dir.to_owned(),
         token: BearerToken::from_random_bytes(rand::random()),
         url,
         ca_pem,
         ca_key_pem,
-        server_cert_pem: server_cert.pem(),
-        server_key_pem: server_key.serialize_pem(),
+        server_cert_pem,
+        server_key_pem,
     })
 }
 

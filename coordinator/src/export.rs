@@ -449,68 +449,61 @@ impl Row<'_> {
         self.error.get_or_insert(error);
     }
 
-    fn int(mut self, value: Option<i64>) -> Self {
-        let taken = self.next().map(|c| match &mut c.values {
+    /// Gives the next column its value through `push`, which says whether the column is of the
+    /// `kind` it can take.
+    fn put(mut self, kind: &str, push: impl FnOnce(&mut Column) -> bool) -> Self {
+        if self.next().map(push) == Some(false) {
+            self.mismatch(kind);
+        }
+        self
+    }
+
+    fn int(self, value: Option<i64>) -> Self {
+        self.put("an integer", |c| match &mut c.values {
             Values::Ints(ints) => {
                 ints.extend(value);
                 c.defined(value.is_some());
                 true
             }
             _ => false,
-        });
-        if taken == Some(false) {
-            self.mismatch("an integer");
-        }
-        self
+        })
     }
 
-    fn float(mut self, value: Option<f64>) -> Self {
-        let taken = self.next().map(|c| match &mut c.values {
+    fn float(self, value: Option<f64>) -> Self {
+        self.put("a float", |c| match &mut c.values {
             Values::Floats(floats) => {
                 floats.extend(value);
                 c.defined(value.is_some());
                 true
             }
             _ => false,
-        });
-        if taken == Some(false) {
-            self.mismatch("a float");
-        }
-        self
+        })
     }
 
-    fn flag(mut self, value: bool) -> Self {
-        let taken = self.next().map(|c| match &mut c.values {
+    fn flag(self, value: bool) -> Self {
+        self.put("a flag", |c| match &mut c.values {
             Values::Flags(flags) => {
                 flags.push(value);
                 true
             }
             _ => false,
-        });
-        if taken == Some(false) {
-            self.mismatch("a flag");
-        }
-        self
+        })
     }
 
-    fn text(mut self, value: Option<&str>) -> Self {
-        let taken = self.next().map(|c| match &mut c.values {
+    fn text(self, value: Option<&str>) -> Self {
+        self.put("a text", |c| match &mut c.values {
             Values::Texts(texts) => {
                 texts.extend(value.map(|v| ByteArray::from(v.as_bytes().to_vec())));
                 c.defined(value.is_some());
                 true
             }
             _ => false,
-        });
-        if taken == Some(false) {
-            self.mismatch("a text");
-        }
-        self
+        })
     }
 
     /// A `REPEATED` column's values of this row: none is one level at 0.
-    fn list(mut self, values: &[u64]) -> Self {
-        let taken = self.next().map(|c| match &mut c.values {
+    fn list(self, values: &[u64]) -> Self {
+        self.put("a list of integers", |c| match &mut c.values {
             Values::Ints(ints) => {
                 ints.extend(values.iter().map(|&v| ns(v)));
                 if values.is_empty() {
@@ -524,11 +517,7 @@ impl Row<'_> {
                 true
             }
             _ => false,
-        });
-        if taken == Some(false) {
-            self.mismatch("a list of integers");
-        }
-        self
+        })
     }
 
     /// Adds the row, once every column got its value of its kind.

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use anyhow::Context;
 use multitenant::config::UserCa;
-use multitenant::tls::{AGENT_SERVER_NAME, CERT_ENV, CLIENT_CA_ENV, KEY_ENV};
+use multitenant::tls::{
+    agent_server_certificate, AGENT_SERVER_NAME, CERT_ENV, CLIENT_CA_ENV, KEY_ENV,
+};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -79,19 +81,12 @@ impl ExperimentTls {
 
     /// A new server certificate for one agent.
     pub fn agent_secrets(&self) -> anyhow::Result<AgentSecrets> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::new(vec![AGENT_SERVER_NAME.to_owned()])?;
-        params
-            .distinguished_name
-            .push(DnType::CommonName, AGENT_SERVER_NAME);
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .context("signing an agent certificate")?;
+        let (cert_pem, key_pem) =
+            agent_server_certificate(&self.issuer).context("signing an agent certificate")?;
         Ok(AgentSecrets {
             env: vec![
-                (CERT_ENV, cert.pem()),
-                (KEY_ENV, key.serialize_pem()),
+                (CERT_ENV, cert_pem),
+                (KEY_ENV, key_pem),
                 (CLIENT_CA_ENV, self.ca_pem.clone()),
             ],
         })

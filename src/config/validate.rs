@@ -358,11 +358,11 @@ impl Checker {
                 None
             }
         };
+        let replays = raw.arrival.as_ref().and_then(|a| a.kind.as_deref()) == Some("trace");
         let embeds = api == Some(Api::Embeddings);
         if embeds {
             self.embeddings_only(&raw, path);
             // Synthetic prompts are drawn with an output length; an embedding asks for none.
-            let replays = raw.arrival.as_ref().and_then(|a| a.kind.as_deref()) == Some("trace");
             let synthetic = |d: &RawData| {
                 matches!(d.kind.as_deref(), None | Some("synthetic")) && d.profile.is_none()
             };
@@ -372,9 +372,6 @@ impl Checker {
         }
         let arrival_path = join(path, "arrival");
         let raw_arrival = self.required(raw.arrival, &arrival_path);
-        let replays = raw_arrival
-            .as_ref()
-            .is_some_and(|a| a.kind.as_deref() == Some("trace"));
         let (arrival, trace) = match raw_arrival {
             Some(a) if replays => match self.trace(a, &arrival_path) {
                 Some(t) => (

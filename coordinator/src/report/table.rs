@@ -2,7 +2,7 @@
 
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
-use multitenant::analysis::{Summary, TenantSummary};
+use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
 use multitenant::metrics::Percentiles;
 
 /// How the terminal shows a figure or verdict that has no data.
@@ -187,6 +187,15 @@ fn render_capacity(summary: &Summary) -> Option<String> {
     ))
 }
 
+/// A trial's name, with its state when it did not finish (`mps (invalid)`).
+fn trial_label(trial: &TrialSummary) -> String {
+    if trial.state.is_finished() {
+        trial.trial.clone()
+    } else {
+        format!("{} ({})", trial.trial, trial.state)
+    }
+}
+
 /// A tenant's SLO verdict as the tables show it.
 fn slo_cell(t: &TenantSummary) -> String {
     match t.slo.as_ref() {
@@ -220,7 +229,7 @@ fn render_embeddings(summary: &Summary) -> Option<String> {
             let m = &t.metrics;
             table.add_row([
                 node.to_owned(),
-                trial.trial.clone(),
+                trial_label(trial),
                 t.tenant.clone(),
                 m.completed.to_string(),
                 m.failed.to_string(),
@@ -256,11 +265,7 @@ pub fn render_table(summary: &Summary) -> String {
         "SLO",
     ]);
     for (node, trial) in summary.trials() {
-        let trial_label = if trial.state.is_finished() {
-            trial.trial.clone()
-        } else {
-            format!("{} ({})", trial.trial, trial.state)
-        };
+        let trial_label = trial_label(trial);
         for t in trial.tenants.iter().filter(|t| t.api.generates()) {
             let m = &t.metrics;
             table.add_row([
