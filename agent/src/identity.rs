@@ -32,7 +32,7 @@ pub const TOKEN_FILE: &str = "token";
 pub const CA_CERT_FILE: &str = "ca.pem";
 /// The CA's key.
 pub const CA_KEY_FILE: &str = "ca.key";
-/// The server certificate, for [`AGENT_SERVER_NAME`].
+/// The server certificate, for [`multitenant::tls::AGENT_SERVER_NAME`].
 pub const SERVER_CERT_FILE: &str = "server.pem";
 /// Its key.
 pub const SERVER_KEY_FILE: &str = "server.key";
