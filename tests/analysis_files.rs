@@ -26,6 +26,7 @@ fn header(stream: StreamKind, tenant: Option<&str>) -> Header {
                 name: name.into(),
                 model: "m".into(),
                 engine: "simulated".into(),
+                served_by: None,
                 workload: "w".into(),
                 api: Api::Chat,
                 arrival: "constant 2/s".into(),
@@ -148,7 +149,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.5""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.6""#));
     assert!(text
         .lines()
         .nth(2)

@@ -42,7 +42,7 @@ fn validate_lists_every_problem_with_its_path_and_fails() {
         "workloads.chat.colour: unknown key",
         "nodes[0].tenants[1].workload: no workload named \"missing\"",
         "nodes[0].tenants[1].port: port 18000 is already used by nodes[0].tenants[0]",
-        "nodes[0].tenants[2].engine.kind: \"gpu-magic\" is not an engine kind: use simulated, vllm or external",
+        "nodes[0].tenants[2].engine.kind: \"gpu-magic\" is not an engine kind: use simulated, vllm, external or adapter",
     ] {
         assert!(
             stderr.contains(expected),

@@ -18,6 +18,7 @@ fn timing() -> SimTiming {
         decode_step_us: 2_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     }
 }
 

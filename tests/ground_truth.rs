@@ -36,6 +36,7 @@ async fn measured_ttft_and_tpot_match_the_engines_ground_truth() {
         decode_step_us: 4_000.0,
         decode_step_us_per_seq: 50.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     };
     let engine = sim_engine(timing, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -129,6 +130,7 @@ async fn a_thousand_concurrent_streams_are_measured_against_the_engines_truth() 
         decode_step_us: 25_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     };
     let engine = sim_engine(timing, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");

@@ -21,6 +21,7 @@ fn fast_timing() -> SimTiming {
         decode_step_us: 1_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     }
 }
 
@@ -205,6 +206,7 @@ async fn the_duration_ends_the_run_on_time_with_every_request_accounted_for() {
         decode_step_us: 20_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     };
     let engine = sim_engine(slow, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");
@@ -268,6 +270,7 @@ async fn an_open_loop_past_its_in_flight_cap_records_client_errors_not_engine_fa
         decode_step_us: 100_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     };
     let engine = sim_engine(stuck, SimFaults::default()).await;
     let dir = tempfile::tempdir().expect("tempdir");

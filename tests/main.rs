@@ -21,6 +21,7 @@ mod golden;
 mod ground_truth;
 mod lifetimes;
 mod load_shapes;
+mod lora;
 mod mps;
 mod network_faults;
 mod pairing;

@@ -303,3 +303,111 @@ async fn real_vllm_serves_conversations_from_its_prefix_cache_and_unique_prompts
     assert!(unique < 0.05, "unique prompts: {unique}");
     agent.stop().await;
 }
+
+/// Writes a LoRA adapter for the tiny Llama (hidden size 128, two layers) to `dir`: rank 8 on
+/// `q_proj` and `v_proj`, weights drawn from `seed`, in PEFT's layout (`adapter_config.json`
+/// and a safetensors file of F32 tensors).
+fn write_random_adapter(dir: &Path, seed: u64) {
+    const RANK: usize = 8;
+    const HIDDEN: usize = 128;
+    std::fs::create_dir_all(dir).expect("adapter folder");
+    let mut state = seed;
+    let mut next = move || {
+        // splitmix64, scaled to [-0.25, 0.25): large enough to change what the model says.
+        state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut x = state;
+        x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.5
+    };
+    let mut header = serde_json::Map::new();
+    let mut data: Vec<u8> = Vec::new();
+    for layer in 0..2 {
+        for proj in ["q_proj", "v_proj"] {
+            let prefix = format!("base_model.model.model.layers.{layer}.self_attn.{proj}");
+            for (name, shape) in [("lora_A", [RANK, HIDDEN]), ("lora_B", [HIDDEN, RANK])] {
+                let start = data.len();
+                for _ in 0..shape[0] * shape[1] {
+                    data.extend_from_slice(&next().to_le_bytes());
+                }
+                header.insert(
+                    format!("{prefix}.{name}.weight"),
+                    serde_json::json!({"dtype": "F32", "shape": shape, "data_offsets": [start, data.len()]}),
+                );
+            }
+        }
+    }
+    header.insert("__metadata__".into(), serde_json::json!({"format": "pt"}));
+    let mut header = serde_json::Value::Object(header).to_string().into_bytes();
+    header.resize(header.len().div_ceil(8) * 8, b' ');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend(header);
+    file.extend(data);
+    std::fs::write(dir.join("adapter_model.safetensors"), file).expect("adapter weights");
+    let config = serde_json::json!({
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": RANK, "lora_alpha": 16,
+        "lora_dropout": 0.0, "target_modules": ["q_proj", "v_proj"], "bias": "none",
+        "fan_in_fan_out": false, "base_model_name_or_path": "tiny", "modules_to_save": null
+    });
+    std::fs::write(dir.join("adapter_config.json"), config.to_string()).expect("adapter config");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_vllm_serves_lora_adapter_tenants_from_one_engine() {
+    let Some((bin, model)) = real_vllm("real vLLM LoRA test") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (sql, chat) = (tmp.path().join("sql-lora"), tmp.path().join("chat-lora"));
+    write_random_adapter(&sql, 1);
+    write_random_adapter(&chat, 2);
+    let config = format!(
+        "name: real-lora\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 2}}, data: {{prompt_tokens: 32, output_tokens: 16, tokenizer: {model}/tokenizer.json}}, request_fields: {{temperature: 0}}, warmup: 0s, duration: 10s}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}      - {{name: sql, workload: w, engine: {{kind: adapter, of: a, adapter: {}}}}}\n      - {{name: chat, workload: w, engine: {{kind: adapter, of: a, adapter: {}}}}}\n",
+        tenant("a", 0, &bin, &model),
+        sql.display(),
+        chat.display()
+    );
+    let (agent, outcome) = run_on_an_agent(tmp.path(), "real-lora", &config).await;
+    let trial = &outcome.summary.nodes[0].trials[0];
+    assert_eq!(trial.state, TrialStatus::Finished, "{:?}", trial.reason);
+    for t in &trial.tenants {
+        let m = &t.metrics;
+        eprintln!(
+            "vLLM LoRA: {} ({}) completed {}, TTFT p50 {:?} ms",
+            t.tenant,
+            t.model,
+            m.completed,
+            m.ttft_ms.map(|p| p.p50)
+        );
+        // vLLM answers 404 for a model name it does not serve.
+        assert!(m.completed >= 5 && m.failed == 0, "{}: {m:?}", t.tenant);
+    }
+    let trial_dir = outcome.dir.join("nodes/n/timeslice");
+    let agent_log = read_stream(&trial_dir.join("agent.jsonl")).expect("agent stream");
+    let starts: Vec<String> = agent_log
+        .events
+        .iter()
+        .filter_map(|l| match &l.event {
+            Event::Engine(e) if e.state == multitenant::events::EngineState::Starting => {
+                Some(format!("{}: {}", e.tenant, e.detail))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(starts, ["a: vllm with 2 LoRA adapters"]);
+    // The engine's log stays with the agent, in its run's folder.
+    let log = std::fs::read_dir(tmp.path().join("agent"))
+        .expect("agent folder")
+        .filter_map(|run| {
+            std::fs::read_to_string(run.ok()?.path().join("timeslice/logs/a.log")).ok()
+        })
+        .next()
+        .expect("engine log");
+    for name in ["sql", "chat"] {
+        assert!(
+            log.contains(&format!("Loaded new LoRA adapter: name '{name}'")),
+            "vLLM loaded {name}:\n{log}"
+        );
+    }
+    agent.stop().await;
+}

@@ -178,6 +178,7 @@ async fn stages(
         decode_step_us: 10_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     })
     .await?;
     let mut rates = Vec::new();
@@ -220,6 +221,7 @@ async fn stages(
         decode_step_us: 1_000_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     })
     .await?;
     let memory = memory_stage(&engine.url, streams, &scratch.join("memory")).await?;
@@ -254,6 +256,7 @@ async fn stages(
         decode_step_us: 10_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     })
     .await?;
     let replay = replay_stage(&engine.url, &scratch.join("replay")).await;
@@ -450,12 +453,14 @@ async fn truth_stage(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let config = SimEngineConfig {
         model: "bench".into(),
+        adapters: Vec::new(),
         timing: SimTiming {
             max_batch: streams,
             prefill_us_per_token: 0.0,
             decode_step_us: 25_000.0,
             decode_step_us_per_seq: 0.0,
             prefix_cache_tokens: 0,
+            ..SimTiming::default()
         },
         faults: SimFaults::default(),
         seed: 1,

@@ -232,6 +232,7 @@ pub async fn sim_engine(
         .with_context(|| format!("binding {listen}"))?;
     let config = SimEngineConfig {
         model,
+        adapters: Vec::new(),
         timing,
         faults: multitenant::config::SimFaults::default(),
         seed,
@@ -410,6 +411,7 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
                 decode_step_us,
                 decode_step_us_per_seq,
                 prefix_cache_tokens,
+                ..multitenant::config::SimTiming::default()
             };
             sim_engine(listen, model, seed, timing, shutdown).await
         }

@@ -85,10 +85,7 @@ pub fn refusals(trial: &Trial, node: &Node, facts: &NodeFacts) -> Vec<Refusal> {
         .collect();
     let gpu0 = facts.gpus.iter().find(|g| g.index == 0);
     if let (true, Some(gpu)) = (facts.gpus_unknown.is_none(), gpu0) {
-        let tenants: Vec<&Tenant> = trial
-            .tenants
-            .iter()
-            .map(|&i| &node.tenants[i])
+        let tenants: Vec<&Tenant> = engine_owners(trial, node)
             .filter(|t| matches!(t.engine, Engine::Vllm(_)) && !picks_its_gpus(t))
             .collect();
         found.extend(memory_refusal(&tenants, gpu).map(|reason| Refusal {
@@ -105,12 +102,16 @@ fn picks_its_gpus(tenant: &Tenant) -> bool {
     matches!(&tenant.engine, Engine::Vllm(v) if v.env.contains_key("CUDA_VISIBLE_DEVICES"))
 }
 
+/// The tenants whose engines `trial` runs (an adapter's base among them).
+fn engine_owners<'n>(trial: &Trial, node: &'n Node) -> impl Iterator<Item = &'n Tenant> {
+    node.trial_engines(trial)
+        .into_iter()
+        .map(|i| &node.tenants[i])
+}
+
 /// What the node lacks for `trial`: MPS for an mps trial, the GPUs it asks for.
 fn lacks(trial: &Trial, node: &Node, facts: &NodeFacts) -> Vec<String> {
-    let tenants: Vec<&Tenant> = trial.tenants.iter().map(|&i| &node.tenants[i]).collect();
-    let vllm: Vec<&Tenant> = tenants
-        .iter()
-        .copied()
+    let vllm: Vec<&Tenant> = engine_owners(trial, node)
         .filter(|t| matches!(t.engine, Engine::Vllm(_)))
         .collect();
     if vllm.is_empty() {

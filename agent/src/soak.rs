@@ -113,6 +113,7 @@ async fn soak(settings: SoakSettings, scratch: &Path) -> anyhow::Result<SoakFigu
         decode_step_us: 1_000_000.0,
         decode_step_us_per_seq: 0.0,
         prefix_cache_tokens: 0,
+        ..SimTiming::default()
     })
     .await?;
     let mut workload = synthetic(Arrival::Constant { rate }, settings.duration, 16, TOKENS);

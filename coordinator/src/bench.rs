@@ -220,6 +220,7 @@ fn write_experiment(dir: &Path, settings: &BenchSettings) -> anyhow::Result<u64>
             name: name.clone(),
             model: format!("model-{t}"),
             engine: "simulated".into(),
+            served_by: None,
             workload: "bench".into(),
             api: Api::Chat,
             arrival: format!("constant {RATE_PER_TENANT}/s"),

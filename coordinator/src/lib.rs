@@ -50,7 +50,14 @@ pub fn validate(config: &Path) -> anyhow::Result<()> {
             .into_iter()
             .map(|t| t.name)
             .collect();
-        let tenants: Vec<&str> = node.tenants.iter().map(|t| t.name.as_str()).collect();
+        let tenants: Vec<String> = node
+            .tenants
+            .iter()
+            .map(|t| match t.engine.base() {
+                Some(base) => format!("{} (a LoRA adapter in {base}'s engine)", t.name),
+                None => t.name.clone(),
+            })
+            .collect();
         println!(
             "  node {}: tenants {}; trials {}",
             node.name,

@@ -299,6 +299,9 @@ pub struct TenantSummary {
     pub model: String,
     /// Engine kind.
     pub engine: String,
+    /// For a LoRA adapter tenant: the tenant whose engine serves it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     /// The API its load called (absent in summaries written before embeddings: chat).
     #[serde(default)]
     pub api: Api,
@@ -727,6 +730,28 @@ fn read_lifecycle(trial_dir: &TrialDir, notes: &mut Notes) -> TrialLifecycle {
     life
 }
 
+/// Where one engine serves several of a trial's tenants (a base and its LoRA adapters), a
+/// note that the engine's own figures (its `/metrics`: server latencies, prefix-cache hits)
+/// count all of their requests, and are shown with each of them.
+fn shared_engine_note(trial: &str, tenants: &[TenantSummary]) -> Option<String> {
+    let mut engines: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+    for t in tenants {
+        let engine = t.served_by.as_deref().unwrap_or(&t.tenant);
+        engines.entry(engine).or_default().push(&t.tenant);
+    }
+    let shared: Vec<String> = engines
+        .into_iter()
+        .filter(|(_, served)| served.len() > 1)
+        .map(|(engine, served)| format!("{engine}'s engine serves {}", served.join(", ")))
+        .collect();
+    (!shared.is_empty()).then(|| {
+        format!(
+            "{trial}: {}; an engine's own figures (server latency, prefix-cache hit rate) count every request it served, and are shown with each of its tenants",
+            shared.join("; ")
+        )
+    })
+}
+
 fn analyze_trial(
     trial_dir: &TrialDir,
     planned: Option<PlanTrial>,
@@ -852,6 +877,7 @@ fn analyze_trial(
             tenant: tenant.name,
             model: tenant.model,
             engine: tenant.engine,
+            served_by: tenant.served_by,
             api: tenant.api,
             simulated: header.simulated,
             arrival: tenant.arrival,
@@ -881,6 +907,9 @@ fn analyze_trial(
             notes.push(format!("{trial}/{tenant}: {reason}; no figures"));
             missing.push(MissingStream { tenant, reason });
         }
+    }
+    if let Some(note) = shared_engine_note(&trial, &tenants) {
+        notes.push(note);
     }
     let window_s = merged_window.and_then(|(s, e)| (e > s).then(|| (e - s) as f64 / 1e9));
     // The plots show a probe's GPU samples with its search, not on the node's timeline.
@@ -1202,6 +1231,7 @@ mod tests {
             name: "t".into(),
             model: "m".into(),
             engine: "simulated".into(),
+            served_by: None,
             workload: "w".into(),
             api: Api::Chat,
             arrival: "poisson 2/s".into(),

@@ -67,7 +67,14 @@ pub(super) fn read_tenant(
     let measured = if invalidated.iter().any(|(t, _)| *t == tenant) {
         None
     } else {
-        let engine = trial_dir.stream(&StreamName::EngineMetrics(tenant.clone()));
+        // An adapter's engine is its base's, whose stream is named by the base.
+        let engine_name = read
+            .header
+            .tenant
+            .as_ref()
+            .and_then(|t| t.served_by.clone())
+            .unwrap_or_else(|| tenant.clone());
+        let engine = trial_dir.stream(&StreamName::EngineMetrics(engine_name));
         let prompts = trial_dir.stream(&StreamName::Prompts(tenant));
         Some(Measured {
             server: server_metrics(&engine, requests.acc.measure_start_ns()),

@@ -12,6 +12,7 @@ mod launcher;
 mod properties;
 mod raw;
 mod validate;
+mod validate_adapter;
 pub use validate::MAX_CONFIG_BYTES;
 
 /// Most requests the load generator keeps in flight for one tenant. A closed loop may ask for
@@ -626,6 +627,37 @@ impl Node {
             .collect()
     }
 
+    /// The index of the tenant whose engine serves tenant `index`: its base, for an adapter;
+    /// itself otherwise.
+    pub fn host_of(&self, index: usize) -> usize {
+        let tenant = &self.tenants[index];
+        tenant
+            .engine
+            .base()
+            .and_then(|base| self.tenants.iter().position(|t| t.name == base))
+            .unwrap_or(index)
+    }
+
+    /// The tenants whose engines run in `trial`, in node order: its tenants with an engine of
+    /// their own, and the base of each adapter in it (started even when the base itself sends
+    /// nothing in the trial).
+    pub fn trial_engines(&self, trial: &Trial) -> Vec<usize> {
+        let mut hosts: Vec<usize> = trial.tenants.iter().map(|&i| self.host_of(i)).collect();
+        hosts.sort_unstable();
+        hosts.dedup();
+        hosts
+    }
+
+    /// The adapter tenants that tenant `base`'s engine serves: all of the node's, whatever
+    /// the trial, so that the engine is the same alone and shared.
+    pub fn adapters_of(&self, base: usize) -> Vec<&Tenant> {
+        let name = &self.tenants[base].name;
+        self.tenants
+            .iter()
+            .filter(|t| t.engine.base() == Some(name.as_str()))
+            .collect()
+    }
+
     fn unstaged_trials(&self) -> Vec<Trial> {
         let mut out = Vec::new();
         for kind in &self.trials {
@@ -708,6 +740,9 @@ pub enum Engine {
     },
     /// A `vllm serve` process the agent starts, supervises and stops.
     Vllm(VllmEngine),
+    /// A LoRA adapter served by another tenant's engine: the third way of sharing a GPU, one
+    /// engine multiplexing adapters.
+    Adapter(AdapterEngine),
     /// An OpenAI-compatible server that is already running.
     External {
         /// Base URL, e.g. `http://127.0.0.1:8000`.
@@ -725,12 +760,26 @@ impl Engine {
         match self {
             Engine::Simulated { model, .. } | Engine::External { model, .. } => model,
             Engine::Vllm(v) => &v.served_model_name,
+            Engine::Adapter(a) => &a.model,
         }
     }
 
-    /// Whether the engine's tokens are simulated.
+    /// Whether the engine's tokens are simulated (an adapter's, when its base's are).
     pub fn is_simulated(&self) -> bool {
-        matches!(self, Engine::Simulated { .. })
+        match self {
+            Engine::Simulated { .. } => true,
+            Engine::Adapter(a) => a.simulated,
+            Engine::Vllm(_) | Engine::External { .. } => false,
+        }
+    }
+
+    /// The base tenant whose engine serves this one, for an adapter; `None` for a tenant with
+    /// an engine of its own.
+    pub fn base(&self) -> Option<&str> {
+        match self {
+            Engine::Adapter(a) => Some(&a.of),
+            _ => None,
+        }
     }
 
     /// Engine kind as written in configs and event headers.
@@ -739,8 +788,26 @@ impl Engine {
             Engine::Simulated { .. } => "simulated",
             Engine::Vllm(_) => "vllm",
             Engine::External { .. } => "external",
+            Engine::Adapter(_) => "adapter",
         }
     }
+}
+
+/// A LoRA adapter tenant: requests carry the adapter's name to its base tenant's engine, which
+/// the agent starts with every adapter of the node loaded (vLLM: `--enable-lora --lora-modules
+/// name=path`), alone and shared alike, so the base engine is the same in every trial.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdapterEngine {
+    /// The tenant (on the same node, with a vllm or simulated engine) whose engine serves it.
+    pub of: String,
+    /// What the engine loads: a folder on the node or a hub id. The simulated engine loads
+    /// nothing and only answers to the name.
+    pub adapter: String,
+    /// The model name its requests carry: the adapter's name in the base engine (by default
+    /// the tenant's name).
+    pub model: String,
+    /// Whether the base engine is simulated.
+    pub simulated: bool,
 }
 
 /// A vLLM server for one tenant.
@@ -797,6 +864,13 @@ pub struct SimTiming {
     pub decode_step_us_per_seq: f64,
     /// Tokens the prefix cache holds; 0 turns it off.
     pub prefix_cache_tokens: u64,
+    /// Added to a step for each distinct LoRA adapter among its running sequences (the
+    /// adapters' extra matrix products, one group per adapter).
+    pub lora_step_us_per_adapter: f64,
+    /// Most distinct adapters in one batch (vLLM's `--max-loras`); a request for another
+    /// adapter waits until one of them has no running sequence. `None`: every adapter the
+    /// engine serves.
+    pub max_loras: Option<u32>,
 }
 
 /// Tokens per block of the simulated engine's prefix cache (vLLM's default block size).
@@ -813,6 +887,8 @@ impl Default for SimTiming {
             decode_step_us: 8_000.0,
             decode_step_us_per_seq: 150.0,
             prefix_cache_tokens: 262_144,
+            lora_step_us_per_adapter: 400.0,
+            max_loras: None,
         }
     }
 }

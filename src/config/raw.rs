@@ -213,6 +213,8 @@ pub struct RawEngine {
     pub gpu_memory_fraction: Option<f64>,
     pub kv_cache_memory_bytes: Option<u64>,
     pub startup_timeout: Option<String>,
+    pub of: Option<String>,
+    pub adapter: Option<String>,
 }
 
 /// `timing:` of a simulated engine.
@@ -223,6 +225,8 @@ pub struct RawSimTiming {
     pub decode_step_us: Option<f64>,
     pub decode_step_us_per_seq: Option<f64>,
     pub prefix_cache_tokens: Option<u64>,
+    pub lora_step_us_per_adapter: Option<f64>,
+    pub max_loras: Option<i64>,
 }
 
 /// `faults:` of a simulated engine: probabilities per request, seeded.

@@ -906,6 +906,8 @@ impl Checker {
             self.problem(&join(path, "tenants"), "a node needs at least one tenant");
         }
         let mut tenants: Vec<Tenant> = Vec::new();
+        // Each valid tenant's place in the file, for the paths of problems found later.
+        let mut places: Vec<usize> = Vec::new();
         let mut names: HashMap<String, usize> = HashMap::new();
         let mut ports: HashMap<u16, usize> = HashMap::new();
         for (i, t) in raw_tenants.into_iter().enumerate() {
@@ -931,6 +933,7 @@ impl Checker {
                 }
             }
             tenants.push(tenant);
+            places.push(i);
         }
         let fractions: Vec<(String, f64)> = tenants
             .iter()
@@ -950,6 +953,7 @@ impl Checker {
                 format!("gpu_memory_fraction of the tenants sums to {total:.2} (> 1.0): {}; lower them so they fit on one GPU", parts.join(" + ")),
             );
         }
+        self.adapters(&mut tenants, &places, path);
         self.gpu_memory(
             raw.gpu_memory.as_deref(),
             raw.accelerators.as_deref(),
@@ -1093,14 +1097,27 @@ impl Checker {
                 }
             },
         };
-        let engine = self
+        let mut engine = self
             .required(raw.engine, &join(path, "engine"))
             .and_then(|e| self.engine(e, &join(path, "engine")));
-        if matches!(engine, Some(Engine::External { .. })) && matches!(port, Some(Some(_))) {
-            self.problem(
+        if let (Some(Engine::Adapter(adapter)), Some(name)) = (&mut engine, &name) {
+            if adapter.model.is_empty() {
+                adapter.model.clone_from(name);
+            }
+        }
+        match (&engine, port) {
+            (Some(Engine::External { .. }), Some(Some(_))) => self.problem(
                 &join(path, "port"),
                 "an external engine's port is part of its url",
-            );
+            ),
+            (Some(Engine::Adapter(a)), Some(Some(_))) => self.problem(
+                &join(path, "port"),
+                format!(
+                    "an adapter is served on its base's port: set the port on {:?}",
+                    a.of
+                ),
+            ),
+            _ => {}
         }
         let pct_path = join(path, "mps_thread_percentage");
         let mps_thread_percentage = self.percentage(raw.mps_thread_percentage, &pct_path);
@@ -1115,7 +1132,15 @@ impl Checker {
         let is_vllm = matches!(engine, Some(Engine::Vllm(_)));
         let mps_set = matches!(mps_thread_percentage, Some(Some(_)))
             || matches!(mps_pinned_memory_limit, Some(Some(_)));
-        if mps_set && !is_vllm && engine.is_some() {
+        if let (true, Some(Engine::Adapter(a))) = (mps_set, &engine) {
+            self.problem(
+                path,
+                format!(
+                    "an adapter runs inside its base's engine, so its MPS limits are {:?}'s",
+                    a.of
+                ),
+            );
+        } else if mps_set && !is_vllm && engine.is_some() {
             self.problem(path, "MPS limits apply only to vllm tenants (other engines do not use the GPU through CUDA)");
         }
         Some(Tenant {
@@ -1130,8 +1155,18 @@ impl Checker {
 
     fn engine(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
         let kind = self.required(raw.kind.clone(), &join(path, "kind"))?;
+        if kind != "adapter" {
+            for (set, key) in [(raw.of.is_some(), "of"), (raw.adapter.is_some(), "adapter")] {
+                if set {
+                    self.problem(
+                        &join(path, key),
+                        format!("`{key}` applies only to an adapter engine"),
+                    );
+                }
+            }
+        }
         match kind.as_str() {
-            "simulated" | "external" if vllm_only_keys(&raw).next().is_some() => {
+            "simulated" | "external" | "adapter" if vllm_only_keys(&raw).next().is_some() => {
                 for key in vllm_only_keys(&raw) {
                     self.problem(
                         &join(path, key),
@@ -1192,10 +1227,13 @@ impl Checker {
                 })
             }
             "vllm" => self.vllm(raw, path),
+            "adapter" => self.adapter(raw, path),
             other => {
                 self.problem(
                     &join(path, "kind"),
-                    format!("{other:?} is not an engine kind: use simulated, vllm or external"),
+                    format!(
+                        "{other:?} is not an engine kind: use simulated, vllm, external or adapter"
+                    ),
                 );
                 None
             }
@@ -1217,7 +1255,9 @@ impl Checker {
         }
     }
 
-    fn vllm(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
+    /// Refuses the keys of external and simulated engines (`url`, `api_key_env`, `timing`,
+    /// `faults`) on an engine the agent starts from a model: `engine` says which, in words.
+    pub(super) fn refuse_served_engine_keys(&mut self, raw: &RawEngine, path: &str, engine: &str) {
         for (set, key) in [
             (raw.url.is_some(), "url"),
             (raw.api_key_env.is_some(), "api_key_env"),
@@ -1227,10 +1267,14 @@ impl Checker {
             if set {
                 self.problem(
                     &join(path, key),
-                    format!("`{key}` does not apply to a vllm engine"),
+                    format!("`{key}` does not apply to {engine}"),
                 );
             }
         }
+    }
+
+    fn vllm(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
+        self.refuse_served_engine_keys(&raw, path, "a vllm engine");
         let model = self.required(raw.model, &join(path, "model"));
         let args = raw.args.unwrap_or_default();
         for (i, arg) in args.iter().enumerate() {
@@ -1320,6 +1364,19 @@ impl Checker {
                 }
             },
         };
+        let max_loras = match raw.max_loras {
+            None => Some(None),
+            Some(n) => match u32::try_from(n) {
+                Ok(n) if (1..=1024).contains(&n) => Some(Some(n)),
+                _ => {
+                    self.problem(
+                        &join(path, "max_loras"),
+                        format!("must be in 1..=1024, got {n}"),
+                    );
+                    None
+                }
+            },
+        };
         let mut micros = |value: Option<f64>, default: f64, key: &str| -> Option<f64> {
             let v = value.unwrap_or(default);
             if v.is_finite() && (0.0..=10_000_000.0).contains(&v) {
@@ -1343,6 +1400,11 @@ impl Checker {
             d.decode_step_us_per_seq,
             "decode_step_us_per_seq",
         );
+        let lora = micros(
+            raw.lora_step_us_per_adapter,
+            d.lora_step_us_per_adapter,
+            "lora_step_us_per_adapter",
+        );
         let prefix_cache_tokens = raw.prefix_cache_tokens.unwrap_or(d.prefix_cache_tokens);
         if prefix_cache_tokens > MAX_PREFIX_CACHE_TOKENS {
             self.problem(
@@ -1356,6 +1418,8 @@ impl Checker {
             decode_step_us: step?,
             decode_step_us_per_seq: per_seq?,
             prefix_cache_tokens: prefix_cache_tokens.min(MAX_PREFIX_CACHE_TOKENS),
+            lora_step_us_per_adapter: lora?,
+            max_loras: max_loras?,
         })
     }
 

@@ -107,8 +107,12 @@ pub struct TenantHeader {
     pub name: String,
     /// Model name sent in requests.
     pub model: String,
-    /// Engine kind: `simulated` or `external`.
+    /// Engine kind: `simulated`, `vllm`, `external` or `adapter`.
     pub engine: String,
+    /// For an adapter: the tenant whose engine serves it, and whose engine-metrics stream is
+    /// its engine's (schema 1.6; absent: its own engine).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub served_by: Option<String>,
     /// Workload name.
     pub workload: String,
     /// API called.
@@ -471,7 +475,7 @@ pub enum EngineState {
 pub struct EngineEvent {
     /// When.
     pub at_ns: u64,
-    /// Tenant served.
+    /// The tenant whose engine it is (a base's engine serves its LoRA adapter tenants too).
     pub tenant: String,
     /// New state.
     pub state: EngineState,

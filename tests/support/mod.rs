@@ -45,6 +45,7 @@ pub async fn sim_engine(timing: SimTiming, faults: SimFaults) -> SimEngine {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let config = SimEngineConfig {
         model: "sim".into(),
+        adapters: Vec::new(),
         timing,
         faults,
         seed: 11,

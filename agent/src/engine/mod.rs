@@ -90,6 +90,22 @@ pub enum EngineError {
         /// The path.
         path: String,
     },
+    /// An adapter's local folder does not exist.
+    #[error("tenant {tenant}: adapter path {path} does not exist")]
+    AdapterMissing {
+        /// The adapter tenant.
+        tenant: String,
+        /// The path.
+        path: String,
+    },
+    /// The tenant is an adapter, which has no engine of its own.
+    #[error("tenant {tenant} is an adapter: the engine of {base} serves it")]
+    NoEngineOfItsOwn {
+        /// The adapter tenant.
+        tenant: String,
+        /// Its base.
+        base: String,
+    },
     /// The engine process could not be started.
     #[error("tenant {tenant}: cannot start the engine: {source}")]
     Spawn {
@@ -175,12 +191,20 @@ pub struct RunningEngine {
 }
 
 impl RunningEngine {
-    /// Brings up `tenant`'s engine. Simulated engines share `gpu`, which models the trial's
-    /// sharing mode; their seed is derived from the experiment seed and the tenant name.
-    /// Brings up `tenant`'s engine in `ctx`.
-    pub async fn start(tenant: &Tenant, ctx: StartContext<'_>) -> Result<Self, EngineError> {
+    /// Brings up `tenant`'s engine in `ctx`, serving the LoRA `adapters` (tenants of kind
+    /// adapter) beside its own model. Simulated engines share `ctx.gpu`, which models the
+    /// trial's sharing mode; their seed is derived from the experiment seed and the tenant name.
+    pub async fn start(
+        tenant: &Tenant,
+        adapters: &[&Tenant],
+        ctx: StartContext<'_>,
+    ) -> Result<Self, EngineError> {
         match &tenant.engine {
-            Engine::Vllm(vllm) => start_vllm(tenant, vllm, &ctx).await,
+            Engine::Vllm(vllm) => start_vllm(tenant, vllm, adapters, &ctx).await,
+            Engine::Adapter(a) => Err(EngineError::NoEngineOfItsOwn {
+                tenant: tenant.name.clone(),
+                base: a.of.clone(),
+            }),
             Engine::Simulated {
                 model,
                 timing,
@@ -196,6 +220,10 @@ impl RunningEngine {
                     })?;
                 let config = SimEngineConfig {
                     model: model.clone(),
+                    adapters: adapters
+                        .iter()
+                        .map(|a| a.engine.model().to_owned())
+                        .collect(),
                     timing: *timing,
                     faults: *faults,
                     seed: ctx.seed ^ name_hash(&tenant.name),
@@ -331,14 +359,41 @@ pub struct StartContext<'a> {
     pub model_cache: &'a Path,
 }
 
-/// Starts `vllm serve` for `tenant` on loopback.
+/// The `vllm serve` arguments that load `adapters`: `--enable-lora`, one `--lora-modules`
+/// entry per adapter, and `--max-loras` (vLLM's default, 1, would run one adapter at a time)
+/// unless the configured `args` set it.
+fn lora_args(adapters: &[&Tenant], args: &[String]) -> Vec<String> {
+    let modules: Vec<String> = adapters
+        .iter()
+        .filter_map(|t| match &t.engine {
+            Engine::Adapter(a) => Some(format!("{}={}", a.model, a.adapter)),
+            _ => None,
+        })
+        .collect();
+    if modules.is_empty() {
+        return Vec::new();
+    }
+    let mut out = vec!["--enable-lora".to_owned(), "--lora-modules".to_owned()];
+    let count = modules.len();
+    out.extend(modules);
+    let sets_max_loras = args
+        .iter()
+        .any(|a| a.split('=').next() == Some("--max-loras"));
+    if !sets_max_loras {
+        out.extend(["--max-loras".to_owned(), count.to_string()]);
+    }
+    out
+}
+
+/// Starts `vllm serve` for `tenant` on loopback, with its `adapters` loaded.
 async fn start_vllm(
     tenant: &Tenant,
     vllm: &VllmEngine,
+    adapters: &[&Tenant],
     ctx: &StartContext<'_>,
 ) -> Result<RunningEngine, EngineError> {
     let name = tenant.name.clone();
-    preflight(tenant)?;
+    preflight(tenant, adapters)?;
     let sync_log = ctx.log_dir.join(format!("{name}.sync.log"));
     let model = model_source::resolve(
         &name,
@@ -383,6 +438,7 @@ async fn start_vllm(
             args.extend(["--kv-cache-memory-bytes".into(), b.to_string()])
         }
     }
+    args.extend(lora_args(adapters, &vllm.args));
     args.extend(vllm.args.iter().cloned());
     let mut env: Vec<(String, String)> = vec![
         ("VLLM_NO_USAGE_STATS".into(), "1".into()),
@@ -406,9 +462,15 @@ async fn start_vllm(
 }
 
 /// Checks what can be checked before any engine of a trial starts: the executable and a local
-/// model path of a vllm engine, and that a configured port is free.
-pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
+/// model path of a vllm engine, the local folders of the `adapters` it serves, and that a
+/// configured port is free.
+pub fn preflight(tenant: &Tenant, adapters: &[&Tenant]) -> Result<(), EngineError> {
     let name = || tenant.name.clone();
+    let looks_like_path = |p: &str| {
+        ["/", "./", "../"]
+            .iter()
+            .any(|prefix| p.starts_with(prefix))
+    };
     if let Engine::Vllm(vllm) = &tenant.engine {
         if find_executable(&vllm.executable).is_none() {
             return Err(EngineError::NotFound {
@@ -416,8 +478,7 @@ pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
                 executable: vllm.executable.clone(),
             });
         }
-        let looks_like_path = ["/", "./", "../"].iter().any(|p| vllm.model.starts_with(p));
-        if looks_like_path && !Path::new(&vllm.model).exists() {
+        if looks_like_path(&vllm.model) && !Path::new(&vllm.model).exists() {
             return Err(EngineError::ModelMissing {
                 tenant: name(),
                 path: vllm.model.clone(),
@@ -425,6 +486,17 @@ pub fn preflight(tenant: &Tenant) -> Result<(), EngineError> {
         }
         secret_env(tenant, vllm)?;
         model_source::preflight(&tenant.name, &vllm.model)?;
+        for adapter in adapters {
+            let Engine::Adapter(a) = &adapter.engine else {
+                continue;
+            };
+            if looks_like_path(&a.adapter) && !Path::new(&a.adapter).exists() {
+                return Err(EngineError::AdapterMissing {
+                    tenant: adapter.name.clone(),
+                    path: a.adapter.clone(),
+                });
+            }
+        }
     }
     if let Some(port) = tenant.port {
         std::net::TcpListener::bind(("127.0.0.1", port)).map_err(|source| EngineError::Bind {
@@ -521,6 +593,52 @@ mod tests {
         }
     }
 
+    fn adapter(name: &str, path: &str) -> Tenant {
+        Tenant {
+            name: name.into(),
+            engine: Engine::Adapter(multitenant::config::AdapterEngine {
+                of: "t".into(),
+                adapter: path.into(),
+                model: name.into(),
+                simulated: false,
+            }),
+            ..tenant(vec![], None)
+        }
+    }
+
+    #[test]
+    fn a_base_engine_loads_every_adapter_and_may_batch_them_all() {
+        let (sql, chat) = (
+            adapter("sql", "hub/sql-lora"),
+            adapter("chat", "/adapters/chat"),
+        );
+        assert_eq!(
+            lora_args(&[&sql, &chat], &[]),
+            [
+                "--enable-lora",
+                "--lora-modules",
+                "sql=hub/sql-lora",
+                "chat=/adapters/chat",
+                "--max-loras",
+                "2"
+            ]
+        );
+        let own = ["--max-loras=1".to_owned()];
+        assert_eq!(
+            lora_args(&[&sql], &own).last().map(String::as_str),
+            Some("sql=hub/sql-lora")
+        );
+        assert!(lora_args(&[], &[]).is_empty());
+        // The executable is `sh`, found on PATH; the adapter folder is not there.
+        let err = preflight(&tenant(vec![], None), &[&sql, &chat])
+            .expect_err("missing folder")
+            .to_string();
+        assert_eq!(
+            err,
+            "tenant chat: adapter path /adapters/chat does not exist"
+        );
+    }
+
     fn secrets(t: &Tenant) -> Result<Vec<(String, String)>, EngineError> {
         let Engine::Vllm(v) = &t.engine else {
             unreachable!("built as vllm")
@@ -547,7 +665,7 @@ mod tests {
                 ("OTHER".to_owned(), "x=y".to_owned())
             ]
         );
-        assert!(preflight(&t).is_ok());
+        assert!(preflight(&t, &[]).is_ok());
 
         std::fs::write(
             &file,
@@ -560,7 +678,9 @@ mod tests {
             "{err}"
         );
         let missing = tenant(vec!["MULTITENANT_TEST_SURELY_UNSET".into()], None);
-        let err = preflight(&missing).expect_err("missing var").to_string();
+        let err = preflight(&missing, &[])
+            .expect_err("missing var")
+            .to_string();
         assert!(
             err.contains("MULTITENANT_TEST_SURELY_UNSET (engine.env_from) is not set"),
             "{err}"

@@ -4,7 +4,9 @@
 //! before it), and a new prompt is served from cache for its longest run of leading blocks
 //! held. The last token of a prompt is always computed, as in vLLM. Blocks are evicted least
 //! recently used first. Queries and hits are counted in tokens, as vLLM's
-//! `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` counters are.
+//! `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` counters are. As in vLLM, whose
+//! block hashes include the LoRA adapter, a block is shared only among requests to the same
+//! adapter (or among requests to the base model).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
@@ -16,15 +18,16 @@ use multitenant::config::SIM_BLOCK_TOKENS;
 /// the block's end.
 #[cfg(test)]
 pub fn block_keys(text: &str) -> Vec<u64> {
-    sequence_keys(text, 0).0
+    sequence_keys(text, 0, None).0
 }
 
 /// The block keys of `text` followed by an answer of `answer_tokens` tokens as the engine
 /// writes them (`tok1 tok2 …`): those of the prompt, and those that the answer completes.
 /// A conversation's next turn begins with the prompt and the answer, so an engine that keeps
-/// the blocks of what it generated, as vLLM does, serves them from cache.
-pub fn sequence_keys(text: &str, answer_tokens: u32) -> (Vec<u64>, Vec<u64>) {
-    let mut hasher = BlockHasher::default();
+/// the blocks of what it generated, as vLLM does, serves them from cache. Requests to LoRA
+/// `adapter` (its index in the engine) get keys of their own.
+pub fn sequence_keys(text: &str, answer_tokens: u32, adapter: Option<u32>) -> (Vec<u64>, Vec<u64>) {
+    let mut hasher = BlockHasher::for_adapter(adapter);
     let prompt: Vec<u64> = text
         .split_whitespace()
         .filter_map(|w| hasher.push(w))
@@ -56,6 +59,17 @@ impl Default for BlockHasher {
 }
 
 impl BlockHasher {
+    /// A hasher whose keys belong to `adapter` alone (none: the base model's keys).
+    fn for_adapter(adapter: Option<u32>) -> Self {
+        let mut hasher = Self::default();
+        if let Some(adapter) = adapter {
+            for b in format!("\u{0}lora{adapter}\u{0}").bytes() {
+                hasher.hash = (hasher.hash ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+            }
+        }
+        hasher
+    }
+
     /// Takes the next word; returns the key of the block it completes, if it completes one.
     fn push(&mut self, word: &str) -> Option<u64> {
         for b in word.bytes().chain(std::iter::once(b' ')) {
@@ -216,7 +230,7 @@ mod tests {
         let counters = CacheCounters::default();
         let mut cache = PrefixCache::new(10_000);
         let question = words(20, "q");
-        let (prompt, answer) = sequence_keys(&question, 28);
+        let (prompt, answer) = sequence_keys(&question, 28, None);
         // 20 + 28 words: three full blocks, the first of the prompt alone.
         assert_eq!((prompt.len(), answer.len()), (1, 2));
         cache.admit(&prompt, 20, &counters);
@@ -230,6 +244,23 @@ mod tests {
         cache.keep_answer(&answer);
         assert_eq!(cache.admit(&block_keys(&next), 58, &counters), 48);
         assert_eq!(block_keys(&next)[..3], [prompt, answer].concat()[..]);
+    }
+
+    #[test]
+    fn an_adapter_shares_blocks_only_with_its_own_requests() {
+        let counters = CacheCounters::default();
+        let mut cache = PrefixCache::new(10_000);
+        let prompt = words(40, "p");
+        let keys = |adapter| sequence_keys(&prompt, 0, adapter).0;
+        assert_eq!(cache.admit(&keys(Some(0)), 40, &counters), 0);
+        assert_eq!(cache.admit(&keys(Some(0)), 40, &counters), 32);
+        assert_eq!(
+            cache.admit(&keys(Some(1)), 40, &counters),
+            0,
+            "another adapter"
+        );
+        assert_eq!(cache.admit(&keys(None), 40, &counters), 0, "the base model");
+        assert_eq!(cache.admit(&keys(None), 40, &counters), 32);
     }
 
     #[test]

@@ -1,11 +1,17 @@
 //! The simulated engine's batch scheduler: continuous batching on a simulated GPU.
 //!
 //! One task per engine. Each iteration admits waiting requests up to `max_batch`, takes
-//! `(decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt tokens)
-//! × gpu slowdown`, then emits one token to every running sequence. A new sequence's first
-//! token comes at the end of the step that prefilled it; of its prompt, only the tokens its
-//! prefix cache does not hold are prefilled. A finished answer's blocks are kept in the
-//! cache, so a conversation's next turn, which carries it, finds them.
+//! `(decode_step_us + decode_step_us_per_seq × batch + prefill_us_per_token × new prompt
+//! tokens + lora_step_us_per_adapter × distinct adapters running) × gpu slowdown`, then emits
+//! one token to every running sequence. A new sequence's first token comes at the end of the
+//! step that prefilled it; of its prompt, only the tokens its prefix cache does not hold are
+//! prefilled. A finished answer's blocks are kept in the cache, so a conversation's next turn,
+//! which carries it, finds them.
+//!
+//! LoRA, as vLLM schedules it: at most `max_loras` distinct adapters run in one batch. A
+//! waiting request for another adapter is passed over (it keeps its place at the head of the
+//! queue) while requests behind it that fit are admitted, until one of the running adapters
+//! has no sequence left.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -29,20 +35,74 @@ pub struct Admission {
     pub answer_blocks: Vec<u64>,
     /// Tokens to generate.
     pub output_tokens: u32,
+    /// The LoRA adapter it asks for (its index in the engine); `None`: the base model.
+    pub adapter: Option<u32>,
     /// Receives the instant each token is generated; closing it ends the sequence.
     pub tokens: mpsc::UnboundedSender<Instant>,
 }
 
 struct Running {
+    adapter: Option<u32>,
     remaining: u32,
     tokens: mpsc::UnboundedSender<Instant>,
     answer_blocks: Vec<u64>,
 }
 
+/// The adapters of the running sequences, each once.
+fn running_adapters(running: &[Running]) -> Vec<u32> {
+    let mut adapters: Vec<u32> = running.iter().filter_map(|r| r.adapter).collect();
+    adapters.sort_unstable();
+    adapters.dedup();
+    adapters
+}
+
+/// Moves waiting requests into `running`, first come first served, up to `max_batch`
+/// sequences and `max_loras` distinct adapters; a request whose adapter would be one too
+/// many stays waiting, in its place. Returns the prompt tokens to prefill.
+fn admit(
+    waiting: &mut VecDeque<Admission>,
+    running: &mut Vec<Running>,
+    max_batch: usize,
+    max_loras: usize,
+    cache: &mut PrefixCache,
+    counters: &CacheCounters,
+) -> u64 {
+    let mut adapters = running_adapters(running);
+    let mut prefill_tokens = 0u64;
+    let mut passed_over = VecDeque::new();
+    while running.len() < max_batch {
+        let Some(a) = waiting.pop_front() else { break };
+        if let Some(adapter) = a.adapter {
+            if !adapters.contains(&adapter) {
+                if adapters.len() >= max_loras {
+                    passed_over.push_back(a);
+                    continue;
+                }
+                adapters.push(adapter);
+            }
+        }
+        let cached = cache.admit(&a.blocks, a.prompt_tokens, counters);
+        prefill_tokens += u64::from(a.prompt_tokens - cached);
+        running.push(Running {
+            adapter: a.adapter,
+            remaining: a.output_tokens,
+            tokens: a.tokens,
+            answer_blocks: a.answer_blocks,
+        });
+    }
+    // Those passed over go back ahead of the rest, in their order.
+    while let Some(a) = passed_over.pop_back() {
+        waiting.push_front(a);
+    }
+    prefill_tokens
+}
+
 /// Runs the scheduler until `cancel` fires or every admission sender is gone, counting its
-/// prefix cache's lookups into `cache_counters`.
+/// prefix cache's lookups into `cache_counters`. `max_loras` is the number of distinct
+/// adapters a batch may hold.
 pub async fn run(
     timing: SimTiming,
+    max_loras: usize,
     gpu: Arc<SimGpu>,
     mut admissions: mpsc::UnboundedReceiver<Admission>,
     cache_counters: Arc<CacheCounters>,
@@ -69,24 +129,22 @@ pub async fn run(
         while let Ok(a) = admissions.try_recv() {
             waiting.push_back(a);
         }
-        let mut prefill_tokens = 0u64;
-        while running.len() < timing.max_batch as usize {
-            let Some(a) = waiting.pop_front() else { break };
-            let cached = cache.admit(&a.blocks, a.prompt_tokens, &cache_counters);
-            prefill_tokens += u64::from(a.prompt_tokens - cached);
-            running.push(Running {
-                remaining: a.output_tokens,
-                tokens: a.tokens,
-                answer_blocks: a.answer_blocks,
-            });
-        }
+        let prefill_tokens = admit(
+            &mut waiting,
+            &mut running,
+            timing.max_batch as usize,
+            max_loras,
+            &mut cache,
+            &cache_counters,
+        );
         if !busy {
             gpu.enter_busy();
             busy = true;
         }
         let step_us = (timing.decode_step_us
             + timing.decode_step_us_per_seq * running.len() as f64
-            + timing.prefill_us_per_token * prefill_tokens as f64)
+            + timing.prefill_us_per_token * prefill_tokens as f64
+            + timing.lora_step_us_per_adapter * running_adapters(&running).len() as f64)
             * gpu.slowdown_factor();
         let step_end = tokio::time::Instant::now() + Duration::from_secs_f64(step_us / 1e6);
         tokio::select! {
@@ -108,5 +166,63 @@ pub async fn run(
     }
     if busy {
         gpu.leave_busy();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(adapter: Option<u32>) -> Admission {
+        Admission {
+            prompt_tokens: 8,
+            blocks: Vec::new(),
+            answer_blocks: Vec::new(),
+            output_tokens: 4,
+            adapter,
+            // The receiver is dropped: admission never sends.
+            tokens: mpsc::unbounded_channel().0,
+        }
+    }
+
+    fn adapters(queue: &VecDeque<Admission>) -> Vec<Option<u32>> {
+        queue.iter().map(|a| a.adapter).collect()
+    }
+
+    #[test]
+    fn a_batch_holds_at_most_max_loras_adapters_and_those_passed_over_keep_their_place() {
+        let counters = CacheCounters::default();
+        let mut cache = PrefixCache::new(0);
+        let mut waiting: VecDeque<Admission> = [Some(0), Some(1), Some(0), None, Some(2)]
+            .into_iter()
+            .map(request)
+            .collect();
+        let mut running = Vec::new();
+        let prefill = admit(&mut waiting, &mut running, 64, 1, &mut cache, &counters);
+        let admitted: Vec<Option<u32>> = running.iter().map(|r| r.adapter).collect();
+        assert_eq!(
+            admitted,
+            [Some(0), Some(0), None],
+            "adapter 0 and the base model"
+        );
+        assert_eq!(prefill, 24);
+        assert_eq!(adapters(&waiting), [Some(1), Some(2)], "in their order");
+        assert_eq!(running_adapters(&running), [0]);
+
+        // Once adapter 0 has no sequence left, the next adapter in line runs.
+        running.retain(|r| r.adapter.is_none());
+        admit(&mut waiting, &mut running, 64, 1, &mut cache, &counters);
+        assert_eq!(running_adapters(&running), [1]);
+        assert_eq!(adapters(&waiting), [Some(2)]);
+
+        // With room for every adapter, nothing waits but for the batch size.
+        let mut waiting: VecDeque<Admission> = [Some(0), Some(1), Some(2)]
+            .into_iter()
+            .map(request)
+            .collect();
+        let mut running = Vec::new();
+        admit(&mut waiting, &mut running, 2, 3, &mut cache, &counters);
+        assert_eq!(running_adapters(&running), [0, 1]);
+        assert_eq!(adapters(&waiting), [Some(2)], "the batch is full");
     }
 }

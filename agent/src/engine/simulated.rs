@@ -8,6 +8,11 @@
 //! whitespace-separated words. Every response carries
 //! `x-multitenant-simulated: true`, and the model list says the model is simulated.
 //!
+//! It serves its base model and the LoRA adapters it is given, by name, as vLLM started with
+//! `--enable-lora --lora-modules` does: `/v1/models` lists the adapters with the base as their
+//! parent, and the scheduler batches requests to different adapters together (see
+//! the simulated scheduler for what that costs).
+//!
 //! Output length is `max_tokens` under `ignore_eos`, else a draw in `1..=max_tokens`. Faults
 //! (HTTP 500, a malformed chunk, a dropped connection) are drawn per request. Every draw comes
 //! from the engine seed and the request id, so a request gets the same answer whatever the
@@ -45,6 +50,8 @@ pub const SIMULATED_HEADER: &str = "x-multitenant-simulated";
 pub struct SimEngineConfig {
     /// Model name it serves; requests for another model get 404, as from vLLM.
     pub model: String,
+    /// The LoRA adapters it serves beside the base model, by the names requests carry.
+    pub adapters: Vec<String>,
     /// Timing model.
     pub timing: SimTiming,
     /// Fault probabilities.
@@ -75,8 +82,10 @@ pub struct SimEngine {
 }
 
 struct AppState {
-    model: String,
-    model_json: String,
+    /// The base model's name, then each adapter's.
+    models: Vec<String>,
+    /// Each of `models` as a JSON string.
+    model_jsons: Vec<String>,
     faults: SimFaults,
     seed: u64,
     admissions: mpsc::UnboundedSender<Admission>,
@@ -103,17 +112,29 @@ impl SimEngine {
         let cancel = CancellationToken::new();
         let (admissions, admitted) = mpsc::unbounded_channel();
         let cache_counters = Arc::new(CacheCounters::default());
+        let max_loras = config
+            .timing
+            .max_loras
+            .map_or(config.adapters.len(), |n| n as usize)
+            .max(1);
         let scheduler = tokio::spawn(sim_scheduler::run(
             config.timing,
+            max_loras,
             gpu,
             admitted,
             cache_counters.clone(),
             cancel.clone(),
         ));
         let truth = Arc::new(Mutex::new(HashMap::new()));
+        let models: Vec<String> = std::iter::once(config.model)
+            .chain(config.adapters)
+            .collect();
         let state = Arc::new(AppState {
-            model_json: serde_json::to_string(&config.model).unwrap_or_else(|_| "\"sim\"".into()),
-            model: config.model,
+            model_jsons: models
+                .iter()
+                .map(|m| serde_json::to_string(m).unwrap_or_else(|_| "\"sim\"".into()))
+                .collect(),
+            models,
             faults: config.faults,
             seed: config.seed,
             admissions,
@@ -123,7 +144,7 @@ impl SimEngine {
         });
         let app = Router::new()
             .route("/health", get(|| async { StatusCode::OK }))
-            .route("/v1/models", get(models))
+            .route("/v1/models", get(list_models))
             .route("/metrics", get(metrics))
             .route("/v1/completions", post(|s, h, b| generate(s, h, b, false)))
             .route(
@@ -180,11 +201,19 @@ impl SimEngine {
     }
 }
 
-async fn models(State(state): State<Arc<AppState>>) -> Response {
-    let body = format!(
-        r#"{{"object":"list","data":[{{"id":{},"object":"model","owned_by":"multitenant-simulated"}}]}}"#,
-        state.model_json
-    );
+/// The base model, then each adapter with the base as its `parent`, as vLLM lists them.
+async fn list_models(State(state): State<Arc<AppState>>) -> Response {
+    let base = &state.model_jsons[0];
+    let entries: Vec<String> = state
+        .model_jsons
+        .iter()
+        .enumerate()
+        .map(|(i, model)| {
+            let parent = if i == 0 { "null" } else { base.as_str() };
+            format!(r#"{{"id":{model},"object":"model","owned_by":"multitenant-simulated","parent":{parent}}}"#)
+        })
+        .collect();
+    let body = format!(r#"{{"object":"list","data":[{}]}}"#, entries.join(","));
     json_response(StatusCode::OK, body)
 }
 
@@ -193,8 +222,7 @@ async fn models(State(state): State<Arc<AppState>>) -> Response {
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let (queries, hits) = state.cache_counters.read();
     // The exposition format escapes only backslash, double quote and newline in a label.
-    let escaped = state
-        .model
+    let escaped = state.models[0]
         .replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n");
@@ -248,14 +276,16 @@ fn request_id(state: &AppState, headers: &HeaderMap) -> String {
         .unwrap_or_else(|| format!("sim-{}", state.next_id.fetch_add(1, Ordering::Relaxed)))
 }
 
-/// The JSON body of a request to `model`: 400 when it is not JSON or names no model, 404 (as
-/// from vLLM) when it names another model.
-fn request_for(body: &[u8], model: &str) -> Result<Value, (StatusCode, String)> {
+/// The JSON body of a request and the index in `models` (the base, then the adapters) of the
+/// model it names: 400 when it is not JSON or names no model, 404 (as from vLLM) when it
+/// names a model the engine does not serve.
+fn request_for(body: &[u8], models: &[String]) -> Result<(Value, usize), (StatusCode, String)> {
     let v: Value = serde_json::from_slice(body)
         .map_err(|e| (StatusCode::BAD_REQUEST, format!("body is not JSON: {e}")))?;
-    match v.get("model").and_then(Value::as_str) {
-        Some(m) if m == model => Ok(v),
-        Some(m) => Err((
+    let named = v.get("model").and_then(Value::as_str);
+    match named.map(|m| (m, models.iter().position(|served| served == m))) {
+        Some((_, Some(index))) => Ok((v, index)),
+        Some((m, None)) => Err((
             StatusCode::NOT_FOUND,
             format!("The model `{m}` does not exist."),
         )),
@@ -263,8 +293,15 @@ fn request_for(body: &[u8], model: &str) -> Result<Value, (StatusCode, String)> 
     }
 }
 
+/// The adapter index of model `index` of an engine's models (the base is 0).
+fn adapter_of(index: usize) -> Option<u32> {
+    index.checked_sub(1).and_then(|a| u32::try_from(a).ok())
+}
+
 /// Parsed request fields the simulation uses.
 struct GenerateRequest {
+    /// Index of the model it names in the engine's models.
+    model: usize,
     prompt_tokens: u32,
     /// The prompt as the engine reads it (the chat messages' contents joined by spaces).
     text: String,
@@ -277,10 +314,10 @@ struct GenerateRequest {
 fn parse_request(
     body: &[u8],
     chat: bool,
-    model: &str,
+    models: &[String],
 ) -> Result<GenerateRequest, (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let v = request_for(body, model)?;
+    let (v, model) = request_for(body, models)?;
     let text = if chat {
         let messages = v
             .get("messages")
@@ -310,6 +347,7 @@ fn parse_request(
     };
     let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
     Ok(GenerateRequest {
+        model,
         prompt_tokens: u32::try_from(text.split_whitespace().count())
             .unwrap_or(u32::MAX)
             .max(1),
@@ -359,7 +397,7 @@ async fn generate(
     chat: bool,
 ) -> Response {
     let received = Instant::now();
-    let req = match parse_request(&body, chat, &state.model) {
+    let req = match parse_request(&body, chat, &state.models) {
         Ok(r) => r,
         Err((status, message)) => return error_response(status, &message),
     };
@@ -378,12 +416,14 @@ async fn generate(
     }
     .min(req.max_tokens);
     let (tokens_tx, tokens_rx) = mpsc::unbounded_channel();
-    let (blocks, answer_blocks) = sequence_keys(&req.text, output_tokens);
+    let adapter = adapter_of(req.model);
+    let (blocks, answer_blocks) = sequence_keys(&req.text, output_tokens, adapter);
     let admission = Admission {
         prompt_tokens: req.prompt_tokens,
         blocks,
         answer_blocks,
         output_tokens,
+        adapter,
         tokens: tokens_tx,
     };
     if state.admissions.send(admission).is_err() {
@@ -392,7 +432,7 @@ async fn generate(
     let stream_id = format!("cmpl-{id}");
     let response = Responder {
         chat,
-        model_json: state.model_json.clone(),
+        model_json: state.model_jsons[req.model].clone(),
         id_json: serde_json::to_string(&stream_id).unwrap_or_default(),
         created: SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -423,11 +463,15 @@ async fn generate(
 /// Length of the simulated embedding vectors.
 const EMBEDDING_DIMENSIONS: usize = 16;
 
-/// The input of an embeddings request: one text or a list of texts, joined by spaces.
-fn embedding_input(body: &[u8], model: &str) -> Result<String, (StatusCode, String)> {
+/// The input of an embeddings request (one text, or a list of texts joined by spaces) and the
+/// index of the model it names.
+fn embedding_input(
+    body: &[u8],
+    models: &[String],
+) -> Result<(String, usize), (StatusCode, String)> {
     let bad = |m: String| (StatusCode::BAD_REQUEST, m);
-    let v = request_for(body, model)?;
-    match v.get("input") {
+    let (v, model) = request_for(body, models)?;
+    let text = match v.get("input") {
         Some(Value::String(text)) => Ok(text.clone()),
         Some(Value::Array(items)) if !items.is_empty() => items
             .iter()
@@ -438,14 +482,15 @@ fn embedding_input(body: &[u8], model: &str) -> Result<String, (StatusCode, Stri
         _ => Err(bad(
             "`input` must be a string or a non-empty list of strings".into(),
         )),
-    }
+    }?;
+    Ok((text, model))
 }
 
 /// `POST /v1/embeddings`: the input is prefilled in one scheduler step, beside the running
 /// sequences, and the answer is a vector drawn from the seed and the request id.
 async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
     let received = Instant::now();
-    let text = match embedding_input(&body, &state.model) {
+    let (text, model) = match embedding_input(&body, &state.models) {
         Ok(t) => t,
         Err((status, message)) => return error_response(status, &message),
     };
@@ -460,11 +505,13 @@ async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         .unwrap_or(u32::MAX)
         .max(1);
     let (tokens_tx, mut tokens_rx) = mpsc::unbounded_channel();
+    let adapter = adapter_of(model);
     let admission = Admission {
         prompt_tokens,
-        blocks: sequence_keys(&text, 0).0,
+        blocks: sequence_keys(&text, 0, adapter).0,
         answer_blocks: Vec::new(),
         output_tokens: 1,
+        adapter,
         tokens: tokens_tx,
     };
     if state.admissions.send(admission).is_err() {
@@ -480,7 +527,7 @@ async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         "id": format!("embd-{id}"),
         "object": "list",
         "created": SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-        "model": state.model,
+        "model": state.models[model],
         "data": [{"index": 0, "object": "embedding", "embedding": vector}],
         "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens},
     });
@@ -676,5 +723,19 @@ mod tests {
         assert_eq!(pick_fault(&f, 0.25), Some(Fault::MalformedChunk));
         assert_eq!(pick_fault(&f, 0.55), Some(Fault::DropConnection));
         assert_eq!(pick_fault(&f, 0.65), None);
+    }
+
+    #[test]
+    fn requests_name_the_base_model_or_one_of_its_adapters() {
+        let models = ["llama".to_owned(), "sql".to_owned()];
+        let body = |model: &str| format!(r#"{{"model":"{model}","prompt":"a b"}}"#);
+        let found = |model: &str| request_for(body(model).as_bytes(), &models).map(|(_, i)| i);
+        assert_eq!(found("llama"), Ok(0));
+        assert_eq!(found("sql"), Ok(1));
+        assert_eq!(adapter_of(0), None);
+        assert_eq!(adapter_of(1), Some(0));
+        let (status, message) = found("chat").expect_err("not served");
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(message, "The model `chat` does not exist.");
     }
 }

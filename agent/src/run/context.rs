@@ -118,6 +118,7 @@ impl RunContext {
     pub async fn start_engine(
         &self,
         tenant: &Tenant,
+        adapters: &[&Tenant],
         gpu: Arc<SimGpu>,
         log_dir: &std::path::Path,
         env: &[(String, String)],
@@ -129,7 +130,7 @@ impl RunContext {
             extra_env: env,
             model_cache: &self.models_dir,
         };
-        let engine = RunningEngine::start(tenant, ctx).await?;
+        let engine = RunningEngine::start(tenant, adapters, ctx).await?;
         let health_timeout = match &tenant.engine {
             Engine::Vllm(v) => v.startup_timeout,
             _ => ENGINE_HEALTH_TIMEOUT,

@@ -9,8 +9,8 @@ use multitenant::layout::{ENGINE_LOGS_DIR, MPS_LOGS_DIR};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::engine_slot::EngineSlot;
 use super::outcome::{EngineDeath, MpsClientError, TrialFailure};
-use super::slot::TenantSlot;
 use super::trial::{Halt, TrialRunner};
 use crate::engine::sim_gpu::SimGpu;
 use crate::mps::MpsDaemon;
@@ -28,10 +28,10 @@ fn mps_client_env(daemon: &MpsDaemon, tenant: &Tenant) -> Vec<(String, String)> 
 }
 
 /// Checks that some process of every vLLM engine's group is an MPS client; returns the client
-/// PIDs per tenant, or which tenant is not a client.
+/// PIDs per engine (named by the tenant whose engine it is), or which is not a client.
 async fn verify_mps_clients(
     daemon: &MpsDaemon,
-    slots: &[TenantSlot<'_>],
+    slots: &[EngineSlot<'_>],
 ) -> Result<String, MpsClientError> {
     let clients = daemon.client_pids().await.map_err(MpsClientError::Query)?;
     let mut found = Vec::new();
@@ -62,9 +62,9 @@ impl TrialRunner<'_> {
     pub(super) async fn start_mps(&mut self) -> Result<(), Halt> {
         let needs_mps = self.trial.mode == SharingMode::Mps
             && self
-                .slots
+                .engines
                 .iter()
-                .any(|s| matches!(s.tenant.engine, Engine::Vllm(_)));
+                .any(|e| matches!(e.owner.engine, Engine::Vllm(_)));
         if !needs_mps {
             return Ok(());
         }
@@ -93,6 +93,7 @@ impl TrialRunner<'_> {
 
     /// Starts the engines one after another: vLLM sizes its memory from what is free while it
     /// starts, so nothing else may change GPU memory meanwhile. Stops at the first that fails.
+    /// An engine with adapters loads every adapter of the node, so it is the same in each trial.
     pub(super) async fn start_engines(&mut self) -> Result<(), Halt> {
         let gpu = Arc::new(SimGpu::new(
             self.trial.mode,
@@ -105,9 +106,12 @@ impl TrialRunner<'_> {
             .root()
             .join(&self.trial.name)
             .join(ENGINE_LOGS_DIR);
-        for slot in &mut self.slots {
-            let tenant = slot.tenant;
-            let kind = tenant.engine.kind().into();
+        for slot in &mut self.engines {
+            let tenant = slot.owner;
+            let kind = match slot.adapters.len() {
+                0 => tenant.engine.kind().to_owned(),
+                n => format!("{} with {n} LoRA adapters", tenant.engine.kind()),
+            };
             self.log.engine(&tenant.name, EngineState::Starting, kind)?;
             let env = self
                 .mps
@@ -116,7 +120,7 @@ impl TrialRunner<'_> {
                 .unwrap_or_default();
             match self
                 .ctx
-                .start_engine(tenant, gpu.clone(), &log_dir, &env)
+                .start_engine(tenant, &slot.adapters, gpu.clone(), &log_dir, &env)
                 .await
             {
                 Ok(engine) => {
@@ -143,7 +147,7 @@ impl TrialRunner<'_> {
         let Some(daemon) = &self.mps else {
             return Ok(());
         };
-        match verify_mps_clients(daemon, &self.slots).await {
+        match verify_mps_clients(daemon, &self.engines).await {
             Ok(detail) => Ok(self.log.mps(MpsState::Verified, detail)?),
             Err(e) => {
                 self.log.mps(MpsState::Failed, e.to_string())?;
@@ -160,7 +164,7 @@ impl TrialRunner<'_> {
         measuring: &CancellationToken,
     ) -> Vec<(usize, JoinHandle<Option<EngineDeath>>)> {
         let clock = self.ctx.clock;
-        self.slots
+        self.engines
             .iter()
             .enumerate()
             .filter_map(|(index, slot)| {
@@ -188,10 +192,10 @@ impl TrialRunner<'_> {
     ) -> std::io::Result<()> {
         for (index, watcher) in watchers {
             if let Ok(Some(death)) = watcher.await {
-                self.slots[index].death = Some(death);
+                self.engines[index].death = Some(death);
             }
         }
-        for slot in &self.slots {
+        for slot in &self.engines {
             let Some(death) = &slot.death else { continue };
             let detail = format!("exited during the trial: {}", death.report.describe());
             self.log
@@ -202,7 +206,7 @@ impl TrialRunner<'_> {
 
     /// Stops every engine the trial started; those that died are only reaped.
     pub(super) async fn stop_engines(&mut self) -> std::io::Result<()> {
-        for slot in &mut self.slots {
+        for slot in &mut self.engines {
             let Some(engine) = slot.engine.take() else {
                 continue;
             };
@@ -210,7 +214,7 @@ impl TrialRunner<'_> {
                 engine.stop().await;
                 continue;
             }
-            let name = &slot.tenant.name;
+            let name = &slot.owner.name;
             self.log
                 .engine(name, EngineState::Stopping, String::new())?;
             let detail = match engine.stop().await {

@@ -53,19 +53,20 @@ where
     outcomes
 }
 
-/// The trial's verdict from its tenants' loads and engines: an engine that died makes it
-/// invalid first, then a load that could not run, then lost events. A panicked load is not a
-/// verdict on the trial: only its own tenant is invalid (recorded apart).
+/// The trial's verdict from its tenants' loads and the engines serving them (each with the
+/// name of the tenant whose engine it is, and its death, if it died): an engine that died
+/// makes it invalid first, then a load that could not run, then lost events. A panicked load
+/// is not a verdict on the trial: only its own tenant is invalid (recorded apart).
 pub(super) fn judge<'s>(
-    tenants: impl Iterator<Item = (&'s str, &'s LoadOutcome, Option<&'s EngineDeath>)> + Clone,
+    tenants: impl Iterator<Item = (&'s LoadOutcome, Option<(&'s str, &'s EngineDeath)>)> + Clone,
 ) -> Result<(), TrialFailure> {
-    if let Some((tenant, _, death)) = tenants.clone().find_map(|(t, l, d)| Some((t, l, d?))) {
+    if let Some((engine, death)) = tenants.clone().find_map(|(_, d)| d) {
         return Err(TrialFailure::EngineExited {
-            tenant: tenant.to_owned(),
+            tenant: engine.to_owned(),
             status: death.report.status.clone(),
         });
     }
-    let reports = tenants.filter_map(|(_, load, _)| match load {
+    let reports = tenants.filter_map(|(load, _)| match load {
         LoadOutcome::Ran(report) => Some(report),
         _ => None,
     });
@@ -130,8 +131,7 @@ mod tests {
                 matches!(&outcomes[2], LoadOutcome::Ran(r) if r.sent == 3),
                 "{outcomes:?}"
             );
-            let names = ["a", "b", "c"];
-            let verdict = judge(names.iter().zip(&outcomes).map(|(n, o)| (*n, o, None)));
+            let verdict = judge(outcomes.iter().map(|o| (o, None)));
             assert!(
                 verdict.is_ok(),
                 "a panicked load does not invalidate the trial"
@@ -146,12 +146,12 @@ mod tests {
         let mut lossy = report(5);
         lossy.write_errors = 2;
         let outcomes = [LoadOutcome::Ran(lossy), LoadOutcome::Ran(failed)];
-        let verdict = judge(["a", "b"].iter().zip(&outcomes).map(|(n, o)| (*n, o, None)));
+        let verdict = judge(outcomes.iter().map(|o| (o, None)));
         assert_eq!(
             verdict.map_err(|f| f.to_string()),
             Err("no runtime for its load: x".into())
         );
-        let verdict = judge(["a"].iter().zip(&outcomes[..1]).map(|(n, o)| (*n, o, None)));
+        let verdict = judge(outcomes[..1].iter().map(|o| (o, None)));
         assert_eq!(
             verdict.map_err(|f| f.to_string()),
             Err("2 request events could not be recorded".into())

@@ -15,6 +15,7 @@
 //!   `loads`: the tenants' loads run side by side and judged.
 
 mod context;
+mod engine_slot;
 mod engines;
 mod loads;
 mod log;

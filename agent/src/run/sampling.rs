@@ -10,7 +10,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::slot::TenantSlot;
+use super::engine_slot::EngineSlot;
 use super::RunContext;
 use crate::{engine_metrics, gpu, host};
 
@@ -35,7 +35,7 @@ impl Samplers {
     pub fn start(
         ctx: &RunContext,
         trial: &Trial,
-        slots: &[TenantSlot<'_>],
+        engines: &[EngineSlot<'_>],
         tasks: &TaskTracker,
     ) -> std::io::Result<Self> {
         let stop = CancellationToken::new();
@@ -43,9 +43,9 @@ impl Samplers {
         let guard = stop.clone().drop_guard();
         let host_stream =
             ctx.create_stream(trial, &StreamName::Host, StreamKind::Host, false, None)?;
-        let engine_groups = slots
+        let engine_groups = engines
             .iter()
-            .filter_map(|s| Some((s.name().to_owned(), s.engine.as_ref()?.pgid()?)))
+            .filter_map(|e| Some((e.name().to_owned(), e.engine.as_ref()?.pgid()?)))
             .collect();
         running.push(tasks.spawn(host::sample(
             host_stream,
@@ -65,15 +65,16 @@ impl Samplers {
                 stop.clone(),
             )));
         }
-        for slot in slots {
-            // vLLM's `/metrics`, and the simulated engine's (its prefix-cache counters).
+        for slot in engines {
+            // vLLM's `/metrics`, and the simulated engine's (its prefix-cache counters), once
+            // per engine, named by the tenant whose engine it is.
             let (Engine::Vllm(_) | Engine::Simulated { .. }, Some(engine)) =
-                (&slot.tenant.engine, &slot.engine)
+                (&slot.owner.engine, &slot.engine)
             else {
                 continue;
             };
             let name = StreamName::EngineMetrics(slot.name().to_owned());
-            let simulated = slot.tenant.engine.is_simulated();
+            let simulated = slot.owner.engine.is_simulated();
             let stream =
                 ctx.create_stream(trial, &name, StreamKind::EngineMetrics, simulated, None)?;
             running.push(tasks.spawn(engine_metrics::scrape(

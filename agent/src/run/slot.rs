@@ -1,12 +1,11 @@
-//! One tenant's part of a trial: its workload, arrivals, prompts, engine, load report and
-//! engine exit, owned together so that nothing can be handed to the wrong tenant.
+//! One tenant's part of a trial: its workload, arrivals, prompts, the engine serving it and
+//! its load report, owned together so that nothing can be handed to the wrong tenant.
 
 use std::sync::Arc;
 
 use multitenant::config::{Arrival, Tenant, Workload};
 use multitenant::events::TenantHeader;
 
-use super::outcome::EngineDeath;
 use crate::engine::RunningEngine;
 use crate::loadgen::{
     client::Target, prompt_log::PromptLog, prompts::PromptFactory, schedule::ArrivalSchedule,
@@ -39,28 +38,26 @@ pub(super) struct TenantSlot<'a> {
     pub arrival: Option<Arrival>,
     /// Its prompts, once made.
     pub prompts: Option<Arc<PromptFactory>>,
-    /// Its engine, once started.
-    pub engine: Option<RunningEngine>,
+    /// The index of the engine serving it among the trial's engines (its own, or its base's
+    /// for an adapter).
+    pub host: usize,
     /// How its load ended.
     pub load: LoadOutcome,
-    /// Its engine's exit during the measurement, if it exited.
-    pub death: Option<EngineDeath>,
     /// Warmup and measured phase replacing its workload's (capacity probes).
     pub phases: Option<(std::time::Duration, std::time::Duration)>,
 }
 
 impl<'a> TenantSlot<'a> {
-    /// An empty slot for `tenant`.
-    pub fn new(tenant: &'a Tenant, workload: &'a Workload, seed: u64) -> Self {
+    /// An empty slot for `tenant`, served by the trial's engine `host`.
+    pub fn new(tenant: &'a Tenant, workload: &'a Workload, seed: u64, host: usize) -> Self {
         Self {
             tenant,
             workload,
             seed,
             arrival: None,
             prompts: None,
-            engine: None,
+            host,
             load: LoadOutcome::NotRun,
-            death: None,
             phases: None,
         }
     }
@@ -78,6 +75,7 @@ impl<'a> TenantSlot<'a> {
             name: self.tenant.name.clone(),
             model: self.tenant.engine.model().into(),
             engine: self.tenant.engine.kind().into(),
+            served_by: self.tenant.engine.base().map(str::to_owned),
             workload: self.tenant.workload.clone(),
             api: workload.api,
             arrival: arrival.describe(),
@@ -111,18 +109,18 @@ impl<'a> TenantSlot<'a> {
         Some(sent as f64 / duration.as_secs_f64().max(1e-9))
     }
 
-    /// The load to run against its engine, recorded into `stream`, its prompts into
-    /// `prompt_log`, started from `start`; `None` before the slot has its arrivals, prompts
-    /// and engine.
+    /// The load to run against `engine` (the one serving it), recorded into `stream`, its
+    /// prompts into `prompt_log`, started from `start`; `None` before the slot has its arrivals
+    /// and prompts.
     pub fn tenant_load(
         &self,
+        engine: &RunningEngine,
         clock: crate::clock::RunClock,
         stream: Arc<StreamFile>,
         prompt_log: PromptLog,
         start: StartTicket,
     ) -> Option<TenantLoad> {
-        let (arrival, prompts, engine) =
-            (self.arrival?, self.prompts.clone()?, self.engine.as_ref()?);
+        let (arrival, prompts) = (self.arrival?, self.prompts.clone()?);
         let mut workload = self.workload.clone();
         if let Some((warmup, duration)) = self.phases {
             workload.warmup = warmup;

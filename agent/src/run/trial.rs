@@ -8,6 +8,7 @@ use multitenant::events::StreamKind;
 use multitenant::layout::StreamName;
 use tokio_util::task::TaskTracker;
 
+use super::engine_slot::EngineSlot;
 use super::loads::{judge, run_loads};
 use super::log::TrialLog;
 use super::outcome::TrialFailure;
@@ -43,6 +44,8 @@ pub(super) struct TrialRunner<'a> {
     pub trial: Trial,
     pub log: TrialLog,
     pub slots: Vec<TenantSlot<'a>>,
+    /// The engines the trial runs: its tenants' own, and the base of each adapter in it.
+    pub engines: Vec<EngineSlot<'a>>,
     pub mps: Option<MpsDaemon>,
     /// Every task the trial spawns; all have ended before the trial's end is recorded.
     pub tasks: TaskTracker,
@@ -55,13 +58,23 @@ impl<'a> TrialRunner<'a> {
     /// Creates the trial's agent stream and records its start, with what the reader must know
     /// from the outset (no GPU sampling, simulated engines).
     pub fn open(ctx: &'a RunContext, trial: Trial) -> std::io::Result<Self> {
+        let node = &ctx.node;
+        let hosts = node.trial_engines(&trial);
+        let engines: Vec<EngineSlot<'a>> = hosts
+            .iter()
+            .map(|&i| EngineSlot::new(&node.tenants[i], node.adapters_of(i)))
+            .collect();
         let slots: Vec<TenantSlot<'a>> = trial
             .tenants
             .iter()
             .map(|&i| {
-                let tenant = &ctx.node.tenants[i];
+                let tenant = &node.tenants[i];
                 let workload = &ctx.experiment.workloads[&tenant.workload];
-                TenantSlot::new(tenant, workload, ctx.tenant_seed(tenant))
+                let host = hosts
+                    .iter()
+                    .position(|&h| h == node.host_of(i))
+                    .unwrap_or_default();
+                TenantSlot::new(tenant, workload, ctx.tenant_seed(tenant), host)
             })
             .collect();
         let simulated = slots.iter().any(|s| s.tenant.engine.is_simulated());
@@ -71,6 +84,7 @@ impl<'a> TrialRunner<'a> {
             trial,
             log,
             slots,
+            engines,
             mps: None,
             tasks: TaskTracker::new(),
         })
@@ -140,9 +154,9 @@ impl<'a> TrialRunner<'a> {
     fn prepare_load(&mut self, refused: Vec<crate::preflight::Refusal>) -> Result<(), Halt> {
         let mut problems: Vec<String> = refused.into_iter().map(|r| r.reason).collect();
         problems.extend(
-            self.slots
+            self.engines
                 .iter()
-                .filter_map(|s| crate::engine::preflight(s.tenant).err())
+                .filter_map(|e| crate::engine::preflight(e.owner, &e.adapters).err())
                 .map(|e| e.to_string()),
         );
         let mut failure = (!problems.is_empty()).then_some(TrialFailure::Refused(problems));
@@ -198,7 +212,7 @@ impl<'a> TrialRunner<'a> {
                 () = stop_loads.cancelled() => {}
             }
         });
-        let samplers = Samplers::start(self.ctx, &self.trial, &self.slots, &self.tasks)?;
+        let samplers = Samplers::start(self.ctx, &self.trial, &self.engines, &self.tasks)?;
         let mut streams = Vec::new();
         let mut prompt_writers = Vec::new();
         let mut loads = Vec::new();
@@ -235,8 +249,13 @@ impl<'a> TrialRunner<'a> {
             )?;
             streams.push(stream.clone());
             let ticket = tickets.pop().ok_or_else(not_prepared)?;
+            let engine = self
+                .engines
+                .get(slot.host)
+                .and_then(|e| e.engine.as_ref())
+                .ok_or_else(not_prepared)?;
             loads.push(
-                slot.tenant_load(clock, stream, prompt_log, ticket)
+                slot.tenant_load(engine, clock, stream, prompt_log, ticket)
                     .ok_or_else(not_prepared)?,
             );
         }
@@ -275,11 +294,12 @@ impl<'a> TrialRunner<'a> {
                 self.log.tenant_invalid(slot.name(), panic.to_string())?;
             }
         }
-        let verdict = judge(
-            self.slots
-                .iter()
-                .map(|s| (s.name(), &s.load, s.death.as_ref())),
-        );
+        let engines = &self.engines;
+        let verdict = judge(self.slots.iter().map(|s| {
+            let engine = engines.get(s.host);
+            let death = engine.and_then(|e| Some((e.name(), e.death.as_ref()?)));
+            (&s.load, death)
+        }));
         Ok(verdict?)
     }
 }

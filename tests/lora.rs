@@ -1,0 +1,98 @@
+//! LoRA adapter tenants (`engine: {kind: adapter, of, adapter}`) against the simulated engine:
+//! one engine serves its base model and every adapter of the node, alone and shared, and a
+//! step costs more for each distinct adapter in its batch, as the engine's timing model says.
+
+use multitenant::events::{read_stream, Event};
+
+use crate::support::{read_summary, run_experiment_printing, tenant_in};
+
+/// The base engine's decode step, and what each distinct adapter in a batch adds to it.
+const STEP_US: f64 = 4_000.0;
+const LORA_US: f64 = 4_000.0;
+
+#[test]
+fn adapters_share_their_base_engine_alone_and_together() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let yaml = format!(
+        "name: lora\nlauncher: {{kind: local}}\nworkloads:\n  w:\n    arrival: {{kind: constant, rate: 8}}\n    data: {{prompt_tokens: 32, output_tokens: 12}}\n    warmup: 0s\n    duration: 3s\nnodes:\n  - name: local\n    trials: [solo, mps]\n    tenants:\n      - {{name: base, workload: w, port: 18491, engine: {{kind: simulated, model: llama, timing: {{max_batch: 64, prefill_us_per_token: 0, decode_step_us: {STEP_US}, decode_step_us_per_seq: 0, lora_step_us_per_adapter: {LORA_US}}}}}}}\n      - {{name: sql, workload: w, engine: {{kind: adapter, of: base, adapter: hub/sql-lora}}}}\n      - {{name: chat, workload: w, engine: {{kind: adapter, of: base, adapter: hub/chat-lora, model: chat-v2}}}}\n"
+    );
+    let (dir, printed) = run_experiment_printing(tmp.path(), "lora", &yaml);
+    let node = dir.join("nodes/local");
+
+    // Measured alone, an adapter runs in its base's engine, which loads every adapter.
+    for trial in ["solo-base", "solo-sql", "solo-chat", "mps"] {
+        let agent = read_stream(&node.join(trial).join("agent.jsonl")).expect("agent stream");
+        let starts: Vec<(String, String)> = agent
+            .events
+            .iter()
+            .filter_map(|l| match &l.event {
+                Event::Engine(e) if e.state == multitenant::events::EngineState::Starting => {
+                    Some((e.tenant.clone(), e.detail.clone()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            starts,
+            [(
+                "base".to_owned(),
+                "simulated with 2 LoRA adapters".to_owned()
+            )],
+            "{trial}: one engine, the base's"
+        );
+        assert!(node.join(trial).join("base.engine.jsonl").is_file());
+        for adapter in ["sql", "chat"] {
+            assert!(
+                !node
+                    .join(trial)
+                    .join(format!("{adapter}.engine.jsonl"))
+                    .exists(),
+                "{trial}: an adapter has no engine of its own"
+            );
+        }
+    }
+
+    let summary = read_summary(&dir);
+    let tpot_p50 = |trial: &str, tenant: &str| {
+        let t = tenant_in(&summary, trial, tenant);
+        assert_eq!(
+            (t.metrics.completed, t.metrics.failed),
+            (24, 0),
+            "{trial}/{tenant}: every request answered by the name it sent"
+        );
+        t.metrics.tpot_ms.expect("tpot").p50
+    };
+    // Alone, the base model's batch holds no adapter; an adapter's batch holds one.
+    let base_alone = tpot_p50("solo-base", "base");
+    let sql_alone = tpot_p50("solo-sql", "sql");
+    let step_ms = STEP_US / 1e3;
+    let lora_step_ms = (STEP_US + LORA_US) / 1e3;
+    assert!(
+        (step_ms..step_ms + 1.5).contains(&base_alone),
+        "base alone: TPOT p50 {base_alone} ms, its step {step_ms} ms"
+    );
+    assert!(
+        (lora_step_ms..lora_step_ms + 1.5).contains(&sql_alone),
+        "sql alone: TPOT p50 {sql_alone} ms, a step with one adapter {lora_step_ms} ms"
+    );
+    let chat = tenant_in(&summary, "solo-chat", "chat");
+    assert_eq!(chat.model, "chat-v2");
+    assert_eq!(chat.engine, "adapter");
+    assert_eq!(chat.served_by.as_deref(), Some("base"));
+    assert_eq!(tenant_in(&summary, "solo-base", "base").served_by, None);
+
+    // Together, every batch that holds both adapters costs both: each tenant is slowed against
+    // its own solo trial, the base model too.
+    for tenant in ["base", "sql", "chat"] {
+        let shared = tenant_in(&summary, "mps", tenant);
+        let slowdown = shared.slowdown.expect("a solo baseline");
+        assert!(
+            slowdown.tpot_p50.is_some_and(|r| r > 1.1),
+            "mps/{tenant}: {slowdown:?}"
+        );
+    }
+    assert!(
+        printed.contains("mps: base's engine serves base, chat, sql"),
+        "the terminal says whose engine is shared:\n{printed}"
+    );
+}
