@@ -99,6 +99,11 @@ pub struct TruthStage {
     pub ttft_err_p50_ms: f64,
     /// Measured − true TTFT, p99.
     pub ttft_err_p99_ms: f64,
+    /// Of the TTFT error, the way in: sent to the engine's handler holding the parsed request,
+    /// p99 (the client's write, the loopback, the engine's read and parse).
+    pub request_path_p99_ms: f64,
+    /// The way out: the first token handed to the response body to the client reading it, p99.
+    pub response_path_p99_ms: f64,
     /// Measured − true gap between consecutive tokens, p50.
     pub itl_err_p50_ms: f64,
     /// Measured − true gap, p99.
@@ -478,9 +483,19 @@ async fn truth_stage(
         64,
     );
     workload.warmup = warmup;
-    let (_, requests) = load_and_read(&engine.base_url(), workload, dir).await?;
+    let recorded = loadgen::standalone::record_workload(
+        &engine.base_url(),
+        "bench",
+        workload,
+        dir,
+        "bench",
+        1,
+    )
+    .await?;
+    let (clock, requests) = (recorded.clock, recorded.requests);
     let connects = requests.iter().filter(|r| r.connect_ns.is_some()).count();
     let (mut ttft, mut itl) = (Vec::new(), Vec::new());
+    let (mut way_in, mut way_out) = (Vec::new(), Vec::new());
     let mut compared = 0;
     for r in requests.iter().filter(|r| r.error.is_none()) {
         let (Some(truth), Some(first)) = (engine.truth(&r.id), r.first_token_ns) else {
@@ -490,6 +505,10 @@ async fn truth_stage(
         let true_ttft = truth.emitted[0].duration_since(truth.received).as_nanos() as f64;
         let measured_ttft = (first - r.sent_ns) as f64;
         ttft.push((measured_ttft - true_ttft) / 1e6);
+        // The engine runs in this process, so its instants read on the load's own clock.
+        let (received, emitted) = (clock.ns_at(truth.received), clock.ns_at(truth.emitted[0]));
+        way_in.push((received as f64 - r.sent_ns as f64) / 1e6);
+        way_out.push((first as f64 - emitted as f64) / 1e6);
         for (gap_us, w) in r.chunk_gaps_us.iter().zip(truth.emitted.windows(2)) {
             let true_gap = w[1].duration_since(w[0]).as_nanos() as f64;
             itl.push((*gap_us as f64 * 1e3 - true_gap) / 1e6);
@@ -508,6 +527,8 @@ async fn truth_stage(
         connects,
         ttft_err_p50_ms: quantile(&mut ttft, 0.5),
         ttft_err_p99_ms: quantile(&mut ttft, 0.99),
+        request_path_p99_ms: quantile(&mut way_in, 0.99),
+        response_path_p99_ms: quantile(&mut way_out, 0.99),
         itl_err_p50_ms: quantile(&mut itl, 0.5),
         itl_err_p99_ms: quantile(&mut itl, 0.99),
     })
@@ -547,8 +568,8 @@ fn print(f: &Figures) {
     );
     for t in &f.truth {
         println!(
-            "  measured − true at {} streams, warm-up {} ms ({} requests, {} waited for a connect): TTFT p50 {:.3} ms, p99 {:.3} ms; ITL p50 {:.3} ms, p99 {:.3} ms",
-            t.streams, t.warmup_ms, t.requests, t.connects, t.ttft_err_p50_ms, t.ttft_err_p99_ms, t.itl_err_p50_ms, t.itl_err_p99_ms
+            "  measured − true at {} streams, warm-up {} ms ({} requests, {} waited for a connect): TTFT p50 {:.3} ms, p99 {:.3} ms (way in p99 {:.3} ms, way out p99 {:.3} ms); ITL p50 {:.3} ms, p99 {:.3} ms",
+            t.streams, t.warmup_ms, t.requests, t.connects, t.ttft_err_p50_ms, t.ttft_err_p99_ms, t.request_path_p99_ms, t.response_path_p99_ms, t.itl_err_p50_ms, t.itl_err_p99_ms
         );
     }
     let r = &f.replay;

@@ -283,6 +283,12 @@ impl Checker {
                             format!("{} is a path on this machine, which a SkyPilot node does not have; use a hub id, s3:// or gs://", v.model),
                         );
                     }
+                    Engine::Adapter(a) if a.adapter.starts_with('/') || a.adapter.starts_with('.') => {
+                        self.problem(
+                            &format!("{at}.adapter"),
+                            format!("{} is a path on this machine, which a SkyPilot node does not have; use a hub id, which vLLM downloads on the node", a.adapter),
+                        );
+                    }
                     Engine::External { url, .. } => self.problem(
                         &format!("{at}.url"),
                         format!("an external engine at {url} is reached from the node, not from here; run it on the node as a vllm tenant or use the static launcher"),
@@ -490,7 +496,8 @@ mod tests {
         let nodes = NODES
             .replace("engine: {kind: simulated}", "engine: {kind: vllm, model: /home/me/model}")
             .replace("\"H100:1\"", "\"H100:many\"")
-            + "  - {name: c, accelerators: L4, tenants: [{name: t, workload: w, engine: {kind: external, url: \"http://x:1\", model: m}}]}\n";
+            + "  - {name: c, accelerators: L4, tenants: [{name: t, workload: w, engine: {kind: external, url: \"http://x:1\", model: m}}]}\n"
+            + "  - {name: d, accelerators: L4, tenants: [{name: t, workload: w, engine: {kind: vllm, model: org/m}}, {name: l, workload: w, engine: {kind: adapter, of: t, adapter: ./my-lora}}]}\n";
         let found = problems(
             "  kind: skypilot\n  skypilot: {cluster_prefix: Bad_Prefix, infra: \"aws us-east\", agent_port: 0}\n",
             &nodes,
@@ -503,6 +510,10 @@ mod tests {
             ("nodes[1].accelerators", "needs accelerators"),
             ("nodes[1].tenants[0].engine.model", "a path on this machine"),
             ("nodes[2].tenants[0].engine.url", "reached from the node"),
+            (
+                "nodes[3].tenants[1].engine.adapter",
+                "a path on this machine",
+            ),
         ] {
             assert!(has(&found, path, words), "{path}: {found:?}");
         }
