@@ -93,6 +93,7 @@ fn every_event_kind_round_trips_exactly() {
             phase: Phase::Warmup,
             at_ns: 0,
             scheduled: None,
+            connections: None,
         }),
         Event::Request(request("a", 1, 20, 10, 5)),
         Event::Request(failed),
@@ -136,6 +137,10 @@ fn every_event_kind_round_trips_exactly() {
             phase: Phase::Drain,
             at_ns: 9,
             scheduled: Some(40),
+            connections: Some(multitenant::events::ConnectionUse {
+                preopened: 10,
+                peak_in_flight: 14,
+            }),
         }),
     ];
     write_stream(&path, header(StreamKind::Tenant, Some("a")), &events);
@@ -241,6 +246,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
                 phase: Phase::Measure,
                 at_ns: 0,
                 scheduled: None,
+                connections: None,
             }),
             Event::Request(request("r1", 0, 100, 20, 11)),
             Event::Request(request("r2", 500, 300, 40, 11)),
@@ -249,6 +255,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
                 phase: Phase::Drain,
                 at_ns: 2_000_000_000,
                 scheduled: None,
+                connections: None,
             }),
         ],
     );
@@ -266,6 +273,7 @@ fn a_hand_built_folder_gives_hand_computed_figures() {
             phase: Phase::Measure,
             at_ns: 0,
             scheduled: None,
+            connections: None,
         })],
     );
 
@@ -376,6 +384,7 @@ fn implausible_times_are_counted_named_and_left_out_of_the_figures() {
             phase,
             at_ns: at_ms * 1_000_000,
             scheduled: None,
+            connections: None,
         })
     };
     write_stream(

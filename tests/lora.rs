@@ -80,6 +80,10 @@ fn adapters_share_their_base_engine_alone_and_together() {
     assert_eq!(chat.engine, "adapter");
     assert_eq!(chat.served_by.as_deref(), Some("base"));
     assert_eq!(tenant_in(&summary, "solo-base", "base").served_by, None);
+    // Its engine's own figures come from its base's engine-metrics stream.
+    let server = chat.server.expect("the base engine's /metrics");
+    assert!(server.samples > 0, "{server:?}");
+    assert!(server.prefix_cache_hit_rate.is_some(), "{server:?}");
 
     // Together, every batch that holds both adapters costs both: each tenant is slowed against
     // its own solo trial, the base model too.

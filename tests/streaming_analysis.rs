@@ -38,12 +38,7 @@ fn whole_file_figures(dir: &Path) -> BTreeMap<(String, String), TenantMetrics> {
                     match &line.event {
                         Event::Request(r) if r.implausible(end_ns).is_some() => implausible += 1,
                         Event::Request(r) => acc.request(r),
-                        Event::Phase(p) => {
-                            acc.phase(p.phase, p.at_ns);
-                            if let Some(n) = p.scheduled {
-                                acc.scheduled(n);
-                            }
-                        }
+                        Event::Phase(p) => acc.phase_event(p),
                         _ => {}
                     }
                 }

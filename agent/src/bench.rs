@@ -99,8 +99,8 @@ pub struct TruthStage {
     pub ttft_err_p50_ms: f64,
     /// Measured − true TTFT, p99.
     pub ttft_err_p99_ms: f64,
-    /// Of the TTFT error, the way in: sent to the engine's handler holding the parsed request,
-    /// p99 (the client's write, the loopback, the engine's read and parse).
+    /// Of the TTFT error, the way in: sent to the engine's handler holding the request's body,
+    /// p99 (the client's write, the loopback, the engine's read).
     pub request_path_p99_ms: f64,
     /// The way out: the first token handed to the response body to the client reading it, p99.
     pub response_path_p99_ms: f64,

@@ -237,6 +237,7 @@ fn write_experiment(dir: &Path, settings: &BenchSettings) -> anyhow::Result<u64>
                 phase,
                 at_ns,
                 scheduled,
+                connections: None,
             })
         };
         out.write(&phase(Phase::Warmup, 0, None))?;

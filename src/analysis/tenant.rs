@@ -127,10 +127,7 @@ fn fold_requests(path: &Path, end_ns: Option<u64>) -> Result<(FoldRead, Option<u
                 if p.phase == Phase::Done {
                     first_end.get_or_insert(p.at_ns);
                 }
-                fold.acc.phase(p.phase, p.at_ns);
-                if let Some(arrivals) = p.scheduled {
-                    fold.acc.scheduled(arrivals);
-                }
+                fold.acc.phase_event(&p);
             }
             _ => {}
         }

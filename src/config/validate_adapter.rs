@@ -19,11 +19,29 @@ impl Checker {
         self.refuse_served_engine_keys(&raw, path, "an adapter, which runs in its base's engine");
         let of = self.required(raw.of, &join(path, "of"));
         let adapter = self.required(raw.adapter, &join(path, "adapter"));
-        if adapter.as_deref() == Some("") {
-            self.problem(
+        match adapter.as_deref() {
+            Some("") => self.problem(
                 &join(path, "adapter"),
                 "name the adapter's folder on the node or its hub id",
-            );
+            ),
+            Some(a) if a.contains("://") => self.problem(
+                &join(path, "adapter"),
+                format!("{a:?}: adapters are not synced from buckets; use a hub id or a folder on the node"),
+            ),
+            _ => {}
+        }
+        // vLLM reads `--lora-modules name=path` by splitting at '='; ',' or a leading '{'
+        // would make it read JSON.
+        for (key, value) in [
+            ("adapter", adapter.as_deref()),
+            ("model", raw.model.as_deref()),
+        ] {
+            if value.is_some_and(|v| v.contains(['=', ',']) || v.starts_with('{')) {
+                self.problem(
+                    &join(path, key),
+                    format!("{value:?} cannot go on vLLM's command line as name=path: leave out '=' and ',' and a leading '{{'", value = value.unwrap_or_default()),
+                );
+            }
         }
         Some(Engine::Adapter(AdapterEngine {
             of: of?,
@@ -51,7 +69,8 @@ impl Checker {
             };
             let at = format!("{path}.tenants[{place}].engine.of");
             let Some((_, base)) = bases.get(&adapter.of) else {
-                let names: Vec<&str> = bases.keys().map(String::as_str).collect();
+                let mut names: Vec<&str> = bases.keys().map(String::as_str).collect();
+                names.sort_unstable();
                 self.problem(
                     &at,
                     format!(
@@ -216,7 +235,8 @@ nodes:
             "      - {name: b, engine: {kind: simulated, model: m}, workload: w}
       - {name: a, engine: {kind: adapter, of: b, adapter: x, model: m, timing: {max_batch: 2}}, workload: w, port: 18123, mps_thread_percentage: 50}
       - {name: c, engine: {kind: simulated, of: b}, workload: w}
-      - {name: d, engine: {kind: adapter, of: b}, workload: w}",
+      - {name: d, engine: {kind: adapter, of: b}, workload: w}
+      - {name: e, engine: {kind: adapter, of: b, adapter: 's3://bucket/lora', model: 'x=y'}, workload: w}",
         );
         for expected in [
             "nodes[0].tenants[1].engine.model: \"m\" is already the name nodes[0].tenants[0] is served by",
@@ -225,6 +245,8 @@ nodes:
             "its MPS limits are \"b\"'s",
             "`of` applies only to an adapter engine",
             "nodes[0].tenants[3].engine.adapter",
+            "adapters are not synced from buckets",
+            "nodes[0].tenants[4].engine.model: \"x=y\" cannot go on vLLM's command line",
         ] {
             assert!(err.contains(expected), "{expected:?} not in {err}");
         }

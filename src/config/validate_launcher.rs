@@ -283,7 +283,7 @@ impl Checker {
                             format!("{} is a path on this machine, which a SkyPilot node does not have; use a hub id, s3:// or gs://", v.model),
                         );
                     }
-                    Engine::Adapter(a) if a.adapter.starts_with('/') || a.adapter.starts_with('.') => {
+                    Engine::Adapter(a) if !a.simulated && (a.adapter.starts_with('/') || a.adapter.starts_with('.')) => {
                         self.problem(
                             &format!("{at}.adapter"),
                             format!("{} is a path on this machine, which a SkyPilot node does not have; use a hub id, which vLLM downloads on the node", a.adapter),

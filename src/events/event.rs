@@ -384,6 +384,28 @@ pub struct PhaseEvent {
     /// (a short Poisson phase may hold far fewer arrivals than rate × duration).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub scheduled: Option<u64>,
+    /// On `done`: how the load used its connections (schema 1.6; absent before).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<ConnectionUse>,
+}
+
+/// How a tenant's load used its HTTP connections: what it opened before its clock started and
+/// the most requests it had in flight at once. Each request in flight holds a connection, so a
+/// load needs `peak_in_flight − preopened` connections more than it opened ahead; connects
+/// beyond those replaced connections the server closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionUse {
+    /// Connections opened (and answered) before the load started.
+    pub preopened: u64,
+    /// The most requests in flight at any instant of the load, every phase.
+    pub peak_in_flight: u64,
+}
+
+impl ConnectionUse {
+    /// Connects the load needed beyond those it opened ahead, as its requests in flight grew.
+    pub fn growth(&self) -> u64 {
+        self.peak_in_flight.saturating_sub(self.preopened)
+    }
 }
 
 /// State of a trial.

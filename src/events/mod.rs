@@ -8,7 +8,8 @@
 //! prompt of every request the tenant sent, with the kept answers and their expected outputs,
 //! appended as each request ends, so in the order requests ended) and, for engines with a
 //! Prometheus endpoint,
-//! `<tenant>.engine.jsonl` (scrapes of its `/metrics`).
+//! `<tenant>.engine.jsonl` (scrapes of its `/metrics`; one engine serving LoRA adapter tenants
+//! has one such stream, named by its base tenant, also in an adapter's solo trial).
 //!
 //! # Lines
 //! Every line is one JSON object ending in `\n`, with a `seq` (the line's index in its file, the
@@ -21,8 +22,9 @@
 //!   comes from the simulated engine), `stage` (1-based, for a stage of a sweep) and, for tenant
 //!   streams, `tenant` (name, model, engine kind, workload, API, arrival, offered rate,
 //!   streaming, forced length, SLO, and the milliseconds of warm-up plus measurement planned,
-//!   `planned_ms`, from schema 1.2, and `shared_prefixes`, why its prompts share text, from
-//!   schema 1.4).
+//!   `planned_ms`, from schema 1.2, `shared_prefixes`, why its prompts share text, from
+//!   schema 1.4, and, from schema 1.6, engine kind `adapter` with `served_by`, the base tenant
+//!   whose engine serves it).
 //! - `request`: one finished request, see [`RequestEvent`]; from schema 1.3 a request that
 //!   waited for a new connection records the connect in `connect_ns`, and its `sent_ns` is the
 //!   instant the connection was ready; from schema 1.4 a turn of a conversation carries its
@@ -30,7 +32,9 @@
 //!   `embeddings`, whose requests ask for no output (`max_tokens` 0) and deliver none.
 //! - `phase`: the load generator entered `warmup`, `measure`, `drain` or `done`; on `drain` of
 //!   an open-loop load, `scheduled` counts the arrivals its schedule placed in the measure
-//!   phase (schema 1.1; absent before).
+//!   phase (schema 1.1; absent before); on `done`, `connections` says how the load used its
+//!   connections: `preopened` before it started and `peak_in_flight`, the most requests in
+//!   flight at once (schema 1.6).
 //! - `prompt` (prompts streams): one request's prompt, see [`PromptEvent`].
 //! - `trial`, `engine`, `mps`, `warning`, `tenant_invalid`, `host_sample`, `gpu_sample`,
 //!   `engine_metrics`: lifecycle and samples, see [`Event`].

@@ -109,6 +109,11 @@ pub struct TenantMetrics {
     /// number of requests that opened a connection. Not part of TTFT or E2E.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_ms: Option<Percentiles>,
+    /// How the load used its connections (schema 1.6 streams): opened ahead, and the most
+    /// requests in flight at once, which tell connects the load's growth needed from those
+    /// that replaced connections the server closed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connections: Option<crate::events::ConnectionUse>,
     /// Conversations whose first turn was measured, for conversation workloads: the arrivals
     /// of their schedule, while `sent` counts every turn.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -165,6 +170,7 @@ pub struct TenantAccumulator {
     measure_start_ns: Option<u64>,
     measure_end_ns: Option<u64>,
     scheduled: Option<u64>,
+    connections: Option<crate::events::ConnectionUse>,
 }
 
 impl TenantAccumulator {
@@ -182,6 +188,23 @@ impl TenantAccumulator {
     /// Takes the count of arrivals scheduled in the measure phase.
     pub fn scheduled(&mut self, arrivals: u64) {
         self.scheduled = Some(arrivals);
+    }
+
+    /// Takes how the load used its connections (its `done` phase says).
+    pub fn connections(&mut self, used: crate::events::ConnectionUse) {
+        self.connections = Some(used);
+    }
+
+    /// Takes a phase event whole: the phase change and what it records of the schedule and
+    /// the connections.
+    pub fn phase_event(&mut self, event: &crate::events::PhaseEvent) {
+        self.phase(event.phase, event.at_ns);
+        if let Some(arrivals) = event.scheduled {
+            self.scheduled(arrivals);
+        }
+        if let Some(used) = event.connections {
+            self.connections(used);
+        }
     }
 
     /// Takes one request; requests outside the measure phase are ignored.
@@ -288,6 +311,7 @@ impl TenantAccumulator {
             implausible: 0,
             achieved_rate,
             scheduled: self.scheduled,
+            connections: self.connections,
             throughput,
             ttft_ms: self.ttft.percentiles(),
             tpot_ms: self.tpot.percentiles(),

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use multitenant::config::{Arrival, Workload};
-use multitenant::events::{Event, Phase, PhaseEvent, RequestEvent};
+use multitenant::events::{ConnectionUse, Event, Phase, PhaseEvent, RequestEvent};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -92,6 +92,8 @@ struct Shared {
     follow_ups: Option<std::sync::mpsc::Sender<FollowUp>>,
     /// Requests sent and not yet done.
     in_flight: AtomicU64,
+    /// The most requests in flight at once so far.
+    peak_in_flight: AtomicU64,
     write_errors: AtomicU64,
     measured_completed: AtomicU64,
     measured_first_sent_ns: AtomicU64,
@@ -132,6 +134,7 @@ impl Shared {
             phase,
             at_ns,
             scheduled: None,
+            connections: None,
         }));
     }
 
@@ -231,7 +234,9 @@ impl Shared {
             .keeps_response(index, self.load.workload.keep_responses);
         let clock = &self.load.clock;
         let cap = self.load.max_in_flight;
-        let mut measured = if self.in_flight.fetch_add(1, Ordering::SeqCst) >= cap {
+        let before = self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.peak_in_flight.fetch_max(before + 1, Ordering::Relaxed);
+        let mut measured = if before >= cap {
             client::not_sent(clock, format!("not sent: {cap} requests of this tenant were already in flight, the load generator's cap; the server is not keeping up with the offered load"))
         } else {
             client::execute(
@@ -459,6 +464,7 @@ async fn send_and_record(
         conversations_started: AtomicU64::new(0),
         follow_ups: follow_up_queue,
         in_flight: AtomicU64::new(0),
+        peak_in_flight: AtomicU64::new(0),
         write_errors: AtomicU64::new(0),
         measured_completed: AtomicU64::new(0),
         measured_first_sent_ns: AtomicU64::new(u64::MAX),
@@ -573,6 +579,7 @@ async fn send_and_record(
         phase: Phase::Drain,
         at_ns: clock.now_ns().min(measure_end_ns),
         scheduled,
+        connections: None,
     }));
     tracker.close();
     tokio::select! {
@@ -582,7 +589,15 @@ async fn send_and_record(
             tracker.wait().await;
         }
     }
-    shared.write_phase(Phase::Done, clock.now_ns());
+    shared.write(Event::Phase(PhaseEvent {
+        phase: Phase::Done,
+        at_ns: clock.now_ns(),
+        scheduled: None,
+        connections: Some(ConnectionUse {
+            preopened: u64::from(opened),
+            peak_in_flight: shared.peak_in_flight.load(Ordering::Relaxed),
+        }),
+    }));
     let sent = shared.claimed.load(Ordering::SeqCst);
     let completed = shared.measured_completed.load(Ordering::Relaxed);
     let first = shared.measured_first_sent_ns.load(Ordering::Relaxed);

@@ -110,6 +110,7 @@ impl TrialRunner<'_> {
             let tenant = slot.owner;
             let kind = match slot.adapters.len() {
                 0 => tenant.engine.kind().to_owned(),
+                1 => format!("{} with 1 LoRA adapter", tenant.engine.kind()),
                 n => format!("{} with {n} LoRA adapters", tenant.engine.kind()),
             };
             self.log.engine(&tenant.name, EngineState::Starting, kind)?;
