@@ -259,6 +259,7 @@ impl Checker {
         }
         for (i, node) in nodes.iter().enumerate() {
             self.stage_counts_agree(node, &workloads, &format!("nodes[{i}].tenants"));
+            self.adapter_apis_match(node, &workloads, &format!("nodes[{i}].tenants"));
         }
         self.tenant_maps_match(&nodes, &workloads);
         let launcher = self.launcher(raw.launcher, &nodes);

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use super::raw::RawEngine;
 use super::validate::{join, Checker};
-use super::{AdapterEngine, Engine, Tenant};
+use super::{AdapterEngine, Engine, Node, Tenant, Workload};
 
 /// `vllm serve` flags the agent sets for a base engine with adapters.
 const AGENT_LORA_FLAGS: [&str; 2] = ["--enable-lora", "--lora-modules"];
@@ -49,6 +49,43 @@ impl Checker {
             model: raw.model.unwrap_or_default(),
             simulated: false,
         }))
+    }
+
+    /// Refuses an adapter whose workload calls an API of the other family than its base's
+    /// (embeddings against generation): one vLLM engine serves either, and the simulated
+    /// engine, which answers both, must not pass what vLLM would refuse.
+    pub(super) fn adapter_apis_match(
+        &mut self,
+        node: &Node,
+        workloads: &std::collections::BTreeMap<String, Workload>,
+        path: &str,
+    ) {
+        for (j, tenant) in node.tenants.iter().enumerate() {
+            let Some(base) = tenant.engine.base() else {
+                continue;
+            };
+            let Some(base) = node.tenants.iter().find(|t| t.name == base) else {
+                continue;
+            };
+            let (Some(own), Some(theirs)) = (
+                workloads.get(&tenant.workload),
+                workloads.get(&base.workload),
+            ) else {
+                continue;
+            };
+            if own.api.generates() != theirs.api.generates() {
+                self.problem(
+                    &format!("{path}[{j}].workload"),
+                    format!(
+                        "adapter {:?} calls {} and its base {:?} calls {}: one engine serves either embeddings or generation",
+                        tenant.name,
+                        own.api.name(),
+                        base.name,
+                        theirs.api.name()
+                    ),
+                );
+            }
+        }
     }
 
     /// Resolves every adapter tenant of a node against its base: the base must be another
@@ -227,6 +264,25 @@ nodes:
         let err =
             refusal("      - {name: a, engine: {kind: adapter, of: a, adapter: x}, workload: w}");
         assert!(err.contains("cannot be its own base"), "{err}");
+    }
+
+    #[test]
+    fn an_adapter_calls_the_same_family_of_api_as_its_base() {
+        let text = config(
+            "      - {name: b, engine: {kind: simulated}, workload: w}
+      - {name: a, engine: {kind: adapter, of: b, adapter: x}, workload: e}",
+        )
+        .replace(
+            "workloads:\n",
+            "workloads:\n  e: {api: embeddings, arrival: {kind: poisson, rate: 4}, data: {prompt_tokens: 32}, duration: 5s}\n",
+        );
+        let err = Experiment::from_yaml(&text, "lora.yaml")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains("nodes[0].tenants[1].workload: adapter \"a\" calls embeddings and its base \"b\" calls chat"),
+            "{err}"
+        );
     }
 
     #[test]
