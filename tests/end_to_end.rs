@@ -158,7 +158,7 @@ fn run_prints_a_summary_that_analyze_reproduces_from_the_files() {
     );
     assert!(
         rows.iter()
-            .any(|r| r.starts_with("local,mps,mps,finished,chat-a,m-a,simulated,chat,true,")),
+            .any(|r| r.starts_with("local,mps,mps,finished,chat-a,m-a,simulated,,chat,true,")),
         "{csv}"
     );
     for file in [

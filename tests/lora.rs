@@ -99,4 +99,33 @@ fn adapters_share_their_base_engine_alone_and_together() {
         printed.contains("mps: base's engine serves base, chat, sql"),
         "the terminal says whose engine is shared:\n{printed}"
     );
+    assert!(
+        printed.contains("engine: local/chat: a LoRA adapter (chat-v2) in base's engine\n"),
+        "the terminal names each adapter's engine once:\n{printed}"
+    );
+    assert_eq!(printed.matches("engine: local/sql:").count(), 1);
+    // summary.csv says which engine served each row's tenant.
+    let csv = std::fs::read_to_string(dir.join("summary.csv")).expect("summary.csv");
+    let header: Vec<&str> = csv.lines().next().expect("header").split(',').collect();
+    let served_by = header
+        .iter()
+        .position(|c| *c == "served_by")
+        .expect("served_by column");
+    let served: Vec<(&str, &str)> = csv
+        .lines()
+        .skip(1)
+        .map(|row| {
+            let cells: Vec<&str> = row.split(',').collect();
+            (cells[4], cells[served_by])
+        })
+        .filter(|(_, by)| !by.is_empty())
+        .collect();
+    assert_eq!(
+        served.len(),
+        4,
+        "sql and chat, alone and shared: {served:?}"
+    );
+    assert!(served
+        .iter()
+        .all(|(t, by)| ["sql", "chat"].contains(t) && *by == "base"));
 }

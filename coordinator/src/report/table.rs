@@ -361,6 +361,7 @@ pub fn render_table(summary: &Summary) -> String {
         out.push_str(&format!("answers: {line}\n"));
     }
     out.push_str(&render_prompts(summary));
+    out.push_str(&render_adapters(summary));
     for (node, trial) in summary.trials() {
         for t in &trial.tenants {
             // Unique prompts hit nothing, and a line per tenant saying so would be noise.
@@ -411,6 +412,25 @@ fn render_prompts(summary: &Summary) -> String {
                 t.tenant,
                 turns.join(", ")
             ));
+        }
+    }
+    out
+}
+
+/// One line per LoRA adapter tenant (once, whatever its trials): whose engine serves it, so a
+/// reader of the table knows which of its tenants share one engine.
+fn render_adapters(summary: &Summary) -> String {
+    let mut out = String::new();
+    let mut said = std::collections::BTreeSet::new();
+    for (node, trial) in summary.trials() {
+        for t in &trial.tenants {
+            let Some(base) = &t.served_by else { continue };
+            if said.insert((node, t.tenant.as_str())) {
+                out.push_str(&format!(
+                    "engine: {node}/{}: a LoRA adapter ({}) in {base}'s engine\n",
+                    t.tenant, t.model
+                ));
+            }
         }
     }
     out
