@@ -1307,8 +1307,8 @@ mod tests {
         });
         let checks = load_checks(&acc.finish(), &poisson_tenant());
         assert!(checks.is_empty(), "{checks:?}");
-        // To 11: a spare connect or two is a connection not yet back in the pool; three are
-        // connections the server closed.
+        // To 11: two connects beyond the one the growth needed are connections not yet back in
+        // the pool; four beyond it are connections the server closed.
         acc.connections(crate::events::ConnectionUse {
             preopened: 10,
             peak_in_flight: 11,

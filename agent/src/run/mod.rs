@@ -7,7 +7,8 @@
 //!
 //! - this module: the registry of runs ([`RunManager`], [`RunState`]);
 //! - `trial`: one trial's phases (`TrialRunner`); `engines`: its MPS and engine phases;
-//! - `slot`: one tenant's parts of a trial, owned together (`TenantSlot`);
+//! - `slot`: one tenant's parts of a trial, owned together (`TenantSlot`); `engine_slot`: one
+//!   engine of a trial (`EngineSlot`), which serves its owner and the owner's LoRA adapters;
 //! - [`outcome`]: why a trial failed ([`TrialFailure`]), typed until it is written;
 //! - `sampling`: the trial's samplers as one unit; `stages`: which arrival a stage runs;
 //! - `search`: a capacity search, engines kept across its probes;
