@@ -277,3 +277,97 @@ fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
         ]
     );
 }
+
+/// Two tenants that share one BurstGPT-format trace (by its `Model` column), each at its
+/// share of the trace sped up ten times.
+fn shared_trace_config(capacity: &str) -> String {
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/traces/burstgpt-sample.csv"
+    );
+    format!(
+        "name: trace-cap\nslo: {{ttft_ms: {{p50: 150}}}}\ncapacity: {capacity}\nworkloads:\n  w: {{api: completions, arrival: {{kind: trace, path: {trace}, format: burstgpt, time_scale: 10, tenant_map: {{column: Model, to: {{ChatGPT: a, GPT-4: b}}}}}}, duration: 3s}}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
+        engine(6000),
+        engine(6000)
+    )
+}
+
+#[test]
+fn tenants_sharing_a_trace_are_searched_in_its_own_mix() {
+    for (capacity, path) in [
+        ("{mix: {a: 1, b: 1}}", "capacity.mix"),
+        ("{directions: 2}", "capacity.directions"),
+    ] {
+        let err = Experiment::from_yaml(&shared_trace_config(capacity), "x.yaml")
+            .expect_err("refused")
+            .to_string();
+        assert!(
+            err.contains(&format!(
+                "{path}: nodes[0]: tenants a, b share the trace of workload \"w\""
+            )),
+            "{err}"
+        );
+    }
+    let experiment = Experiment::from_yaml(&shared_trace_config("{}"), "x.yaml").expect("valid");
+    // Each tenant's configured rate is its share of the trace, sped up: the mix they keep.
+    let rates: Vec<f64> = experiment.nodes[0]
+        .tenants
+        .iter()
+        .map(|t| multitenant::config::configured_rate(&experiment, t).expect("a replay rate"))
+        .collect();
+    let total = rates[0] + rates[1];
+    // 512 records over about two minutes, ten times faster.
+    assert!((35.0..=50.0).contains(&total), "{rates:?}");
+    let cap = experiment.capacity.as_ref().expect("capacity");
+    let mix = cap.mix_of(&experiment, &experiment.nodes[0]);
+    assert!(
+        (mix[0] - rates[0] / total).abs() < 1e-9,
+        "{mix:?} {rates:?}"
+    );
+    // A probe at twice the configured rate replays the trace twice as fast.
+    let multitenant::config::ArrivalPlan::Single(arrival) = experiment.workloads["w"].arrival
+    else {
+        panic!("one arrival");
+    };
+    assert_eq!(
+        multitenant::config::with_rate(&arrival, rates[0], 2.0 * rates[0]),
+        multitenant::config::Arrival::Trace { time_scale: 20.0 }
+    );
+}
+
+#[test]
+fn a_capacity_search_speeds_a_shared_trace_up_for_its_tenants_together() {
+    if !heavy("the trace capacity test") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = run_experiment(
+        tmp.path(),
+        "trace-cap",
+        &shared_trace_config(
+            "{probe: {warmup: 0s, duration: 3s}, precision: 0.3, repeats: 0, max_probes: 5, max_rate: 400}",
+        ),
+    );
+    let summary = read_summary(&dir);
+    let node = node_capacity(&summary);
+    assert_eq!(node.solo.len(), 2, "{node:?}");
+    for solo in &node.solo {
+        assert!(solo.interval.probes >= 2, "{solo:?}");
+    }
+    // Every probe replays the trace, and a shared probe speeds it up as much for both.
+    let speed = |trial: &str, tenant: &str| -> String {
+        let path = dir.join(format!("nodes/n/{trial}/{tenant}.jsonl"));
+        let stream = multitenant::events::read_stream(&path).expect("tenant stream");
+        stream.header.tenant.expect("tenant header").arrival
+    };
+    let solo_speeds: std::collections::BTreeSet<String> = (1..=2)
+        .map(|k| speed(&format!("cap-solo-a.p{k:02}"), "a"))
+        .collect();
+    assert!(
+        solo_speeds.len() == 2 && solo_speeds.iter().all(|s| s.starts_with("trace replay ×")),
+        "two probes at two speeds: {solo_speeds:?}"
+    );
+    let shared = speed("cap-mps.p01", "a");
+    assert!(shared.starts_with("trace replay ×"), "{shared}");
+    assert_eq!(shared, speed("cap-mps.p01", "b"));
+}

@@ -155,10 +155,32 @@ impl Direction {
 
 /// A tenant's configured request rate, when its arrival is open-loop.
 pub fn configured_rate(experiment: &Experiment, tenant: &super::Tenant) -> Option<f64> {
-    match experiment.workloads.get(&tenant.workload)?.arrival {
+    let workload = experiment.workloads.get(&tenant.workload)?;
+    match workload.arrival {
+        super::ArrivalPlan::Single(Arrival::Trace { time_scale }) => {
+            replay_rate(workload, &tenant.name, time_scale)
+        }
         super::ArrivalPlan::Single(a) => open_loop_rate(&a),
         _ => None,
     }
+}
+
+/// The requests per second a replay of `workload`'s trace sends to `tenant` at `time_scale`:
+/// its records over the trace's span, sped up. Reads the trace; `None` when it cannot be read
+/// or sends the tenant nothing.
+fn replay_rate(workload: &super::Workload, tenant: &str, time_scale: f64) -> Option<f64> {
+    let super::DataSource::Trace(data) = &workload.data else {
+        return None;
+    };
+    let trace = crate::trace::Trace::load(&data.path, data.format, &data.window).ok()?;
+    let records = trace.records_of(tenant, data.tenant_map.as_ref()).len();
+    let span_s = trace.span().as_secs_f64();
+    (records > 0 && span_s > 0.0).then(|| records as f64 / span_s * time_scale)
+}
+
+/// Whether a probe can rescale `arrival`: an open loop's rate, or a trace replay's speed.
+pub fn rescalable(arrival: &Arrival) -> bool {
+    open_loop_rate(arrival).is_some() || matches!(arrival, Arrival::Trace { .. })
 }
 
 /// The rate of an open-loop arrival process that a probe can rescale.
@@ -171,11 +193,15 @@ pub fn open_loop_rate(arrival: &Arrival) -> Option<f64> {
     }
 }
 
-/// `arrival` with its rate replaced by `rate`.
-pub fn with_rate(arrival: &Arrival, rate: f64) -> Arrival {
+/// `arrival`, which offers `configured` requests/s, made to offer `rate`: an open loop's rate
+/// replaced, a trace replayed that much faster (its bursts and lulls kept, in proportion).
+pub fn with_rate(arrival: &Arrival, configured: f64, rate: f64) -> Arrival {
     match *arrival {
         Arrival::Constant { .. } => Arrival::Constant { rate },
         Arrival::Gamma { cv, .. } => Arrival::Gamma { rate, cv },
+        Arrival::Trace { time_scale } => Arrival::Trace {
+            time_scale: time_scale * rate / configured.max(f64::MIN_POSITIVE),
+        },
         _ => Arrival::Poisson { rate },
     }
 }

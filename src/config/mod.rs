@@ -31,7 +31,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use capacity::{
-    configured_rate, open_loop_rate, probe_trial_name, with_rate, Capacity, Direction, Search,
+    configured_rate, open_loop_rate, probe_trial_name, rescalable, with_rate, Capacity, Direction,
+    Search,
 };
 pub use error::{ConfigError, Problem};
 pub use launcher::{

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::capacity::{open_loop_rate, Capacity};
+use super::capacity::{rescalable, Capacity};
 use super::raw::RawCapacity;
 use super::validate::Checker;
 use super::{ArrivalPlan, Node, Workload};
@@ -88,17 +88,18 @@ impl Checker {
                         format!("{}: a capacity search judges every probe by the tenant's SLO, and workload {:?} has none; give it (or the experiment) an slo:", tenant.name, tenant.workload),
                     );
                 }
-                let open_loop = match workload.arrival {
-                    ArrivalPlan::Single(a) => open_loop_rate(&a).is_some(),
+                let can_scale = match workload.arrival {
+                    ArrivalPlan::Single(a) => rescalable(&a),
                     _ => false,
                 };
-                if !open_loop {
+                if !can_scale {
                     self.problem(
                         &format!("workloads.{}.arrival", tenant.workload),
-                        format!("{}: a capacity search rescales an open-loop rate; use a constant, poisson or gamma arrival (its rate starts the search)", tenant.name),
+                        format!("{}: a capacity search rescales an open-loop rate or a trace's speed; use a constant, poisson, gamma or trace arrival (its rate starts the search)", tenant.name),
                     );
                 }
             }
+            self.shared_traces_keep_their_mix(node, workloads, raw.mix.is_some(), directions, i);
         }
         Some(Capacity {
             probe_warmup,
@@ -111,6 +112,43 @@ impl Checker {
             mix: raw.mix,
             directions,
         })
+    }
+
+    /// Tenants of a node that share one trace (a `tenant_map`) are sped up together by a
+    /// probe, keeping the trace's own mix and its clock: a `mix` or region directions, which
+    /// would give them different speeds, are refused for such a node.
+    fn shared_traces_keep_their_mix(
+        &mut self,
+        node: &Node,
+        workloads: &BTreeMap<String, Workload>,
+        mix_given: bool,
+        directions: u32,
+        index: usize,
+    ) {
+        let mut sharing: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for tenant in &node.tenants {
+            let shared = workloads.get(&tenant.workload).is_some_and(
+                |w| matches!(&w.data, super::DataSource::Trace(t) if t.tenant_map.is_some()),
+            );
+            if shared {
+                sharing
+                    .entry(tenant.workload.as_str())
+                    .or_default()
+                    .push(&tenant.name);
+            }
+        }
+        for (workload, tenants) in sharing.into_iter().filter(|(_, t)| t.len() > 1) {
+            let why = format!("nodes[{index}]: tenants {} share the trace of workload {workload:?}, which a probe speeds up for all of them at once, in the trace's own mix", tenants.join(", "));
+            if mix_given {
+                self.problem("capacity.mix", format!("{why}: leave the mix out"));
+            }
+            if directions > 1 {
+                self.problem(
+                    "capacity.directions",
+                    format!("{why}: search one direction"),
+                );
+            }
+        }
     }
 
     fn capacity_mix(&mut self, mix: &BTreeMap<String, f64>, nodes: &[Node]) {

@@ -11,7 +11,7 @@ use std::time::Duration;
 use multitenant::analysis::analyze_trial_folder;
 use multitenant::capacity::{self, Probe, ProbeVerdict, SearchPolicy};
 use multitenant::config::{
-    configured_rate, open_loop_rate, probe_trial_name, with_rate, ArrivalPlan, Capacity, Direction,
+    configured_rate, probe_trial_name, rescalable, with_rate, ArrivalPlan, Capacity, Direction,
     Search, Stage, Trial,
 };
 use multitenant::events::{Event, ProbeEvent, SearchEvent};
@@ -161,8 +161,9 @@ impl RunContext {
                 let ArrivalPlan::Single(arrival) = slot.workload.arrival else {
                     continue;
                 };
-                if open_loop_rate(&arrival).is_some() {
-                    slot.arrival = Some(with_rate(&arrival, scale * share));
+                let configured = configured_rate(&self.experiment, slot.tenant);
+                if let (true, Some(configured)) = (rescalable(&arrival), configured) {
+                    slot.arrival = Some(with_rate(&arrival, configured, scale * share));
                 }
                 slot.load = Default::default();
                 slot.phases = Some((cap.probe_warmup, duration));
