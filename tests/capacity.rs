@@ -279,14 +279,14 @@ fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
 }
 
 /// Two tenants that share one BurstGPT-format trace (by its `Model` column), each at its
-/// share of the trace sped up ten times.
-fn shared_trace_config(capacity: &str) -> String {
+/// share of the trace sped up ten times; `window` adds keys to the arrival (`limit: 60`).
+fn shared_trace_config(capacity: &str, window: &str) -> String {
     let trace = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/configs/traces/burstgpt-sample.csv"
     );
     format!(
-        "name: trace-cap\nslo: {{ttft_ms: {{p50: 150}}}}\ncapacity: {capacity}\nworkloads:\n  w: {{api: completions, arrival: {{kind: trace, path: {trace}, format: burstgpt, time_scale: 10, tenant_map: {{column: Model, to: {{ChatGPT: a, GPT-4: b}}}}}}, duration: 3s}}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
+        "name: trace-cap\nslo: {{ttft_ms: {{p50: 150}}}}\ncapacity: {capacity}\nworkloads:\n  w: {{api: completions, arrival: {{kind: trace, path: {trace}, format: burstgpt, time_scale: 10{window}, tenant_map: {{column: Model, to: {{ChatGPT: a, GPT-4: b}}}}}}, duration: 3s}}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
         engine(6000),
         engine(6000)
     )
@@ -298,7 +298,7 @@ fn tenants_sharing_a_trace_are_searched_in_its_own_mix() {
         ("{mix: {a: 1, b: 1}}", "capacity.mix"),
         ("{directions: 2}", "capacity.directions"),
     ] {
-        let err = Experiment::from_yaml(&shared_trace_config(capacity), "x.yaml")
+        let err = Experiment::from_yaml(&shared_trace_config(capacity, ""), "x.yaml")
             .expect_err("refused")
             .to_string();
         assert!(
@@ -308,7 +308,8 @@ fn tenants_sharing_a_trace_are_searched_in_its_own_mix() {
             "{err}"
         );
     }
-    let experiment = Experiment::from_yaml(&shared_trace_config("{}"), "x.yaml").expect("valid");
+    let experiment =
+        Experiment::from_yaml(&shared_trace_config("{}", ""), "x.yaml").expect("valid");
     // Each tenant's configured rate is its share of the trace, sped up: the mix they keep.
     let rates: Vec<f64> = experiment.nodes[0]
         .tenants
@@ -344,8 +345,11 @@ fn a_capacity_search_speeds_a_shared_trace_up_for_its_tenants_together() {
     let dir = run_experiment(
         tmp.path(),
         "trace-cap",
+        // The first 60 records: about 14 s of trace, under 1.5 s at ten times its speed, so
+        // every probe of 3 s would outlast its replay.
         &shared_trace_config(
             "{probe: {warmup: 0s, duration: 3s}, precision: 0.3, repeats: 0, max_probes: 5, max_rate: 400}",
+            ", limit: 60",
         ),
     );
     let summary = read_summary(&dir);
@@ -370,4 +374,38 @@ fn a_capacity_search_speeds_a_shared_trace_up_for_its_tenants_together() {
     let shared = speed("cap-mps.p01", "a");
     assert!(shared.starts_with("trace replay ×"), "{shared}");
     assert_eq!(shared, speed("cap-mps.p01", "b"));
+    // A probe measures only while its replay sends (a second at least), not its 3 s.
+    let trace = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/configs/traces/burstgpt-sample.csv"
+    ))
+    .expect("trace");
+    // The replayed records: the first 60 with an answer (zero outputs are skipped).
+    let records: Vec<f64> = trace
+        .lines()
+        .skip(1)
+        .map(|row| row.split(',').collect::<Vec<&str>>())
+        .filter(|cells| cells[3] != "0")
+        .map(|cells| cells[0].parse().expect("a time"))
+        .take(60)
+        .collect();
+    let span_s = records[59] - records[0];
+    for k in 1..=2 {
+        let path = dir.join(format!("nodes/n/cap-solo-a.p{k:02}/a.jsonl"));
+        let header = multitenant::events::read_stream(&path)
+            .expect("tenant stream")
+            .header
+            .tenant
+            .expect("tenant header");
+        let times: f64 = header
+            .arrival
+            .trim_start_matches("trace replay ×")
+            .parse()
+            .expect("a speed");
+        let planned = header.planned_ms.expect("planned") as f64 / 1e3;
+        assert!(
+            planned <= (span_s / times).clamp(1.0, 3.0) + 1e-3,
+            "probe {k} at ×{times} planned {planned} s"
+        );
+    }
 }

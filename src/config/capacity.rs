@@ -199,9 +199,14 @@ pub fn with_rate(arrival: &Arrival, configured: f64, rate: f64) -> Arrival {
     match *arrival {
         Arrival::Constant { .. } => Arrival::Constant { rate },
         Arrival::Gamma { cv, .. } => Arrival::Gamma { rate, cv },
-        Arrival::Trace { time_scale } => Arrival::Trace {
-            time_scale: time_scale * rate / configured.max(f64::MIN_POSITIVE),
-        },
+        Arrival::Trace { time_scale } => {
+            let sped_up = time_scale * rate / configured.max(f64::MIN_POSITIVE);
+            // To a billionth: the tenants of one shared trace, whose rates are its shares,
+            // then get the very same speed, not speeds a rounding error apart.
+            Arrival::Trace {
+                time_scale: (sped_up * 1e9).round() / 1e9,
+            }
+        }
         _ => Arrival::Poisson { rate },
     }
 }

@@ -155,7 +155,7 @@ impl RunContext {
                 tenants: search.tenants.clone(),
                 stage: Stage::new(number),
             };
-            let duration = probe_duration(runner, shares, scale, cap);
+            let mut duration = probe_duration(runner, shares, scale, cap);
             for slot in &mut runner.slots {
                 let share = shares.get(slot.name()).copied().unwrap_or(0.0);
                 let ArrivalPlan::Single(arrival) = slot.workload.arrival else {
@@ -166,7 +166,6 @@ impl RunContext {
                     slot.arrival = Some(with_rate(&arrival, configured, scale * share));
                 }
                 slot.load = Default::default();
-                slot.phases = Some((cap.probe_warmup, duration));
                 // A repeated probe sends other prompts at other instants, or it would only
                 // say again what it said.
                 slot.seed = self.tenant_seed(slot.tenant)
@@ -180,6 +179,14 @@ impl RunContext {
                 {
                     slot.prompts = Some(Arc::new(prompts));
                 }
+            }
+            // A trace sped up past its own length stops sending before the probe would end:
+            // the probe measures only while the replay lasts (a second at least).
+            if let Some(left) = replay_left(runner, cap.probe_warmup) {
+                duration = duration.min(left.max(MIN_REPLAY_PROBE));
+            }
+            for slot in &mut runner.slots {
+                slot.phases = Some((cap.probe_warmup, duration));
             }
             let simulated = runner.slots.iter().any(|s| s.tenant.engine.is_simulated());
             let mut probe_log = TrialLog::open(self, &trial, simulated)?;
@@ -226,6 +233,26 @@ impl RunContext {
         }
         Ok(history)
     }
+}
+
+/// The shortest measured phase of a probe whose trace replay runs out early.
+const MIN_REPLAY_PROBE: Duration = Duration::from_secs(1);
+
+/// How long after `warmup` the shortest of the slots' trace replays, at their probe speeds,
+/// still sends; `None` without a replay.
+fn replay_left(runner: &TrialRunner<'_>, warmup: Duration) -> Option<Duration> {
+    runner
+        .slots
+        .iter()
+        .filter_map(|slot| {
+            let Some(multitenant::config::Arrival::Trace { time_scale }) = slot.arrival else {
+                return None;
+            };
+            let span_ns = *slot.prompts.as_ref()?.trace_times()?.last()?;
+            let lasts = Duration::from_secs_f64(span_ns as f64 / 1e9 / time_scale.max(1e-9));
+            Some(lasts.saturating_sub(warmup))
+        })
+        .min()
 }
 
 /// How long a probe at `scale` measures: the configured probe duration, or longer where a
