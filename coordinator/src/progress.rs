@@ -276,10 +276,16 @@ impl Progress {
                     TrialState::Started => Stage::StartingEngines,
                     ended => Stage::Ended(ended),
                 };
-                self.stage(node, trial, stage);
-                if let Stage::Ended(_) = stage {
-                    self.finish_trial(node, trial);
+                match stage {
+                    // The node's earlier trials are over: their tenants' lines go.
+                    Stage::StartingEngines => self.finish_trial(node, ""),
+                    // A finished trial's tenants end with their own last lines, which may come
+                    // after the agent's record of the end (the streams come in apart).
+                    Stage::Ended(TrialState::Finished) => {}
+                    Stage::Ended(_) => self.finish_trial(node, trial),
+                    _ => {}
                 }
+                self.stage(node, trial, stage);
             }
             (Some(StreamName::Tenant(tenant)), Event::Header(h)) => {
                 let planned = h
@@ -344,6 +350,11 @@ impl Progress {
             }
             self.refresh();
         }
+        // Tenants whose last lines never came (a load that ended abnormally) end here.
+        let nodes: Vec<String> = self.lock().nodes.keys().cloned().collect();
+        for node in nodes {
+            self.finish_trial(&node, "");
+        }
         // Each bar cleared for good: a bar merely hidden would be drawn again when dropped.
         let state = self.lock();
         let bars = state.nodes.values().filter_map(|n| n.bar.as_ref());
@@ -398,7 +409,9 @@ impl Progress {
             return;
         };
         let next = Some((trial.to_owned(), stage));
-        if n.current == next {
+        // Nothing goes back on a trial that has ended (a tenant's drain seen after its end).
+        let ended = matches!(&n.current, Some((t, Stage::Ended(_))) if t == trial);
+        if n.current == next || ended {
             return;
         }
         n.current = next;
@@ -409,9 +422,13 @@ impl Progress {
         }
     }
 
-    /// Every tenant of `node`'s `trial` still shown is finished (the trial ended).
+    /// Every tenant of `node`'s `trial` still shown is finished (the trial ended); every
+    /// tenant of the node, with `trial` empty.
     fn finish_trial(&self, node: &str, trial: &str) {
-        let prefix = format!("{node}/{trial}/");
+        let prefix = match trial {
+            "" => format!("{node}/"),
+            trial => format!("{node}/{trial}/"),
+        };
         let keys: Vec<String> = self
             .lock()
             .tenants
