@@ -277,12 +277,13 @@ impl Progress {
                     ended => Stage::Ended(ended),
                 };
                 match stage {
-                    // The node's earlier trials are over: their tenants' lines go.
-                    Stage::StartingEngines => self.finish_trial(node, ""),
+                    // The node's earlier trials are over: their tenants' lines go (not this
+                    // trial's, whose first lines may have come before this one).
+                    Stage::StartingEngines => self.finish_tenants(node, |t| t != trial),
                     // A finished trial's tenants end with their own last lines, which may come
                     // after the agent's record of the end (the streams come in apart).
                     Stage::Ended(TrialState::Finished) => {}
-                    Stage::Ended(_) => self.finish_trial(node, trial),
+                    Stage::Ended(_) => self.finish_tenants(node, |t| t == trial),
                     _ => {}
                 }
                 self.stage(node, trial, stage);
@@ -353,7 +354,7 @@ impl Progress {
         // Tenants whose last lines never came (a load that ended abnormally) end here.
         let nodes: Vec<String> = self.lock().nodes.keys().cloned().collect();
         for node in nodes {
-            self.finish_trial(&node, "");
+            self.finish_tenants(&node, |_| true);
         }
         // Each bar cleared for good: a bar merely hidden would be drawn again when dropped.
         let state = self.lock();
@@ -422,18 +423,18 @@ impl Progress {
         }
     }
 
-    /// Every tenant of `node`'s `trial` still shown is finished (the trial ended); every
-    /// tenant of the node, with `trial` empty.
-    fn finish_trial(&self, node: &str, trial: &str) {
-        let prefix = match trial {
-            "" => format!("{node}/"),
-            trial => format!("{node}/{trial}/"),
-        };
+    /// Every tenant of `node` still shown in a trial that `which` picks is finished.
+    fn finish_tenants(&self, node: &str, which: impl Fn(&str) -> bool) {
+        let prefix = format!("{node}/");
         let keys: Vec<String> = self
             .lock()
             .tenants
             .keys()
-            .filter(|k| k.starts_with(&prefix))
+            .filter(|k| {
+                k.strip_prefix(&prefix)
+                    .and_then(|rest| rest.split_once('/'))
+                    .is_some_and(|(trial, _)| which(trial))
+            })
             .cloned()
             .collect();
         for key in keys {
