@@ -143,6 +143,17 @@ impl RunContext {
         cap: &Capacity,
     ) -> Result<Vec<Probe>, Halt> {
         let mut history = Vec::new();
+        // Each tenant's configured rate, once per search: a replay's is read from its trace.
+        let configured: BTreeMap<String, f64> = runner
+            .slots
+            .iter()
+            .filter_map(|s| {
+                Some((
+                    s.name().to_owned(),
+                    configured_rate(&self.experiment, s.tenant)?,
+                ))
+            })
+            .collect();
         while let Some(scale) = capacity::next_probe(&history, policy) {
             if self.run.is_stopping() {
                 break;
@@ -161,8 +172,9 @@ impl RunContext {
                 let ArrivalPlan::Single(arrival) = slot.workload.arrival else {
                     continue;
                 };
-                let configured = configured_rate(&self.experiment, slot.tenant);
-                if let (true, Some(configured)) = (rescalable(&arrival), configured) {
+                if let (true, Some(&configured)) =
+                    (rescalable(&arrival), configured.get(slot.name()))
+                {
                     slot.arrival = Some(with_rate(&arrival, configured, scale * share));
                 }
                 slot.load = Default::default();
