@@ -4,6 +4,7 @@
 //! supervised process group (see [`process`]); an external engine is an OpenAI-compatible
 //! server somebody else runs, which the agent only checks and never stops.
 
+pub mod arrival_stamp;
 mod model_source;
 pub mod process;
 pub mod sim_gpu;

@@ -25,11 +25,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
-use axum::extract::State;
+use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use axum::serve::ListenerExt;
 use axum::Router;
 use multitenant::config::{SimFaults, SimTiming};
 use serde_json::Value;
@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
+use super::arrival_stamp::{ArrivalStamp, StampingListener};
 use super::sim_gpu::SimGpu;
 use super::sim_prefix_cache::{sequence_keys, CacheCounters};
 use super::sim_scheduler::{self, Admission};
@@ -65,11 +66,24 @@ pub struct SimEngineConfig {
 /// What really happened to one request inside the engine.
 #[derive(Debug, Clone)]
 pub struct TokenTruth {
+    /// When the request's first bytes reached the engine's socket, by the kernel's receive
+    /// stamp (see [`super::arrival_stamp`]); `None` where the kernel gave none (it starts
+    /// stamping a moment after the engine asks, so an engine's very first requests may have
+    /// none).
+    pub arrived: Option<Instant>,
     /// When the handler got the parsed request.
     pub received: Instant,
     /// When each token's chunk was handed to the HTTP response body, in order: the instant it
     /// leaves the engine (for streaming) or was generated (for whole responses).
     pub emitted: Vec<Instant>,
+}
+
+impl TokenTruth {
+    /// Where the request's true latency starts: its arrival at the engine's socket, or where
+    /// the kernel gave no stamp, its handler's instant.
+    pub fn start(&self) -> Instant {
+        self.arrived.unwrap_or(self.received)
+    }
 }
 
 /// A running simulated engine.
@@ -146,22 +160,21 @@ impl SimEngine {
             .route("/health", get(|| async { StatusCode::OK }))
             .route("/v1/models", get(list_models))
             .route("/metrics", get(metrics))
-            .route("/v1/completions", post(|s, h, b| generate(s, h, b, false)))
+            .route(
+                "/v1/completions",
+                post(|s, a, h, b| generate(s, a, h, b, false)),
+            )
             .route(
                 "/v1/chat/completions",
-                post(|s, h, b| generate(s, h, b, true)),
+                post(|s, a, h, b| generate(s, a, h, b, true)),
             )
             .route("/v1/embeddings", post(embed))
+            .layer(axum::middleware::from_fn(forget_unclaimed_arrival))
             .with_state(state);
         let shutdown = cancel.clone();
-        // Without TCP_NODELAY, Nagle holds each small SSE chunk until the previous one is
-        // acknowledged, and the client's delayed ACK turns that into ~40 ms stalls.
-        let listener = listener.tap_io(|tcp| {
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::warn!("simulated engine: cannot set TCP_NODELAY: {e}");
-            }
-        });
+        let listener = StampingListener::new(listener);
         let server = tokio::spawn(async move {
+            let app = app.into_make_service_with_connect_info::<ArrivalStamp>();
             let serve = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await });
             if let Err(e) = serve.await {
@@ -390,13 +403,27 @@ fn pick_fault(faults: &SimFaults, u: f64) -> Option<Fault> {
     (u < edge).then_some(Fault::DropConnection)
 }
 
+/// Drops the arrival stamp of a request its handler did not claim (`/health`, a refusal), so
+/// that it is not taken for the next request's on the connection.
+async fn forget_unclaimed_arrival(
+    ConnectInfo(arrival): ConnectInfo<ArrivalStamp>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let response = next.run(request).await;
+    arrival.take();
+    response
+}
+
 async fn generate(
     State(state): State<Arc<AppState>>,
+    ConnectInfo(arrival): ConnectInfo<ArrivalStamp>,
     headers: HeaderMap,
     body: Bytes,
     chat: bool,
 ) -> Response {
     let received = Instant::now();
+    let arrived = arrival.take();
     let req = match parse_request(&body, chat, &state.models) {
         Ok(r) => r,
         Err((status, message)) => return error_response(status, &message),
@@ -441,7 +468,14 @@ async fn generate(
         output_tokens,
         stopped_early: output_tokens < req.max_tokens,
     };
-    let truth = state.truth.clone().map(|log| (log, id, received));
+    let truth = state.truth.clone().map(|log| {
+        let intake = TokenTruth {
+            arrived,
+            received,
+            emitted: Vec::new(),
+        };
+        (log, id, intake)
+    });
     if req.stream {
         let (body_tx, body_rx) = mpsc::channel(64);
         tokio::spawn(response.stream(tokens_rx, body_tx, req.include_usage, fault, truth));
@@ -488,8 +522,14 @@ fn embedding_input(
 
 /// `POST /v1/embeddings`: the input is prefilled in one scheduler step, beside the running
 /// sequences, and the answer is a vector drawn from the seed and the request id.
-async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn embed(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(arrival): ConnectInfo<ArrivalStamp>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let received = Instant::now();
+    let arrived = arrival.take();
     let (text, model) = match embedding_input(&body, &state.models) {
         Ok(t) => t,
         Err((status, message)) => return error_response(status, &message),
@@ -535,6 +575,7 @@ async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
         log.lock().unwrap_or_else(|p| p.into_inner()).insert(
             id,
             TokenTruth {
+                arrived,
                 received,
                 emitted: vec![ready],
             },
@@ -543,7 +584,8 @@ async fn embed(State(state): State<Arc<AppState>>, headers: HeaderMap, body: Byt
     json_response(StatusCode::OK, body.to_string())
 }
 
-type TruthSlot = Option<(Arc<Mutex<HashMap<String, TokenTruth>>>, String, Instant)>;
+/// Where a request's truth goes, its id, and its truth so far (emitted still empty).
+type TruthSlot = Option<(Arc<Mutex<HashMap<String, TokenTruth>>>, String, TokenTruth)>;
 
 /// Formats one request's response.
 struct Responder {
@@ -637,10 +679,10 @@ impl Responder {
                 return;
             }
         }
-        if let Some((log, id, received)) = truth {
+        if let Some((log, id, truth)) = truth {
             log.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id, TokenTruth { received, emitted });
+                .insert(id, TokenTruth { emitted, ..truth });
         }
         if include_usage {
             let usage = format!(
@@ -668,10 +710,10 @@ impl Responder {
             emitted.push(at);
         }
         let text: String = (1..=emitted.len()).map(|i| format!(" tok{i}")).collect();
-        if let Some((log, id, received)) = truth {
+        if let Some((log, id, truth)) = truth {
             log.lock()
                 .unwrap_or_else(|p| p.into_inner())
-                .insert(id, TokenTruth { received, emitted });
+                .insert(id, TokenTruth { emitted, ..truth });
         }
         let text = serde_json::to_string(&text).unwrap_or_default();
         let finish = self.finish_reason();
@@ -701,6 +743,91 @@ impl Responder {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Writes `request` on `tcp` and reads its whole answer (the engine closes nothing, so
+    /// the answer ends at its `content-length`).
+    async fn exchange(tcp: &mut tokio::net::TcpStream, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        tcp.write_all(request.as_bytes()).await.expect("write");
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = tcp.read(&mut buf).await.expect("read");
+            assert!(
+                n > 0,
+                "closed mid-answer: {}",
+                String::from_utf8_lossy(&answer)
+            );
+            answer.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&answer).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().expect("length"))
+                    })
+                    .expect("a content-length");
+                if body.len() >= length {
+                    return text;
+                }
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_requests_truth_starts_at_its_own_arrival_not_an_earlier_requests() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let config = SimEngineConfig {
+            model: "m".into(),
+            adapters: Vec::new(),
+            timing: SimTiming::default(),
+            faults: SimFaults::default(),
+            seed: 1,
+            record_truth: true,
+        };
+        let gpu = Arc::new(SimGpu::new(multitenant::config::SharingMode::Solo, 0.0));
+        let engine = SimEngine::start(listener, config, gpu).expect("engine");
+        let mut tcp = tokio::net::TcpStream::connect(engine.addr)
+            .await
+            .expect("connect");
+        let completion = |id: &str| {
+            let body = r#"{"model":"m","prompt":"a b c","max_tokens":2,"ignore_eos":true}"#;
+            format!("POST /v1/completions HTTP/1.1\r\nhost: x\r\nx-request-id: {id}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len())
+        };
+        // A completion, a request no handler claims the arrival of, then, on the same
+        // connection, another completion: its truth starts at its own bytes.
+        // The kernel stamps a moment after the engine asks: wait for the first stamped answer.
+        let mut stamped = false;
+        for i in 0..100 {
+            let id = format!("r0-{i}");
+            let first = exchange(&mut tcp, &completion(&id)).await;
+            assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+            if engine.truth(&id).and_then(|t| t.arrived).is_some() {
+                stamped = true;
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(stamped, "the kernel stamped no request within a second");
+        let health = exchange(&mut tcp, "GET /health HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let sent = Instant::now();
+        let answer = exchange(&mut tcp, &completion("r1")).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        let truth = engine.truth("r1").expect("recorded");
+        let arrived = truth.arrived.expect("the kernel stamped it");
+        assert!(
+            sent <= arrived,
+            "the health check's arrival was taken for it"
+        );
+        assert!(arrived <= truth.received && truth.received <= truth.emitted[0]);
+        engine.stop().await;
+    }
 
     #[test]
     fn draws_are_uniform_and_depend_on_the_request_id() {
