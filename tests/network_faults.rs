@@ -1,12 +1,19 @@
 //! Network faults for real: the agent runs in a network namespace made by the test (root is
-//! needed), reached from the coordinator over a veth pair through a forwarder inside the
-//! namespace, and the link is cut by a blackhole route, so packets vanish and connections hang
-//! as on a real partition (nothing is closed, nothing is refused). A partition shorter than the
-//! lease loses nothing: collection resumes and the copy equals the agent's files byte for byte.
-//! One longer than the lease stops the run as the lease says: the agent ends its trial
-//! "stopped" with the lapse as its reason, and what the coordinator holds is the agent's files
-//! up to a whole line. (`tc netem` delay and loss need the kernel's sch_netem, which this
-//! machine's kernel lacks; the partition is what the lease is for.)
+//! needed), reached from the coordinator through a second namespace that routes between them
+//! and a forwarder beside the agent.
+//!
+//! - **A partition**: a blackhole route cuts the link, so packets vanish and connections hang
+//!   as on a real partition (nothing is closed, nothing is refused). One shorter than the lease
+//!   loses nothing: collection resumes and the copy equals the agent's files byte for byte.
+//!   One longer than the lease stops the run as the lease says: the agent ends its trial
+//!   "stopped" with the lapse as its reason, and what the coordinator holds is the agent's
+//!   files up to a whole line.
+//! - **A slow, lossy link**: the router's interfaces are shaped with a token bucket (`tc tbf`)
+//!   slower than the streams and with a queue of two packets, so collection falls behind,
+//!   packets wait and are dropped, and TCP resends them; the copy still equals the agent's.
+//!   `tc netem`'s fixed delay and random loss need the kernel's sch_netem, which this machine's
+//!   kernel lacks; tbf is there, and its drops are real ones, counted by the kernel and
+//!   required by the test.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -33,10 +40,16 @@ fn ip(args: &[&str]) {
     );
 }
 
-/// A network namespace joined to this one by a veth pair, `10.<a>.<b>.1` here and
-/// `10.<a>.<b>.2` inside; removed when dropped.
+/// A network namespace for the agent, reached from this one through a second namespace that
+/// routes between them, as a router on the path would: `10.<a>.<b>.1` here, `.2` and `.5` the
+/// router's, `.6` the agent's. Removed when dropped.
+///
+/// The router is what makes shaping lose packets: a queue on the sending host's own interface
+/// pushes back on the sender's sockets (TCP small queues) and so never overflows, while one on
+/// a router drops what does not fit, and TCP must resend.
 struct Netns {
     name: String,
+    router: String,
     host_if: String,
     inside_ip: String,
 }
@@ -45,36 +58,61 @@ impl Netns {
     fn create(index: u8) -> Self {
         let pid = std::process::id();
         let (a, b) = (200 + pid % 50, u32::from(index));
+        let net = |host: u32| format!("10.{a}.{b}.{host}");
         let ns = Self {
             name: format!("mt-{pid}-{index}"),
+            router: format!("mt-{pid}-{index}r"),
             host_if: format!("mt{}h{index}", pid % 100_000),
-            inside_ip: format!("10.{a}.{b}.2"),
+            inside_ip: net(6),
         };
-        ip(&["netns", "add", &ns.name]);
+        let (agent, router) = (ns.name.as_str(), ns.router.as_str());
+        ip(&["netns", "add", router]);
+        ip(&["netns", "add", agent]);
+        let veth = |here: &str, peer: &str, peer_ns: &str, in_ns: Option<&str>| {
+            let mut args = Vec::new();
+            if let Some(ns) = in_ns {
+                args.extend(["-n", ns]);
+            }
+            args.extend([
+                "link", "add", here, "type", "veth", "peer", "name", peer, "netns", peer_ns,
+            ]);
+            ip(&args);
+        };
+        veth(&ns.host_if, "up0", router, None);
+        veth("down0", "eth0", agent, Some(router));
+        ip(&["addr", "add", &format!("{}/30", net(1)), "dev", &ns.host_if]);
+        ip(&["link", "set", &ns.host_if, "up"]);
+        for (dev, addr) in [("up0", net(2)), ("down0", net(5))] {
+            ip(&[
+                "-n",
+                router,
+                "addr",
+                "add",
+                &format!("{addr}/30"),
+                "dev",
+                dev,
+            ]);
+            ip(&["-n", router, "link", "set", dev, "up"]);
+        }
         ip(&[
-            "link",
-            "add",
-            &ns.host_if,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            "eth0",
-            "netns",
-            &ns.name,
-        ]);
-        ip(&[
+            "-n",
+            agent,
             "addr",
             "add",
-            &format!("10.{a}.{b}.1/30"),
+            &format!("{}/30", net(6)),
             "dev",
-            &ns.host_if,
+            "eth0",
         ]);
-        ip(&["link", "set", &ns.host_if, "up"]);
-        let inside = format!("{}/30", ns.inside_ip);
-        ip(&["-n", &ns.name, "addr", "add", &inside, "dev", "eth0"]);
-        ip(&["-n", &ns.name, "link", "set", "eth0", "up"]);
-        ip(&["-n", &ns.name, "link", "set", "lo", "up"]);
+        ip(&["-n", agent, "link", "set", "eth0", "up"]);
+        ip(&["-n", agent, "link", "set", "lo", "up"]);
+        ip(&["-n", agent, "route", "add", "default", "via", &net(5)]);
+        ip(&["route", "add", &format!("{}/30", net(4)), "via", &net(2)]);
+        let forwarding = Command::new("ip")
+            .args(["netns", "exec", router, "sh", "-c"])
+            .arg("echo 1 > /proc/sys/net/ipv4/ip_forward")
+            .status()
+            .expect("sh runs");
+        assert!(forwarding.success(), "the router does not forward");
         ns
     }
 
@@ -111,6 +149,63 @@ impl Netns {
         ]);
     }
 
+    /// Shapes the router's link both ways with a token bucket (`tc tbf`): at most `rate` (as
+    /// tc reads it, `1mbit`), with a queue of `limit` bytes; what finds the queue full is
+    /// dropped. So the link is slow, packets wait in the queue, and bursts lose packets that
+    /// TCP must send again.
+    fn shape(&self, rate: &str, limit: &str) {
+        for dev in ["up0", "down0"] {
+            ip(&[
+                "netns",
+                "exec",
+                &self.router,
+                "tc",
+                "qdisc",
+                "add",
+                "dev",
+                dev,
+                "root",
+                "tbf",
+                "rate",
+                rate,
+                "burst",
+                "4kb",
+                "limit",
+                limit,
+            ]);
+        }
+    }
+
+    /// Packets the shaping dropped so far, both ways.
+    fn dropped(&self) -> u64 {
+        ["up0", "down0"]
+            .into_iter()
+            .map(|dev| {
+                let out = Command::new("ip")
+                    .args([
+                        "netns",
+                        "exec",
+                        &self.router,
+                        "tc",
+                        "-s",
+                        "qdisc",
+                        "show",
+                        "dev",
+                        dev,
+                    ])
+                    .output()
+                    .expect("tc runs");
+                let text = String::from_utf8_lossy(&out.stdout).into_owned();
+                // "Sent 1234 bytes 56 pkt (dropped 7, overlimits 8 requeues 0)"
+                text.split("(dropped ")
+                    .nth(1)
+                    .and_then(|rest| rest.split(',').next())
+                    .and_then(|n| n.trim().parse::<u64>().ok())
+                    .unwrap_or_else(|| panic!("no drop count in: {text}"))
+            })
+            .sum()
+    }
+
     fn heal(&self) {
         ip(&[
             "route",
@@ -124,10 +219,14 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let route = format!("{}/32", self.inside_ip);
+        let (via, _) = self.inside_ip.rsplit_once('.').expect("an address");
+        let routed = format!("{via}.4/30");
         for args in [
             vec!["route", "del", "blackhole", route.as_str()],
+            vec!["route", "del", routed.as_str()],
             vec!["link", "del", self.host_if.as_str()],
             vec!["netns", "del", self.name.as_str()],
+            vec!["netns", "del", self.router.as_str()],
         ] {
             let _ = Command::new("ip")
                 .args(&args)
@@ -314,4 +413,55 @@ async fn a_partition_longer_than_the_lease_stops_the_run_as_the_lease_says() {
         Ok(outcome) => assert_eq!(outcome.nodes[0].1.state, "stopped"),
         Err(e) => assert!(e.contains("node-a"), "{e}"),
     }
+}
+
+/// A slow link that drops packets (`tc tbf`: this kernel has no `sch_netem`, but a token bucket
+/// with a short queue makes packets wait and drops what overflows it, so TCP must resend) for
+/// the whole run: collection lags and catches up, and loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_lossy_link_loses_nothing() {
+    const RATE: &str = "128kbit";
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let ns = Netns::create(3);
+    ns.shape(RATE, "3kb");
+    let cfg = config(tmp.path(), "30s", "8s");
+    let agent_dir = tmp.path().join("agent");
+    let started = std::time::Instant::now();
+    // No partition: a cut of no length.
+    let (outcome, dir) = run_with_partition(
+        &ns,
+        &agent_dir,
+        &cfg,
+        &tmp.path().join("runs"),
+        Duration::from_secs(1),
+        Duration::ZERO,
+    )
+    .await;
+    let took = started.elapsed();
+    let outcome = outcome.expect("the experiment");
+    assert_eq!(outcome.nodes[0].1.state, "finished");
+    let run_id = dir.file_name().expect("name");
+    let copies = streams(&agent_dir.join(run_id), &dir.join("nodes/node-a"));
+    let bytes: usize = copies.iter().map(|(_, theirs, _)| theirs.len()).sum();
+    let dropped = ns.dropped();
+    eprintln!(
+        "over a {RATE} link: {bytes} bytes of streams collected, {dropped} packets dropped, the run took {:.1} s",
+        took.as_secs_f64()
+    );
+    assert!(dropped >= 10, "{dropped} packets lost: hardly a lossy link");
+    assert_eq!(
+        copies.len(),
+        5,
+        "agent, host, tenant, prompts, engine metrics"
+    );
+    for (rel, theirs, copy) in &copies {
+        assert!(theirs == copy, "{} differs from the agent's", rel.display());
+    }
+    let tenant = read_stream(&dir.join("nodes/node-a/timeslice/a.jsonl")).expect("tenant");
+    let requests = tenant
+        .events
+        .iter()
+        .filter(|l| matches!(l.event, Event::Request(_)))
+        .count();
+    assert_eq!(requests, 320, "40/s for 8 s, every one recorded");
 }
