@@ -316,6 +316,26 @@ fn streams(agent_run: &Path, ours: &Path) -> Vec<(PathBuf, Vec<u8>, Vec<u8>)> {
         .collect()
 }
 
+/// Every stream of the finished 8 s run in `dir` (its `copies`) equals the agent's, and its
+/// tenant recorded every request.
+fn collected_whole(copies: &[(PathBuf, Vec<u8>, Vec<u8>)], dir: &Path) {
+    assert_eq!(
+        copies.len(),
+        5,
+        "agent, host, tenant, prompts, engine metrics"
+    );
+    for (rel, theirs, copy) in copies {
+        assert!(theirs == copy, "{} differs from the agent's", rel.display());
+    }
+    let tenant = read_stream(&dir.join("nodes/node-a/timeslice/a.jsonl")).expect("tenant");
+    let requests = tenant
+        .events
+        .iter()
+        .filter(|l| matches!(l.event, Event::Request(_)))
+        .count();
+    assert_eq!(requests, 320, "40/s for 8 s, every one recorded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_shorter_than_the_lease_loses_nothing() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -339,21 +359,7 @@ async fn a_partition_shorter_than_the_lease_loses_nothing() {
     );
     let run_id = dir.file_name().expect("name");
     let copies = streams(&agent_dir.join(run_id), &dir.join("nodes/node-a"));
-    assert_eq!(
-        copies.len(),
-        5,
-        "agent, host, tenant, prompts, engine metrics"
-    );
-    for (rel, theirs, copy) in &copies {
-        assert!(theirs == copy, "{} differs from the agent's", rel.display());
-    }
-    let tenant = read_stream(&dir.join("nodes/node-a/timeslice/a.jsonl")).expect("tenant");
-    let requests = tenant
-        .events
-        .iter()
-        .filter(|l| matches!(l.event, Event::Request(_)))
-        .count();
-    assert_eq!(requests, 320, "40/s for 8 s, every one recorded");
+    collected_whole(&copies, &dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -449,19 +455,5 @@ async fn a_slow_lossy_link_loses_nothing() {
         took.as_secs_f64()
     );
     assert!(dropped >= 10, "{dropped} packets lost: hardly a lossy link");
-    assert_eq!(
-        copies.len(),
-        5,
-        "agent, host, tenant, prompts, engine metrics"
-    );
-    for (rel, theirs, copy) in &copies {
-        assert!(theirs == copy, "{} differs from the agent's", rel.display());
-    }
-    let tenant = read_stream(&dir.join("nodes/node-a/timeslice/a.jsonl")).expect("tenant");
-    let requests = tenant
-        .events
-        .iter()
-        .filter(|l| matches!(l.event, Event::Request(_)))
-        .count();
-    assert_eq!(requests, 320, "40/s for 8 s, every one recorded");
+    collected_whole(&copies, &dir);
 }
