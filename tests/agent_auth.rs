@@ -112,10 +112,13 @@ async fn calls_without_the_right_token_are_refused_and_change_nothing() {
                 .expect("attach"),
         )
         .await
-        .expect("info");
+        .expect("info")
+        .into_inner();
+    assert_eq!(info.gpu_unavailable_reason, "tests run without a GPU");
     assert_eq!(
-        info.into_inner().gpu_unavailable_reason,
-        "tests run without a GPU"
+        info.engine_kinds,
+        ["simulated", "vllm", "external", "adapter"],
+        "every kind a config may name"
     );
     agent.stop().await;
 }

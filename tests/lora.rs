@@ -3,6 +3,8 @@
 //! step costs more for each distinct adapter in its batch, as the engine's timing model says.
 
 use multitenant::events::{read_stream, Event};
+use parquet::file::serialized_reader::SerializedFileReader;
+use parquet::record::Field;
 
 use crate::support::{read_summary, run_experiment_printing, tenant_in};
 
@@ -128,4 +130,119 @@ fn adapters_share_their_base_engine_alone_and_together() {
     assert!(served
         .iter()
         .all(|(t, by)| ["sql", "chat"].contains(t) && *by == "base"));
+    // So does each request row of the Parquet export.
+    let out = dir.join("export");
+    coordinator::export::export_parquet(&dir, &out).expect("export");
+    let reader = SerializedFileReader::new(
+        std::fs::File::open(out.join("requests.parquet")).expect("requests.parquet"),
+    )
+    .expect("a Parquet file");
+    let mut by_tenant = std::collections::BTreeMap::new();
+    for row in reader {
+        let row = row.expect("row");
+        let field = |name: &str| {
+            row.get_column_iter()
+                .find(|(n, _)| n.as_str() == name)
+                .map(|(_, v)| v.clone())
+                .unwrap_or_else(|| panic!("no column {name}"))
+        };
+        let Field::Str(tenant) = field("tenant") else {
+            panic!("tenant")
+        };
+        let served_by = match field("served_by") {
+            Field::Str(base) => Some(base),
+            Field::Null => None,
+            other => panic!("served_by: {other:?}"),
+        };
+        by_tenant
+            .entry(tenant)
+            .or_insert_with(std::collections::BTreeSet::new)
+            .insert(served_by);
+    }
+    let base = Some("base".to_owned());
+    assert_eq!(
+        by_tenant.into_iter().collect::<Vec<_>>(),
+        [
+            ("base".to_owned(), [None].into()),
+            ("chat".to_owned(), [base.clone()].into()),
+            ("sql".to_owned(), [base].into()),
+        ]
+    );
+}
+
+/// `agent sim-engine --adapter …` serves adapters beside its model, as vLLM with
+/// `--lora-modules` does, for pointing other tools at; a name served twice is refused.
+#[tokio::test]
+async fn the_standalone_simulated_engine_serves_the_adapters_it_is_given() {
+    use tokio::io::AsyncBufReadExt;
+
+    let agent = &crate::support::binaries().0;
+    let mut child = tokio::process::Command::new(agent)
+        .args(["sim-engine", "--listen", "127.0.0.1:0", "--model", "llama"])
+        .args(["--adapter", "sql", "--adapter", "chat"])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("agent sim-engine");
+    let stdout = child.stdout.take().expect("stdout");
+    let first = tokio::io::BufReader::new(stdout)
+        .lines()
+        .next_line()
+        .await
+        .expect("read")
+        .expect("a first line");
+    let (said, url) = first.split_once(" on ").expect("… on <url>");
+    assert_eq!(
+        said,
+        "simulated engine (SIMULATED timings) with 2 LoRA adapters"
+    );
+    let http = reqwest::Client::new();
+    let models: serde_json::Value = http
+        .get(format!("{url}/v1/models"))
+        .send()
+        .await
+        .expect("models")
+        .json()
+        .await
+        .expect("json");
+    let served: Vec<(String, Option<String>)> = models["data"]
+        .as_array()
+        .expect("data")
+        .iter()
+        .map(|m| {
+            (
+                m["id"].as_str().unwrap_or_default().to_owned(),
+                m["parent"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    assert_eq!(
+        served,
+        [
+            ("llama".to_owned(), None),
+            ("sql".to_owned(), Some("llama".to_owned())),
+            ("chat".to_owned(), Some("llama".to_owned())),
+        ]
+    );
+    for (model, status) in [("sql", 200), ("nope", 404)] {
+        let answer = http
+            .post(format!("{url}/v1/completions"))
+            .json(&serde_json::json!({"model": model, "prompt": "a b", "max_tokens": 2}))
+            .send()
+            .await
+            .expect("completion");
+        assert_eq!(answer.status().as_u16(), status, "{model}");
+    }
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+
+    let twice = tokio::process::Command::new(agent)
+        .args(["sim-engine", "--listen", "127.0.0.1:0", "--model", "llama"])
+        .args(["--adapter", "llama"])
+        .output()
+        .await
+        .expect("agent sim-engine");
+    assert!(!twice.status.success());
+    let said = String::from_utf8_lossy(&twice.stderr);
+    assert!(said.contains("\"llama\" twice"), "{said}");
 }

@@ -147,6 +147,16 @@ pub enum Command {
         #[arg(long, default_value_t = SimTiming::default().prefix_cache_tokens,
               value_parser = clap::value_parser!(u64).range(..=multitenant::config::MAX_PREFIX_CACHE_TOKENS))]
         prefix_cache_tokens: u64,
+        /// A LoRA adapter it serves beside the model, by the name requests carry (repeat for
+        /// more), as vLLM started with `--enable-lora --lora-modules` does.
+        #[arg(long = "adapter", value_name = "NAME")]
+        adapters: Vec<String>,
+        /// Timing model: added cost of a step for each distinct adapter in its batch, µs.
+        #[arg(long, default_value_t = SimTiming::default().lora_step_us_per_adapter)]
+        lora_step_us_per_adapter: f64,
+        /// Timing model: most adapters in one batch (default: every adapter it serves).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_loras: Option<u32>,
     },
     /// Measure the load generator itself against the simulated engine on this machine: the
     /// highest rate held with schedule lag p99 under 1 ms, CPU time per 1,000 streamed tokens,

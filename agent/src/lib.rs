@@ -211,28 +211,55 @@ pub async fn doctor(vllm: &str, mps_control: &str, data_dir: &Path) {
     }
 }
 
+/// What `agent sim-engine` serves: a model and the LoRA adapters beside it.
+pub struct ServedModels {
+    /// The base model's name.
+    pub model: String,
+    /// The adapters' names, as requests carry them.
+    pub adapters: Vec<String>,
+}
+
+impl ServedModels {
+    /// Refuses an empty name or a name served twice, naming it.
+    fn check(&self) -> anyhow::Result<()> {
+        let mut seen = std::collections::HashSet::new();
+        for name in std::iter::once(&self.model).chain(&self.adapters) {
+            if name.trim().is_empty() {
+                bail!("the simulated engine's --model and each --adapter need a name");
+            }
+            if !seen.insert(name) {
+                bail!("the simulated engine would serve {name:?} twice: each of --model and --adapter needs a name of its own");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// `agent sim-engine`: serves the simulated engine until `shutdown`.
 pub async fn sim_engine(
     listen: SocketAddr,
-    model: String,
+    served: ServedModels,
     seed: u64,
     timing: multitenant::config::SimTiming,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
     require_loopback(listen)?;
+    served.check()?;
     let usable = timing.max_batch >= 1
         && timing.decode_step_us > 0.0
         && timing.decode_step_us_per_seq >= 0.0
-        && timing.prefill_us_per_token >= 0.0;
+        && timing.prefill_us_per_token >= 0.0
+        && timing.lora_step_us_per_adapter >= 0.0;
     if !usable {
         bail!("the simulated engine needs --max-batch ≥ 1, --decode-step-us > 0 and the other costs ≥ 0");
     }
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
+    let adapters = served.adapters.len();
     let config = SimEngineConfig {
-        model,
-        adapters: Vec::new(),
+        model: served.model,
+        adapters: served.adapters,
         timing,
         faults: multitenant::config::SimFaults::default(),
         seed,
@@ -240,8 +267,13 @@ pub async fn sim_engine(
     };
     let gpu = Arc::new(SimGpu::new(multitenant::config::SharingMode::Solo, 0.0));
     let engine = SimEngine::start(listener, config, gpu)?;
+    let with = match adapters {
+        0 => String::new(),
+        1 => " with 1 LoRA adapter".to_owned(),
+        n => format!(" with {n} LoRA adapters"),
+    };
     println!(
-        "simulated engine (SIMULATED timings) on {}",
+        "simulated engine (SIMULATED timings){with} on {}",
         engine.base_url()
     );
     shutdown.cancelled().await;
@@ -404,6 +436,9 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             decode_step_us_per_seq,
             prefill_us_per_token,
             prefix_cache_tokens,
+            adapters,
+            lora_step_us_per_adapter,
+            max_loras,
         } => {
             let timing = multitenant::config::SimTiming {
                 max_batch,
@@ -411,9 +446,11 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
                 decode_step_us,
                 decode_step_us_per_seq,
                 prefix_cache_tokens,
-                ..multitenant::config::SimTiming::default()
+                lora_step_us_per_adapter,
+                max_loras,
             };
-            sim_engine(listen, model, seed, timing, shutdown).await
+            let served = ServedModels { model, adapters };
+            sim_engine(listen, served, seed, timing, shutdown).await
         }
         // clap refuses --quick beside --soak.
         Command::Bench {

@@ -203,7 +203,10 @@ impl Agent for AgentService {
             schema_major: SCHEMA_MAJOR,
             gpus,
             gpu_unavailable_reason: reason,
-            engine_kinds: vec!["simulated".into(), "external".into()],
+            engine_kinds: multitenant::config::Engine::KINDS
+                .iter()
+                .map(|&k| k.to_owned())
+                .collect(),
             mps: self.runs.mps_readiness(),
         }))
     }

@@ -2,7 +2,8 @@
 //! engines people already query with (DuckDB, polars, Spark).
 //!
 //! - `requests.parquet`: every request event of every tenant stream, with its node, trial,
-//!   mode, stage, tenant and model; times in ns on the node's clock as in the streams, and the
+//!   mode, stage, tenant and model (and for a LoRA adapter, `served_by`: the tenant whose
+//!   engine serves it); times in ns on the node's clock as in the streams, and the
 //!   chunk gaps as a list.
 //! - `gpu.parquet`: every NVML sample, with its node and trial.
 //! - `engine_metrics.parquet`: every scrape of every engine's `/metrics`, one row per figure
@@ -36,6 +37,7 @@ const REQUESTS: &str = "message request {
     OPTIONAL INT32 stage (INTEGER(32,false));
     REQUIRED BYTE_ARRAY tenant (UTF8);
     REQUIRED BYTE_ARRAY model (UTF8);
+    OPTIONAL BYTE_ARRAY served_by (UTF8);
     REQUIRED BOOLEAN simulated;
     REQUIRED BYTE_ARRAY id (UTF8);
     REQUIRED BYTE_ARRAY phase (UTF8);
@@ -159,6 +161,7 @@ fn request_row(table: &mut Table, h: &Header, r: &RequestEvent) -> anyhow::Resul
         .int(h.stage.map(i64::from))
         .text(tenant.map(|t| t.name.as_str()).or(Some("")))
         .text(tenant.map(|t| t.model.as_str()).or(Some("")))
+        .text(tenant.and_then(|t| t.served_by.as_deref()))
         .flag(h.simulated)
         .text(Some(&r.id))
         .text(Some(r.phase.name()))

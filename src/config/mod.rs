@@ -783,6 +783,9 @@ impl Engine {
         }
     }
 
+    /// Every engine kind, as written in configs: what an agent can run.
+    pub const KINDS: [&'static str; 4] = ["simulated", "vllm", "external", "adapter"];
+
     /// Engine kind as written in configs and event headers.
     pub fn kind(&self) -> &'static str {
         match self {
