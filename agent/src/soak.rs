@@ -49,6 +49,10 @@ pub struct SoakWindow {
     pub lag_p99_us: f64,
     /// Requests open at the window's middle.
     pub open_streams: usize,
+    /// The most requests open at once in the window.
+    pub peak_open: usize,
+    /// Requests sent in it that waited for a new connection (none were left in the pool).
+    pub connects: usize,
     /// Highest resident memory of the load generator read in the window, MiB.
     pub rss_mib: f64,
     /// Requests sent in it that failed.
@@ -161,6 +165,13 @@ fn figures(
         .filter(|r| r.phase == Phase::Measure)
         .collect();
     let lag_us = |r: &RequestEvent| r.sent_ns.saturating_sub(r.scheduled_ns) as f64 / 1e3;
+    // Every send and end on the load's clock, in order, for the peak open in each window.
+    let mut changes: Vec<(u64, i64)> = requests
+        .iter()
+        .flat_map(|r| [(r.sent_ns, 1), (r.done_ns, -1)])
+        .collect();
+    changes.sort_unstable();
+    let (mut changes, mut open) = (changes.into_iter().peekable(), 0i64);
     let mut windows = Vec::new();
     let mut from_s = 0.0;
     while from_s < duration_s {
@@ -170,6 +181,14 @@ fn figures(
             .filter(|r| (from_s..to_s).contains(&(at_s(r.sent_ns) - warmup_s)))
             .collect();
         let mut lags: Vec<f64> = inside.iter().map(|r| lag_us(r)).collect();
+        while let Some((_, change)) = changes.next_if(|&(ns, _)| at_s(ns) - warmup_s < from_s) {
+            open += change;
+        }
+        let mut peak_open = open;
+        while let Some((_, change)) = changes.next_if(|&(ns, _)| at_s(ns) - warmup_s < to_s) {
+            open += change;
+            peak_open = peak_open.max(open);
+        }
         let middle_s = warmup_s + (from_s + to_s) / 2.0;
         let open_streams = requests
             .iter()
@@ -186,6 +205,8 @@ fn figures(
             lag_p50_us: quantile(&mut lags, 0.5),
             lag_p99_us: quantile(&mut lags, 0.99),
             open_streams,
+            peak_open: usize::try_from(peak_open).unwrap_or(0),
+            connects: inside.iter().filter(|r| r.connect_ns.is_some()).count(),
             rss_mib,
             failed: inside.iter().filter(|r| r.error.is_some()).count(),
         });
@@ -220,11 +241,19 @@ fn print(f: &SoakFigures) {
         std::thread::available_parallelism().map_or(0, |n| n.get())
     );
     println!();
-    println!("  from s    sends  lag p50 µs  lag p99 µs  open streams  RSS MiB  failed");
+    println!("  from s    sends  lag p50 µs  lag p99 µs  open streams  peak open  connects  RSS MiB  failed");
     for w in &f.windows {
         println!(
-            "  {:>6.0}  {:>7}  {:>10.1}  {:>10.1}  {:>12}  {:>7.1}  {:>6}",
-            w.from_s, w.sends, w.lag_p50_us, w.lag_p99_us, w.open_streams, w.rss_mib, w.failed
+            "  {:>6.0}  {:>7}  {:>10.1}  {:>10.1}  {:>12}  {:>9}  {:>8}  {:>7.1}  {:>6}",
+            w.from_s,
+            w.sends,
+            w.lag_p50_us,
+            w.lag_p99_us,
+            w.open_streams,
+            w.peak_open,
+            w.connects,
+            w.rss_mib,
+            w.failed
         );
     }
     println!(
@@ -271,7 +300,7 @@ mod tests {
         let warmup = WARMUP.as_secs_f64();
         // One send a second from 0 s (the warmup's start), each open 10 s, lag 100 µs in the
         // first window and 300 µs in the second.
-        let requests: Vec<RequestEvent> = (0..40)
+        let mut requests: Vec<RequestEvent> = (0..40)
             .map(|i| {
                 let t = f64::from(i);
                 let phase = if t < warmup {
@@ -283,6 +312,11 @@ mod tests {
                 request(t, lag, 10.0, phase)
             })
             .collect();
+        // And one short request 12.5 s in, on a connection of its own: one more open for a
+        // moment, in neither window's middle.
+        let mut extra = request(warmup + 12.5, 300, 0.1, Phase::Measure);
+        extra.connect_ns = Some(150_000);
+        requests.push(extra);
         let rss: Vec<(f64, f64)> = (0..40)
             .map(|i| (f64::from(i), 100.0 + f64::from(i) / 10.0))
             .collect();
@@ -290,16 +324,18 @@ mod tests {
         assert_eq!(f.windows.len(), 2);
         assert_eq!(
             f.windows.iter().map(|w| w.sends).collect::<Vec<_>>(),
-            [10, 10]
+            [10, 11]
         );
         assert_eq!(f.windows[0].lag_p99_us, 100.0);
         assert_eq!(f.windows[1].lag_p99_us, 300.0);
-        // At the middle of each window, the sends of the 10 s before it are open.
-        assert!(
-            f.windows.iter().all(|w| w.open_streams == 10),
-            "{:?}",
-            f.windows
-        );
+        // At the middle of each window, the sends of the 10 s before it are open; the short
+        // request is the second window's peak and its one connect.
+        let seen: Vec<_> = f
+            .windows
+            .iter()
+            .map(|w| (w.open_streams, w.peak_open, w.connects))
+            .collect();
+        assert_eq!(seen, [(10, 10, 0), (10, 11, 1)]);
         let (low, high) = f.rss_range_mib;
         assert_eq!(
             (low, high),
