@@ -51,20 +51,28 @@ impl Connected<IncomingStream<'_, StampingListener>> for ArrivalStamp {
     }
 }
 
-/// A TCP listener whose connections carry kernel receive stamps, with `TCP_NODELAY` set.
+/// A TCP listener whose connections carry kernel receive stamps (when asked), with
+/// `TCP_NODELAY` set.
 pub struct StampingListener {
     inner: TcpListener,
+    stamp: bool,
 }
 
 impl StampingListener {
-    /// Wraps a bound listener, asking the kernel to stamp receives from now on: the kernel
-    /// turns stamping on a moment after the first socket asks, so asking on the listener, not
-    /// at the first accept, has the first request's bytes stamped too.
-    pub fn new(inner: TcpListener) -> Self {
-        if let Err(e) = setsockopt(&inner, sockopt::ReceiveTimestampns, &true) {
-            tracing::warn!("simulated engine: the kernel will not stamp receives: {e}");
-        }
-        Self { inner }
+    /// Wraps a bound listener. With `stamp`, asks the kernel to stamp receives from now on:
+    /// the kernel turns stamping on a moment after the first socket asks, so asking on the
+    /// listener, not at the first accept, has the first request's bytes stamped too. Without
+    /// it, connections read as plain sockets and no request has an arrival.
+    pub fn new(inner: TcpListener, stamp: bool) -> Self {
+        let stamp = stamp
+            && match setsockopt(&inner, sockopt::ReceiveTimestampns, &true) {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!("simulated engine: the kernel will not stamp receives: {e}");
+                    false
+                }
+            };
+        Self { inner, stamp }
     }
 }
 
@@ -75,7 +83,7 @@ impl Listener for StampingListener {
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         loop {
             match self.inner.accept().await {
-                Ok((tcp, addr)) => return (StampedStream::new(tcp), addr),
+                Ok((tcp, addr)) => return (StampedStream::new(tcp, self.stamp), addr),
                 // A peer that gave up before the accept: nothing to serve.
                 Err(e)
                     if matches!(
@@ -105,13 +113,15 @@ pub struct StampedStream {
 }
 
 impl StampedStream {
-    fn new(tcp: TcpStream) -> Self {
+    fn new(tcp: TcpStream, stamp: bool) -> Self {
         // Without TCP_NODELAY, Nagle holds each small SSE chunk until the previous one is
         // acknowledged, and the client's delayed ACK turns that into ~40 ms stalls.
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::warn!("simulated engine: cannot set TCP_NODELAY: {e}");
         }
-        let stamped = setsockopt(&tcp, sockopt::ReceiveTimestampns, &true).is_ok();
+        // The option comes from the listener; reads go through `recvmsg` only where it did.
+        let stamped = stamp
+            && nix::sys::socket::getsockopt(&tcp, sockopt::ReceiveTimestampns).unwrap_or(false);
         Self {
             tcp,
             arrival: ArrivalStamp::default(),
@@ -218,7 +228,7 @@ mod tests {
     #[tokio::test]
     async fn each_request_read_is_stamped_once_with_the_kernels_arrival() {
         let mut listener =
-            StampingListener::new(TcpListener::bind("127.0.0.1:0").await.expect("bind"));
+            StampingListener::new(TcpListener::bind("127.0.0.1:0").await.expect("bind"), true);
         let addr = Listener::local_addr(&listener).expect("addr");
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let (mut server, _) = Listener::accept(&mut listener).await;

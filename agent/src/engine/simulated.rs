@@ -172,7 +172,8 @@ impl SimEngine {
             .layer(axum::middleware::from_fn(forget_unclaimed_arrival))
             .with_state(state);
         let shutdown = cancel.clone();
-        let listener = StampingListener::new(listener);
+        // Arrivals are stamped only for an engine that keeps its truth, which they start.
+        let listener = StampingListener::new(listener, config.record_truth);
         let server = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<ArrivalStamp>();
             let serve = axum::serve(listener, app)
