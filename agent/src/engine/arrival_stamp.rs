@@ -90,7 +90,8 @@ impl Listener for StampingListener {
                         e.kind(),
                         io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
                     ) => {}
-                // Out of descriptors, most likely: wait for some to close, as hyper does.
+                // Out of descriptors, most likely: wait for some to close, as axum's own
+                // listener does.
                 Err(e) => {
                     tracing::warn!("simulated engine: accepting a connection: {e}");
                     tokio::time::sleep(Duration::from_secs(1)).await;
