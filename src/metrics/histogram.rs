@@ -76,6 +76,14 @@ impl LatencyHistogram {
         self.hist.len()
     }
 
+    /// Values recorded above `us` (to the histogram's 1 µs resolution below 2 ms).
+    pub fn count_above_us(&self, us: u64) -> u64 {
+        if self.max_us <= us {
+            return 0;
+        }
+        self.hist.count_between(us + 1, self.max_us)
+    }
+
     /// The empirical distribution as steps, in value order: per bucket that holds values, its
     /// value in µs (the bucket's upper edge, held within the exact min and max as percentiles
     /// are) and the count of values at or below it.

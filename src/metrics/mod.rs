@@ -13,4 +13,6 @@ pub mod variants;
 
 pub(crate) use histogram::round3;
 pub use histogram::{LatencyHistogram, Percentiles};
-pub use tenant::{Definitions, TenantAccumulator, TenantMetrics, Throughput, TurnTtft};
+pub use tenant::{
+    Definitions, TenantAccumulator, TenantMetrics, Throughput, TurnTtft, LATE_SEND_MS,
+};

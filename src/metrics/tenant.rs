@@ -58,6 +58,9 @@ pub struct Throughput {
     pub total_tokens_per_s: f64,
 }
 
+/// Schedule lag beyond which a send counts as late, ms.
+pub const LATE_SEND_MS: f64 = 1.0;
+
 /// Everything measured for one tenant in one trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantMetrics {
@@ -105,6 +108,11 @@ pub struct TenantMetrics {
     /// connection counts from its hand-off to the client (`sent_ns − connect_ns`): the connect
     /// is the network's time, not the generator's.
     pub schedule_lag_ms: Option<Percentiles>,
+    /// Sends more than [`LATE_SEND_MS`] behind their schedule (summary schema 1.3): with few
+    /// sends, p99 is the worst one, and a single late send is a hiccup, not a load generator
+    /// that fell behind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub late_sends: Option<u64>,
     /// Connects that measured requests waited for (schema 1.3 streams), ms; their count is the
     /// number of requests that opened a connection. Not part of TTFT or E2E.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -318,6 +326,8 @@ impl TenantAccumulator {
             itl_ms: self.itl.percentiles(),
             e2e_ms: self.e2e.percentiles(),
             schedule_lag_ms: self.lag.percentiles(),
+            late_sends: (self.lag.count() > 0)
+                .then(|| self.lag.count_above_us((LATE_SEND_MS * 1_000.0) as u64)),
             connect_ms: self.connect.percentiles(),
             conversations: self.conversations,
             ttft_by_turn: self
