@@ -33,10 +33,13 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct ArrivalStamp(Arc<Mutex<Option<Instant>>>);
 
 impl ArrivalStamp {
-    /// Notes `at` unless a request's arrival is already noted and not yet taken.
-    fn note(&self, at: Instant) {
+    /// Notes the kernel's `stamp` unless a request's arrival is already noted and not yet
+    /// taken (later reads of the same request keep its first).
+    fn note(&self, stamp: TimeSpec) {
         let mut slot = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        slot.get_or_insert(at);
+        if slot.is_none() {
+            *slot = instant_of(stamp);
+        }
     }
 
     /// The arrival of the request now being handled; `None` where the kernel gave no stamp.
@@ -109,8 +112,9 @@ impl Listener for StampingListener {
 pub struct StampedStream {
     tcp: TcpStream,
     arrival: ArrivalStamp,
-    /// Whether the kernel agreed to stamp; reads without stamps are plain reads.
-    stamped: bool,
+    /// Room for the kernel's stamp, one per connection, where the kernel agreed to stamp;
+    /// `None`: reads are plain reads.
+    control: Option<Vec<u8>>,
 }
 
 impl StampedStream {
@@ -126,29 +130,28 @@ impl StampedStream {
         Self {
             tcp,
             arrival: ArrivalStamp::default(),
-            stamped,
+            control: stamped.then(|| nix::cmsg_space!(TimeSpec)),
         }
     }
+}
 
-    /// One `recvmsg` into `buf`: the bytes read and the kernel's stamp of them, if any.
-    fn recv_stamped(&self, buf: &mut [u8]) -> io::Result<(usize, Option<TimeSpec>)> {
-        let mut control = nix::cmsg_space!(TimeSpec);
-        let mut iov = [IoSliceMut::new(buf)];
-        let msg = recvmsg::<()>(
-            self.tcp.as_raw_fd(),
-            &mut iov,
-            Some(&mut control),
-            MsgFlags::empty(),
-        )
+/// One `recvmsg` from `tcp` into `buf`, the kernel's stamp into `control`: the bytes read
+/// and the stamp of them, if any.
+fn recv_stamped(
+    tcp: &TcpStream,
+    control: &mut [u8],
+    buf: &mut [u8],
+) -> io::Result<(usize, Option<TimeSpec>)> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let msg = recvmsg::<()>(tcp.as_raw_fd(), &mut iov, Some(control), MsgFlags::empty())
         .map_err(io::Error::from)?;
-        let stamp = msg.cmsgs().ok().and_then(|mut cmsgs| {
-            cmsgs.find_map(|c| match c {
-                ControlMessageOwned::ScmTimestampns(t) => Some(t),
-                _ => None,
-            })
-        });
-        Ok((msg.bytes, stamp))
-    }
+    let stamp = msg.cmsgs().ok().and_then(|mut cmsgs| {
+        cmsgs.find_map(|c| match c {
+            ControlMessageOwned::ScmTimestampns(t) => Some(t),
+            _ => None,
+        })
+    });
+    Ok((msg.bytes, stamp))
 }
 
 /// The monotonic instant of `stamp`, a wall-clock time the kernel took a moment ago.
@@ -166,19 +169,17 @@ impl AsyncRead for StampedStream {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if !this.stamped {
+        let Some(control) = this.control.as_mut() else {
             return Pin::new(&mut this.tcp).poll_read(cx, buf);
-        }
+        };
+        let tcp = &this.tcp;
         loop {
-            ready!(this.tcp.poll_read_ready(cx))?;
+            ready!(tcp.poll_read_ready(cx))?;
             let unfilled = buf.initialize_unfilled();
-            match this
-                .tcp
-                .try_io(Interest::READABLE, || this.recv_stamped(unfilled))
-            {
+            match tcp.try_io(Interest::READABLE, || recv_stamped(tcp, control, unfilled)) {
                 Ok((n, stamp)) => {
-                    if let Some(at) = stamp.filter(|_| n > 0).and_then(instant_of) {
-                        this.arrival.note(at);
+                    if let Some(stamp) = stamp.filter(|_| n > 0) {
+                        this.arrival.note(stamp);
                     }
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
@@ -233,7 +234,10 @@ mod tests {
         let addr = Listener::local_addr(&listener).expect("addr");
         let mut client = TcpStream::connect(addr).await.expect("connect");
         let (mut server, _) = Listener::accept(&mut listener).await;
-        assert!(server.stamped, "the kernel stamps TCP receives on Linux");
+        assert!(
+            server.control.is_some(),
+            "the kernel stamps TCP receives on Linux"
+        );
         let mut buf = [0u8; 64];
         // The kernel stamps a moment after the listener asks: wait for a first stamped read.
         let mut stamped = false;
