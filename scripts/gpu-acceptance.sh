@@ -3,13 +3,16 @@
 # PASS, FAIL, or SKIP with the reason the node could not be checked for it. Exits 1 when a
 # check failed (a SKIP is not a failure), 0 otherwise.
 #
-#   1. doctor: `agent doctor` sees a GPU through NVML;
+#   1. doctor: `agent doctor` sees a GPU through NVML, and the engine's PyTorch initialises
+#      CUDA on its driver (its `cuda` check);
 #   2. NVML sampling: a 6 s simulated trial on this node writes gpu.jsonl samples with
-#      utilization, memory, power and an energy counter that grows;
+#      utilization, memory, power and, where the GPU has one, an energy counter that grows;
 #   3. MPS: an mps trial starts its MPS daemon, finds a vLLM tenant among its clients and
 #      quits the daemon (needs nvidia-cuda-mps-control and vLLM);
-#   4. two tenants: a solo + mps experiment of two vLLM tenants of a tiny model, every trial
-#      finished with completed requests (needs vLLM).
+#   4. two tenants: a solo + timeslice + mps experiment of two vLLM tenants of a tiny model,
+#      every trial finished with completed requests, timeslice run in the DEFAULT compute mode
+#      and mps in EXCLUSIVE_PROCESS (needs vLLM; the mode is set only when the agent is root).
+# docs/gpu-first-contact.md lists what else only hardware can confirm.
 #
 #   scripts/gpu-acceptance.sh            # binaries from target/release
 # Environment: AGENT, COORDINATOR (the binaries), VLLM (default: vllm on PATH), MODEL (a model
@@ -60,6 +63,10 @@ have_mps=0
 grep -q '^ok      mps ' <<< "$report" && have_mps=1
 have_vllm=0
 grep -q '^ok      vllm ' <<< "$report" && have_vllm=1
+if grep -q '^FAIL    cuda ' <<< "$report"; then
+  fail cuda "$(grep '^FAIL    cuda ' <<< "$report" | sed 's/^FAIL    cuda  *//')"
+  have_vllm=0
+fi
 
 # 2. NVML sampling during a simulated trial
 if [ "$gpu" = 1 ]; then
@@ -78,17 +85,21 @@ YAML
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 samples = [r for r in rows if r.get("type") == "gpu_sample"]
-need = ["utilization_gpu_pct", "memory_used_bytes", "power_mw", "energy_mj"]
+need = ["utilization_gpu_pct", "memory_used_bytes", "power_mw"]
 missing = [k for k in need if not any(s.get(k) is not None for s in samples)]
 if len(samples) < 3:
     sys.exit(f"only {len(samples)} samples in 6 s")
 if missing:
     sys.exit("no sample has " + ", ".join(missing))
 energy = [s["energy_mj"] for s in samples if s.get("energy_mj") is not None]
-if energy[-1] <= energy[0]:
+if not energy:
+    used = "energy skipped, because this GPU has no energy counter (NVML: not supported)"
+elif energy[-1] <= energy[0]:
     sys.exit(f"the energy counter did not grow ({energy[0]} to {energy[-1]} mJ)")
+else:
+    used = f"{energy[-1] - energy[0]} mJ used"
 power = max(s.get("power_mw") or 0 for s in samples) / 1000
-print(f"{len(samples)} samples of {len({s['gpu'] for s in samples})} GPU(s); up to {power:.0f} W; {energy[-1] - energy[0]} mJ used")
+print(f"{len(samples)} samples of {len({s['gpu'] for s in samples})} GPU(s); up to {power:.0f} W; {used}")
 PY
     ); then
       pass sampling "$verdict"
@@ -105,7 +116,11 @@ fi
 # The model vLLM serves in steps 3 and 4.
 model=${MODEL:-}
 if [ "$have_vllm" = 1 ] && [ -z "$model" ]; then
-  python=$(dirname "$(readlink -f "$(command -v "$vllm" || echo "$vllm")")")/python
+  # The Python of vLLM's own environment: the interpreter its launcher names, else python3
+  # beside it (a venv has python3; not every one has python).
+  launcher=$(command -v "$vllm" || echo "$vllm")
+  python=$(head -n 1 "$launcher" | sed -n 's/^#!\([^ ]*python[^ ]*\)$/\1/p')
+  [ -n "$python" ] || python=$(dirname "$(readlink -f "$launcher")")/python3
   model="$out/tiny-model"
   mkdir -p "$model"
   if ! "$python" scripts/make-tiny-model.py "$model" > "$out/tiny-model.log" 2>&1; then
@@ -173,7 +188,7 @@ if [ "$gpu" = 0 ]; then
 elif [ "$have_vllm" = 0 ] || [ -z "$model" ]; then
   skip two-tenants "vLLM ($vllm) or a model for it is not on this node"
 else
-  trials="[solo, mps]"
+  trials="[solo, timeslice, mps]"
   [ "$have_mps" = 1 ] || trials="[solo, timeslice]"
   { echo "name: gpu-two-tenants"; workload 10s; echo "nodes:"; echo "  - name: node"; echo "    trials: $trials"; echo "    tenants:"; tenant a 0.3; tenant b 0.3; } > "$out/two.yaml"
   run_experiment two "$out/two.yaml"
@@ -194,7 +209,18 @@ def ttft(t, name):
 shared = trials[-1]
 print(f"{', '.join(t['trial'] for t in trials)} finished; {shared['trial']} TTFT p50 a {ttft(shared, 'a')} ms, b {ttft(shared, 'b')} ms")
 PY
-  ); then
+  ) && verdict="$verdict; $(python3 - "$dir" <<'PY'
+import json, pathlib, sys
+# The compute mode each shared trial ran in, from the agent's compute_mode events.
+said = []
+for stream in sorted(pathlib.Path(sys.argv[1]).glob("nodes/*/*/agent.jsonl")):
+    rows = [json.loads(l) for l in open(stream)]
+    modes = [f"{r['state']} {r['mode']}" for r in rows if r.get("type") == "compute_mode"]
+    if modes:
+        said.append(f"{stream.parent.name}: {', '.join(modes)}")
+print("; ".join(said) or "no compute-mode events (nvidia-smi missing)")
+PY
+  )"; then
     pass two-tenants "$verdict"
   else
     fail two-tenants "$verdict (see $dir)"

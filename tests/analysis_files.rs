@@ -154,7 +154,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.6""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.7""#));
     assert!(text
         .lines()
         .nth(2)

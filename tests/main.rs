@@ -18,6 +18,7 @@ mod end_to_end;
 mod engine_supervisor;
 mod full_disk;
 mod golden;
+mod gpu_first_contact;
 mod ground_truth;
 mod lifetimes;
 mod load_shapes;

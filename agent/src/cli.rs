@@ -43,6 +43,10 @@ pub enum Command {
         /// The MPS control program `mps` trials use (a name on PATH or a path).
         #[arg(long, default_value = "nvidia-cuda-mps-control")]
         mps_control: PathBuf,
+        /// The nvidia-smi that sets the GPU's compute mode for each trial of real engines
+        /// (a name on PATH or a path).
+        #[arg(long, default_value = "nvidia-smi")]
+        nvidia_smi: PathBuf,
         /// Live only as long as standard input stays open: when it closes (the process that
         /// started the agent and holds the pipe's other end died, even by SIGKILL), stop
         /// every run, end its engines, keep its files, and exit.

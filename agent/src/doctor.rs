@@ -18,6 +18,8 @@ pub enum Status {
     Warn,
     /// Not there.
     Missing,
+    /// There, and it will fail: the detail says how to fix it.
+    Fail,
     /// Not checked: nothing asked for it.
     Skipped,
 }
@@ -29,6 +31,7 @@ impl Status {
             Status::Ok => "ok",
             Status::Warn => "warn",
             Status::Missing => "missing",
+            Status::Fail => "FAIL",
             Status::Skipped => "skipped",
         }
     }
@@ -74,7 +77,6 @@ pub async fn run(
     data_dir: &Path,
 ) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut exclusive = false;
     match &gpus.nvml {
         None => checks.push(check(Status::Missing, "gpu", gpus.status.describe())),
         Some(nvml) => {
@@ -96,11 +98,8 @@ pub async fn run(
                     continue;
                 };
                 let (status, detail) = match device.compute_mode() {
-                    Ok(ComputeMode::ExclusiveProcess) => {
-                        exclusive = true;
-                        (Status::Ok, "EXCLUSIVE_PROCESS (a client that misses MPS fails loudly)".to_owned())
-                    }
-                    Ok(mode) => (Status::Warn, format!("{mode:?}: a client that misses the MPS daemon runs time-sliced without an error; `sudo nvidia-smi -i {index} -c EXCLUSIVE_PROCESS` is safer")),
+                    Ok(mode @ (ComputeMode::ExclusiveProcess | ComputeMode::Default)) => (Status::Ok, format!("{mode:?} now; each trial of vLLM engines sets what it needs (mps: EXCLUSIVE_PROCESS, others: DEFAULT) through nvidia-smi, which needs root, and puts it back")),
+                    Ok(mode) => (Status::Warn, format!("{mode:?}: no CUDA process can start until the agent (as root) or `sudo nvidia-smi -i {index} -c DEFAULT` changes it")),
                     Err(e) => (Status::Warn, format!("unknown ({e})")),
                 };
                 checks.push(check(
@@ -138,21 +137,60 @@ pub async fn run(
             Err("not checked".into())
         }
     };
+    let cuda = match (&vllm_version, vllm.and_then(find_executable)) {
+        (Ok(_), Some(path)) => {
+            let check = cuda_check(gpus, &path).await;
+            let usable = check.status != Status::Fail;
+            checks.push(check);
+            usable
+        }
+        _ => false,
+    };
     checks.push(disk_check(data_dir));
     checks.push(memory_check());
     let mut modes = vec!["simulated engines: solo, mps, timeslice (simulated)".to_owned()];
-    if vllm_version.is_ok() {
+    if vllm_version.is_ok() && (cuda || gpus.nvml.is_none()) {
         modes.push("vllm: solo, timeslice".into());
         if gpus.nvml.is_some() && mps.is_some() {
-            modes.push(if exclusive {
-                "vllm: mps".into()
-            } else {
-                "vllm: mps (set EXCLUSIVE_PROCESS first)".into()
-            });
+            modes.push("vllm: mps".into());
         }
     }
     checks.push(check(Status::Ok, "sharing modes", modes.join("; ")));
     checks
+}
+
+/// Whether the engine's PyTorch can use the GPU's driver: its CUDA build against the driver's
+/// CUDA version, and CUDA initialised once for real (see [`crate::cuda_probe`]).
+async fn cuda_check(gpus: &NodeGpus, vllm: &Path) -> Check {
+    let Some(nvml) = &gpus.nvml else {
+        return check(
+            Status::Skipped,
+            "cuda",
+            "not checked: no GPU driver (NVML not loaded)",
+        );
+    };
+    let driver = match nvml.sys_cuda_driver_version() {
+        Ok(v) => v,
+        Err(e) => {
+            return check(
+                Status::Warn,
+                "cuda",
+                format!("the driver's CUDA version is unknown ({e})"),
+            )
+        }
+    };
+    let python = crate::cuda_probe::engine_python(vllm);
+    match crate::cuda_probe::probe(&python).await {
+        Ok(found) => match crate::cuda_probe::judge(&found, driver) {
+            Ok(detail) => check(Status::Ok, "cuda", detail),
+            Err(detail) => check(Status::Fail, "cuda", detail),
+        },
+        Err(why) => check(
+            Status::Fail,
+            "cuda",
+            format!("the engine's Python could not be asked: {why}"),
+        ),
+    }
 }
 
 /// `vllm --version`, with a deadline (its import takes seconds).

@@ -10,6 +10,7 @@ use multitenant::events::{Event, GpuProcess, GpuSample};
 use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::enums::device::UsedGpuMemory;
 use nvml_wrapper::enums::gpm::GpmMetricId;
+use nvml_wrapper::error::{Bits, NvmlError};
 use nvml_wrapper::gpm::{gpm_metrics_get, GpmSample};
 use nvml_wrapper::struct_wrappers::device::ProcessInfo;
 use nvml_wrapper::{Device, Nvml};
@@ -55,6 +56,21 @@ impl NodeGpus {
     pub fn probe() -> Self {
         let (status, nvml) = GpuStatus::probe();
         Self { status, nvml }
+    }
+
+    /// GPU `index`'s memory as NVML reports it now; `None` without NVML or that GPU.
+    pub fn memory_now(&self, index: u32) -> Option<crate::engine::GpuMemoryNow> {
+        let info = self
+            .nvml
+            .as_ref()?
+            .device_by_index(index)
+            .ok()?
+            .memory_info()
+            .ok()?;
+        Some(crate::engine::GpuMemoryNow {
+            total: info.total,
+            free: info.free,
+        })
     }
 
     /// A node where GPU sampling is off for `reason`.
@@ -108,6 +124,19 @@ impl GpuStatus {
             GpuStatus::Unavailable(reason) => format!("GPU sampling is off: {reason}"),
         }
     }
+}
+
+/// What the agent says at start when the launcher set `CUDA_VISIBLE_DEVICES`: the engines see
+/// only those GPUs, renumbered from 0, while NVML (and so the agent's samples) lists every GPU
+/// of the node by its own index.
+pub fn visible_devices_note(visible: Option<String>) -> Option<String> {
+    let visible = visible?;
+    Some(match visible.trim() {
+        "" => "CUDA_VISIBLE_DEVICES is set and empty: engines will see no GPU".to_owned(),
+        list => format!(
+            "CUDA_VISIBLE_DEVICES={list}: engines see only these GPUs, numbered from 0 in this order; NVML and the agent's GPU samples number every GPU of the node by its own index"
+        ),
+    })
 }
 
 /// Samples every GPU every `interval` until `stop`, then closes the stream. NVML calls block,
@@ -181,17 +210,37 @@ fn read_device(device: &Device<'_>) -> GpuSample {
         sm_clock_mhz: device.clock_info(Clock::SM).ok(),
         memory_clock_mhz: device.clock_info(Clock::Memory).ok(),
         temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
-        throttle_reasons: device.current_throttle_reasons().ok().map(|r| r.bits()),
-        processes: device
-            .running_compute_processes()
-            .map(processes)
-            .unwrap_or_default(),
-        mps_processes: device
-            .mps_running_compute_processes()
-            .map(processes)
-            .unwrap_or_default(),
+        throttle_reasons: throttle_bits(device),
+        processes: process_list(|| device.running_compute_processes()),
+        mps_processes: process_list(|| device.mps_running_compute_processes()),
         ..GpuSample::default()
     }
+}
+
+/// Every throttle-reason bit NVML set, those newer than the crate's flags too: the crate's
+/// lenient call drops unknown bits (`from_bits_truncate`), its strict one returns them in the
+/// error (nvml-wrapper 0.13, `Device::current_throttle_reasons_strict`).
+fn throttle_bits(device: &Device<'_>) -> Option<u64> {
+    match device.current_throttle_reasons_strict() {
+        Ok(reasons) => Some(reasons.bits()),
+        Err(NvmlError::IncorrectBits(Bits::U64(raw))) => Some(raw),
+        Err(NvmlError::IncorrectBits(Bits::U32(raw))) => Some(u64::from(raw)),
+        Err(_) => None,
+    }
+}
+
+/// A list of processes on the GPU. NVML is asked twice, for the count and then the list, and a
+/// process that starts in between makes the second call fail with INSUFFICIENT_SIZE
+/// (nvml-wrapper 0.13 adds no headroom for MPS clients); asked again up to three times.
+fn process_list(list: impl Fn() -> Result<Vec<ProcessInfo>, NvmlError>) -> Vec<GpuProcess> {
+    for _ in 0..3 {
+        match list() {
+            Ok(found) => return processes(found),
+            Err(NvmlError::InsufficientSize(_)) => continue,
+            Err(_) => break,
+        }
+    }
+    Vec::new()
 }
 
 fn processes(list: Vec<ProcessInfo>) -> Vec<GpuProcess> {

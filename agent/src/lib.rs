@@ -17,6 +17,8 @@
 pub mod bench;
 pub mod cli;
 pub mod clock;
+pub mod compute_mode;
+pub mod cuda_probe;
 pub mod doctor;
 pub mod engine;
 pub mod engine_metrics;
@@ -76,6 +78,8 @@ pub struct ServeSettings {
     pub data_dir: PathBuf,
     /// The `nvidia-cuda-mps-control` that `mps` trials use.
     pub mps_control: PathBuf,
+    /// The `nvidia-smi` that sets each trial's compute mode.
+    pub nvidia_smi: PathBuf,
     /// Exit once no run runs and no call came for a while.
     pub exit_when_idle: Option<IdleExit>,
     /// Which confirmed runs are deleted, and when.
@@ -105,6 +109,7 @@ pub async fn serve(
         listen,
         data_dir,
         mps_control,
+        nvidia_smi,
         exit_when_idle,
         retention,
     } = settings;
@@ -113,14 +118,25 @@ pub async fn serve(
     }
     std::fs::create_dir_all(&data_dir)
         .with_context(|| format!("creating {}", data_dir.display()))?;
+    // Absolute, so that the MPS daemon's and engines' folders under it stay right whatever
+    // folder a process started from them runs in (SkyPilot starts agents with a relative one).
+    let data_dir = std::path::absolute(&data_dir)
+        .with_context(|| format!("resolving {}", data_dir.display()))?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("binding {listen}"))?;
     let gpu = gpu::NodeGpus::probe();
     eprintln!("{}", gpu.status.describe());
+    if let Some(note) = gpu::visible_devices_note(std::env::var("CUDA_VISIBLE_DEVICES").ok()) {
+        eprintln!("{note}");
+    }
     eprintln!("{}", raise_fd_limit());
     eprintln!("{}", retention.describe());
-    let runs = Arc::new(run::RunManager::new(data_dir, gpu, mps_control).with_retention(retention));
+    let runs = Arc::new(
+        run::RunManager::new(data_dir, gpu, mps_control)
+            .with_nvidia_smi(nvidia_smi)
+            .with_retention(retention),
+    );
     for line in runs.recover() {
         eprintln!("{line}");
     }
@@ -203,12 +219,26 @@ async fn exit_when_idle_for(
     }
 }
 
-/// `agent doctor`: prints one line per check of what this node has.
-pub async fn doctor(vllm: &str, mps_control: &str, data_dir: &Path) {
+/// `agent doctor`: prints one line per check of what this node has; fails when a check says
+/// FAIL (something that would break the first engine).
+pub async fn doctor(vllm: &str, mps_control: &str, data_dir: &Path) -> anyhow::Result<()> {
     let gpus = gpu::NodeGpus::probe();
-    for check in doctor::run(&gpus, Some(vllm), mps_control, data_dir).await {
+    let checks = doctor::run(&gpus, Some(vllm), mps_control, data_dir).await;
+    for check in &checks {
         println!("{check}");
     }
+    let failed: Vec<&str> = checks
+        .iter()
+        .filter(|c| c.status == doctor::Status::Fail)
+        .map(|c| c.name)
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "agent doctor: {} failed (see the FAIL lines above for the fix)",
+        failed.join(", ")
+    )
 }
 
 /// What `agent sim-engine` serves: a model and the LoRA adapters beside it.
@@ -311,6 +341,7 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             token_file,
             state_dir,
             mps_control,
+            nvidia_smi,
             exit_with_stdin,
             exit_when_idle,
             first_run_within,
@@ -348,6 +379,7 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
                 listen,
                 data_dir: data_dir.unwrap_or(runs_dir),
                 mps_control,
+                nvidia_smi,
                 exit_when_idle: exit_when_idle.map(|after_runs| IdleExit {
                     after_runs,
                     before_first_run: first_run_within.unwrap_or(after_runs),
@@ -423,10 +455,7 @@ pub async fn execute(command: cli::Command, shutdown: CancellationToken) -> anyh
             vllm,
             mps_control,
             data_dir,
-        } => {
-            doctor(&vllm, &mps_control, &data_dir).await;
-            Ok(())
-        }
+        } => doctor(&vllm, &mps_control, &data_dir).await,
         Command::SimEngine {
             listen,
             model,

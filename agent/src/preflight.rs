@@ -153,8 +153,8 @@ fn lacks(trial: &Trial, node: &Node, facts: &NodeFacts) -> Vec<String> {
 
 /// The trial's vLLM servers all live on GPU 0 at once (each alone in a solo trial): what they
 /// reserve together must be free there now. vLLM itself refuses to start when its fraction of
-/// the total is more than is free. vLLM's default share is not judged (validate refuses it
-/// for shared trials).
+/// the total is more than is free; an engine on vLLM's default asks for 0.92 of it (validate
+/// refuses that default in shared trials, where the second engine could never start).
 fn memory_refusal(vllm: &[&Tenant], gpu: &GpuMemory) -> Option<String> {
     let gib = |b: f64| format!("{:.1} GiB", b / f64::from(1u32 << 30));
     let mut parts = Vec::new();
@@ -165,8 +165,8 @@ fn memory_refusal(vllm: &[&Tenant], gpu: &GpuMemory) -> Option<String> {
         };
         let asked = match v.memory {
             VllmMemory::Fraction(f) => f * gpu.total as f64,
-            VllmMemory::KvCacheBytes(b) => b as f64,
-            VllmMemory::Default => continue,
+            VllmMemory::KvCacheBytes { bytes, .. } => bytes as f64,
+            VllmMemory::Default => VllmMemory::VLLM_DEFAULT_FRACTION * gpu.total as f64,
         };
         parts.push(format!("{} {}", tenant.name, gib(asked)));
         bytes += asked;

@@ -956,6 +956,7 @@ fn analyze_trial(
             probe: p.probe,
             scale: p.scale,
             shares: p.shares,
+            queue_wait_ms: p.queue_wait_ms,
             verdict,
         }
     });

@@ -91,6 +91,9 @@ pub struct ProbeSummary {
     pub scale: f64,
     /// Each tenant's share of it.
     pub shares: BTreeMap<String, f64>,
+    /// How long it waited for the engines' queues to empty before its warmup, milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<u64>,
     /// What it showed.
     #[serde(flatten)]
     pub verdict: ProbeVerdict,
@@ -166,6 +169,12 @@ pub struct SharedCapacity {
     pub tenants: Vec<SharedTenant>,
     /// Σ_i shared rate_i / C_i at the highest passing rates; `None` when a side has no pass.
     pub gpu_equivalents: Option<f64>,
+    /// Where GPU-equivalents lie, given how wide the solo and shared intervals are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpu_equivalents_range: Option<GpuEquivalentsRange>,
+    /// What the range decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<SharingDecision>,
     /// Whether `gpu_equivalents` is only a lower bound (the shared search passed its maximum).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub at_least: bool,
@@ -175,6 +184,86 @@ pub struct SharedCapacity {
     /// Why there are no GPU-equivalents, when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_verdict: Option<String>,
+}
+
+/// The range GPU-equivalents lie in. Each capacity is only known to an interval, [highest
+/// pass, lowest fail), so `low` = Σ_i shared lower_i / solo upper_i and `high` = Σ_i shared
+/// upper_i / solo lower_i.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct GpuEquivalentsRange {
+    /// The lowest GPU-equivalents the intervals allow.
+    pub low: f64,
+    /// The highest; `None` when the shared search passed its maximum (no upper end known).
+    pub high: Option<f64>,
+}
+
+impl GpuEquivalentsRange {
+    /// What the range decides: sharing wins when even its low end is above 1, loses when even
+    /// its high end is below 1, and is undecided otherwise.
+    pub fn decision(self) -> SharingDecision {
+        if self.low > 1.0 {
+            SharingDecision::Wins
+        } else if self.high.is_some_and(|h| h < 1.0) {
+            SharingDecision::Loses
+        } else {
+            SharingDecision::Undecided
+        }
+    }
+
+    /// `1.21–1.29`, or `≥ 1.21` without a high end.
+    pub fn describe(self) -> String {
+        match self.high {
+            Some(high) => format!("{:.2}–{high:.2}", self.low),
+            None => format!("≥ {:.2}", self.low),
+        }
+    }
+}
+
+/// Whether one shared GPU carries more SLO-meeting traffic than dedicated GPUs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SharingDecision {
+    /// Every value the intervals allow is above 1.
+    Wins,
+    /// Every value the intervals allow is below 1.
+    Loses,
+    /// The intervals allow values on both sides of 1.
+    Undecided,
+}
+
+impl SharingDecision {
+    /// The decision in words, as the verdict gives it.
+    pub fn words(self) -> &'static str {
+        match self {
+            SharingDecision::Wins => "sharing carries more",
+            SharingDecision::Loses => "sharing loses",
+            SharingDecision::Undecided => "undecided at this precision",
+        }
+    }
+}
+
+/// The range of GPU-equivalents of a shared search whose capacity lies in `shared` and whose
+/// tenants (name, share) have the solo intervals `solo_of` gives.
+fn gpu_equivalents_range(
+    shared: &Interval,
+    shares: &BTreeMap<String, f64>,
+    solo_of: impl Fn(&str) -> Option<(f64, Option<f64>)>,
+) -> Option<GpuEquivalentsRange> {
+    let passed = shared.passed?;
+    let mut low = 0.0;
+    let mut high = Some(0.0);
+    for (tenant, share) in shares {
+        let (solo_low, solo_high) = solo_of(tenant)?;
+        // Without a solo upper end the low end can only be bounded by 0.
+        low += solo_high.map_or(0.0, |h| passed * share / h);
+        high = high
+            .zip(shared.failed)
+            .map(|(sum, failed)| sum + failed * share / solo_low);
+    }
+    Some(GpuEquivalentsRange {
+        low: round3(low),
+        high: high.map(round3),
+    })
 }
 
 /// One tenant in a shared search.
@@ -286,6 +375,12 @@ pub fn node_capacity(
             let gpu_equivalents = no_verdict
                 .is_none()
                 .then(|| round3(tenants.iter().filter_map(|t| t.of_solo).sum()));
+            let gpu_equivalents_range = gpu_equivalents.and_then(|_| {
+                gpu_equivalents_range(&found, &shares, |t| {
+                    let solo = solo_of(t)?;
+                    Some((solo.passed?, solo.failed))
+                })
+            });
             SharedCapacity {
                 mode: record.mode,
                 search: record.search.clone(),
@@ -296,6 +391,8 @@ pub fn node_capacity(
                 interval: found,
                 tenants,
                 gpu_equivalents,
+                decision: gpu_equivalents_range.map(GpuEquivalentsRange::decision),
+                gpu_equivalents_range,
                 no_verdict,
             }
         })
@@ -347,38 +444,7 @@ fn verdict_line(
     if mixes.is_empty() {
         return "no shared mode searched: only solo capacities".into();
     }
-    let describe = |s: &SharedCapacity, full: bool| match s.gpu_equivalents {
-        Some(g) => {
-            let at_least = if s.at_least { "≥ " } else { "" };
-            if full {
-                let parts: Vec<String> = s
-                    .tenants
-                    .iter()
-                    .enumerate()
-                    .map(|(i, t)| {
-                        let of = t.of_solo.unwrap_or(0.0);
-                        if i == 0 {
-                            format!("{} {of:.2} of solo", t.tenant)
-                        } else {
-                            format!("{} {of:.2}", t.tenant)
-                        }
-                    })
-                    .collect();
-                format!(
-                    "{}: {at_least}{g:.2} GPU-equivalents ({})",
-                    s.mode.name(),
-                    parts.join(", ")
-                )
-            } else {
-                format!("{} {at_least}{g:.2}", s.mode.name())
-            }
-        }
-        None => format!(
-            "{}: {}",
-            s.mode.name(),
-            s.no_verdict.as_deref().unwrap_or("no verdict")
-        ),
-    };
+    let describe = describe_shared;
     let Some(best) = best.and_then(|m| mixes.iter().find(|s| s.mode == m)) else {
         let all: Vec<String> = mixes.iter().map(|s| describe(s, false)).collect();
         return format!("sharing does not meet the SLOs: {}", all.join("; "));
@@ -392,6 +458,48 @@ fn verdict_line(
         }
     }
     line
+}
+
+/// One shared search in the verdict: in full (`mps: 1.21–1.29 GPU-equivalents: sharing carries
+/// more (…)`) for the best mode, short (`timeslice 0.88–0.97 (loses)`) for the others.
+fn describe_shared(s: &SharedCapacity, full: bool) -> String {
+    let Some(g) = s.gpu_equivalents else {
+        return format!(
+            "{}: {}",
+            s.mode.name(),
+            s.no_verdict.as_deref().unwrap_or("no verdict")
+        );
+    };
+    let of_solo: Vec<String> = s
+        .tenants
+        .iter()
+        .map(|t| format!("{} {:.2}", t.tenant, t.of_solo.unwrap_or(0.0)))
+        .collect();
+    let of_solo = of_solo.join(", ");
+    let mode = s.mode.name();
+    match (s.gpu_equivalents_range, full) {
+        (Some(range), true) => format!(
+            "{mode}: {} GPU-equivalents: {} (at the highest passing rates {g:.2}: {of_solo} of solo)",
+            range.describe(),
+            range.decision().words()
+        ),
+        (Some(range), false) => {
+            let short = match range.decision() {
+                SharingDecision::Wins => "wins",
+                SharingDecision::Loses => "loses",
+                SharingDecision::Undecided => "undecided",
+            };
+            format!("{mode} {} ({short})", range.describe())
+        }
+        (None, true) => {
+            let at_least = if s.at_least { "≥ " } else { "" };
+            format!("{mode}: {at_least}{g:.2} GPU-equivalents ({of_solo} of solo)")
+        }
+        (None, false) => {
+            let at_least = if s.at_least { "≥ " } else { "" };
+            format!("{mode} {at_least}{g:.2}")
+        }
+    }
 }
 
 #[cfg(test)]
@@ -426,6 +534,7 @@ mod tests {
             probe: k,
             scale,
             shares: shares.iter().map(|(t, s)| (t.to_string(), *s)).collect(),
+            queue_wait_ms: None,
             verdict: if pass {
                 ProbeVerdict::Pass
             } else {
@@ -462,9 +571,32 @@ mod tests {
         assert_eq!(mps.gpus_saved, Some(0.2));
         assert_eq!(node.shared[1].gpu_equivalents, Some(0.75));
         assert_eq!(node.best_mode, Some(SharingMode::Mps));
+        // Each capacity is an interval: mps lies in [8/11 + 8/21, 8.5/10 + 8.5/20).
+        let range = mps.gpu_equivalents_range.expect("a range");
+        assert_eq!((range.low, range.high), (1.108, Some(1.275)));
+        assert_eq!(mps.decision, Some(SharingDecision::Wins));
+        assert_eq!(node.shared[1].decision, Some(SharingDecision::Loses));
         assert_eq!(
             node.verdict,
-            "mps: 1.20 GPU-equivalents (a 0.80 of solo, b 0.40), best of 2 modes; timeslice 0.75"
+            "mps: 1.11–1.27 GPU-equivalents: sharing carries more (at the highest passing rates 1.20: a 0.80, b 0.40 of solo), best of 2 modes; timeslice 0.69–0.82 (loses)"
+        );
+
+        // Wider solo intervals leave the same point undecided.
+        let wide = [
+            probe("cap-solo-a", 1, 10.0, true, &[("a", 1.0)]),
+            probe("cap-solo-a", 2, 14.0, false, &[("a", 1.0)]),
+            probe("cap-solo-b", 1, 20.0, true, &[("b", 1.0)]),
+            probe("cap-solo-b", 2, 28.0, false, &[("b", 1.0)]),
+            probe("cap-mps", 1, 16.0, true, &ab),
+            probe("cap-mps", 2, 17.0, false, &ab),
+        ];
+        let node = node_capacity("n", &searches[..3], &wide).expect("searched");
+        assert_eq!(node.shared[0].decision, Some(SharingDecision::Undecided));
+        assert!(
+            node.verdict
+                .starts_with("mps: 0.86–1.27 GPU-equivalents: undecided at this precision"),
+            "{}",
+            node.verdict
         );
     }
 

@@ -8,6 +8,7 @@ pub mod accelerators;
 mod capacity;
 mod error;
 mod launcher;
+pub mod memory_fit;
 #[cfg(test)]
 mod properties;
 mod raw;
@@ -514,6 +515,9 @@ pub struct Node {
     pub name: String,
     /// SkyPilot accelerator spec (e.g. `H100:1`); unused by the local launcher.
     pub accelerators: Option<String>,
+    /// Bytes of memory of one GPU of the node, where its `gpu_memory` or its accelerator's
+    /// table says; NVML's figure comes first on the node itself.
+    pub gpu_memory_bytes: Option<u64>,
     /// Trials in the order they run.
     pub trials: Vec<TrialKind>,
     /// How simulated tenants on this node's one simulated GPU slow each other down.
@@ -847,7 +851,42 @@ pub enum VllmMemory {
     /// `--gpu-memory-utilization`: a fraction of the GPU's total memory.
     Fraction(f64),
     /// `--kv-cache-memory-bytes`: a fixed KV cache, the reproducible choice for co-location.
-    KvCacheBytes(u64),
+    /// vLLM still checks at start that `gpu_memory_utilization` of the GPU is free (its default,
+    /// 0.92, whatever the KV size), so a `--gpu-memory-utilization` always goes with it: the
+    /// stated `startup_fraction`, or the agent's [`VllmMemory::kv_startup_fraction`].
+    KvCacheBytes {
+        /// The KV cache, bytes.
+        bytes: u64,
+        /// The `gpu_memory_fraction` stated beside it, if one was.
+        startup_fraction: Option<f64>,
+    },
+}
+
+impl VllmMemory {
+    /// vLLM's `gpu_memory_utilization` when none is given (`vllm/config/cache.py`).
+    pub const VLLM_DEFAULT_FRACTION: f64 = 0.92;
+
+    /// The `--gpu-memory-utilization` the agent passes with a fixed KV cache of `bytes` on a GPU
+    /// of `total` bytes when the config states none: the KV cache's own share, rounded up to a
+    /// hundredth. vLLM uses the fraction only for its start-up check once the KV size is fixed
+    /// (`vllm/v1/worker/gpu_worker.py`, `determine_available_memory`), so the smallest share that
+    /// still holds the cache lets every engine of a shared GPU pass that check.
+    pub fn kv_startup_fraction(bytes: u64, total: u64) -> f64 {
+        let share = bytes as f64 / total.max(1) as f64;
+        ((share * 100.0).ceil() / 100.0).clamp(0.01, 1.0)
+    }
+
+    /// The fraction vLLM's start-up check asks to be free, where the config decides it:
+    /// `None` for a fixed KV cache with no stated fraction (the agent derives it from the GPU).
+    pub fn startup_fraction(self) -> Option<f64> {
+        match self {
+            VllmMemory::Default => Some(Self::VLLM_DEFAULT_FRACTION),
+            VllmMemory::Fraction(f) => Some(f),
+            VllmMemory::KvCacheBytes {
+                startup_fraction, ..
+            } => startup_fraction,
+        }
+    }
 }
 
 /// Timing model of the simulated engine (one iteration of continuous batching):

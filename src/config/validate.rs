@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::memory_fit::{self, SharedGpu, StartingEngine};
 use super::raw::*;
 use super::*;
 use crate::dataset::{Dataset, DatasetFormat};
@@ -936,31 +937,11 @@ impl Checker {
             tenants.push(tenant);
             places.push(i);
         }
-        let fractions: Vec<(String, f64)> = tenants
-            .iter()
-            .filter_map(|t| match &t.engine {
-                Engine::Vllm(VllmEngine {
-                    memory: VllmMemory::Fraction(f),
-                    ..
-                }) => Some((t.name.clone(), *f)),
-                _ => None,
-            })
-            .collect();
-        let total: f64 = fractions.iter().map(|(_, f)| f).sum();
-        if total > 1.0 + 1e-9 {
-            let parts: Vec<String> = fractions.iter().map(|(n, f)| format!("{n} {f}")).collect();
-            self.problem(
-                &join(path, "tenants"),
-                format!("gpu_memory_fraction of the tenants sums to {total:.2} (> 1.0): {}; lower them so they fit on one GPU", parts.join(" + ")),
-            );
-        }
         self.adapters(&mut tenants, &places, path);
-        self.gpu_memory(
-            raw.gpu_memory.as_deref(),
-            raw.accelerators.as_deref(),
-            &tenants,
-            path,
-        );
+        let gpu = self.shared_gpu(raw.gpu_memory.as_deref(), raw.accelerators.as_deref(), path);
+        if let (Some(gpu), Some(trials)) = (&gpu, &trials) {
+            self.engines_fit(&tenants, trials, gpu, path);
+        }
         let default_pct_path = join(path, "mps.default_active_thread_percentage");
         let default_pct = raw.mps.and_then(|m| m.default_active_thread_percentage);
         let mps = MpsSettings {
@@ -969,6 +950,7 @@ impl Checker {
         Some(Node {
             name: name?,
             accelerators: raw.accelerators,
+            gpu_memory_bytes: gpu.and_then(|g| g.total),
             trials: trials?,
             sim_gpu,
             mps,
@@ -976,50 +958,69 @@ impl Checker {
         })
     }
 
-    /// Refuses fixed KV caches that together exceed one GPU of the node: its `gpu_memory`,
-    /// or the table's figure for its accelerator.
-    fn gpu_memory(
+    /// The GPU a node's engines share: its `gpu_memory`, or the table's figure for its
+    /// accelerator, or of unknown size; `None` when `gpu_memory` is not a size.
+    fn shared_gpu(
         &mut self,
         gpu_memory: Option<&str>,
         accelerators: Option<&str>,
+        path: &str,
+    ) -> Option<SharedGpu> {
+        let Some(text) = gpu_memory else {
+            let total = accelerators.and_then(accelerators::gpu_memory_bytes);
+            let label = match (total, accelerators) {
+                (Some(_), Some(name)) => {
+                    format!("one {name} (set {path}.gpu_memory if yours has more)")
+                }
+                _ => "the GPU".to_owned(),
+            };
+            return Some(SharedGpu { total, label });
+        };
+        match accelerators::parse_memory(text) {
+            Some(bytes) => Some(SharedGpu {
+                total: Some(bytes),
+                label: format!("{path}.gpu_memory"),
+            }),
+            None => {
+                self.problem(
+                    &join(path, "gpu_memory"),
+                    format!("{text:?} is not a memory size: write e.g. 80G or 24576M"),
+                );
+                None
+            }
+        }
+    }
+
+    /// Refuses a node whose vLLM servers, started one after another for a shared trial, would
+    /// not all pass vLLM's start-up memory check, or whose fixed KV caches alone exceed the GPU.
+    fn engines_fit(
+        &mut self,
         tenants: &[Tenant],
+        trials: &[TrialKind],
+        gpu: &SharedGpu,
         path: &str,
     ) {
-        let at = join(path, "gpu_memory");
-        let (total, source) = match gpu_memory {
-            Some(text) => match accelerators::parse_memory(text) {
-                Some(bytes) => (bytes, format!("{path}.gpu_memory")),
-                None => {
-                    self.problem(
-                        &at,
-                        format!("{text:?} is not a memory size: write e.g. 80G or 24576M"),
-                    );
-                    return;
-                }
-            },
-            None => match accelerators.and_then(accelerators::gpu_memory_bytes) {
-                Some(bytes) => (
-                    bytes,
-                    format!(
-                        "one {} (set {path}.gpu_memory if yours has more)",
-                        accelerators.unwrap_or_default()
-                    ),
-                ),
-                None => return,
-            },
-        };
-        let caches: Vec<(&str, u64)> = tenants
+        let engines: Vec<StartingEngine<'_>> = tenants
             .iter()
             .filter_map(|t| match &t.engine {
-                Engine::Vllm(VllmEngine {
-                    memory: VllmMemory::KvCacheBytes(b),
-                    ..
-                }) => Some((t.name.as_str(), *b)),
+                Engine::Vllm(v) if !v.env.contains_key("CUDA_VISIBLE_DEVICES") => {
+                    Some(StartingEngine {
+                        tenant: &t.name,
+                        memory: v.memory,
+                    })
+                }
+                _ => None,
+            })
+            .collect();
+        let caches: Vec<(&str, u64)> = engines
+            .iter()
+            .filter_map(|e| match e.memory {
+                VllmMemory::KvCacheBytes { bytes, .. } => Some((e.tenant, bytes)),
                 _ => None,
             })
             .collect();
         let asked: u64 = caches.iter().map(|(_, b)| b).sum();
-        if asked > total {
+        if let Some(total) = gpu.total.filter(|t| asked > *t) {
             let parts: Vec<String> = caches
                 .iter()
                 .map(|(n, b)| format!("{n} {}", accelerators::gib(*b)))
@@ -1027,12 +1028,20 @@ impl Checker {
             self.problem(
                 &join(path, "tenants"),
                 format!(
-                    "kv_cache_memory_bytes of the tenants sums to {} ({}), more than the {} of {source}, before any model weights",
+                    "kv_cache_memory_bytes of the tenants sums to {} ({}), more than the {} of {}, before any model weights",
                     accelerators::gib(asked),
                     parts.join(" + "),
-                    accelerators::gib(total)
+                    accelerators::gib(total),
+                    gpu.label
                 ),
             );
+            return;
+        }
+        let shared = trials.iter().any(|k| *k != TrialKind::Solo);
+        if shared && engines.len() > 1 {
+            if let Some(problem) = memory_fit::start_problem(&engines, gpu) {
+                self.problem(&join(path, "tenants"), problem);
+            }
         }
     }
 
@@ -1274,6 +1283,37 @@ impl Checker {
         }
     }
 
+    /// How a vLLM server's memory is bounded: a fraction, a fixed KV cache (with the fraction
+    /// vLLM's start-up check asks to be free, when one is stated), or vLLM's default.
+    fn vllm_memory(
+        &mut self,
+        fraction: Option<f64>,
+        kv_bytes: Option<u64>,
+        path: &str,
+    ) -> Option<VllmMemory> {
+        if let Some(f) = fraction.filter(|f| !(*f > 0.0 && *f <= 1.0)) {
+            self.problem(
+                &join(path, "gpu_memory_fraction"),
+                format!("must be in (0, 1], got {f}"),
+            );
+            return None;
+        }
+        match kv_bytes {
+            Some(0) => {
+                self.problem(
+                    &join(path, "kv_cache_memory_bytes"),
+                    "must be more than 0 bytes",
+                );
+                None
+            }
+            Some(bytes) => Some(VllmMemory::KvCacheBytes {
+                bytes,
+                startup_fraction: fraction,
+            }),
+            None => Some(fraction.map_or(VllmMemory::Default, VllmMemory::Fraction)),
+        }
+    }
+
     fn vllm(&mut self, raw: RawEngine, path: &str) -> Option<Engine> {
         self.refuse_served_engine_keys(&raw, path, "a vllm engine");
         let model = self.required(raw.model, &join(path, "model"));
@@ -1304,29 +1344,7 @@ impl Checker {
                 );
             }
         }
-        let memory = match (raw.gpu_memory_fraction, raw.kv_cache_memory_bytes) {
-            (Some(_), Some(_)) => {
-                self.problem(path, "give gpu_memory_fraction or kv_cache_memory_bytes, not both (vLLM ignores the fraction when the KV size is fixed)");
-                None
-            }
-            (Some(f), None) if !(f > 0.0 && f <= 1.0) => {
-                self.problem(
-                    &join(path, "gpu_memory_fraction"),
-                    format!("must be in (0, 1], got {f}"),
-                );
-                None
-            }
-            (Some(f), None) => Some(VllmMemory::Fraction(f)),
-            (None, Some(0)) => {
-                self.problem(
-                    &join(path, "kv_cache_memory_bytes"),
-                    "must be more than 0 bytes",
-                );
-                None
-            }
-            (None, Some(b)) => Some(VllmMemory::KvCacheBytes(b)),
-            (None, None) => Some(VllmMemory::Default),
-        };
+        let memory = self.vllm_memory(raw.gpu_memory_fraction, raw.kv_cache_memory_bytes, path);
         let startup_timeout = self
             .duration(raw.startup_timeout, &join(path, "startup_timeout"))
             .unwrap_or(Duration::from_secs(600));
@@ -1594,8 +1612,7 @@ nodes:
         let shown = err.to_string();
         for expected in [
             "nodes[0].tenants[1].engine.args[0]: --port is set by the agent",
-            "nodes[0].tenants: gpu_memory_fraction of the tenants sums to 1.10 (> 1.0): a 0.6 + b 0.5",
-            "nodes[0].tenants[2].engine: give gpu_memory_fraction or kv_cache_memory_bytes, not both",
+            "nodes[0].tenants: b would not start in this node's shared trials",
             "nodes[0].tenants[3].engine.args: `args` applies only to a vllm engine",
             "nodes[0].tenants[2].mps_thread_percentage: a thread percentage is a whole number in 1..=100, got 150",
             "nodes[0].tenants[2].mps_pinned_memory_limit: \"0=16Q\" is not a device memory limit",
@@ -1607,7 +1624,7 @@ nodes:
                 "150, mps_pinned_memory_limit: \"0=16Q\"",
                 "25, mps_pinned_memory_limit: \"0=16G,1=512M\"",
             )
-            .replace("0.5, args: [\"--port=9\"]", "0.3")
+            .replace("0.5, args: [\"--port=9\"]", "0.2")
             .replace(", kv_cache_memory_bytes: 8", "")
             .replace(", args: [\"x\"]", "");
         let e = Experiment::from_yaml(&ok, "v.yaml").expect("valid");

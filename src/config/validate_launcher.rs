@@ -18,6 +18,15 @@ const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
 /// The platform of SkyPilot nodes unless `launcher.skypilot.node_platform` says otherwise.
 const DEFAULT_NODE_PLATFORM: &str = "linux-x86_64";
 
+/// Sets `variant` to the vLLM wheel variant the node's driver and GPU can run: vLLM's default
+/// wheels are built for CUDA 13 from 0.20 on (vLLM PR #39878), which needs a 13.x driver and a
+/// GPU of compute capability 7.5 or more; elsewhere the `cu129` variant (docs/gpu-first-contact.md,
+/// items 7-8). Empty where nvidia-smi cannot say (the default wheels).
+const VLLM_WHEEL_VARIANT: &str = r#"driver_cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n 1)
+  capability=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ')
+  variant=
+  if [ -n "$driver_cuda" ] && { [ "$driver_cuda" -lt 13 ] || [ "${capability:-75}" -lt 75 ]; }; then variant=cu129; fi"#;
+
 /// Engine set-up of a SkyPilot node unless the config gives its own: vLLM `version` in its own
 /// virtualenv, kept when a relaunch finds it there.
 fn default_engine_setup(version: &str) -> String {
@@ -30,7 +39,13 @@ else
   rm -rf "$venv"
   python3 -m venv "$venv" || {{ python3 -m pip install --user --quiet virtualenv && python3 -m virtualenv "$venv"; }}
   "$venv/bin/pip" install --quiet --upgrade pip
-  "$venv/bin/pip" install --quiet "vllm=={version}"
+  {VLLM_WHEEL_VARIANT}
+  if [ -n "$variant" ]; then
+    echo "multitenant: setup: the driver runs CUDA $driver_cuda (GPU compute capability $capability): vLLM's $variant wheels"
+    "$venv/bin/pip" install --quiet "vllm=={version}" --extra-index-url "https://wheels.vllm.ai/{version}/$variant" --extra-index-url "https://download.pytorch.org/whl/$variant"
+  else
+    "$venv/bin/pip" install --quiet "vllm=={version}"
+  fi
 fi"#
     )
 }

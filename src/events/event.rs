@@ -39,6 +39,8 @@ pub enum Event {
     EngineMetrics(EngineMetrics),
     /// The MPS daemon of a trial changed state.
     Mps(MpsEvent),
+    /// The agent set a GPU's compute mode for a trial, put it back, or could not.
+    ComputeMode(ComputeModeEvent),
     /// A sample of one GPU through NVML.
     GpuSample(GpuSample),
     /// The prompt a request sent.
@@ -474,6 +476,13 @@ pub struct ProbeEvent {
     pub scale: f64,
     /// Each tenant's share of the scale (they sum to 1).
     pub shares: BTreeMap<String, f64>,
+    /// How long the probe waited, before its warmup, for the engines' batches and queues to
+    /// empty (what an earlier probe left behind), milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_wait_ms: Option<u64>,
+    /// Tenants whose engine reports no queue, so that the probe could not wait for it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queue_unknown: Vec<String>,
 }
 
 /// State of an engine.
@@ -572,6 +581,48 @@ pub struct GpuProcess {
     /// Device memory it uses, when NVML knows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub used_bytes: Option<u64>,
+}
+
+/// A GPU's compute mode, as `nvidia-smi -c` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuComputeMode {
+    /// Many CUDA contexts per GPU.
+    Default,
+    /// One CUDA context per GPU (under MPS, the MPS server's).
+    ExclusiveProcess,
+    /// No CUDA context at all.
+    Prohibited,
+}
+
+/// What the agent did with a GPU's compute mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComputeModeState {
+    /// The GPU was already in the mode the trial needs.
+    Kept,
+    /// The agent set the mode the trial needs.
+    Set,
+    /// The agent put back the mode the GPU had before the trial.
+    Restored,
+    /// The mode could not be set; `detail` says why and what the trial does about it.
+    Refused,
+}
+
+/// A compute-mode change of one GPU for a trial.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComputeModeEvent {
+    /// When.
+    pub at_ns: u64,
+    /// The GPU's index.
+    pub gpu: u32,
+    /// What happened.
+    pub state: ComputeModeState,
+    /// The mode the GPU is in afterwards.
+    pub mode: GpuComputeMode,
+    /// The tool's answer, or why the mode could not be set.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 /// State of a trial's MPS daemon.

@@ -63,4 +63,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.6";
+pub const SCHEMA_VERSION: &str = "1.7";

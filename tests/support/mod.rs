@@ -2,6 +2,7 @@
 //! built binaries, a TCP proxy whose connections a test can cut, and a tenant load to drive.
 
 pub mod engines;
+pub mod fake_gpu;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -134,14 +135,19 @@ impl InProcessAgent {
 
     /// Starts one writing into `data_dir` whose `mps` trials use `mps_control`.
     pub async fn start_with_mps_control(data_dir: &Path, mps_control: &str) -> Self {
+        Self::start_with_tools(data_dir, mps_control, Path::new("no-nvidia-smi-in-tests")).await
+    }
+
+    /// Starts one writing into `data_dir` whose `mps` trials use `mps_control` and whose
+    /// trials set the GPU's compute mode through `nvidia_smi`.
+    pub async fn start_with_tools(data_dir: &Path, mps_control: &str, nvidia_smi: &Path) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let port = listener.local_addr().expect("addr").port();
         let gpu = NodeGpus::unavailable("tests run without a GPU");
-        let runs = Arc::new(RunManager::new(
-            data_dir.to_owned(),
-            gpu,
-            mps_control.into(),
-        ));
+        let runs = Arc::new(
+            RunManager::new(data_dir.to_owned(), gpu, mps_control.into())
+                .with_nvidia_smi(nvidia_smi.to_owned()),
+        );
         let shutdown = CancellationToken::new();
         let stop = shutdown.clone();
         let task = tokio::spawn(async move {

@@ -16,6 +16,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use multitenant::config::accelerators::gib;
 use multitenant::config::{Engine, Tenant, VllmEngine, VllmMemory};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -44,6 +45,23 @@ pub enum EngineError {
         tenant: String,
         /// Variable name.
         var: String,
+    },
+    /// The share of GPU memory a vLLM server checks for at start is not free.
+    #[error(
+        "tenant {tenant}: vLLM checks at start that {share} of GPU 0 ({}) is free, and only {} of its {} is free now (the engines started before it and other processes hold the rest: nvidia-smi shows them); lower this tenant's engine.gpu_memory_fraction, or the others'",
+        gib(*asked), gib(*free), gib(*total)
+    )]
+    GpuMemoryShort {
+        /// Tenant.
+        tenant: String,
+        /// The fraction of the total asked for.
+        share: f64,
+        /// Bytes asked for.
+        asked: u64,
+        /// Bytes free.
+        free: u64,
+        /// Bytes in all.
+        total: u64,
     },
     /// The engine's executable is not there.
     #[error("tenant {tenant}: engine executable {executable:?} not found (on PATH or as a path)")]
@@ -358,6 +376,10 @@ pub struct StartContext<'a> {
     pub extra_env: &'a [(String, String)],
     /// Where bucket models are synced to.
     pub model_cache: &'a Path,
+    /// GPU 0's memory now, where NVML reports it.
+    pub gpu_memory: Option<GpuMemoryNow>,
+    /// GPU 0's total memory: NVML's, else the node's configured size.
+    pub gpu_total: Option<u64>,
 }
 
 /// The `vllm serve` arguments that load `adapters`: `--enable-lora`, one `--lora-modules`
@@ -395,6 +417,9 @@ async fn start_vllm(
 ) -> Result<RunningEngine, EngineError> {
     let name = tenant.name.clone();
     preflight(tenant, adapters)?;
+    if let Some(gpu) = ctx.gpu_memory {
+        startup_memory_check(&name, vllm.memory, gpu)?;
+    }
     let sync_log = ctx.log_dir.join(format!("{name}.sync.log"));
     let model = model_source::resolve(
         &name,
@@ -432,13 +457,7 @@ async fn start_vllm(
         "--served-model-name".into(),
         vllm.served_model_name.clone(),
     ];
-    match vllm.memory {
-        VllmMemory::Default => {}
-        VllmMemory::Fraction(f) => args.extend(["--gpu-memory-utilization".into(), f.to_string()]),
-        VllmMemory::KvCacheBytes(b) => {
-            args.extend(["--kv-cache-memory-bytes".into(), b.to_string()])
-        }
-    }
+    args.extend(memory_args(vllm.memory, ctx.gpu_total));
     args.extend(lora_args(adapters, &vllm.args));
     args.extend(vllm.args.iter().cloned());
     let mut env: Vec<(String, String)> = vec![
@@ -459,6 +478,65 @@ async fn start_vllm(
         base_url: format!("http://127.0.0.1:{port}"),
         api_key: None,
         handle: Handle::Process(ProcessHandle::supervise(process)),
+    })
+}
+
+/// The memory arguments of `vllm serve`. A fixed KV cache always goes with a
+/// `--gpu-memory-utilization`: vLLM checks at start that this share of the GPU is free
+/// whatever the KV size (`init_device` → `request_memory`, `vllm/v1/worker/gpu_worker.py`), and
+/// its default, 0.92, would stop every engine after the first. Without a stated share the agent
+/// passes the KV cache's own ([`VllmMemory::kv_startup_fraction`]); on a node without a GPU
+/// (`gpu_total` unknown: a CPU vLLM) only the KV size is passed.
+pub fn memory_args(memory: VllmMemory, gpu_total: Option<u64>) -> Vec<String> {
+    let fraction = |f: f64| ["--gpu-memory-utilization".to_owned(), f.to_string()];
+    match memory {
+        VllmMemory::Default => Vec::new(),
+        VllmMemory::Fraction(f) => fraction(f).to_vec(),
+        VllmMemory::KvCacheBytes {
+            bytes,
+            startup_fraction,
+        } => {
+            let mut args = vec!["--kv-cache-memory-bytes".to_owned(), bytes.to_string()];
+            let share =
+                startup_fraction.or(gpu_total.map(|t| VllmMemory::kv_startup_fraction(bytes, t)));
+            args.extend(share.map(fraction).into_iter().flatten());
+            args
+        }
+    }
+}
+
+/// GPU 0's memory as NVML reports it when an engine is about to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMemoryNow {
+    /// All of it, bytes.
+    pub total: u64,
+    /// What no process holds, bytes.
+    pub free: u64,
+}
+
+/// Refuses to start a vLLM server whose start-up check would fail: the share of the GPU it
+/// asks for is not free now. vLLM would stop with "Free memory on device … is less than
+/// desired GPU memory utilization" after loading for a while; this says so at once, with the
+/// figures and the fix.
+fn startup_memory_check(
+    tenant: &str,
+    memory: VllmMemory,
+    gpu: GpuMemoryNow,
+) -> Result<(), EngineError> {
+    let share = memory.startup_fraction().unwrap_or_else(|| match memory {
+        VllmMemory::KvCacheBytes { bytes, .. } => VllmMemory::kv_startup_fraction(bytes, gpu.total),
+        _ => VllmMemory::VLLM_DEFAULT_FRACTION,
+    });
+    let asked = (gpu.total as f64 * share).ceil() as u64;
+    if gpu.free >= asked {
+        return Ok(());
+    }
+    Err(EngineError::GpuMemoryShort {
+        tenant: tenant.to_owned(),
+        share,
+        asked,
+        free: gpu.free,
+        total: gpu.total,
     })
 }
 

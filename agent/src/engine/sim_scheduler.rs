@@ -8,12 +8,19 @@
 //! prefilled. A finished answer's blocks are kept in the cache, so a conversation's next turn,
 //! which carries it, finds them.
 //!
+//! A request whose client went away is aborted, waiting or running, as vLLM aborts it when the
+//! HTTP request is cancelled (`vllm/v1/engine/async_llm.py`, `generate`: on `CancelledError`
+//! or `GeneratorExit` it calls `abort`, which removes the request from the engine core's queue
+//! and batch; vLLM 0.34.0 lines 818-826). It costs no step: an overloaded probe's leftovers
+//! never reach the next probe's batch.
+//!
 //! LoRA, as vLLM schedules it: at most `max_loras` distinct adapters run in one batch. A
 //! waiting request for another adapter is passed over (it keeps its place at the head of the
 //! queue) while requests behind it that fit are admitted, until one of the running adapters
 //! has no sequence left.
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,6 +46,37 @@ pub struct Admission {
     pub adapter: Option<u32>,
     /// Receives the instant each token is generated; closing it ends the sequence.
     pub tokens: mpsc::UnboundedSender<Instant>,
+}
+
+/// How many requests run in the batch and wait for it, as vLLM's `vllm:num_requests_running`
+/// and `vllm:num_requests_waiting` gauges count them; updated every step.
+#[derive(Debug, Default)]
+pub struct QueueGauges {
+    running: AtomicU64,
+    waiting: AtomicU64,
+}
+
+impl QueueGauges {
+    /// (running, waiting).
+    pub fn read(&self) -> (u64, u64) {
+        (
+            self.running.load(Ordering::Relaxed),
+            self.waiting.load(Ordering::Relaxed),
+        )
+    }
+
+    fn publish(&self, running: usize, waiting: usize) {
+        self.running.store(running as u64, Ordering::Relaxed);
+        self.waiting.store(waiting as u64, Ordering::Relaxed);
+    }
+}
+
+/// What the scheduler counts for `/metrics`.
+pub struct SchedulerGauges {
+    /// Its prefix cache's lookups.
+    pub cache: Arc<CacheCounters>,
+    /// Its batch and queue.
+    pub queue: Arc<QueueGauges>,
 }
 
 struct Running {
@@ -98,22 +136,24 @@ fn admit(
 }
 
 /// Runs the scheduler until `cancel` fires or every admission sender is gone, counting its
-/// prefix cache's lookups into `cache_counters`. `max_loras` is the number of distinct
-/// adapters a batch may hold.
+/// prefix cache's lookups and its batch and queue into `gauges`. `max_loras` is the number of
+/// distinct adapters a batch may hold.
 pub async fn run(
     timing: SimTiming,
     max_loras: usize,
     gpu: Arc<SimGpu>,
     mut admissions: mpsc::UnboundedReceiver<Admission>,
-    cache_counters: Arc<CacheCounters>,
+    gauges: SchedulerGauges,
     cancel: CancellationToken,
 ) {
+    let cache_counters = gauges.cache;
     let mut cache = PrefixCache::new(timing.prefix_cache_tokens);
     let mut waiting: VecDeque<Admission> = VecDeque::new();
     let mut running: Vec<Running> = Vec::new();
     let mut busy = false;
     loop {
         if running.is_empty() && waiting.is_empty() {
+            gauges.queue.publish(0, 0);
             if busy {
                 gpu.leave_busy();
                 busy = false;
@@ -129,6 +169,11 @@ pub async fn run(
         while let Ok(a) = admissions.try_recv() {
             waiting.push_back(a);
         }
+        waiting.retain(|a| !a.tokens.is_closed());
+        running.retain(|seq| !seq.tokens.is_closed());
+        if running.is_empty() && waiting.is_empty() {
+            continue;
+        }
         let prefill_tokens = admit(
             &mut waiting,
             &mut running,
@@ -137,6 +182,7 @@ pub async fn run(
             &mut cache,
             &cache_counters,
         );
+        gauges.queue.publish(running.len(), waiting.len());
         if !busy {
             gpu.enter_busy();
             busy = true;

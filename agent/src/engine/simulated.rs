@@ -4,7 +4,8 @@
 //! `usage` chunk when `stream_options.include_usage` is set, or one JSON body),
 //! `POST /v1/embeddings` (a prefill-only pass: the vector is ready at the end of the step that
 //! prefilled the input), `GET /v1/models`,
-//! `GET /health`, `GET /metrics` (vLLM's prefix-cache counters). Prompt tokens are
+//! `GET /health`, `GET /metrics` (vLLM's prefix-cache counters and its running and waiting
+//! request gauges). Prompt tokens are
 //! whitespace-separated words. Every response carries
 //! `x-multitenant-simulated: true`, and the model list says the model is simulated.
 //!
@@ -41,7 +42,7 @@ use tokio_util::sync::CancellationToken;
 use super::arrival_stamp::{ArrivalStamp, StampingListener};
 use super::sim_gpu::SimGpu;
 use super::sim_prefix_cache::{sequence_keys, CacheCounters};
-use super::sim_scheduler::{self, Admission};
+use super::sim_scheduler::{self, Admission, QueueGauges, SchedulerGauges};
 
 /// Header that marks every response as simulated.
 pub const SIMULATED_HEADER: &str = "x-multitenant-simulated";
@@ -104,6 +105,7 @@ struct AppState {
     seed: u64,
     admissions: mpsc::UnboundedSender<Admission>,
     cache_counters: Arc<CacheCounters>,
+    queue: Arc<QueueGauges>,
     truth: Option<Arc<Mutex<HashMap<String, TokenTruth>>>>,
     next_id: AtomicU64,
 }
@@ -131,12 +133,16 @@ impl SimEngine {
             .max_loras
             .map_or(config.adapters.len(), |n| n as usize)
             .max(1);
+        let queue = Arc::new(QueueGauges::default());
         let scheduler = tokio::spawn(sim_scheduler::run(
             config.timing,
             max_loras,
             gpu,
             admitted,
-            cache_counters.clone(),
+            SchedulerGauges {
+                cache: cache_counters.clone(),
+                queue: queue.clone(),
+            },
             cancel.clone(),
         ));
         let truth = Arc::new(Mutex::new(HashMap::new()));
@@ -153,6 +159,7 @@ impl SimEngine {
             seed: config.seed,
             admissions,
             cache_counters,
+            queue,
             truth: config.record_truth.then(|| truth.clone()),
             next_id: AtomicU64::new(0),
         });
@@ -241,13 +248,20 @@ async fn metrics(State(state): State<Arc<AppState>>) -> Response {
         .replace('"', "\\\"")
         .replace('\n', "\\n");
     let model = format!("\"{escaped}\"");
+    let (running, waiting) = state.queue.read();
     let body = format!(
         "# HELP vllm:prefix_cache_queries Prefix cache queries, in terms of number of queried tokens.\n\
          # TYPE vllm:prefix_cache_queries counter\n\
          vllm:prefix_cache_queries_total{{model_name={model}}} {queries}\n\
          # HELP vllm:prefix_cache_hits Prefix cache hits, in terms of number of cached tokens.\n\
          # TYPE vllm:prefix_cache_hits counter\n\
-         vllm:prefix_cache_hits_total{{model_name={model}}} {hits}\n"
+         vllm:prefix_cache_hits_total{{model_name={model}}} {hits}\n\
+         # HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+         # TYPE vllm:num_requests_running gauge\n\
+         vllm:num_requests_running{{engine=\"0\",model_name={model}}} {running}\n\
+         # HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+         # TYPE vllm:num_requests_waiting gauge\n\
+         vllm:num_requests_waiting{{engine=\"0\",model_name={model}}} {waiting}\n"
     );
     let mut response = (StatusCode::OK, body).into_response();
     response.headers_mut().insert(
@@ -659,7 +673,13 @@ impl Responder {
         }
         let midpoint = self.output_tokens / 2;
         let mut index = 0;
-        while tokens.recv().await.is_some() {
+        // A client that goes away (hyper drops the body once it sees the connection close)
+        // ends the wait for the next token too, so the scheduler sees the request aborted even
+        // while it still waits in the queue.
+        while let Some(Some(_)) = tokio::select! {
+            token = tokens.recv() => Some(token),
+            () = body.closed() => None,
+        } {
             index += 1;
             if index > midpoint && fault == Some(Fault::MalformedChunk) {
                 let _ = body

@@ -33,6 +33,8 @@ pub(super) struct RunContext {
     pub clock: RunClock,
     pub gpu: NodeGpus,
     pub mps_control: PathBuf,
+    /// The `nvidia-smi` that sets the GPU's compute mode for each trial.
+    pub nvidia_smi: PathBuf,
     pub http: reqwest::Client,
     /// What earlier stages measured that later stages need.
     pub stages: StagePlanner,
@@ -129,6 +131,12 @@ impl RunContext {
             log_dir,
             extra_env: env,
             model_cache: &self.models_dir,
+            gpu_memory: self.gpu.memory_now(0),
+            gpu_total: self
+                .gpu
+                .memory_now(0)
+                .map(|m| m.total)
+                .or(self.node.gpu_memory_bytes),
         };
         let engine = RunningEngine::start(tenant, adapters, ctx).await?;
         let health_timeout = match &tenant.engine {

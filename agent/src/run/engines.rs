@@ -106,6 +106,11 @@ impl TrialRunner<'_> {
             .root()
             .join(&self.trial.name)
             .join(ENGINE_LOGS_DIR);
+        let no_mps = if self.mps.is_none() && !self.cuda_tenants().is_empty() {
+            self.no_mps_env()?
+        } else {
+            Vec::new()
+        };
         for slot in &mut self.engines {
             let tenant = slot.owner;
             let kind = match slot.adapters.len() {
@@ -114,11 +119,11 @@ impl TrialRunner<'_> {
                 n => format!("{} with {n} LoRA adapters", tenant.engine.kind()),
             };
             self.log.engine(&tenant.name, EngineState::Starting, kind)?;
-            let env = self
-                .mps
-                .as_ref()
-                .map(|d| mps_client_env(d, tenant))
-                .unwrap_or_default();
+            let env = match &self.mps {
+                Some(daemon) => mps_client_env(daemon, tenant),
+                None if matches!(tenant.engine, Engine::Vllm(_)) => no_mps.clone(),
+                None => Vec::new(),
+            };
             match self
                 .ctx
                 .start_engine(tenant, &slot.adapters, gpu.clone(), &log_dir, &env)

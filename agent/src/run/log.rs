@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use multitenant::events::{
-    EngineEvent, EngineState, Event, MpsEvent, MpsState, TenantInvalidEvent, TrialEvent,
-    TrialState, WarningEvent,
+    ComputeModeEvent, ComputeModeState, EngineEvent, EngineState, Event, GpuComputeMode, MpsEvent,
+    MpsState, TenantInvalidEvent, TrialEvent, TrialState, WarningEvent,
 };
 
 use multitenant::config::Trial;
@@ -101,6 +101,24 @@ impl TrialLog {
         self.append(Event::Mps(MpsEvent {
             at_ns,
             state,
+            detail,
+        }))
+    }
+
+    /// Records what the agent did with GPU `gpu`'s compute mode.
+    pub fn compute_mode(
+        &self,
+        gpu: u32,
+        state: ComputeModeState,
+        mode: GpuComputeMode,
+        detail: String,
+    ) -> std::io::Result<()> {
+        let at_ns = self.clock.now_ns();
+        self.append(Event::ComputeMode(ComputeModeEvent {
+            at_ns,
+            gpu,
+            state,
+            mode,
             detail,
         }))
     }

@@ -15,9 +15,11 @@
 //! - `log`: the trial's `agent.jsonl`; `context`: what a run's trials share;
 //!   `loads`: the tenants' loads run side by side and judged.
 
+mod clean_slate;
 mod context;
 mod engine_slot;
 mod engines;
+mod gpu_setup;
 mod loads;
 mod log;
 pub mod outcome;
@@ -266,6 +268,7 @@ pub struct RunManager {
     data_dir: PathBuf,
     gpu: NodeGpus,
     mps_control: PathBuf,
+    nvidia_smi: PathBuf,
     http: reqwest::Client,
     runs: Mutex<HashMap<String, Arc<Run>>>,
     tracker: TaskTracker,
@@ -288,6 +291,7 @@ impl RunManager {
             data_dir,
             gpu,
             mps_control,
+            nvidia_smi: PathBuf::from("nvidia-smi"),
             http: reqwest::Client::builder()
                 .pool_max_idle_per_host(4096)
                 .tcp_nodelay(true)
@@ -306,6 +310,13 @@ impl RunManager {
     /// The same manager, deleting confirmed runs as `retention` says.
     pub fn with_retention(mut self, retention: Retention) -> Self {
         self.retention = retention;
+        self
+    }
+
+    /// The same manager, setting each trial's GPU compute mode through `nvidia_smi` (a name on
+    /// PATH or a path; `nvidia-smi` unless told).
+    pub fn with_nvidia_smi(mut self, nvidia_smi: PathBuf) -> Self {
+        self.nvidia_smi = nvidia_smi;
         self
     }
 
@@ -378,11 +389,29 @@ impl RunManager {
         let mps_control = self.mps_control.display().to_string();
         let checks = crate::doctor::run(&self.gpu, vllm, &mps_control, &self.data_dir).await;
         let facts = crate::preflight::NodeFacts::probe(&self.gpu, &self.mps_control);
+        let cuda_failed = checks
+            .iter()
+            .find(|c| c.name == "cuda" && c.status == crate::doctor::Status::Fail)
+            .map(|c| {
+                format!(
+                    "the engine cannot use this GPU (agent doctor: cuda FAIL): {}",
+                    c.detail
+                )
+            });
         let refusals = node
             .trials(&experiment.workloads)
             .iter()
             .map(|t| {
-                let reasons = crate::preflight::refusals(t, node, &facts);
+                let mut reasons = crate::preflight::refusals(t, node, &facts);
+                let runs_vllm = node.trial_engines(t).into_iter().any(|i| {
+                    matches!(node.tenants[i].engine, multitenant::config::Engine::Vllm(_))
+                });
+                if let Some(reason) = cuda_failed.clone().filter(|_| runs_vllm) {
+                    reasons.push(crate::preflight::Refusal {
+                        reason,
+                        memory: false,
+                    });
+                }
                 (
                     t.name.clone(),
                     reasons.into_iter().map(|r| r.reason).collect(),
@@ -466,6 +495,7 @@ impl RunManager {
             clock: RunClock::start(),
             gpu: self.gpu.clone(),
             mps_control: self.mps_control.clone(),
+            nvidia_smi: self.nvidia_smi.clone(),
             http: self.http.clone(),
             stages: StagePlanner::default(),
             solo: Default::default(),

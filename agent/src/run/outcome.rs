@@ -35,6 +35,13 @@ pub enum TrialFailure {
     /// An engine is not a client of the trial's MPS daemon.
     #[error("{0}; refusing to measure a trial that would be time-sliced, not shared under MPS")]
     MpsNotShared(MpsClientError),
+    /// A capacity probe's engines still held requests when the wait for an empty queue ran
+    /// out: the probe would have measured that backlog, not its own rate.
+    #[error("the engines' queues did not empty within {}s before the probe ({held}); the search ends with what it knew", super::clean_slate::QUEUE_EMPTY_WAIT.as_secs())]
+    QueueNotEmpty {
+        /// What each engine still held.
+        held: String,
+    },
     /// An engine did not start or become healthy.
     #[error(transparent)]
     EngineStart(EngineError),

@@ -17,8 +17,10 @@ use multitenant::config::{
 use multitenant::events::{Event, ProbeEvent, SearchEvent};
 use multitenant::layout::TrialDir;
 
+use super::clean_slate::SlateWait;
 use super::context::RunContext;
 use super::log::TrialLog;
+use super::outcome::TrialFailure;
 use super::trial::{Halt, TrialRunner};
 use crate::loadgen::prompts::PromptFactory;
 
@@ -201,19 +203,35 @@ impl RunContext {
                 slot.phases = Some((cap.probe_warmup, duration));
             }
             let simulated = runner.slots.iter().any(|s| s.tenant.engine.is_simulated());
+            let slate = runner.wait_for_empty_queues().await;
             let mut probe_log = TrialLog::open(self, &trial, simulated)?;
+            let (queue_wait_ms, queue_unknown) = match &slate {
+                SlateWait::Empty { waited, unknown } => (
+                    Some(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)),
+                    unknown.clone(),
+                ),
+                SlateWait::NotEmpty { .. } => (None, Vec::new()),
+            };
             probe_log.append(Event::Probe(ProbeEvent {
                 at_ns: self.clock.now_ns(),
                 search: search.name.clone(),
                 probe: number,
                 scale,
                 shares: shares.clone(),
+                queue_wait_ms,
+                queue_unknown,
             }))?;
-            std::mem::swap(&mut runner.log, &mut probe_log);
-            let search_trial = std::mem::replace(&mut runner.trial, trial);
-            let measured = runner.measure().await;
-            runner.trial = search_trial;
-            std::mem::swap(&mut runner.log, &mut probe_log);
+            let measured = match slate {
+                SlateWait::Empty { .. } => {
+                    std::mem::swap(&mut runner.log, &mut probe_log);
+                    let search_trial = std::mem::replace(&mut runner.trial, trial);
+                    let measured = runner.measure().await;
+                    runner.trial = search_trial;
+                    std::mem::swap(&mut runner.log, &mut probe_log);
+                    measured
+                }
+                SlateWait::NotEmpty { held } => Err(TrialFailure::QueueNotEmpty { held }.into()),
+            };
             let (died, failure) = match measured {
                 Ok(()) => (false, None),
                 Err(Halt::Failed(f)) => (true, Some(f)),

@@ -9,6 +9,7 @@ use multitenant::layout::StreamName;
 use tokio_util::task::TaskTracker;
 
 use super::engine_slot::EngineSlot;
+use super::gpu_setup::ModeHold;
 use super::loads::{judge, run_loads};
 use super::log::TrialLog;
 use super::outcome::TrialFailure;
@@ -47,6 +48,11 @@ pub(super) struct TrialRunner<'a> {
     /// The engines the trial runs: its tenants' own, and the base of each adapter in it.
     pub engines: Vec<EngineSlot<'a>>,
     pub mps: Option<MpsDaemon>,
+    /// The GPU's compute mode as the trial set it, to put back after.
+    pub compute_mode: Option<ModeHold>,
+    /// The empty MPS pipe folder that keeps the engines of a trial without MPS away from any
+    /// daemon on the node.
+    pub no_mps_pipe: Option<std::path::PathBuf>,
     /// Every task the trial spawns; all have ended before the trial's end is recorded.
     pub tasks: TaskTracker,
 }
@@ -86,6 +92,8 @@ impl<'a> TrialRunner<'a> {
             slots,
             engines,
             mps: None,
+            compute_mode: None,
+            no_mps_pipe: None,
             tasks: TaskTracker::new(),
         })
     }
@@ -108,6 +116,7 @@ impl<'a> TrialRunner<'a> {
     pub(super) async fn set_up(&mut self) -> Result<(), Halt> {
         let refused = self.wait_for_gpu_memory().await;
         self.prepare_load(refused)?;
+        self.hold_compute_mode().await?;
         self.start_mps().await?;
         self.start_engines().await?;
         self.verify_mps().await
@@ -117,6 +126,7 @@ impl<'a> TrialRunner<'a> {
     pub(super) async fn finish(mut self, measured: Result<(), Halt>) -> std::io::Result<()> {
         self.stop_engines().await?;
         self.quit_mps().await?;
+        self.release_gpu().await?;
         self.tasks.close();
         self.tasks.wait().await;
         // A write that failed anywhere in the run is the reason, before what it led to.

@@ -165,6 +165,10 @@ pub struct ComparedVerdict {
     pub verdict: String,
     /// Its best mode's GPU-equivalents, when it has one.
     pub gpu_equivalents: Option<f64>,
+    /// Where they lie, given the intervals.
+    pub gpu_equivalents_range: Option<multitenant::capacity::GpuEquivalentsRange>,
+    /// What that range decides.
+    pub decision: Option<multitenant::capacity::SharingDecision>,
 }
 
 /// The capacity verdicts of every experiment that searched capacity, side by side.
@@ -174,15 +178,19 @@ pub fn verdicts(labels: &[String], summaries: &[Summary]) -> Vec<ComparedVerdict
         .zip(summaries)
         .filter_map(|(label, s)| Some((label, s.capacity.as_ref()?)))
         .flat_map(|(label, capacity)| {
-            capacity.nodes.iter().map(move |n| ComparedVerdict {
-                experiment: label.clone(),
-                node: n.node.clone(),
-                verdict: n.verdict.clone(),
-                gpu_equivalents: n
+            capacity.nodes.iter().map(move |n| {
+                let best = n
                     .shared
                     .iter()
-                    .find(|s| Some(s.mode) == n.best_mode && s.mix_direction)
-                    .and_then(|s| s.gpu_equivalents),
+                    .find(|s| Some(s.mode) == n.best_mode && s.mix_direction);
+                ComparedVerdict {
+                    experiment: label.clone(),
+                    node: n.node.clone(),
+                    verdict: n.verdict.clone(),
+                    gpu_equivalents: best.and_then(|s| s.gpu_equivalents),
+                    gpu_equivalents_range: best.and_then(|s| s.gpu_equivalents_range),
+                    decision: best.and_then(|s| s.decision),
+                }
             })
         })
         .collect()

@@ -140,13 +140,22 @@ pub fn render_csv(summary: &Summary) -> String {
     out
 }
 
+/// A decision as CSV and JSON name it.
+fn decision_name(decision: multitenant::capacity::SharingDecision) -> &'static str {
+    match decision {
+        multitenant::capacity::SharingDecision::Wins => "wins",
+        multitenant::capacity::SharingDecision::Loses => "loses",
+        multitenant::capacity::SharingDecision::Undecided => "undecided",
+    }
+}
+
 /// `capacity.csv`: one row per capacity search and tenant (solo searches have one tenant;
 /// shared ones a row per tenant at the search's highest passing total), with the search's
 /// interval, probe count and, for shared searches, GPU-equivalents. `None` without a search.
 pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
     let capacity = summary.capacity.as_ref()?;
     let mut out = String::from(
-        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved\n",
+        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved,gpu_equivalents_low,gpu_equivalents_high,decision\n",
     );
     for node in &capacity.nodes {
         for s in &node.solo {
@@ -162,6 +171,9 @@ pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
                 i.end.name().into(),
                 i.probes.to_string(),
                 i.not_significant.to_string(),
+                NO_DATA.into(),
+                NO_DATA.into(),
+                NO_DATA.into(),
                 NO_DATA.into(),
                 NO_DATA.into(),
                 NO_DATA.into(),
@@ -186,6 +198,9 @@ pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
                     number(t.of_solo),
                     number(s.gpu_equivalents),
                     number(s.gpus_saved),
+                    number(s.gpu_equivalents_range.map(|r| r.low)),
+                    number(s.gpu_equivalents_range.and_then(|r| r.high)),
+                    s.decision.map_or(NO_DATA, decision_name).into(),
                 ];
                 out.push_str(&row.join(","));
                 out.push('\n');

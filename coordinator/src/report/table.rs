@@ -162,8 +162,11 @@ fn render_capacity(summary: &Summary) -> Option<String> {
                 s.interval.describe(),
                 NO_DATA.into(),
                 s.interval.probes.to_string(),
-                s.gpu_equivalents
-                    .map_or_else(|| NO_DATA.into(), |g| format!("{g:.2}")),
+                match (s.gpu_equivalents_range, s.gpu_equivalents) {
+                    (Some(range), _) => range.describe(),
+                    (None, Some(g)) => format!("{g:.2}"),
+                    (None, None) => NO_DATA.into(),
+                },
             ]);
             for t in &s.tenants {
                 table.add_row([

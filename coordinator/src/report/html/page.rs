@@ -5,6 +5,7 @@
 use std::fmt::Write;
 
 use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
+use multitenant::capacity::SharingDecision;
 use multitenant::metrics::Percentiles;
 use multitenant::series::ExperimentSeries;
 
@@ -401,10 +402,24 @@ fn capacity_section(out: &mut String, summary: &Summary) {
         }
         for s in &node.shared {
             for t in &s.tenants {
-                let class = if s.gpu_equivalents.is_some_and(|g| g >= 1.0) {
-                    "pass"
-                } else {
-                    "fail"
+                // Coloured by the decision the range makes: undecided stays plain.
+                let class = match s.decision {
+                    Some(SharingDecision::Wins) => "pass",
+                    Some(SharingDecision::Loses) => "fail",
+                    Some(SharingDecision::Undecided) => "",
+                    None if s.gpu_equivalents.is_some_and(|g| g >= 1.0) => "pass",
+                    None => "fail",
+                };
+                let figure = match s.gpu_equivalents_range {
+                    Some(range) => format!(
+                        "{} ({})",
+                        range.describe(),
+                        s.decision.map_or("", |d| d.words())
+                    ),
+                    None => s
+                        .gpu_equivalents
+                        .map(|g| format!("{g:.2}"))
+                        .unwrap_or_default(),
                 };
                 rows.push((
                     "",
@@ -418,7 +433,7 @@ fn capacity_section(out: &mut String, summary: &Summary) {
                         Cell::Num(t.of_solo, 2, ""),
                         Cell::Num(Some(f64::from(s.interval.probes)), 0, ""),
                         match s.gpu_equivalents {
-                            Some(g) => Cell::Figure(g, format!("{g:.2}"), class),
+                            Some(g) => Cell::Figure(g, figure.clone(), class),
                             None => Cell::Num(None, 2, ""),
                         },
                         Cell::Text(s.interval.describe()),
