@@ -71,6 +71,18 @@ impl Quantile {
         Self::ALL.into_iter().find(|q| q.name() == name)
     }
 
+    /// The percentile as a fraction (0.99 for p99); `None` for the mean and the maximum.
+    pub fn fraction(self) -> Option<f64> {
+        match self {
+            Quantile::P50 => Some(0.5),
+            Quantile::P90 => Some(0.9),
+            Quantile::P95 => Some(0.95),
+            Quantile::P99 => Some(0.99),
+            Quantile::P999 => Some(0.999),
+            Quantile::Mean | Quantile::Max => None,
+        }
+    }
+
     fn of(self, p: &Percentiles) -> f64 {
         match self {
             Quantile::P50 => p.p50,

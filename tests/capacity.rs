@@ -90,6 +90,12 @@ fn the_solo_search_finds_the_boundary_a_dense_grid_of_fixed_rates_finds() {
     // Every probe is a trial of its own in the folder, and analysis gave each its verdict.
     let probes: Vec<_> = summary.probes().collect();
     assert_eq!(probes.len() as u32, solo.probes);
+    assert!(
+        probes
+            .iter()
+            .all(|(_, t)| t.probe.as_ref().is_some_and(|p| p.queue_wait_ms.is_some())),
+        "every probe records its wait for an empty queue"
+    );
     assert!(searched.join("nodes/n/cap-solo-t.p01/t.jsonl").is_file());
     assert!(searched.join("nodes/n/cap-solo-t/agent.jsonl").is_file());
 }
@@ -170,10 +176,22 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     let summary = read_summary(&dir);
     let node = node_capacity(&summary);
     assert!(node.verdict.starts_with("mps: "), "{}", node.verdict);
+    // The verdict gives the range its intervals allow and the decision that range makes.
+    let mps = &node.shared[0];
+    let range = mps.gpu_equivalents_range.expect("a range");
+    let decision = mps.decision.expect("a decision");
     assert!(
-        node.verdict.contains("GPU-equivalents (a "),
+        node.verdict.contains(&format!(
+            "{} GPU-equivalents: {}",
+            range.describe(),
+            decision.words()
+        )),
         "{}",
         node.verdict
+    );
+    assert!(
+        range.high.is_some_and(|high| range.low <= high),
+        "{range:?}"
     );
     // The terminal shows the verdict first, before the fixed-load table.
     let verdict_at = stdout.find(&node.verdict).expect("verdict printed");
@@ -214,6 +232,10 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
         "no verdict box"
     );
     assert!(dom.contains(&node.verdict), "the verdict in the page");
+    assert!(
+        dom.contains(&format!("{} ({})", range.describe(), decision.words())),
+        "the range and decision in the capacity table"
+    );
     assert!(
         dom.contains("data-plot=\"n-capacity-region.svg\""),
         "no region plot"

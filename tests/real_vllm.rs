@@ -213,6 +213,21 @@ async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_b
         "{shared:?}"
     );
     assert!(!node.verdict.is_empty());
+    // Every probe started once both servers reported an empty batch and queue through vLLM's
+    // own gauges (vllm:num_requests_running / _waiting), as its probe event records.
+    for (_, trial) in outcome.summary.probes() {
+        let probe = trial.probe.as_ref().expect("a probe");
+        assert!(probe.queue_wait_ms.is_some(), "{}: {probe:?}", trial.trial);
+    }
+    let unknown: Vec<String> = std::fs::read_dir(outcome.dir.join("nodes/n"))
+        .expect("node folder")
+        .filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("agent.jsonl")).ok())
+        .filter(|text| text.contains("\"queue_unknown\""))
+        .collect();
+    assert!(
+        unknown.is_empty(),
+        "a server reported no queue: {unknown:?}"
+    );
     // The same verdict, recomputed from the folder alone.
     let again = multitenant::analysis::analyze_dir(&outcome.dir).expect("analysis");
     assert_eq!(again.capacity.as_ref(), Some(&capacity));

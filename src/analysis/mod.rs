@@ -290,6 +290,14 @@ pub struct MissingStream {
     pub reason: String,
 }
 
+/// What a tenant's figures need for a probe's verdict: requests for a bound judged on its
+/// figure (a mean, a maximum, ITL, the error rate), and its percentile bounds counted.
+struct ProbeNeeds {
+    tenant: String,
+    requests: u64,
+    tallies: Vec<capacity::confidence::BoundTally>,
+}
+
 /// One tenant in one trial.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TenantSummary {
@@ -788,7 +796,7 @@ fn analyze_trial(
         .collect();
     let mut tenants = Vec::new();
     let mut tenant_series = Vec::new();
-    let mut needed: Vec<(String, u64)> = Vec::new();
+    let mut needed: Vec<ProbeNeeds> = Vec::new();
     let mut histograms = TrialHistograms::default();
     let mut merged_window: Option<(u64, u64)> = None;
     let (mut output_tokens, mut total_tokens) = (0u64, 0u64);
@@ -867,8 +875,15 @@ fn analyze_trial(
                 tenant.name
             ));
         }
-        let requests_needed = tenant.slo.as_ref().map_or(0, |s| s.requests_needed());
-        needed.push((tenant.name.clone(), requests_needed));
+        needed.push(ProbeNeeds {
+            tenant: tenant.name.clone(),
+            requests: tenant.slo.as_ref().map_or(0, |s| s.requests_needed()),
+            tallies: tenant
+                .slo
+                .as_ref()
+                .map(|s| capacity::confidence::tallies(s, &acc))
+                .unwrap_or_default(),
+        });
         let checks = load_checks(&metrics, &tenant);
         for check in &checks {
             notes.push(format!("{trial}/{}: {check}", tenant.name));
@@ -939,14 +954,15 @@ fn analyze_trial(
         } else {
             let judged: Vec<capacity::TenantJudgement<'_>> = tenants
                 .iter()
-                .map(|t: &TenantSummary| capacity::TenantJudgement {
-                    tenant: &t.tenant,
-                    completed: t.metrics.completed,
-                    needed: needed
-                        .iter()
-                        .find(|(n, _)| *n == t.tenant)
-                        .map_or(0, |(_, k)| *k),
-                    slo: t.slo.as_ref(),
+                .map(|t: &TenantSummary| {
+                    let needs = needed.iter().find(|n| n.tenant == t.tenant);
+                    capacity::TenantJudgement {
+                        tenant: &t.tenant,
+                        completed: t.metrics.completed,
+                        needed: needs.map_or(0, |n| n.requests),
+                        tallies: needs.map_or(&[], |n| n.tallies.as_slice()),
+                        slo: t.slo.as_ref(),
+                    }
                 })
                 .collect();
             capacity::probe_verdict(&judged)

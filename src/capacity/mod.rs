@@ -10,6 +10,7 @@
 //! rate, split by a fixed mix, at which every tenant met its own SLO; **GPU-equivalents** =
 //! Σ_i shared rate_i / C_i at those highest passing rates.
 
+pub mod confidence;
 pub mod search;
 
 use std::collections::BTreeMap;
@@ -20,7 +21,7 @@ use crate::config::SharingMode;
 pub use search::{interval, next_probe, Interval, Probe, ProbeVerdict, SearchEnd, SearchPolicy};
 
 /// How the summary defines its capacity figures.
-pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (bracket by doubling, bisect to the stated precision, repeat probes with too few requests for the percentile named, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses";
+pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (each started on empty engine queues; bracket by doubling, bisect to the stated precision, a percentile bound judged at 95% confidence from the count of requests over it, repeat a probe that is not significant, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses; their range, from Σ shared lower_i / solo upper_i to Σ shared upper_i / solo lower_i, decides: sharing wins when all of it is above 1, loses when all of it is below 1, and is undecided otherwise";
 
 /// One tenant's part in a probe, as its figures judge it.
 #[derive(Debug, Clone)]
@@ -29,14 +30,62 @@ pub struct TenantJudgement<'a> {
     pub tenant: &'a str,
     /// Completed measured requests.
     pub completed: u64,
-    /// How many its SLO needs for a verdict ([`crate::slo::Slo::requests_needed`]).
+    /// How many a bound judged on its figure needs (a mean, a maximum, ITL, the error rate;
+    /// [`crate::slo::Slo::requests_needed`]).
     pub needed: u64,
+    /// Its percentile bounds over requests, counted ([`confidence::tallies`]): judged at
+    /// [`confidence::DEFAULT_CONFIDENCE`].
+    pub tallies: &'a [confidence::BoundTally],
     /// Its SLO, judged; `None` without one.
     pub slo: Option<&'a crate::slo::SloResult>,
 }
 
-/// The verdict of a probe that measured, from its tenants: a tenant that missed a bound with
-/// enough requests fails it; one with too few requests makes it not significant; a tenant
+/// How one bound of a tenant came out in a probe.
+enum BoundOutcome {
+    Met,
+    Missed(String),
+    Unsure { passed: bool, why: String },
+}
+
+/// One check of a tenant's SLO in a probe: a percentile bound by the count of requests over
+/// it at the stated confidence, any other bound by its figure once there are enough requests.
+fn bound_outcome(t: &TenantJudgement<'_>, check: &crate::slo::SloCheck) -> BoundOutcome {
+    let figure = match check.measured {
+        Some(m) => format!("{}: {} {m:.2} > {}", t.tenant, check.bound, check.limit),
+        None => format!("{}: {} has no data", t.tenant, check.bound),
+    };
+    if let Some(tally) = t.tallies.iter().find(|x| x.bound == check.bound) {
+        let sure = format!("{:.0}%", confidence::DEFAULT_CONFIDENCE * 100.0);
+        return match tally.judge(confidence::DEFAULT_CONFIDENCE) {
+            confidence::Confidence::Pass => BoundOutcome::Met,
+            confidence::Confidence::Fail => BoundOutcome::Missed(format!(
+                "{figure} ({} of {} over, {sure} sure)",
+                tally.over, tally.requests
+            )),
+            confidence::Confidence::Unsure => BoundOutcome::Unsure {
+                passed: check.verdict.passed(),
+                why: format!("{}: {}: not decided at {sure}", t.tenant, tally.describe()),
+            },
+        };
+    }
+    if t.completed < t.needed {
+        return BoundOutcome::Unsure {
+            passed: check.verdict.passed(),
+            why: format!(
+                "{}: {} completed requests, its {} needs {}",
+                t.tenant, t.completed, check.bound, t.needed
+            ),
+        };
+    }
+    if check.verdict.passed() {
+        BoundOutcome::Met
+    } else {
+        BoundOutcome::Missed(figure)
+    }
+}
+
+/// The verdict of a probe that measured, from its tenants: a tenant missing a bound at the
+/// stated confidence fails it; one that cannot be told yet makes it not significant; a tenant
 /// without a completed request fails it outright (nothing was served).
 pub fn probe_verdict(tenants: &[TenantJudgement<'_>]) -> ProbeVerdict {
     let mut missed = Vec::new();
@@ -47,25 +96,19 @@ pub fn probe_verdict(tenants: &[TenantJudgement<'_>]) -> ProbeVerdict {
             missed.push(format!("{}: no SLO to judge", t.tenant));
             continue;
         };
-        let misses: Vec<String> = slo
-            .checks
-            .iter()
-            .filter(|c| !c.verdict.passed())
-            .map(|c| match c.measured {
-                Some(m) => format!("{}: {} {m:.2} > {}", t.tenant, c.bound, c.limit),
-                None => format!("{}: {} has no data", t.tenant, c.bound),
-            })
-            .collect();
-        passed &= misses.is_empty();
         if t.completed == 0 {
             missed.push(format!("{}: no request completed", t.tenant));
-        } else if t.completed < t.needed {
-            unsure.push(format!(
-                "{}: {} completed requests, its SLO needs {}",
-                t.tenant, t.completed, t.needed
-            ));
-        } else {
-            missed.extend(misses);
+            continue;
+        }
+        for check in &slo.checks {
+            match bound_outcome(t, check) {
+                BoundOutcome::Met => {}
+                BoundOutcome::Missed(why) => missed.push(why),
+                BoundOutcome::Unsure { passed: p, why } => {
+                    passed &= p;
+                    unsure.push(why);
+                }
+            }
         }
     }
     if !missed.is_empty() {
@@ -623,26 +666,58 @@ mod tests {
     }
 
     #[test]
-    fn too_few_requests_for_the_percentile_is_not_significant() {
-        let slo = crate::slo::SloResult {
-            pass: true,
-            checks: Vec::new(),
+    fn a_percentile_bound_is_judged_at_its_stated_confidence() {
+        let check = |measured: f64| crate::slo::SloCheck {
+            bound: "ttft_ms p99".into(),
+            limit: 150.0,
+            measured: Some(measured),
+            verdict: if measured <= 150.0 {
+                crate::slo::SloVerdict::Pass
+            } else {
+                crate::slo::SloVerdict::Fail
+            },
+        };
+        let slo = |measured: f64| crate::slo::SloResult {
+            pass: measured <= 150.0,
+            checks: vec![check(measured)],
             goodput_rps: None,
             attainment: None,
         };
-        let judged = |completed| {
+        let judged = |requests: u64, over: u64, measured: f64| {
+            let tallies = [confidence::BoundTally {
+                bound: "ttft_ms p99".into(),
+                quantile: 0.99,
+                limit: 150.0,
+                requests,
+                over,
+            }];
             probe_verdict(&[TenantJudgement {
                 tenant: "a",
-                completed,
+                completed: requests,
                 needed: 500,
-                slo: Some(&slo),
+                tallies: &tallies,
+                slo: Some(&slo(measured)),
             }])
         };
+        // None over in 200 requests cannot yet rule out a p99 beyond the bound; in 300 it can.
         assert!(matches!(
-            judged(499),
+            judged(200, 0, 40.0),
             ProbeVerdict::NotSignificant { passed: true, .. }
         ));
-        assert_eq!(judged(500), ProbeVerdict::Pass);
-        assert!(matches!(judged(0), ProbeVerdict::Fail { .. }));
+        assert_eq!(judged(300, 0, 40.0), ProbeVerdict::Pass);
+        // Eight over in 300 fails it, with the counts in the reason.
+        let ProbeVerdict::Fail { missed } = judged(300, 8, 180.0) else {
+            panic!("a fail")
+        };
+        assert_eq!(
+            missed,
+            ["a: ttft_ms p99 180.00 > 150 (8 of 300 over, 95% sure)"]
+        );
+        // A p99 just over the bound on a few hundred requests is not yet a fail.
+        assert!(matches!(
+            judged(300, 4, 160.0),
+            ProbeVerdict::NotSignificant { passed: false, .. }
+        ));
+        assert!(matches!(judged(0, 0, 0.0), ProbeVerdict::Fail { .. }));
     }
 }
