@@ -243,6 +243,48 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
 }
 
 #[test]
+fn a_probe_whose_failure_is_certain_stops_early_and_fails() {
+    if !heavy("the early-stop test") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The first probe offers 240 req/s to an engine that carries about 60: its TTFT is past
+    // 50 ms within a second, and a p99 allows only 1% of the probe's planned requests over.
+    let dir = run_experiment(
+        tmp.path(),
+        "early",
+        &format!(
+            "name: early\nslo: {{ttft_ms: {{p99: 50}}}}\ncapacity: {{probe: {{warmup: 500ms, duration: 6s}}, precision: 0.25, repeats: 0, max_rate: 240, max_probes: 3}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 240}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 500ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
+            engine(6000)
+        ),
+    );
+    let summary = read_summary(&dir);
+    let (_, first) = summary
+        .probes()
+        .find(|(_, t)| t.trial == "cap-solo-t.p01")
+        .expect("the first probe");
+    let probe = first.probe.as_ref().expect("a probe");
+    let multitenant::capacity::ProbeVerdict::Fail { missed } = &probe.verdict else {
+        panic!("{probe:?}")
+    };
+    assert!(
+        missed[0].starts_with("t: ttft_ms p99: ") && missed[0].ends_with("stopped early, failed"),
+        "{missed:?}"
+    );
+    let stream = std::fs::read_to_string(dir.join("nodes/n/cap-solo-t.p01/agent.jsonl"))
+        .expect("the probe's agent stream");
+    assert!(stream.contains("\"type\":\"probe_stopped\""), "{stream}");
+    // It measured well under its planned 6 s.
+    let measured = first.tenants[0]
+        .metrics
+        .throughput
+        .as_ref()
+        .expect("a window")
+        .window_s;
+    assert!(measured < 4.0, "measured {measured} s");
+}
+
+#[test]
 fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
     let base = |extra: &str, arrival: &str| {
         format!("name: x\n{extra}\nworkloads:\n  w: {{arrival: {arrival}, data: {{prompt_tokens: 8, output_tokens: 8}}, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {{name: a, engine: {{kind: simulated}}, workload: w}}\n      - {{name: b, engine: {{kind: simulated}}, workload: w}}\n")

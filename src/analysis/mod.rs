@@ -687,6 +687,8 @@ struct TrialLifecycle {
     invalidated: Vec<(String, String)>,
     search: Option<crate::events::SearchEvent>,
     probe: Option<crate::events::ProbeEvent>,
+    /// Why a probe was stopped early, when it was.
+    stopped_early: Option<String>,
     started_ns: Option<u64>,
     ended_ns: Option<u64>,
 }
@@ -732,6 +734,7 @@ fn read_lifecycle(trial_dir: &TrialDir, notes: &mut Notes) -> TrialLifecycle {
             Event::TenantInvalid(t) => life.invalidated.push((t.tenant, t.reason)),
             Event::Search(s) => life.search = Some(s),
             Event::Probe(p) => life.probe = Some(p),
+            Event::ProbeStopped(s) => life.stopped_early = Some(s.reason),
             _ => {}
         }
     }
@@ -950,6 +953,10 @@ fn analyze_trial(
         } else if let Some(m) = missing.first() {
             ProbeVerdict::Broken {
                 reason: format!("{}: {}", m.tenant, m.reason),
+            }
+        } else if let Some(why) = &life.stopped_early {
+            ProbeVerdict::Fail {
+                missed: vec![why.clone()],
             }
         } else {
             let judged: Vec<capacity::TenantJudgement<'_>> = tenants

@@ -51,6 +51,8 @@ pub enum Event {
     Search(SearchEvent),
     /// This trial is one probe of a capacity search.
     Probe(ProbeEvent),
+    /// A capacity probe was stopped early: one of its bounds was missed for certain.
+    ProbeStopped(ProbeStoppedEvent),
 }
 
 /// What stream a file holds.
@@ -483,6 +485,15 @@ pub struct ProbeEvent {
     /// Tenants whose engine reports no queue, so that the probe could not wait for it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub queue_unknown: Vec<String>,
+}
+
+/// A capacity probe ended before its planned time because its failure was already certain.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProbeStoppedEvent {
+    /// When.
+    pub at_ns: u64,
+    /// The bound and its count: `a: ttft_ms p99: 9 requests over 150 ms, more than …`.
+    pub reason: String,
 }
 
 /// State of an engine.

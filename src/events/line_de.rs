@@ -38,6 +38,7 @@ enum Tag {
     TenantInvalid,
     Search,
     Probe,
+    ProbeStopped,
 }
 
 impl Tag {
@@ -60,6 +61,7 @@ impl Tag {
             Tag::TenantInvalid => Event::TenantInvalid(Deserialize::deserialize(rest)?),
             Tag::Search => Event::Search(Deserialize::deserialize(rest)?),
             Tag::Probe => Event::Probe(Deserialize::deserialize(rest)?),
+            Tag::ProbeStopped => Event::ProbeStopped(Deserialize::deserialize(rest)?),
         })
     }
 }

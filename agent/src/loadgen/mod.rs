@@ -6,6 +6,7 @@
 //! time falls in. Sending stops at the end of `measure`, at `max_requests`, or when the run is
 //! cancelled, whichever comes first.
 
+pub mod bound_watch;
 pub mod client;
 pub mod connections;
 pub mod conversation;
@@ -65,6 +66,8 @@ pub struct TenantLoad {
     /// Its place on the trial's start line: the loads that run together start their clocks
     /// at one instant, once each has opened its connections.
     pub start: StartTicket,
+    /// A capacity probe's SLO bounds, counted request by request for its early stop.
+    pub watch: Option<Arc<bound_watch::BoundWatch>>,
 }
 
 /// What a load run did.
@@ -275,7 +278,7 @@ impl Shared {
                 .fetch_max(measured.done_ns, Ordering::Relaxed);
         }
         let done_ns = measured.done_ns;
-        self.write(Event::Request(RequestEvent {
+        let event = RequestEvent {
             id,
             phase,
             scheduled_ns,
@@ -298,7 +301,11 @@ impl Shared {
             error: measured.error,
             conversation: turn.map(|t| t.conversation),
             turn: turn.map(|t| t.turn),
-        }));
+        };
+        if let (Phase::Measure, None, Some(watch)) = (phase, &event.error, &self.load.watch) {
+            watch.record(&event);
+        }
+        self.write(Event::Request(event));
         if let Some(log) = &self.load.prompt_log {
             // A turn's question cannot be rebuilt from its index alone: it goes as sent.
             log.record(index, turn.map(|_| prompt), response).await;

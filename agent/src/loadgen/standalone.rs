@@ -93,6 +93,7 @@ pub async fn record_workload_capped(
         clock,
         stream: stream.clone(),
         prompt_log: None,
+        watch: None,
         max_in_flight,
         start: super::start_line::StartTicket::alone(clock),
     };

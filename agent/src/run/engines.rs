@@ -107,7 +107,11 @@ impl TrialRunner<'_> {
             .join(&self.trial.name)
             .join(ENGINE_LOGS_DIR);
         let no_mps = if self.mps.is_none() && !self.cuda_tenants().is_empty() {
-            self.no_mps_env()?
+            self.no_mps_env().map_err(|e| {
+                TrialFailure::Refused(vec![format!(
+                    "the engines of this trial without MPS need an empty MPS pipe folder of their own, so that no MPS daemon on the node can take them in, and {e}; remove that folder (its owner's MPS daemon first) or free the system temp folder"
+                )])
+            })?
         } else {
             Vec::new()
         };

@@ -127,10 +127,16 @@ impl TrialRunner<'_> {
                     "multitenant-no-mps-{:016x}",
                     crate::engine::name_hash(&key)
                 ));
+                let context = |e: std::io::Error| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("{} could not be made empty ({e})", dir.display()),
+                    )
+                };
                 if dir.exists() {
-                    std::fs::remove_dir_all(&dir)?;
+                    std::fs::remove_dir_all(&dir).map_err(context)?;
                 }
-                std::fs::create_dir_all(&dir)?;
+                std::fs::create_dir_all(&dir).map_err(context)?;
                 self.no_mps_pipe = Some(dir.clone());
                 dir
             }

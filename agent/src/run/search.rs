@@ -22,6 +22,7 @@ use super::context::RunContext;
 use super::log::TrialLog;
 use super::outcome::TrialFailure;
 use super::trial::{Halt, TrialRunner};
+use crate::loadgen::bound_watch::BoundWatch;
 use crate::loadgen::prompts::PromptFactory;
 
 /// What the solo searches of a run found: each tenant's highest passing rate, which the
@@ -199,8 +200,17 @@ impl RunContext {
             if let Some(left) = replay_left(runner, cap.probe_warmup) {
                 duration = duration.min(left.max(MIN_REPLAY_PROBE));
             }
+            // Each tenant's percentile bounds are counted as its requests end: once one is
+            // missed for certain, the probe stops.
+            let stop_early = tokio_util::sync::CancellationToken::new();
             for slot in &mut runner.slots {
                 slot.phases = Some((cap.probe_warmup, duration));
+                let planned = scale
+                    * shares.get(slot.name()).copied().unwrap_or(0.0)
+                    * duration.as_secs_f64();
+                slot.watch =
+                    BoundWatch::new(slot.name(), &slot.workload.slo, planned, stop_early.clone())
+                        .map(Arc::new);
             }
             let simulated = runner.slots.iter().any(|s| s.tenant.engine.is_simulated());
             let slate = runner.wait_for_empty_queues().await;

@@ -45,6 +45,8 @@ pub(super) struct TenantSlot<'a> {
     pub load: LoadOutcome,
     /// Warmup and measured phase replacing its workload's (capacity probes).
     pub phases: Option<(std::time::Duration, std::time::Duration)>,
+    /// A capacity probe's SLO bounds, watched for its early stop.
+    pub watch: Option<Arc<crate::loadgen::bound_watch::BoundWatch>>,
 }
 
 impl<'a> TenantSlot<'a> {
@@ -59,6 +61,7 @@ impl<'a> TenantSlot<'a> {
             host,
             load: LoadOutcome::NotRun,
             phases: None,
+            watch: None,
         }
     }
 
@@ -147,6 +150,7 @@ impl<'a> TenantSlot<'a> {
             prompt_log: Some(prompt_log),
             max_in_flight: u64::from(multitenant::config::MAX_IN_FLIGHT),
             start,
+            watch: self.watch.clone(),
         })
     }
 

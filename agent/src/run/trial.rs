@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use multitenant::config::{SharingMode, Trial};
-use multitenant::events::StreamKind;
+use multitenant::events::{Event, ProbeStoppedEvent, StreamKind};
 use multitenant::layout::StreamName;
 use tokio_util::task::TaskTracker;
 
@@ -269,6 +269,16 @@ impl<'a> TrialRunner<'a> {
                     .ok_or_else(not_prepared)?,
             );
         }
+        // A capacity probe whose failure is already certain ends now.
+        if let Some(tripped) = self.slots.iter().find_map(|s| s.watch.as_ref()) {
+            let (tripped, stop) = (tripped.tripped().clone(), measuring.clone());
+            self.tasks.spawn(async move {
+                tokio::select! {
+                    () = tripped.cancelled() => stop.cancel(),
+                    () = stop.cancelled() => {}
+                }
+            });
+        }
         let outcomes = run_loads(
             loads,
             one_at_a_time,
@@ -298,6 +308,12 @@ impl<'a> TrialRunner<'a> {
             }
         }
         measuring.cancel();
+        for reason in self.slots.iter().filter_map(|s| s.watch.as_ref()?.reason()) {
+            self.log.append(Event::ProbeStopped(ProbeStoppedEvent {
+                at_ns: clock.now_ns(),
+                reason: reason.to_owned(),
+            }))?;
+        }
         self.record_engine_deaths(watchers).await?;
         for slot in &self.slots {
             if let LoadOutcome::Panicked(panic) = &slot.load {

@@ -1,0 +1,196 @@
+//! A capacity probe's early stop: its SLO's percentile bounds watched request by request, so
+//! that a probe whose failure is already certain ends at once instead of running its full,
+//! lengthened measure phase (at an overloaded rate, a minute or more of GPU time).
+//!
+//! A percentile bound `p ≤ L` over the probe's requests is missed for certain once more
+//! requests are over `L` than a share `1 − p` of every request the probe can still hold: the
+//! planned count (rate × measured time) plus four standard deviations of a Poisson count, so
+//! that a lucky surplus of arrivals cannot turn the verdict.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
+
+use multitenant::events::RequestEvent;
+use multitenant::slo::Slo;
+use tokio_util::sync::CancellationToken;
+
+/// Which latency of a request a bound is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Metric {
+    Ttft,
+    Tpot,
+    E2e,
+}
+
+impl Metric {
+    /// The request's figure, in nanoseconds; `None` where it has none.
+    fn of(self, r: &RequestEvent) -> Option<u64> {
+        match self {
+            Metric::Ttft => r.first_token_ns.map(|f| f.saturating_sub(r.sent_ns)),
+            Metric::E2e => Some(
+                r.last_token_ns
+                    .unwrap_or(r.done_ns)
+                    .saturating_sub(r.sent_ns),
+            ),
+            Metric::Tpot => match (r.first_token_ns, r.last_token_ns, r.output_tokens) {
+                (Some(f), Some(l), Some(n)) if n >= 2 => {
+                    Some(l.saturating_sub(f) / u64::from(n - 1))
+                }
+                _ => None,
+            },
+        }
+    }
+}
+
+/// One bound and its count so far.
+#[derive(Debug)]
+struct Watched {
+    name: String,
+    metric: Metric,
+    limit_ns: u64,
+    limit_ms: f64,
+    most_over: u64,
+    over: AtomicU64,
+}
+
+/// The percentile bounds of one tenant in one probe.
+#[derive(Debug)]
+pub struct BoundWatch {
+    bounds: Vec<Watched>,
+    tripped: CancellationToken,
+    reason: OnceLock<String>,
+    /// Serialises the first trip, so that one reason is kept.
+    trip: Mutex<()>,
+}
+
+impl BoundWatch {
+    /// Watches `tenant`'s percentile bounds of `slo` over a probe that plans `planned`
+    /// measured requests, cancelling `stop` (which the probe's other tenants may share) once one
+    /// is missed for certain; `None` when it has none to watch.
+    pub fn new(tenant: &str, slo: &Slo, planned: f64, stop: CancellationToken) -> Option<Self> {
+        let most = planned + 4.0 * planned.max(0.0).sqrt() + 1.0;
+        let mut bounds = Vec::new();
+        for (name, metric, limits) in [
+            ("ttft_ms", Metric::Ttft, &slo.ttft_ms),
+            ("tpot_ms", Metric::Tpot, &slo.tpot_ms),
+            ("e2e_ms", Metric::E2e, &slo.e2e_ms),
+        ] {
+            for (q, &limit_ms) in limits {
+                let Some(quantile) = q.fraction() else {
+                    continue;
+                };
+                bounds.push(Watched {
+                    name: format!("{tenant}: {name} {}", q.name()),
+                    metric,
+                    limit_ns: (limit_ms * 1e6) as u64,
+                    limit_ms,
+                    most_over: ((1.0 - quantile) * most).floor() as u64,
+                    over: AtomicU64::new(0),
+                });
+            }
+        }
+        (!bounds.is_empty()).then(|| Self {
+            bounds,
+            tripped: stop,
+            reason: OnceLock::new(),
+            trip: Mutex::new(()),
+        })
+    }
+
+    /// Counts a completed measured request against every bound.
+    pub fn record(&self, request: &RequestEvent) {
+        for bound in &self.bounds {
+            let Some(value) = bound.metric.of(request) else {
+                continue;
+            };
+            if value <= bound.limit_ns {
+                continue;
+            }
+            let over = bound.over.fetch_add(1, Ordering::Relaxed) + 1;
+            if over > bound.most_over {
+                self.trip_on(bound, over);
+            }
+        }
+    }
+
+    fn trip_on(&self, bound: &Watched, over: u64) {
+        let _first = self.trip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.reason.get().is_some() {
+            return;
+        }
+        let _ = self.reason.set(format!(
+            "{}: {over} requests over {} ms, more than the {} the probe's requests allow: stopped early, failed",
+            bound.name, bound.limit_ms, bound.most_over
+        ));
+        self.tripped.cancel();
+    }
+
+    /// Cancelled once a bound (of this tenant or another sharing the token) is missed for
+    /// certain.
+    pub fn tripped(&self) -> &CancellationToken {
+        &self.tripped
+    }
+
+    /// Why it tripped, once it has.
+    pub fn reason(&self) -> Option<&str> {
+        self.reason.get().map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use multitenant::slo::Quantile;
+
+    fn request(ttft_ms: u64) -> RequestEvent {
+        let first = ttft_ms * 1_000_000;
+        RequestEvent {
+            id: "a-1".into(),
+            phase: multitenant::events::Phase::Measure,
+            scheduled_ns: 0,
+            sent_ns: 0,
+            connect_ns: None,
+            first_token_ns: Some(first),
+            last_token_ns: Some(first + 15_000_000),
+            done_ns: first + 15_000_000,
+            chunk_gaps_us: vec![5_000; 3],
+            max_tokens: 4,
+            prompt_tokens: Some(8),
+            output_tokens: Some(4),
+            token_source: None,
+            status: Some(200),
+            error: None,
+            conversation: None,
+            turn: None,
+        }
+    }
+
+    #[test]
+    fn a_probe_trips_once_more_are_over_than_its_requests_can_allow() {
+        let slo = Slo {
+            ttft_ms: [(Quantile::P99, 150.0), (Quantile::Mean, 10.0)].into(),
+            ..Slo::default()
+        };
+        // 400 planned: at most 400 + 4 × 20 + 1 = 481 requests, of which 4 may be over.
+        let watch = BoundWatch::new("a", &slo, 400.0, CancellationToken::new()).expect("a bound");
+        for _ in 0..100 {
+            watch.record(&request(20));
+        }
+        for _ in 0..4 {
+            watch.record(&request(900));
+        }
+        assert!(!watch.tripped().is_cancelled());
+        watch.record(&request(900));
+        assert!(watch.tripped().is_cancelled());
+        assert_eq!(
+            watch.reason(),
+            Some("a: ttft_ms p99: 5 requests over 150 ms, more than the 4 the probe's requests allow: stopped early, failed")
+        );
+        // A mean is no percentile: nothing to watch.
+        let mean = Slo {
+            ttft_ms: [(Quantile::Mean, 10.0)].into(),
+            ..Slo::default()
+        };
+        assert!(BoundWatch::new("a", &mean, 400.0, CancellationToken::new()).is_none());
+    }
+}
