@@ -96,6 +96,49 @@ impl Quantile {
     }
 }
 
+/// A latency every request has once (ITL is per token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestLatency {
+    /// Time to the first token.
+    Ttft,
+    /// Time per output token after the first.
+    Tpot,
+    /// End to end.
+    E2e,
+}
+
+impl RequestLatency {
+    /// Its name in configs (`ttft_ms`).
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestLatency::Ttft => "ttft_ms",
+            RequestLatency::Tpot => "tpot_ms",
+            RequestLatency::E2e => "e2e_ms",
+        }
+    }
+}
+
+/// A percentile bound of an SLO on a per-request latency: what the capacity search counts
+/// requests against.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PercentileBound {
+    /// The latency.
+    pub latency: RequestLatency,
+    /// The percentile.
+    pub quantile: Quantile,
+    /// The percentile as a fraction (0.99).
+    pub fraction: f64,
+    /// The limit, ms.
+    pub limit_ms: f64,
+}
+
+impl PercentileBound {
+    /// `ttft_ms p99`, as the SLO's checks name it.
+    pub fn name(&self) -> String {
+        format!("{} {}", self.latency.name(), self.quantile.name())
+    }
+}
+
 /// The SLO of a tenant: bounds in ms per latency metric and percentile, and a most error rate.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Slo {
@@ -228,6 +271,27 @@ impl Slo {
             })
             .max()
             .unwrap_or(10)
+    }
+
+    /// Its percentile bounds on TTFT, TPOT and E2E (not means or maxima, not ITL).
+    pub fn percentile_bounds(&self) -> Vec<PercentileBound> {
+        [
+            (RequestLatency::Ttft, &self.ttft_ms),
+            (RequestLatency::Tpot, &self.tpot_ms),
+            (RequestLatency::E2e, &self.e2e_ms),
+        ]
+        .into_iter()
+        .flat_map(|(latency, bounds)| {
+            bounds.iter().filter_map(move |(&quantile, &limit_ms)| {
+                Some(PercentileBound {
+                    latency,
+                    quantile,
+                    fraction: quantile.fraction()?,
+                    limit_ms,
+                })
+            })
+        })
+        .collect()
     }
 
     /// Judges `metrics`; `good` is the number of measured requests for which

@@ -16,7 +16,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::metrics::TenantAccumulator;
-use crate::slo::Slo;
+use crate::slo::{RequestLatency, Slo};
 
 /// The confidence a probe's verdict on a bound is stated at, unless the config says otherwise.
 pub const DEFAULT_CONFIDENCE: f64 = 0.95;
@@ -85,26 +85,23 @@ impl BoundTally {
 /// the requests `acc` holds. ITL is per token, whose counts are not independent draws, and a
 /// mean or a maximum is no percentile: those are judged on their figure.
 pub fn tallies(slo: &Slo, acc: &TenantAccumulator) -> Vec<BoundTally> {
-    let mut tallies = Vec::new();
-    for (name, bounds, histogram) in [
-        ("ttft_ms", &slo.ttft_ms, &acc.ttft),
-        ("tpot_ms", &slo.tpot_ms, &acc.tpot),
-        ("e2e_ms", &slo.e2e_ms, &acc.e2e),
-    ] {
-        for (q, &limit) in bounds {
-            let Some(quantile) = q.fraction() else {
-                continue;
+    slo.percentile_bounds()
+        .into_iter()
+        .map(|bound| {
+            let histogram = match bound.latency {
+                RequestLatency::Ttft => &acc.ttft,
+                RequestLatency::Tpot => &acc.tpot,
+                RequestLatency::E2e => &acc.e2e,
             };
-            tallies.push(BoundTally {
-                bound: format!("{name} {}", q.name()),
-                quantile,
-                limit,
+            BoundTally {
+                bound: bound.name(),
+                quantile: bound.fraction,
+                limit: bound.limit_ms,
                 requests: histogram.count(),
-                over: histogram.count_above_us((limit * 1000.0).floor() as u64),
-            });
-        }
-    }
-    tallies
+                over: histogram.count_above_us((bound.limit_ms * 1000.0).floor() as u64),
+            }
+        })
+        .collect()
 }
 
 /// P[Bin(n, p) ≤ k], summed term by term in log space (n of a probe stays in the thousands).

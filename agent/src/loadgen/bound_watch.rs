@@ -11,34 +11,22 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use multitenant::events::RequestEvent;
-use multitenant::slo::Slo;
+use multitenant::slo::{RequestLatency, Slo};
 use tokio_util::sync::CancellationToken;
 
-/// Which latency of a request a bound is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Metric {
-    Ttft,
-    Tpot,
-    E2e,
-}
-
-impl Metric {
-    /// The request's figure, in nanoseconds; `None` where it has none.
-    fn of(self, r: &RequestEvent) -> Option<u64> {
-        match self {
-            Metric::Ttft => r.first_token_ns.map(|f| f.saturating_sub(r.sent_ns)),
-            Metric::E2e => Some(
-                r.last_token_ns
-                    .unwrap_or(r.done_ns)
-                    .saturating_sub(r.sent_ns),
-            ),
-            Metric::Tpot => match (r.first_token_ns, r.last_token_ns, r.output_tokens) {
-                (Some(f), Some(l), Some(n)) if n >= 2 => {
-                    Some(l.saturating_sub(f) / u64::from(n - 1))
-                }
-                _ => None,
-            },
-        }
+/// A request's `latency`, in nanoseconds; `None` where it has none.
+fn latency_of(latency: RequestLatency, r: &RequestEvent) -> Option<u64> {
+    match latency {
+        RequestLatency::Ttft => r.first_token_ns.map(|f| f.saturating_sub(r.sent_ns)),
+        RequestLatency::E2e => Some(
+            r.last_token_ns
+                .unwrap_or(r.done_ns)
+                .saturating_sub(r.sent_ns),
+        ),
+        RequestLatency::Tpot => match (r.first_token_ns, r.last_token_ns, r.output_tokens) {
+            (Some(f), Some(l), Some(n)) if n >= 2 => Some(l.saturating_sub(f) / u64::from(n - 1)),
+            _ => None,
+        },
     }
 }
 
@@ -46,7 +34,7 @@ impl Metric {
 #[derive(Debug)]
 struct Watched {
     name: String,
-    metric: Metric,
+    latency: RequestLatency,
     limit_ns: u64,
     limit_ms: f64,
     most_over: u64,
@@ -69,26 +57,18 @@ impl BoundWatch {
     /// is missed for certain; `None` when it has none to watch.
     pub fn new(tenant: &str, slo: &Slo, planned: f64, stop: CancellationToken) -> Option<Self> {
         let most = planned + 4.0 * planned.max(0.0).sqrt() + 1.0;
-        let mut bounds = Vec::new();
-        for (name, metric, limits) in [
-            ("ttft_ms", Metric::Ttft, &slo.ttft_ms),
-            ("tpot_ms", Metric::Tpot, &slo.tpot_ms),
-            ("e2e_ms", Metric::E2e, &slo.e2e_ms),
-        ] {
-            for (q, &limit_ms) in limits {
-                let Some(quantile) = q.fraction() else {
-                    continue;
-                };
-                bounds.push(Watched {
-                    name: format!("{tenant}: {name} {}", q.name()),
-                    metric,
-                    limit_ns: (limit_ms * 1e6) as u64,
-                    limit_ms,
-                    most_over: ((1.0 - quantile) * most).floor() as u64,
-                    over: AtomicU64::new(0),
-                });
-            }
-        }
+        let bounds: Vec<Watched> = slo
+            .percentile_bounds()
+            .into_iter()
+            .map(|bound| Watched {
+                name: format!("{tenant}: {}", bound.name()),
+                latency: bound.latency,
+                limit_ns: (bound.limit_ms * 1e6) as u64,
+                limit_ms: bound.limit_ms,
+                most_over: ((1.0 - bound.fraction) * most).floor() as u64,
+                over: AtomicU64::new(0),
+            })
+            .collect();
         (!bounds.is_empty()).then(|| Self {
             bounds,
             tripped: stop,
@@ -100,7 +80,7 @@ impl BoundWatch {
     /// Counts a completed measured request against every bound.
     pub fn record(&self, request: &RequestEvent) {
         for bound in &self.bounds {
-            let Some(value) = bound.metric.of(request) else {
+            let Some(value) = latency_of(bound.latency, request) else {
                 continue;
             };
             if value <= bound.limit_ns {
