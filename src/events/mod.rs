@@ -38,6 +38,11 @@
 //! - `prompt` (prompts streams): one request's prompt, see [`PromptEvent`].
 //! - `trial`, `engine`, `mps`, `warning`, `tenant_invalid`, `host_sample`, `gpu_sample`,
 //!   `engine_metrics`: lifecycle and samples, see [`Event`].
+//! - `compute_mode` (schema 1.7): what the agent did with the GPU's compute mode for a trial
+//!   of real engines (kept, set, restored, or refused with why), see [`ComputeModeEvent`].
+//! - `search`, `probe` and `probe_stopped`: a capacity search and its probes; a probe records
+//!   how long it waited for the engines' queues to empty (`queue_wait_ms`, schema 1.7), and a
+//!   probe stopped early because a bound was already missed for certain says why.
 //!
 //! All times are nanoseconds on the node's monotonic clock since the run's zero (`*_ns`), so
 //! differences between any two times of one node are exact; `chunk_gaps_us` are microseconds.
