@@ -100,7 +100,16 @@ impl TrialRunner<'_> {
                     )
                 });
                 let detail = refusal.clone().unwrap_or_else(|| {
-                    format!("the agent could not set {} ({e}); the trial runs in {}, its MPS clients verified", smi_name(wanted), smi_name(before))
+                    let still = if mps {
+                        "its engines are verified as MPS clients before it measures"
+                    } else {
+                        "one CUDA context is all it needs"
+                    };
+                    format!(
+                        "the agent could not set {} ({e}); the trial runs in {}: {still}",
+                        smi_name(wanted),
+                        smi_name(before)
+                    )
                 });
                 self.log
                     .compute_mode(TRIAL_GPU, ComputeModeState::Refused, before, detail)?;
