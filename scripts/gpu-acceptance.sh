@@ -10,8 +10,9 @@
 #   3. MPS: an mps trial starts its MPS daemon, finds a vLLM tenant among its clients and
 #      quits the daemon (needs nvidia-cuda-mps-control and vLLM);
 #   4. two tenants: a solo + timeslice + mps experiment of two vLLM tenants of a tiny model,
-#      every trial finished with completed requests, timeslice run in the DEFAULT compute mode
-#      and mps in EXCLUSIVE_PROCESS (needs vLLM; the mode is set only when the agent is root).
+#      every trial finished with completed requests; it prints the compute mode each trial ran
+#      in (timeslice should be DEFAULT and mps EXCLUSIVE_PROCESS; the agent sets them only as
+#      root) for the reader to check.
 # docs/gpu-first-contact.md lists what else only hardware can confirm.
 #
 #   scripts/gpu-acceptance.sh            # binaries from target/release

@@ -8,8 +8,13 @@ cd "$(dirname "$0")/.."
 
 agent=${AGENT:-target/release/agent}
 [ -x "$agent" ] || { echo "no agent at $agent: run scripts/node-setup.sh first (or set AGENT)" >&2; exit 1; }
-report=$("$agent" doctor --vllm "${1:-vllm}")
+status=0
+report=$("$agent" doctor --vllm "${1:-vllm}") || status=$?
 echo "$report"
+if [ "$status" -ne 0 ]; then
+  echo "node-check: agent doctor found something that would fail (see the FAIL lines above)" >&2
+  exit 1
+fi
 if grep -qE '^missing (gpu|vllm) ' <<< "$report"; then
   echo "node-check: this node cannot run real experiments (see the missing lines above)" >&2
   exit 1

@@ -27,7 +27,7 @@ command -v python3 >/dev/null || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
   say "installing ${missing[*]}"
   as_root apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
 if command -v cargo >/dev/null; then
@@ -47,8 +47,8 @@ if ! command -v nvidia-smi >/dev/null; then
 else
   # vLLM's default wheels are built for CUDA 13 from 0.20 on: a 12.x driver, or a GPU below
   # compute capability 7.5, needs the cu129 variant (docs/gpu-first-contact.md, items 7-8).
-  driver_cuda=$(nvidia-smi | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n 1)
-  capability=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader | head -n 1 | tr -d '. ')
+  driver_cuda=$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9][0-9]*\)\..*/\1/p' | head -n 1 || true)
+  capability=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -n 1 | tr -d '. ' || true)
   variant=
   if [ -n "$driver_cuda" ] && { [ "$driver_cuda" -lt 13 ] || [ "${capability:-75}" -lt 75 ]; }; then
     variant=cu129

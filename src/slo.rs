@@ -258,9 +258,23 @@ impl Slo {
     /// that at least five are expected beyond the tightest percentile bound (p99: 500, p90:
     /// 50, p50: 10), and ten for means, maxima and the error rate.
     pub fn requests_needed(&self) -> u64 {
-        [&self.ttft_ms, &self.tpot_ms, &self.itl_ms, &self.e2e_ms]
+        self.needed_over(true)
+    }
+
+    /// [`Slo::requests_needed`] for the bounds a capacity probe judges on their figure: ITL's
+    /// percentiles, means, maxima and the error rate (its percentile bounds on TTFT, TPOT and
+    /// E2E are judged at a stated confidence from their counts instead).
+    pub fn requests_needed_for_figures(&self) -> u64 {
+        self.needed_over(false)
+    }
+
+    fn needed_over(&self, request_percentiles: bool) -> u64 {
+        let per_request = [&self.ttft_ms, &self.tpot_ms, &self.e2e_ms]
             .into_iter()
             .flat_map(|bounds| bounds.keys())
+            .filter(move |q| request_percentiles || q.fraction().is_none());
+        per_request
+            .chain(self.itl_ms.keys())
             .map(|q| match q {
                 Quantile::P50 => 10,
                 Quantile::P90 => 50,

@@ -327,7 +327,7 @@ fn validate_refuses_a_shared_trial_whose_engines_cannot_all_start() {
         stderr.contains("nodes[0].tenants")
             && stderr.contains("b would not start in this node's shared trials")
             && stderr.contains("gpu_memory_fraction 0.50 of one H100:1")
-            && stderr.contains("only 0.49, 39.0 GiB is"),
+            && stderr.contains("only 0.48, 38.5 GiB is"),
         "{stderr}"
     );
     let fits = gpu.config(

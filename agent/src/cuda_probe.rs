@@ -70,6 +70,12 @@ pub fn engine_python(vllm: &Path) -> PathBuf {
         Some(interpreter) if interpreter.contains("python") && !interpreter.contains(' ') => {
             return PathBuf::from(interpreter);
         }
+        Some(line) if line.starts_with("/usr/bin/env ") => {
+            let name = line.split_whitespace().nth(1).unwrap_or("python3");
+            if let Some(found) = crate::engine::find_executable(name) {
+                return found;
+            }
+        }
         Some("/bin/sh") => {
             let exec = lines.find_map(|l| l.strip_prefix("'''exec' \""));
             if let Some(rest) = exec.and_then(|r| r.split('"').next()) {
@@ -134,10 +140,17 @@ pub fn judge(found: &TorchCuda, driver: i32) -> Verdict {
         driver / 1000
     );
     if build_major > driver / 1000 {
-        let said = found.error.as_deref().unwrap_or("CUDA initialised anyway");
-        return Err(format!(
-            "the engine's PyTorch {torch} is built for CUDA {build} and the driver supports CUDA {driver_text} ({said}); {fix}"
-        ));
+        return match (&found.error, found.touched) {
+            // Forward compatibility (NVIDIA's cuda-compat package) can run a newer build.
+            (None, true) => Ok(format!(
+                "PyTorch {torch}, built for CUDA {build}, initialised CUDA on {} although the driver supports CUDA {driver_text} (forward compatibility)",
+                found.device.as_deref().unwrap_or("the GPU")
+            )),
+            (error, _) => Err(format!(
+                "the engine's PyTorch {torch} is built for CUDA {build} and the driver supports CUDA {driver_text} ({}); {fix}",
+                error.as_deref().unwrap_or("CUDA was not initialised")
+            )),
+        };
     }
     if let Some(e) = &found.error {
         return Err(format!(
@@ -179,6 +192,9 @@ mod tests {
         let ok = judge(&found(Some("12.9"), None), 12040).expect("minor-version compatible");
         assert!(ok.contains("initialised CUDA on NVIDIA H100"), "{ok}");
         assert!(judge(&found(None, None), 12040).is_err());
+        // A newer build that initialised anyway runs through forward compatibility.
+        let forward = judge(&found(Some("13.0"), None), 12040).expect("initialised");
+        assert!(forward.contains("forward compatibility"), "{forward}");
     }
 
     #[test]

@@ -185,8 +185,9 @@ async fn cuda_check(gpus: &NodeGpus, vllm: &Path) -> Check {
             Ok(detail) => check(Status::Ok, "cuda", detail),
             Err(detail) => check(Status::Fail, "cuda", detail),
         },
+        // The probe itself could not run: that says nothing certain of the engine.
         Err(why) => check(
-            Status::Fail,
+            Status::Warn,
             "cuda",
             format!("the engine's Python could not be asked: {why}"),
         ),

@@ -77,7 +77,7 @@ pub async fn run(
         for check in report
             .checks
             .iter()
-            .filter(|c| matches!(c.status.as_str(), "missing" | "warn"))
+            .filter(|c| matches!(c.status.as_str(), "missing" | "warn" | "FAIL"))
         {
             say!(
                 "node {}: doctor: {} {}: {}",

@@ -880,7 +880,10 @@ fn analyze_trial(
         }
         needed.push(ProbeNeeds {
             tenant: tenant.name.clone(),
-            requests: tenant.slo.as_ref().map_or(0, |s| s.requests_needed()),
+            requests: tenant
+                .slo
+                .as_ref()
+                .map_or(0, |s| s.requests_needed_for_figures()),
             tallies: tenant
                 .slo
                 .as_ref()

@@ -73,12 +73,32 @@ impl BoundTally {
             self.bound, self.over, self.requests, self.limit
         )
     }
+}
 
-    /// The most requests over the limit that `planned` requests may hold and still leave the
-    /// bound met: once more than this are over, the probe has failed whatever comes next.
-    pub fn most_over(&self, planned: u64) -> u64 {
-        ((1.0 - self.quantile) * planned as f64).floor() as u64
+/// The fewest requests over a `quantile` bound that fail it at `confidence` among `most`
+/// requests, whatever the others are: the smallest `k` with P[Bin(most, 1 − quantile) ≥ k] < α.
+/// Among fewer requests the same count fails it all the more, so a probe that holds at most
+/// `most` has failed for certain once `k` are over.
+pub fn certain_fail_count(most: u64, quantile: f64, confidence: f64) -> u64 {
+    let alpha = 1.0 - confidence;
+    let p = 1.0 - quantile;
+    if p <= 0.0 {
+        return 1;
     }
+    let (ln_p, ln_q) = (p.ln(), (1.0 - p).ln());
+    let mut ln_choose = 0.0;
+    let mut below = 0.0;
+    for k in 0..=most {
+        // `below` is P[X ≤ k − 1] here.
+        if 1.0 - below < alpha {
+            return k;
+        }
+        if k > 0 {
+            ln_choose += ((most - k + 1) as f64).ln() - (k as f64).ln();
+        }
+        below += (ln_choose + k as f64 * ln_p + (most - k) as f64 * ln_q).exp();
+    }
+    most + 1
 }
 
 /// Every percentile bound of `slo` on a per-request latency (TTFT, TPOT, E2E), counted over
@@ -162,6 +182,10 @@ mod tests {
         assert_eq!(p99(300, 4).judge(0.95), Confidence::Unsure);
         // Far past the bound, a few requests are enough to fail.
         assert_eq!(p99(20, 5).judge(0.95), Confidence::Fail);
-        assert_eq!(p99(1000, 10).most_over(1000), 10);
+        // Among at most 481 requests, 10 over a p99 fail it at 95% (P[≥ 10] = 0.025), 9 not.
+        let k = certain_fail_count(481, 0.99, 0.95);
+        assert_eq!(k, 10);
+        assert_eq!(p99(481, k).judge(0.95), Confidence::Fail);
+        assert_ne!(p99(481, k - 1).judge(0.95), Confidence::Fail);
     }
 }

@@ -191,6 +191,8 @@ impl AgentProcess {
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            // Never the host's own nvidia-smi: a test must not change a real GPU's mode.
+            .args(["--nvidia-smi", "no-nvidia-smi-in-tests"])
             .args(extra)
             .env(TOKEN_ENV, test_token().expose())
             .stdout(Stdio::piped())

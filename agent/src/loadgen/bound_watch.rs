@@ -2,14 +2,17 @@
 //! that a probe whose failure is already certain ends at once instead of running its full,
 //! lengthened measure phase (at an overloaded rate, a minute or more of GPU time).
 //!
-//! A percentile bound `p ≤ L` over the probe's requests is missed for certain once more
-//! requests are over `L` than a share `1 − p` of every request the probe can still hold: the
-//! planned count (rate × measured time) plus four standard deviations of a Poisson count, so
-//! that a lucky surplus of arrivals cannot turn the verdict.
+//! A percentile bound `p ≤ L` over the probe's requests is missed for certain once so many
+//! requests are over `L` that the probe's 95% test would fail it even if every other request it
+//! can still hold were within `L` ([`certain_fail_count`]). What it can hold is the planned
+//! count (rate × measured time) plus four standard deviations of a Poisson count, so that a
+//! lucky surplus of arrivals cannot turn the verdict; arrivals burstier than Poisson (a gamma
+//! process of cv > 1, a trace) can exceed that margin.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use multitenant::capacity::confidence::{certain_fail_count, DEFAULT_CONFIDENCE};
 use multitenant::events::RequestEvent;
 use multitenant::slo::{RequestLatency, Slo};
 use tokio_util::sync::CancellationToken;
@@ -56,7 +59,7 @@ impl BoundWatch {
     /// measured requests, cancelling `stop` (which the probe's other tenants may share) once one
     /// is missed for certain; `None` when it has none to watch.
     pub fn new(tenant: &str, slo: &Slo, planned: f64, stop: CancellationToken) -> Option<Self> {
-        let most = planned + 4.0 * planned.max(0.0).sqrt() + 1.0;
+        let most = (planned + 4.0 * planned.max(0.0).sqrt() + 1.0).ceil() as u64;
         let bounds: Vec<Watched> = slo
             .percentile_bounds()
             .into_iter()
@@ -65,7 +68,8 @@ impl BoundWatch {
                 latency: bound.latency,
                 limit_ns: (bound.limit_ms * 1e6) as u64,
                 limit_ms: bound.limit_ms,
-                most_over: ((1.0 - bound.fraction) * most).floor() as u64,
+                most_over: certain_fail_count(most, bound.fraction, DEFAULT_CONFIDENCE)
+                    .saturating_sub(1),
                 over: AtomicU64::new(0),
             })
             .collect();
@@ -99,7 +103,7 @@ impl BoundWatch {
             return;
         }
         let _ = self.reason.set(format!(
-            "{}: {over} requests over {} ms, more than the {} the probe's requests allow: stopped early, failed",
+            "{}: {over} requests over {} ms, more than the {} that a 95% test over all the probe's requests could still pass with: stopped early, failed",
             bound.name, bound.limit_ms, bound.most_over
         ));
         self.tripped.cancel();
@@ -151,12 +155,13 @@ mod tests {
             ttft_ms: [(Quantile::P99, 150.0), (Quantile::Mean, 10.0)].into(),
             ..Slo::default()
         };
-        // 400 planned: at most 400 + 4 × 20 + 1 = 481 requests, of which 4 may be over.
+        // 400 planned: at most 400 + 4 × 20 + 1 = 481 requests, and 10 over a p99 among 481
+        // fail it at 95% whatever the others are.
         let watch = BoundWatch::new("a", &slo, 400.0, CancellationToken::new()).expect("a bound");
         for _ in 0..100 {
             watch.record(&request(20));
         }
-        for _ in 0..4 {
+        for _ in 0..9 {
             watch.record(&request(900));
         }
         assert!(!watch.tripped().is_cancelled());
@@ -164,7 +169,7 @@ mod tests {
         assert!(watch.tripped().is_cancelled());
         assert_eq!(
             watch.reason(),
-            Some("a: ttft_ms p99: 5 requests over 150 ms, more than the 4 the probe's requests allow: stopped early, failed")
+            Some("a: ttft_ms p99: 10 requests over 150 ms, more than the 9 that a 95% test over all the probe's requests could still pass with: stopped early, failed")
         );
         // A mean is no percentile: nothing to watch.
         let mean = Slo {
