@@ -52,7 +52,7 @@ pub fn start_problem(engines: &[StartingEngine<'_>], gpu: &SharedGpu) -> Option<
     let mut before: Vec<String> = Vec::new();
     for engine in engines {
         let free = 1.0 - held - reserve * CONTEXT_PART;
-        if let Some(asked) = asked_share(engine.memory, gpu.total) {
+        if let Some(asked) = engine.memory.startup_share(gpu.total) {
             if asked > free + 1e-9 {
                 return Some(refusal(engine, asked, free, &before, gpu));
             }
@@ -70,17 +70,6 @@ pub fn start_problem(engines: &[StartingEngine<'_>], gpu: &SharedGpu) -> Option<
             1.0 - reserve * engines.len() as f64,
             size_note(gpu.total)
         )
-    })
-}
-
-/// The share of the GPU vLLM's start-up check asks to be free; `None` where it is decided
-/// only on the node (a fixed KV cache with no stated fraction on a GPU of unknown size).
-fn asked_share(memory: VllmMemory, total: Option<u64>) -> Option<f64> {
-    memory.startup_fraction().or_else(|| match memory {
-        VllmMemory::KvCacheBytes { bytes, .. } => {
-            total.map(|t| VllmMemory::kv_startup_fraction(bytes, t))
-        }
-        _ => None,
     })
 }
 

@@ -876,15 +876,17 @@ impl VllmMemory {
         ((share * 100.0).ceil() / 100.0).clamp(0.01, 1.0)
     }
 
-    /// The fraction vLLM's start-up check asks to be free, where the config decides it:
-    /// `None` for a fixed KV cache with no stated fraction (the agent derives it from the GPU).
-    pub fn startup_fraction(self) -> Option<f64> {
+    /// The fraction vLLM's start-up check asks to be free on a GPU of `gpu_total` bytes: the
+    /// stated one, vLLM's default, or for a fixed KV cache without one its own share
+    /// ([`VllmMemory::kv_startup_fraction`]); `None` for that cache on a GPU of unknown size.
+    pub fn startup_share(self, gpu_total: Option<u64>) -> Option<f64> {
         match self {
             VllmMemory::Default => Some(Self::VLLM_DEFAULT_FRACTION),
             VllmMemory::Fraction(f) => Some(f),
             VllmMemory::KvCacheBytes {
-                startup_fraction, ..
-            } => startup_fraction,
+                bytes,
+                startup_fraction,
+            } => startup_fraction.or(gpu_total.map(|t| Self::kv_startup_fraction(bytes, t))),
         }
     }
 }

@@ -492,13 +492,9 @@ pub fn memory_args(memory: VllmMemory, gpu_total: Option<u64>) -> Vec<String> {
     match memory {
         VllmMemory::Default => Vec::new(),
         VllmMemory::Fraction(f) => fraction(f).to_vec(),
-        VllmMemory::KvCacheBytes {
-            bytes,
-            startup_fraction,
-        } => {
+        VllmMemory::KvCacheBytes { bytes, .. } => {
             let mut args = vec!["--kv-cache-memory-bytes".to_owned(), bytes.to_string()];
-            let share =
-                startup_fraction.or(gpu_total.map(|t| VllmMemory::kv_startup_fraction(bytes, t)));
+            let share = memory.startup_share(gpu_total);
             args.extend(share.map(fraction).into_iter().flatten());
             args
         }
@@ -523,10 +519,9 @@ fn startup_memory_check(
     memory: VllmMemory,
     gpu: GpuMemoryNow,
 ) -> Result<(), EngineError> {
-    let share = memory.startup_fraction().unwrap_or_else(|| match memory {
-        VllmMemory::KvCacheBytes { bytes, .. } => VllmMemory::kv_startup_fraction(bytes, gpu.total),
-        _ => VllmMemory::VLLM_DEFAULT_FRACTION,
-    });
+    let Some(share) = memory.startup_share(Some(gpu.total)) else {
+        return Ok(());
+    };
     let asked = (gpu.total as f64 * share).ceil() as u64;
     if gpu.free >= asked {
         return Ok(());

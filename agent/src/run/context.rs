@@ -125,18 +125,15 @@ impl RunContext {
         log_dir: &std::path::Path,
         env: &[(String, String)],
     ) -> Result<RunningEngine, EngineError> {
+        let gpu_memory = self.gpu.memory_now(0);
         let ctx = StartContext {
             seed: self.experiment.seed,
             gpu,
             log_dir,
             extra_env: env,
             model_cache: &self.models_dir,
-            gpu_memory: self.gpu.memory_now(0),
-            gpu_total: self
-                .gpu
-                .memory_now(0)
-                .map(|m| m.total)
-                .or(self.node.gpu_memory_bytes),
+            gpu_memory,
+            gpu_total: gpu_memory.map(|m| m.total).or(self.node.gpu_memory_bytes),
         };
         let engine = RunningEngine::start(tenant, adapters, ctx).await?;
         let health_timeout = match &tenant.engine {
