@@ -82,8 +82,9 @@ async fn measured_ttft_and_tpot_match_the_engines_ground_truth() {
         let last = r.last_token_ns.expect("last token");
         assert!(
             r.sent_ns <= received,
-            "{}: sent after its bytes reached the engine",
-            r.id
+            "{}: sent {} µs after its bytes reached the engine",
+            r.id,
+            (r.sent_ns - received) / 1_000
         );
         assert!(
             first >= first_emit && last >= last_emit,
@@ -176,7 +177,12 @@ async fn a_thousand_concurrent_streams_are_measured_against_the_engines_truth() 
         assert_eq!(r.output_tokens, Some(64));
         let truth = engine.truth(&r.id).expect("ground truth");
         let received = arrival(&clock, &truth, &r.id);
-        assert!(r.sent_ns <= received, "{}: sent after it arrived", r.id);
+        assert!(
+            r.sent_ns <= received,
+            "{}: sent {} µs after it arrived",
+            r.id,
+            (r.sent_ns - received) / 1_000
+        );
         let first_emit = clock.ns_at(truth.emitted[0]);
         let first = r.first_token_ns.expect("first token");
         up_ms.push((received - r.sent_ns) as f64 / 1e6);
