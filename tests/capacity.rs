@@ -1,5 +1,5 @@
-//! The capacity search on simulated engines: its solo interval agrees with a dense grid of
-//! fixed-rate trials, shared capacity falls as MPS interference rises, the verdict reaches the
+//! The capacity search on simulated engines: its solo and shared intervals agree with long
+//! fixed-rate runs around them, on a cliff-shaped engine and a gradual one, shared capacity falls as MPS interference rises, the verdict reaches the
 //! terminal, summary.json and the page, and bad capacity configs are refused. The searches
 //! judge latency SLOs for minutes, so they are heavy tests ([`heavy`]), run alone.
 
@@ -25,68 +25,117 @@ fn node_capacity(summary: &Summary) -> &NodeCapacity {
         .nodes[0]
 }
 
-#[test]
-fn the_solo_search_finds_the_boundary_a_dense_grid_of_fixed_rates_finds() {
-    if !heavy("the grid test") {
-        return;
+/// configs/local.yaml's chat-small: a cliff. Its output saturates near 60 req/s, and past
+/// that its queue, and TTFT with it, grows without bound.
+const CLIFF: &str = "{kind: simulated, timing: {max_batch: 32, prefill_us_per_token: 15, decode_step_us: 9000, decode_step_us_per_seq: 120}}";
+
+/// A gradual engine: every prefill (26 ms for 256 tokens) stalls the batch's decode, so TPOT
+/// rises smoothly with the rate, and TTFT later.
+const GRADUAL: &str = "{kind: simulated, timing: {max_batch: 32, prefill_us_per_token: 100, decode_step_us: 4000, decode_step_us_per_seq: 50}}";
+
+/// How far outside a search's interval the long runs stand: past the 8% the search is asked
+/// to resolve, a run below the interval's lower end must pass and one above its upper end
+/// must fail. No other slack: the runs are judged as any trial is.
+const OUTSIDE: [f64; 2] = [1.06, 1.15];
+
+/// The rates of the long runs around `[pass, fail)`, rising.
+fn rates_around(pass: f64, fail: f64) -> Vec<f64> {
+    vec![
+        pass / OUTSIDE[1],
+        pass / OUTSIDE[0],
+        fail * OUTSIDE[0],
+        fail * OUTSIDE[1],
+    ]
+}
+
+/// The config of a capacity search, or of long fixed-rate runs, for `tenants` (name, engine,
+/// sweep rates or `None` for the search's start) under `trial` on one node.
+fn grid_config(
+    name: &str,
+    slo: &str,
+    trial: &str,
+    tenants: &[(&str, &str, Option<&[f64]>)],
+) -> String {
+    let data = "data: {prompt_tokens: 256, output_tokens: 32}";
+    let mut yaml = format!("name: {name}\nslo: {slo}\nworkloads:\n");
+    let search = tenants.iter().all(|(_, _, rates)| rates.is_none());
+    if search {
+        yaml.push_str(&format!(
+            "  w: {{arrival: {{kind: poisson, rate: 10}}, {data}, warmup: 500ms, duration: 1s}}\n"
+        ));
+        yaml.push_str("capacity: {probe: {warmup: 500ms, duration: 2s}, precision: 0.08, repeats: 0, max_rate: 400, max_probes: 14}\n");
     }
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let slo = "slo: {ttft_ms: {p50: 120}}";
-    let data = "data: {prompt_tokens: 64, output_tokens: 16}";
-    // The grid: one fixed-rate trial per rate, 10% apart, judged by the same SLO.
-    let rates: Vec<String> = (0..14)
-        .map(|k| format!("{:.2}", 20.0 * 1.1f64.powi(k)))
-        .collect();
-    let grid = run_experiment(
-        tmp.path(),
-        "grid",
-        &format!(
-            "name: grid\n{slo}\nworkloads:\n  w: {{arrival: {{kind: sweep, rates: [{}]}}, {data}, warmup: 500ms, duration: 2s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
-            rates.join(", "),
-            engine(6000)
-        ),
-    );
-    let grid = read_summary(&grid);
-    let verdicts: Vec<(f64, bool)> = grid
+    for (tenant, _, rates) in tenants {
+        if let Some(rates) = rates {
+            let rates: Vec<String> = rates.iter().map(|r| format!("{r:.3}")).collect();
+            yaml.push_str(&format!(
+                "  {tenant}: {{arrival: {{kind: sweep, rates: [{}], spacing: poisson}}, {data}, warmup: 2s, duration: 15s}}\n",
+                rates.join(", ")
+            ));
+        }
+    }
+    yaml.push_str(&format!("nodes:\n  - name: n\n    trials: [{trial}]\n    sim_gpu: {{mps_interference: 0.35}}\n    tenants:\n"));
+    for (tenant, engine, _) in tenants {
+        let workload = if search { "w" } else { tenant };
+        yaml.push_str(&format!(
+            "      - {{name: {tenant}, engine: {engine}, workload: {workload}}}\n"
+        ));
+    }
+    yaml
+}
+
+/// Each stage of the long runs: its total offered rate and whether every tenant met the SLO.
+fn long_run_verdicts(summary: &Summary) -> Vec<(f64, bool)> {
+    summary
         .trials()
         .map(|(_, t)| {
-            let tenant = &t.tenants[0];
-            (
-                tenant.offered_rate.expect("open loop"),
-                tenant.slo.as_ref().expect("judged").pass,
-            )
+            let total = t
+                .tenants
+                .iter()
+                .map(|x| x.offered_rate.expect("open loop"))
+                .sum();
+            let pass = t
+                .tenants
+                .iter()
+                .all(|x| x.slo.as_ref().expect("judged").pass);
+            (total, pass)
         })
-        .collect();
-    let first_fail = verdicts.iter().find(|(_, pass)| !pass).map(|(r, _)| *r);
-    let first_fail = first_fail.expect("the grid reaches past capacity");
-    let last_pass = verdicts
-        .iter()
-        .filter(|(r, pass)| *pass && *r < first_fail)
-        .map(|(r, _)| *r)
-        .next_back()
-        .expect("the grid starts below capacity");
+        .collect()
+}
 
+/// Asserts that the long runs below `[pass, fail)` passed and those above it failed.
+fn assert_long_runs_agree(what: &str, pass: f64, fail: f64, verdicts: &[(f64, bool)]) {
+    eprintln!("{what}: search [{pass:.3}, {fail:.3}); long runs {verdicts:?}");
+    assert_eq!(verdicts.len(), 4, "{what}: {verdicts:?}");
+    for (rate, passed) in verdicts {
+        let expected = *rate < pass;
+        assert_eq!(
+            *passed, expected,
+            "{what}: a 15 s run at {rate:.3} req/s {} against the search's [{pass:.3}, {fail:.3}): {verdicts:?}",
+            if *passed { "passed" } else { "failed" }
+        );
+    }
+}
+
+/// A solo search of `engine` under `slo`, then 15 s runs around its interval.
+fn solo_search_agrees_with_long_runs(what: &str, engine: &str, slo: &str) {
+    let tmp = tempfile::tempdir().expect("tempdir");
     let searched = run_experiment(
         tmp.path(),
         "search",
-        &format!(
-            "name: search\n{slo}\ncapacity: {{probe: {{warmup: 500ms, duration: 2s}}, precision: 0.08, repeats: 0, max_rate: 200}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 10}}, {data}, warmup: 500ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
-            engine(6000)
-        ),
+        &grid_config("search", slo, "solo", &[("t", engine, None)]),
     );
     let summary = read_summary(&searched);
     let solo = &node_capacity(&summary).solo[0].interval;
-    assert_eq!(solo.end, SearchEnd::Converged, "{solo:?}");
+    assert_eq!(solo.end, SearchEnd::Converged, "{what}: {solo:?}");
     let (pass, fail) = (solo.passed.expect("a pass"), solo.failed.expect("a fail"));
-    // The search's interval overlaps the grid's boundary [last pass, first fail], give or take
-    // one grid step: unlike the grid's trials, probes share engines, and a probe right after an
-    // overloaded one can start behind the queue that one left (seen once: [52.5, 55) against
-    // [57.06, 62.77]); the search then errs low by a step, never high.
-    let step = 1.1;
-    assert!(
-        pass < first_fail && last_pass < fail * step,
-        "search [{pass}, {fail}) against grid [{last_pass}, {first_fail}]: {verdicts:?}"
+    let rates = rates_around(pass, fail);
+    let runs = run_experiment(
+        tmp.path(),
+        "runs",
+        &grid_config("runs", slo, "solo", &[("t", engine, Some(&rates))]),
     );
+    assert_long_runs_agree(what, pass, fail, &long_run_verdicts(&read_summary(&runs)));
     // Every probe is a trial of its own in the folder, and analysis gave each its verdict.
     let probes: Vec<_> = summary.probes().collect();
     assert_eq!(probes.len() as u32, solo.probes);
@@ -98,6 +147,78 @@ fn the_solo_search_finds_the_boundary_a_dense_grid_of_fixed_rates_finds() {
     );
     assert!(searched.join("nodes/n/cap-solo-t.p01/t.jsonl").is_file());
     assert!(searched.join("nodes/n/cap-solo-t/agent.jsonl").is_file());
+}
+
+#[test]
+fn a_solo_search_of_a_cliff_agrees_with_long_fixed_rate_runs() {
+    if !heavy("the cliff grid test") {
+        return;
+    }
+    solo_search_agrees_with_long_runs("cliff", CLIFF, "{ttft_ms: {p90: 150}}");
+}
+
+/// Fails today (issue 32): search [18.75, 20), yet a 15 s Poisson run at 21.2 passes. The
+/// probes' binomial verdicts take requests as independent draws, and on this engine they are
+/// not: one prefill stalls every sequence decoding beside it, so TPOT p90 over 2 s windows of
+/// one run swings from 17 to 41 ms. A 2 s probe is one such draw, judged as if it were forty.
+/// The fix named in the issue's note: judge by blocks of time (batch means) and pool the
+/// blocks of probes repeated at one rate.
+#[test]
+#[ignore = "issue 32: probe verdicts are overconfident where requests' latencies are correlated"]
+fn a_solo_search_of_a_gradual_engine_agrees_with_long_fixed_rate_runs() {
+    if !heavy("the gradual grid test") {
+        return;
+    }
+    solo_search_agrees_with_long_runs("gradual", GRADUAL, "{tpot_ms: {p90: 25}}");
+}
+
+/// Fails today (issue 32), for the reason the gradual test does: search [39.5, 41.25) along
+/// an even mix of the two engines above under MPS, yet a 15 s run at 34.4 fails (the gradual
+/// tenant's TPOT p90 29.7 ms, its 2 s windows 17 to 41 ms; the probes at 34.4 and 39.5 saw
+/// 20.0 and 21.9).
+#[test]
+#[ignore = "issue 32: probe verdicts are overconfident where requests' latencies are correlated"]
+fn a_shared_search_along_its_mix_agrees_with_long_fixed_rate_runs() {
+    if !heavy("the shared grid test") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let slo = "{ttft_ms: {p90: 150}, tpot_ms: {p90: 25}}";
+    let tenants = [("a", CLIFF), ("b", GRADUAL)];
+    let search: Vec<_> = tenants.iter().map(|&(t, e)| (t, e, None)).collect();
+    let searched = run_experiment(
+        tmp.path(),
+        "search",
+        &grid_config("search", slo, "mps", &search),
+    );
+    let node = node_capacity(&read_summary(&searched)).clone();
+    let mix = node
+        .shared
+        .iter()
+        .find(|s| s.mix_direction)
+        .expect("the mix search");
+    assert_eq!(mix.interval.end, SearchEnd::Converged, "{mix:?}");
+    let (pass, fail) = (
+        mix.interval.passed.expect("a pass"),
+        mix.interval.failed.expect("a fail"),
+    );
+    let totals = rates_around(pass, fail);
+    let per_tenant: Vec<Vec<f64>> = tenants
+        .iter()
+        .map(|(t, _)| totals.iter().map(|total| total * mix.shares[*t]).collect())
+        .collect();
+    let runs: Vec<_> = tenants
+        .iter()
+        .zip(&per_tenant)
+        .map(|(&(t, e), rates)| (t, e, Some(rates.as_slice())))
+        .collect();
+    let ran = run_experiment(tmp.path(), "runs", &grid_config("runs", slo, "mps", &runs));
+    assert_long_runs_agree(
+        "shared mix",
+        pass,
+        fail,
+        &long_run_verdicts(&read_summary(&ran)),
+    );
 }
 
 /// Runs two tenants alone and under MPS with `interference`; returns the node's capacity.
