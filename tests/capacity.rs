@@ -322,6 +322,18 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     );
     // Three directions: the mix and two region directions, each a search of its own.
     assert_eq!(node.shared.len(), 3, "{node:?}");
+    // What the searches cost: every probe held the engines at least its warmup of 300 ms (a
+    // probe stopped early ends before its duration), and the node's total is its searches'.
+    let probes = node.solo.iter().map(|s| s.interval.probes).sum::<u32>()
+        + node.shared.iter().map(|s| s.interval.probes).sum::<u32>();
+    assert!(node.engine_seconds >= 0.3 * f64::from(probes), "{node:?}");
+    let parts = node.solo.iter().map(|s| s.engine_seconds).sum::<f64>()
+        + node.shared.iter().map(|s| s.engine_seconds).sum::<f64>();
+    assert!((node.engine_seconds - parts).abs() < 0.01, "{node:?}");
+    assert!(
+        stdout.contains("engine time the searches took: n "),
+        "{stdout}"
+    );
     assert!(summary
         .capacity
         .as_ref()
@@ -332,6 +344,10 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     let csv = std::fs::read_to_string(dir.join("capacity.csv")).expect("capacity.csv");
     // Two solo rows, then two tenants in each of three shared searches.
     assert_eq!(csv.lines().count(), 1 + 2 + 6, "{csv}");
+    assert!(
+        csv.starts_with("node,") && csv.lines().next().is_some_and(|h| h.ends_with(",engine_s")),
+        "{csv}"
+    );
     assert!(
         csv.lines()
             .nth(3)

@@ -977,12 +977,17 @@ fn analyze_trial(
                 .collect();
             capacity::probe_verdict(&judged)
         };
+        // From the start of its wait for empty queues to its end.
+        let engine_ms = life
+            .ended_ns
+            .map(|end| end.saturating_sub(p.at_ns) / 1_000_000 + p.queue_wait_ms.unwrap_or(0));
         ProbeSummary {
             search: p.search,
             probe: p.probe,
             scale: p.scale,
             shares: p.shares,
             queue_wait_ms: p.queue_wait_ms,
+            engine_ms,
             verdict,
         }
     });

@@ -137,6 +137,10 @@ pub struct ProbeSummary {
     /// How long it waited for the engines' queues to empty before its warmup, milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue_wait_ms: Option<u64>,
+    /// How long it held the engines, milliseconds: its wait for empty queues, warmup,
+    /// measured phase and drain; `None` where its folder does not say when it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine_ms: Option<u64>,
     /// What it showed.
     #[serde(flatten)]
     pub verdict: ProbeVerdict,
@@ -181,6 +185,9 @@ pub struct NodeCapacity {
     pub best_mode: Option<SharingMode>,
     /// The verdict in one line.
     pub verdict: String,
+    /// How long all its searches' probes held the engines, seconds.
+    #[serde(default)]
+    pub engine_seconds: f64,
 }
 
 /// One tenant's capacity alone.
@@ -192,6 +199,9 @@ pub struct SoloCapacity {
     pub search: String,
     /// What its probes proved, in requests per second.
     pub interval: Interval,
+    /// How long its probes held the engines, seconds (what the search cost).
+    #[serde(default)]
+    pub engine_seconds: f64,
 }
 
 /// The tenants' capacity together along one mix.
@@ -207,6 +217,9 @@ pub struct SharedCapacity {
     pub shares: BTreeMap<String, f64>,
     /// What its probes proved of the total rate.
     pub interval: Interval,
+    /// How long its probes held the engines, seconds (what the search cost).
+    #[serde(default)]
+    pub engine_seconds: f64,
     /// Per tenant: its rate at the highest passing and lowest failing scale, and the first
     /// as a fraction of its solo capacity.
     pub tenants: Vec<SharedTenant>,
@@ -354,23 +367,26 @@ pub fn node_capacity(
             found.end = SearchEnd::Cut;
             found.cut = Some(reason.clone());
         }
+        let engine_ms: u64 = mine.iter().filter_map(|p| p.engine_ms).sum();
         (
             found,
             mine.first().map(|p| p.shares.clone()).unwrap_or_default(),
+            round3(engine_ms as f64 / 1e3),
         )
     };
     let mut solo = Vec::new();
     let mut shared = Vec::new();
     for record in searches {
-        let (found, shares) = proved(record);
+        let (found, shares, engine_seconds) = proved(record);
         if record.mode == SharingMode::Solo {
             solo.push(SoloCapacity {
                 tenant: record.tenants.first().cloned().unwrap_or_default(),
                 search: record.search.clone(),
                 interval: found,
+                engine_seconds,
             });
         } else {
-            shared.push((record, found, shares));
+            shared.push((record, found, shares, engine_seconds));
         }
     }
     let solo_of = |tenant: &str| {
@@ -380,7 +396,7 @@ pub fn node_capacity(
     };
     let shared: Vec<SharedCapacity> = shared
         .into_iter()
-        .map(|(record, found, shares)| {
+        .map(|(record, found, shares, engine_seconds)| {
             let tenants: Vec<SharedTenant> = record
                 .tenants
                 .iter()
@@ -432,6 +448,7 @@ pub fn node_capacity(
                 at_least: found.end == SearchEnd::AboveMax,
                 gpus_saved: gpu_equivalents.map(|g| round3(g - 1.0)),
                 interval: found,
+                engine_seconds,
                 tenants,
                 gpu_equivalents,
                 decision: gpu_equivalents_range.map(GpuEquivalentsRange::decision),
@@ -447,12 +464,15 @@ pub fn node_capacity(
         .max_by(|a, b| a.1.total_cmp(&b.1))
         .map(|(mode, _)| mode);
     let verdict = verdict_line(&solo, &shared, best_mode);
+    let engine_seconds = solo.iter().map(|s| s.engine_seconds).sum::<f64>()
+        + shared.iter().map(|s| s.engine_seconds).sum::<f64>();
     Some(NodeCapacity {
         node: node.to_owned(),
         solo,
         shared,
         best_mode,
         verdict,
+        engine_seconds: round3(engine_seconds),
     })
 }
 
@@ -578,6 +598,7 @@ mod tests {
             scale,
             shares: shares.iter().map(|(t, s)| (t.to_string(), *s)).collect(),
             queue_wait_ms: None,
+            engine_ms: Some(1_500),
             verdict: if pass {
                 ProbeVerdict::Pass
             } else {
@@ -614,6 +635,10 @@ mod tests {
         assert_eq!(mps.gpus_saved, Some(0.2));
         assert_eq!(node.shared[1].gpu_equivalents, Some(0.75));
         assert_eq!(node.best_mode, Some(SharingMode::Mps));
+        // What the searches cost: each probe held the engines 1.5 s.
+        assert_eq!(node.solo[0].engine_seconds, 3.0);
+        assert_eq!(mps.engine_seconds, 3.0);
+        assert_eq!(node.engine_seconds, 12.0);
         // Each capacity is an interval: mps lies in [8/11 + 8/21, 8.5/10 + 8.5/20).
         let range = mps.gpu_equivalents_range.expect("a range");
         assert_eq!((range.low, range.high), (1.108, Some(1.275)));

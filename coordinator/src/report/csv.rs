@@ -151,11 +151,12 @@ fn decision_name(decision: multitenant::capacity::SharingDecision) -> &'static s
 
 /// `capacity.csv`: one row per capacity search and tenant (solo searches have one tenant;
 /// shared ones a row per tenant at the search's highest passing total), with the search's
-/// interval, probe count and, for shared searches, GPU-equivalents. `None` without a search.
+/// interval, probe count, the engine time its probes took and, for shared searches,
+/// GPU-equivalents. `None` without a search.
 pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
     let capacity = summary.capacity.as_ref()?;
     let mut out = String::from(
-        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved,gpu_equivalents_low,gpu_equivalents_high,decision\n",
+        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved,gpu_equivalents_low,gpu_equivalents_high,decision,engine_s\n",
     );
     for node in &capacity.nodes {
         for s in &node.solo {
@@ -177,6 +178,7 @@ pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
                 NO_DATA.into(),
                 NO_DATA.into(),
                 NO_DATA.into(),
+                number(Some(s.engine_seconds)),
             ];
             out.push_str(&row.join(","));
             out.push('\n');
@@ -201,6 +203,7 @@ pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
                     number(s.gpu_equivalents_range.map(|r| r.low)),
                     number(s.gpu_equivalents_range.and_then(|r| r.high)),
                     s.decision.map_or(NO_DATA, decision_name).into(),
+                    number(Some(s.engine_seconds)),
                 ];
                 out.push_str(&row.join(","));
                 out.push('\n');

@@ -130,6 +130,11 @@ fn render_capacity(summary: &Summary) -> Option<String> {
     for node in &capacity.nodes {
         verdict.add_row([format!("{}: {}", node.node, node.verdict)]);
     }
+    let cost: Vec<String> = capacity
+        .nodes
+        .iter()
+        .map(|n| format!("{} {}", n.node, engine_time(n.engine_seconds)))
+        .collect();
     let mut table = styled([
         "node",
         "search",
@@ -138,6 +143,7 @@ fn render_capacity(summary: &Summary) -> Option<String> {
         "capacity req/s",
         "of solo",
         "probes",
+        "engine s",
         "GPU-eq",
     ]);
     for node in &capacity.nodes {
@@ -150,6 +156,7 @@ fn render_capacity(summary: &Summary) -> Option<String> {
                 s.interval.describe(),
                 NO_DATA.into(),
                 s.interval.probes.to_string(),
+                format!("{:.0}", s.engine_seconds),
                 NO_DATA.into(),
             ]);
         }
@@ -162,6 +169,7 @@ fn render_capacity(summary: &Summary) -> Option<String> {
                 s.interval.describe(),
                 NO_DATA.into(),
                 s.interval.probes.to_string(),
+                format!("{:.0}", s.engine_seconds),
                 match (s.gpu_equivalents_range, s.gpu_equivalents) {
                     (Some(range), _) => range.describe(),
                     (None, Some(g)) => format!("{g:.2}"),
@@ -180,14 +188,26 @@ fn render_capacity(summary: &Summary) -> Option<String> {
                         .map_or_else(|| NO_DATA.into(), |r| format!("{r:.2}")),
                     String::new(),
                     String::new(),
+                    String::new(),
                 ]);
             }
         }
     }
     align_numbers(&mut table, 5);
     Some(format!(
-        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\n"
+        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\nengine time the searches took: {}\n",
+        cost.join(", ")
     ))
+}
+
+/// `4 min 12 s`, or `38 s` under a minute.
+fn engine_time(seconds: f64) -> String {
+    let whole = seconds.round() as u64;
+    if whole < 60 {
+        format!("{whole} s")
+    } else {
+        format!("{} min {} s", whole / 60, whole % 60)
+    }
 }
 
 /// A trial's name, with its state when it did not finish (`mps (invalid)`).
