@@ -142,6 +142,16 @@ fn every_event_kind_round_trips_exactly() {
                 peak_in_flight: 14,
             }),
         }),
+        Event::ProbeStopped(ProbeStoppedEvent {
+            at_ns: 10,
+            reason: "a: ttft_ms p99: 10 requests over 150 ms".into(),
+        }),
+        Event::BudgetSpent(BudgetSpentEvent {
+            at_ns: 11,
+            spent_ms: 19_500,
+            budget_ms: 20_000,
+            next_probe_ms: 3_000,
+        }),
     ];
     write_stream(&path, header(StreamKind::Tenant, Some("a")), &events);
     let back = read_stream(&path).expect("read");
@@ -154,7 +164,7 @@ fn every_event_kind_round_trips_exactly() {
         .lines()
         .next()
         .expect("line 1")
-        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.7""#));
+        .starts_with(r#"{"seq":0,"type":"header","schema_version":"1.8""#));
     assert!(text
         .lines()
         .nth(2)

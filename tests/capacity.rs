@@ -6,7 +6,7 @@
 use std::path::Path;
 
 use multitenant::analysis::Summary;
-use multitenant::capacity::{NodeCapacity, SearchEnd};
+use multitenant::capacity::{NodeCapacity, SearchEnd, SharingDecision};
 use multitenant::config::Experiment;
 
 use crate::report_html::chromium;
@@ -421,6 +421,50 @@ fn a_probe_whose_failure_is_certain_stops_early_and_fails() {
     assert!(measured < 4.0, "measured {measured} s");
 }
 
+/// A budget of engine time too small for the searches: the first solo search brackets what
+/// it can, the searches after it do not start their engines, and the verdict says the budget
+/// was spent with what was known, never a point as if it were sure.
+#[test]
+fn a_spent_budget_ends_the_searches_with_what_they_knew() {
+    if !heavy("the budget test") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (dir, stdout) = crate::support::run_experiment_printing(
+        tmp.path(),
+        "budget",
+        &format!(
+            "name: budget\nslo: {{ttft_ms: {{p50: 120}}}}\ncapacity: {{probe: {{warmup: 300ms, duration: 1s}}, precision: 0.05, repeats: 0, budget: 4s}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 20}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 300ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
+            engine(5000),
+            engine(8000)
+        ),
+    );
+    let summary = read_summary(&dir);
+    let node = node_capacity(&summary);
+    let first = &node.solo[0].interval;
+    assert_eq!(first.end, SearchEnd::Budget, "{node:?}");
+    assert!(first.probes >= 1, "{node:?}");
+    assert!(
+        first
+            .budget_spent
+            .as_deref()
+            .is_some_and(|w| w.contains("of the 4 s budget spent")),
+        "{node:?}"
+    );
+    // The searches after it found the budget spent before their first probe.
+    let later = node.solo[1].interval.probes + node.shared[0].interval.probes;
+    assert_eq!(later, 0, "{node:?}");
+    assert!(
+        node.verdict.starts_with("undecided: the budget was spent"),
+        "{}",
+        node.verdict
+    );
+    assert!(stdout.contains(&node.verdict), "{stdout}");
+    // Each probe started only while it fit: the node spent at most the budget and the
+    // overrun of its last probe (its wait for empty queues and its drain).
+    assert!(node.engine_seconds < 4.0 + 3.0, "{node:?}");
+}
+
 #[test]
 fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
     let base = |extra: &str, arrival: &str| {
@@ -445,7 +489,7 @@ fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
         "{closed}"
     );
     let bad = refused(base(
-        "slo: {ttft_ms: {p99: 100}}\ncapacity: {precision: 0, max_rate: 0.1, mix: {a: 1, c: 2}}",
+        "slo: {ttft_ms: {p99: 100}}\ncapacity: {precision: 0, max_rate: 0.1, mix: {a: 1, c: 2}, budget: 0s}",
         "{kind: poisson, rate: 2}",
     ));
     for expected in [
@@ -453,6 +497,7 @@ fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
         "capacity.max_rate",
         "capacity.mix.c",
         "tenant b of nodes[0] has no weight",
+        "capacity.budget: a search needs some engine time",
     ] {
         assert!(bad.contains(expected), "{expected}: {bad}");
     }
@@ -609,4 +654,50 @@ fn a_capacity_search_speeds_a_shared_trace_up_for_its_tenants_together() {
             "probe {k} at ×{times} planned {planned} s"
         );
     }
+}
+
+/// configs/local.yaml under five seeds: every run's GPU-equivalents range overlaps every
+/// other's, and no two runs decide opposite ways (one "wins", another "loses"); "undecided"
+/// is always allowed. The seed draws the probes' arrivals and prompts, so this is what a user
+/// who runs the default again would see.
+#[test]
+fn the_default_verdict_is_repeatable_under_five_seeds() {
+    if !heavy("the repeatability test") {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let local = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/local.yaml"),
+    )
+    .expect("configs/local.yaml");
+    assert!(local.contains("\nseed: 7\n"), "the default states its seed");
+    let found: Vec<(u64, f64, f64, SharingDecision)> = (1..=5u64)
+        .map(|seed| {
+            let yaml = local.replace("\nseed: 7\n", &format!("\nseed: {seed}\n"));
+            let dir = run_experiment(tmp.path(), &format!("seed{seed}"), &yaml);
+            let node = node_capacity(&read_summary(&dir)).clone();
+            let mix = node
+                .shared
+                .iter()
+                .find(|s| s.mix_direction)
+                .unwrap_or_else(|| panic!("seed {seed}: no mix search: {node:?}"));
+            let range = mix
+                .gpu_equivalents_range
+                .unwrap_or_else(|| panic!("seed {seed}: no range: {node:?}"));
+            let high = range.high.unwrap_or(f64::INFINITY);
+            (seed, range.low, high, range.decision())
+        })
+        .collect();
+    eprintln!("GPU-equivalents by seed (seed, low, high, decision): {found:?}");
+    let highest_low = found.iter().map(|f| f.1).fold(f64::MIN, f64::max);
+    let lowest_high = found.iter().map(|f| f.2).fold(f64::MAX, f64::min);
+    assert!(
+        highest_low <= lowest_high,
+        "every range overlaps every other: {found:?}"
+    );
+    let decided = |d: SharingDecision| found.iter().any(|f| f.3 == d);
+    assert!(
+        !(decided(SharingDecision::Wins) && decided(SharingDecision::Loses)),
+        "one seed says sharing wins, another that it loses: {found:?}"
+    );
 }

@@ -689,6 +689,8 @@ struct TrialLifecycle {
     probe: Option<crate::events::ProbeEvent>,
     /// Why a probe was stopped early, when it was.
     stopped_early: Option<String>,
+    /// How far a search's engine-time budget was spent, when it ended the search.
+    budget_spent: Option<String>,
     started_ns: Option<u64>,
     ended_ns: Option<u64>,
 }
@@ -735,6 +737,7 @@ fn read_lifecycle(trial_dir: &TrialDir, notes: &mut Notes) -> TrialLifecycle {
             Event::Search(s) => life.search = Some(s),
             Event::Probe(p) => life.probe = Some(p),
             Event::ProbeStopped(s) => life.stopped_early = Some(s.reason),
+            Event::BudgetSpent(b) => life.budget_spent = Some(b.describe()),
             _ => {}
         }
     }
@@ -786,6 +789,7 @@ fn analyze_trial(
                 policy: s.policy,
                 direction: s.direction,
                 failure,
+                budget_spent: life.budget_spent,
             }),
             notes,
             series: None,

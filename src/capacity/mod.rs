@@ -161,6 +161,8 @@ pub struct SearchRecord {
     pub direction: u32,
     /// Why it ended early, when its folder says it failed (an engine that did not start).
     pub failure: Option<String>,
+    /// The node's engine-time budget stopped it before a probe it wanted: how far spent.
+    pub budget_spent: Option<String>,
 }
 
 /// Every capacity figure of an experiment.
@@ -220,6 +222,10 @@ pub struct SharedCapacity {
     /// How long its probes held the engines, seconds (what the search cost).
     #[serde(default)]
     pub engine_seconds: f64,
+    /// Whether the node's engine-time budget ended this search or a solo search it is
+    /// compared with: an undecided range then says so.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub budget_spent: bool,
     /// Per tenant: its rate at the highest passing and lowest failing scale, and the first
     /// as a fraction of its solo capacity.
     pub tenants: Vec<SharedTenant>,
@@ -335,6 +341,10 @@ pub struct SharedTenant {
     pub of_solo: Option<f64>,
 }
 
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
 fn round3(x: f64) -> f64 {
     crate::metrics::round3(x)
 }
@@ -366,6 +376,10 @@ pub fn node_capacity(
         if let (Some(reason), 0) = (&record.failure, history.len()) {
             found.end = SearchEnd::Cut;
             found.cut = Some(reason.clone());
+        }
+        if let (Some(spent), SearchEnd::Unfinished) = (&record.budget_spent, found.end) {
+            found.end = SearchEnd::Budget;
+            found.budget_spent = Some(spent.clone());
         }
         let engine_ms: u64 = mine.iter().filter_map(|p| p.engine_ms).sum();
         (
@@ -412,7 +426,13 @@ pub fn node_capacity(
                     }
                 })
                 .collect();
-            let no_verdict = if found.passed.is_none() {
+            let budget_spent = found.end == SearchEnd::Budget
+                || record.tenants.iter().any(|t| {
+                    solo_of(t).is_some_and(|i| i.end == SearchEnd::Budget)
+                });
+            let no_verdict = if found.passed.is_none() && found.end == SearchEnd::Budget {
+                Some("undecided: the budget was spent before a shared rate passed".to_owned())
+            } else if found.passed.is_none() {
                 Some(match found.failed_bounds.first() {
                     Some(bound) => {
                         format!("no shared rate met every SLO (lowest probe failed: {bound})")
@@ -449,6 +469,7 @@ pub fn node_capacity(
                 gpus_saved: gpu_equivalents.map(|g| round3(g - 1.0)),
                 interval: found,
                 engine_seconds,
+                budget_spent,
                 tenants,
                 gpu_equivalents,
                 decision: gpu_equivalents_range.map(GpuEquivalentsRange::decision),
@@ -484,6 +505,15 @@ fn verdict_line(
 ) -> String {
     if let Some(s) = solo.iter().find(|s| s.interval.passed.is_none()) {
         return match (s.interval.end, &s.interval.cut) {
+            (SearchEnd::Budget, _) => format!(
+                "undecided: the budget was spent before the solo search of {} found a passing rate{}",
+                s.tenant,
+                s.interval
+                    .budget_spent
+                    .as_ref()
+                    .map(|w| format!(" ({w})"))
+                    .unwrap_or_default()
+            ),
             (SearchEnd::NoneMeets, _) => format!(
                 "no verdict: {} meets its SLO at no rate alone{}",
                 s.tenant,
@@ -510,6 +540,9 @@ fn verdict_line(
     let describe = describe_shared;
     let Some(best) = best.and_then(|m| mixes.iter().find(|s| s.mode == m)) else {
         let all: Vec<String> = mixes.iter().map(|s| describe(s, false)).collect();
+        if mixes.iter().any(|s| s.interval.end == SearchEnd::Budget) {
+            return all.join("; ");
+        }
         return format!("sharing does not meet the SLOs: {}", all.join("; "));
     };
     let mut line = describe(best, true);
@@ -544,7 +577,10 @@ fn describe_shared(s: &SharedCapacity, full: bool) -> String {
         (Some(range), true) => format!(
             "{mode}: {} GPU-equivalents: {} (at the highest passing rates {g:.2}: {of_solo} of solo)",
             range.describe(),
-            range.decision().words()
+            match range.decision() {
+                SharingDecision::Undecided if s.budget_spent => "undecided: budget spent",
+                decision => decision.words(),
+            }
         ),
         (Some(range), false) => {
             let short = match range.decision() {
@@ -588,6 +624,7 @@ mod tests {
             policy: policy(),
             direction: 1,
             failure: None,
+            budget_spent: None,
         }
     }
 
@@ -665,6 +702,59 @@ mod tests {
                 .starts_with("mps: 0.86–1.27 GPU-equivalents: undecided at this precision"),
             "{}",
             node.verdict
+        );
+    }
+
+    #[test]
+    fn a_spent_budget_leaves_the_verdict_undecided_with_what_was_known() {
+        let spent = "20 s of the 20 s budget spent; the next probe needed 3 s";
+        let budgeted = |mut r: SearchRecord| {
+            r.budget_spent = Some(spent.to_owned());
+            r
+        };
+        let ab = [("a", 0.5), ("b", 0.5)];
+        // The mps search stopped after a pass and a fail far apart: its range straddles 1.
+        let searches = [
+            record("cap-solo-a", SharingMode::Solo, &["a"]),
+            record("cap-solo-b", SharingMode::Solo, &["b"]),
+            budgeted(record("cap-mps", SharingMode::Mps, &["a", "b"])),
+        ];
+        let probes = [
+            probe("cap-solo-a", 1, 10.0, true, &[("a", 1.0)]),
+            probe("cap-solo-a", 2, 11.0, false, &[("a", 1.0)]),
+            probe("cap-solo-b", 1, 20.0, true, &[("b", 1.0)]),
+            probe("cap-solo-b", 2, 21.0, false, &[("b", 1.0)]),
+            probe("cap-mps", 1, 10.0, true, &ab),
+            probe("cap-mps", 2, 20.0, false, &ab),
+        ];
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        let mps = &node.shared[0];
+        assert_eq!(mps.interval.end, SearchEnd::Budget);
+        assert_eq!(mps.interval.budget_spent.as_deref(), Some(spent));
+        assert!(mps.budget_spent);
+        assert_eq!(mps.decision, Some(SharingDecision::Undecided));
+        assert!(
+            node.verdict
+                .starts_with("mps: 0.69–1.50 GPU-equivalents: undecided: budget spent"),
+            "{}",
+            node.verdict
+        );
+
+        // Spent before the shared search passed anything: no GPU-equivalents, said so.
+        let probes = &probes[..4];
+        let node = node_capacity("n", &searches, probes).expect("searched");
+        assert_eq!(
+            node.verdict,
+            "mps: undecided: the budget was spent before a shared rate passed"
+        );
+
+        // Spent before a solo search passed: the verdict names the search and the budget.
+        let searches = [budgeted(record("cap-solo-a", SharingMode::Solo, &["a"]))];
+        let probes = [probe("cap-solo-a", 1, 10.0, false, &[("a", 1.0)])];
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        assert_eq!(
+            node.verdict,
+            format!("undecided: the budget was spent before the solo search of a found a passing rate ({spent})")
         );
     }
 

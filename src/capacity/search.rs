@@ -80,7 +80,8 @@ pub enum SearchEnd {
     NoneMeets,
     /// A probe could not measure; the interval is what was known before it.
     Cut,
-    /// The probe budget ran out first.
+    /// The probe budget (`max_probes`) or the node's engine-time budget (`capacity.budget`)
+    /// ran out first.
     Budget,
     /// Probes still to come (a search read while it runs, or cut off without an end).
     Unfinished,
@@ -123,6 +124,9 @@ pub struct Interval {
     /// Why the search was cut, when it was.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cut: Option<String>,
+    /// How far the node's engine-time budget was spent, when it ended the search.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub budget_spent: Option<String>,
 }
 
 impl Interval {
@@ -136,9 +140,10 @@ impl Interval {
             (None, Some(f), _) => format!("none: even {f:.3} failed"),
             (None, None, _) => "none: nothing measured".to_owned(),
         };
-        match (&self.cut, self.end) {
-            (Some(reason), _) => format!("{text}; cut: {reason}"),
-            (None, SearchEnd::Budget) => format!("{text}; probe budget spent"),
+        match (&self.cut, self.end, &self.budget_spent) {
+            (Some(reason), _, _) => format!("{text}; cut: {reason}"),
+            (None, SearchEnd::Budget, Some(_)) => format!("{text}; engine-time budget spent"),
+            (None, SearchEnd::Budget, None) => format!("{text}; probe budget spent"),
             _ => text,
         }
     }
@@ -261,6 +266,7 @@ pub fn interval(probes: &[Probe], policy: &SearchPolicy) -> Interval {
         .unwrap_or(u32::MAX),
         failed_bounds,
         cut,
+        budget_spent: None,
     };
     interval.end = match next_step(&scales, &interval, probes, policy) {
         Step::Done(end) => end,

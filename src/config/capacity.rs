@@ -28,6 +28,10 @@ pub struct Capacity {
     /// Shared searches per sharing mode, each along its own mix direction (the first is the
     /// mix); more than one draws the capacity region of two or more tenants.
     pub directions: u32,
+    /// Engine time all of a node's searches may take together; `None`: no bound. A probe
+    /// that would take the node past it is not started, and its search ends with what it
+    /// knew (`budget spent`).
+    pub budget: Option<Duration>,
 }
 
 /// Which way a shared search scales its tenants.

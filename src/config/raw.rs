@@ -30,6 +30,7 @@ pub struct RawCapacity {
     pub max_probes: Option<u32>,
     pub mix: Option<BTreeMap<String, f64>>,
     pub directions: Option<u32>,
+    pub budget: Option<String>,
 }
 
 /// `capacity.probe:`.

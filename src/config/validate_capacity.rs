@@ -76,6 +76,13 @@ impl Checker {
         if let Some(mix) = &raw.mix {
             self.capacity_mix(mix, nodes);
         }
+        let budget = self.duration(raw.budget, "capacity.budget");
+        if budget.is_some_and(|b| b.is_zero()) {
+            self.problem(
+                "capacity.budget",
+                "a search needs some engine time: give a duration such as 20m, or leave budget out for none",
+            );
+        }
         for (i, node) in nodes.iter().enumerate() {
             for (j, tenant) in node.tenants.iter().enumerate() {
                 let path = format!("nodes[{i}].tenants[{j}]");
@@ -111,6 +118,7 @@ impl Checker {
             max_probes,
             mix: raw.mix,
             directions,
+            budget,
         })
     }
 

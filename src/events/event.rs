@@ -53,6 +53,9 @@ pub enum Event {
     Probe(ProbeEvent),
     /// A capacity probe was stopped early: one of its bounds was missed for certain.
     ProbeStopped(ProbeStoppedEvent),
+    /// A capacity search ended because its node's `capacity.budget` of engine time would be
+    /// passed by its next probe (schema 1.8).
+    BudgetSpent(BudgetSpentEvent),
 }
 
 /// What stream a file holds.
@@ -494,6 +497,32 @@ pub struct ProbeStoppedEvent {
     pub at_ns: u64,
     /// The bound and its count: `a: ttft_ms p99: 9 requests over 150 ms, more than …`.
     pub reason: String,
+}
+
+/// A capacity search stopped before a probe that would have taken its node's searches past
+/// their budget of engine time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BudgetSpentEvent {
+    /// When.
+    pub at_ns: u64,
+    /// Engine time the node's searches had taken, milliseconds.
+    pub spent_ms: u64,
+    /// The budget, milliseconds.
+    pub budget_ms: u64,
+    /// The probe not started: its warmup and measured phase, milliseconds.
+    pub next_probe_ms: u64,
+}
+
+impl BudgetSpentEvent {
+    /// `312 s of the 300 s budget spent; the next probe needed 12 s`.
+    pub fn describe(&self) -> String {
+        format!(
+            "{:.0} s of the {:.0} s budget spent; the next probe needed {:.0} s",
+            self.spent_ms as f64 / 1e3,
+            self.budget_ms as f64 / 1e3,
+            self.next_probe_ms as f64 / 1e3
+        )
+    }
 }
 
 /// State of an engine.

@@ -39,6 +39,7 @@ enum Tag {
     Search,
     Probe,
     ProbeStopped,
+    BudgetSpent,
 }
 
 impl Tag {
@@ -62,6 +63,7 @@ impl Tag {
             Tag::Search => Event::Search(Deserialize::deserialize(rest)?),
             Tag::Probe => Event::Probe(Deserialize::deserialize(rest)?),
             Tag::ProbeStopped => Event::ProbeStopped(Deserialize::deserialize(rest)?),
+            Tag::BudgetSpent => Event::BudgetSpent(Deserialize::deserialize(rest)?),
         })
     }
 }

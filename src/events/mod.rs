@@ -43,6 +43,9 @@
 //! - `search`, `probe` and `probe_stopped`: a capacity search and its probes; a probe records
 //!   how long it waited for the engines' queues to empty (`queue_wait_ms`, schema 1.7), and a
 //!   probe stopped early because a bound was already missed for certain says why.
+//! - `budget_spent` (schema 1.8): a search's folder records that its next probe would have
+//!   taken the node's searches past `capacity.budget`, with the engine time spent, the budget
+//!   and the probe's length; the search ends with what it knew.
 //!
 //! All times are nanoseconds on the node's monotonic clock since the run's zero (`*_ns`), so
 //! differences between any two times of one node are exact; `chunk_gaps_us` are microseconds.
@@ -68,4 +71,4 @@ pub use writer::EventWriter;
 /// Major version of the schema: bumped when a reader of the old version would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Full schema version written into headers.
-pub const SCHEMA_VERSION: &str = "1.7";
+pub const SCHEMA_VERSION: &str = "1.8";

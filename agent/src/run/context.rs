@@ -9,7 +9,7 @@ use multitenant::config::{Engine, Experiment, Node, Stage, Tenant, Trial};
 use multitenant::events::{Header, StreamKind, TenantHeader, SCHEMA_VERSION};
 use multitenant::layout::StreamName;
 
-use super::search::SoloCapacities;
+use super::search::{SearchSpending, SoloCapacities};
 use super::stages::StagePlanner;
 use super::trial::TrialRunner;
 use super::{Run, RunState};
@@ -40,6 +40,8 @@ pub(super) struct RunContext {
     pub stages: StagePlanner,
     /// What the solo capacity searches found.
     pub solo: SoloCapacities,
+    /// Engine time the node's capacity searches have taken, against `capacity.budget`.
+    pub search_spent: SearchSpending,
 }
 
 impl RunContext {

@@ -499,6 +499,7 @@ impl RunManager {
             http: self.http.clone(),
             stages: StagePlanner::default(),
             solo: Default::default(),
+            search_spent: Default::default(),
         };
         self.tracker.spawn(async move {
             // A panic must still end the run: its lease watcher and the idle exit wait on it.

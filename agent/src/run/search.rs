@@ -14,7 +14,7 @@ use multitenant::config::{
     configured_rate, probe_trial_name, rescalable, with_rate, ArrivalPlan, Capacity, Direction,
     Search, Stage, Trial,
 };
-use multitenant::events::{Event, ProbeEvent, SearchEvent};
+use multitenant::events::{BudgetSpentEvent, Event, ProbeEvent, SearchEvent};
 use multitenant::layout::TrialDir;
 
 use super::clean_slate::SlateWait;
@@ -45,6 +45,43 @@ impl SoloCapacities {
             .unwrap_or_else(|e| e.into_inner())
             .insert(tenant.to_owned(), rate);
     }
+}
+
+/// Engine time the node's capacity searches have taken: each probe's, from the start of its
+/// wait for empty queues to the end of its drain.
+#[derive(Debug, Default)]
+pub(super) struct SearchSpending(Mutex<Duration>);
+
+impl SearchSpending {
+    fn add(&self, took: Duration) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) += took;
+    }
+
+    fn total(&self) -> Duration {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Why a probe of `next` (its warmup and measured phase) must not start under `budget`:
+    /// the node's searches would pass it. `None` while it fits, or without a budget.
+    fn stop_before(
+        &self,
+        next: Duration,
+        budget: Option<Duration>,
+        at_ns: u64,
+    ) -> Option<BudgetSpentEvent> {
+        let budget = budget?;
+        let spent = self.total();
+        (spent + next > budget).then(|| BudgetSpentEvent {
+            at_ns,
+            spent_ms: millis(spent),
+            budget_ms: millis(budget),
+            next_probe_ms: millis(next),
+        })
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 impl RunContext {
@@ -120,6 +157,16 @@ impl RunContext {
             .zip(&shares)
             .map(|(t, s)| (t.name.clone(), *s))
             .collect();
+        // A budget spent by the searches before this one leaves its engines unstarted.
+        let first = cap.probe_warmup + cap.probe_duration;
+        if let Some(spent) = self
+            .search_spent
+            .stop_before(first, cap.budget, self.clock.now_ns())
+        {
+            tracing::warn!("{}: not started: {}", search.name, spent.describe());
+            runner.log.append(Event::BudgetSpent(spent))?;
+            return runner.finish(Ok(())).await;
+        }
         let set_up = runner.set_up().await;
         let probed = match set_up {
             Ok(()) => {
@@ -212,6 +259,20 @@ impl RunContext {
                     BoundWatch::new(slot.name(), &slot.workload.slo, planned, stop_early.clone())
                         .map(Arc::new);
             }
+            if let Some(spent) = self.search_spent.stop_before(
+                cap.probe_warmup + duration,
+                cap.budget,
+                self.clock.now_ns(),
+            ) {
+                tracing::warn!(
+                    "{}: ended before probe {number}: {}",
+                    search.name,
+                    spent.describe()
+                );
+                runner.log.append(Event::BudgetSpent(spent))?;
+                break;
+            }
+            let probe_started = std::time::Instant::now();
             let simulated = runner.slots.iter().any(|s| s.tenant.engine.is_simulated());
             let slate = runner.wait_for_empty_queues().await;
             let mut probe_log = TrialLog::open(self, &trial, simulated)?;
@@ -248,6 +309,7 @@ impl RunContext {
                 Err(Halt::Io(e)) => return Err(Halt::Io(e)),
             };
             probe_log.end(self.run.stop_cause(), failure)?;
+            self.search_spent.add(probe_started.elapsed());
             let folder = TrialDir {
                 path: self.run.streams.root().join(&name),
                 name,
