@@ -222,8 +222,8 @@ pub struct SharedCapacity {
     /// How long its probes held the engines, seconds (what the search cost).
     #[serde(default)]
     pub engine_seconds: f64,
-    /// Whether the node's engine-time budget ended this search or a solo search it is
-    /// compared with: an undecided range then says so.
+    /// Whether the node's engine-time budget (`capacity.budget`) ended this search or a solo
+    /// search it is compared with: an undecided range then says so.
     #[serde(default, skip_serializing_if = "is_false")]
     pub budget_spent: bool,
     /// Per tenant: its rate at the highest passing and lowest failing scale, and the first
@@ -426,12 +426,16 @@ pub fn node_capacity(
                     }
                 })
                 .collect();
-            let budget_spent = found.end == SearchEnd::Budget
-                || record.tenants.iter().any(|t| {
-                    solo_of(t).is_some_and(|i| i.end == SearchEnd::Budget)
-                });
-            let no_verdict = if found.passed.is_none() && found.end == SearchEnd::Budget {
-                Some("undecided: the budget was spent before a shared rate passed".to_owned())
+            let budget_spent = found.budget_spent.is_some()
+                || record
+                    .tenants
+                    .iter()
+                    .any(|t| solo_of(t).is_some_and(|i| i.budget_spent.is_some()));
+            let no_verdict = if found.passed.is_none() && found.budget_spent.is_some() {
+                Some(
+                    "undecided: the engine-time budget was spent before a shared rate passed"
+                        .to_owned(),
+                )
             } else if found.passed.is_none() {
                 Some(match found.failed_bounds.first() {
                     Some(bound) => {
@@ -504,17 +508,12 @@ fn verdict_line(
     best: Option<SharingMode>,
 ) -> String {
     if let Some(s) = solo.iter().find(|s| s.interval.passed.is_none()) {
-        return match (s.interval.end, &s.interval.cut) {
-            (SearchEnd::Budget, _) => format!(
-                "undecided: the budget was spent before the solo search of {} found a passing rate{}",
-                s.tenant,
-                s.interval
-                    .budget_spent
-                    .as_ref()
-                    .map(|w| format!(" ({w})"))
-                    .unwrap_or_default()
+        return match (s.interval.end, &s.interval.cut, &s.interval.budget_spent) {
+            (_, None, Some(spent)) => format!(
+                "undecided: the engine-time budget was spent before the solo search of {} found a passing rate ({spent})",
+                s.tenant
             ),
-            (SearchEnd::NoneMeets, _) => format!(
+            (SearchEnd::NoneMeets, _, _) => format!(
                 "no verdict: {} meets its SLO at no rate alone{}",
                 s.tenant,
                 s.interval
@@ -523,7 +522,7 @@ fn verdict_line(
                     .map(|w| format!(" ({w})"))
                     .unwrap_or_default()
             ),
-            (_, Some(reason)) => format!(
+            (_, Some(reason), _) => format!(
                 "no verdict: the solo search of {} was cut before a rate passed ({reason})",
                 s.tenant
             ),
@@ -540,7 +539,7 @@ fn verdict_line(
     let describe = describe_shared;
     let Some(best) = best.and_then(|m| mixes.iter().find(|s| s.mode == m)) else {
         let all: Vec<String> = mixes.iter().map(|s| describe(s, false)).collect();
-        if mixes.iter().any(|s| s.interval.end == SearchEnd::Budget) {
+        if mixes.iter().any(|s| s.interval.budget_spent.is_some()) {
             return all.join("; ");
         }
         return format!("sharing does not meet the SLOs: {}", all.join("; "));
@@ -578,7 +577,9 @@ fn describe_shared(s: &SharedCapacity, full: bool) -> String {
             "{mode}: {} GPU-equivalents: {} (at the highest passing rates {g:.2}: {of_solo} of solo)",
             range.describe(),
             match range.decision() {
-                SharingDecision::Undecided if s.budget_spent => "undecided: budget spent",
+                SharingDecision::Undecided if s.budget_spent => {
+                    "undecided: engine-time budget spent"
+                }
                 decision => decision.words(),
             }
         ),
@@ -735,7 +736,7 @@ mod tests {
         assert_eq!(mps.decision, Some(SharingDecision::Undecided));
         assert!(
             node.verdict
-                .starts_with("mps: 0.69–1.50 GPU-equivalents: undecided: budget spent"),
+                .starts_with("mps: 0.69–1.50 GPU-equivalents: undecided: engine-time budget spent"),
             "{}",
             node.verdict
         );
@@ -745,7 +746,7 @@ mod tests {
         let node = node_capacity("n", &searches, probes).expect("searched");
         assert_eq!(
             node.verdict,
-            "mps: undecided: the budget was spent before a shared rate passed"
+            "mps: undecided: the engine-time budget was spent before a shared rate passed"
         );
 
         // Spent before a solo search passed: the verdict names the search and the budget.
@@ -754,7 +755,17 @@ mod tests {
         let node = node_capacity("n", &searches, &probes).expect("searched");
         assert_eq!(
             node.verdict,
-            format!("undecided: the budget was spent before the solo search of a found a passing rate ({spent})")
+            format!("undecided: the engine-time budget was spent before the solo search of a found a passing rate ({spent})")
+        );
+
+        // The probe budget (max_probes) is no engine-time budget: the verdict does not say so.
+        let mut capped = record("cap-solo-a", SharingMode::Solo, &["a"]);
+        capped.policy.max_probes = 1;
+        let node = node_capacity("n", &[capped], &probes).expect("searched");
+        assert_eq!(node.solo[0].interval.end, SearchEnd::Budget);
+        assert_eq!(
+            node.verdict,
+            "no verdict: the solo search of a found no passing rate"
         );
     }
 

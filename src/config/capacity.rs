@@ -29,8 +29,9 @@ pub struct Capacity {
     /// mix); more than one draws the capacity region of two or more tenants.
     pub directions: u32,
     /// Engine time all of a node's searches may take together; `None`: no bound. A probe
-    /// that would take the node past it is not started, and its search ends with what it
-    /// knew (`budget spent`).
+    /// whose warmup and measured phase would take the node past it is not started, and its
+    /// search ends with what it knew. The probes' waits for empty queues and drains count once
+    /// they have happened (so the last probe may overrun by those); engine start-ups do not.
     pub budget: Option<Duration>,
 }
 

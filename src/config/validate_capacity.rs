@@ -77,10 +77,11 @@ impl Checker {
             self.capacity_mix(mix, nodes);
         }
         let budget = self.duration(raw.budget, "capacity.budget");
-        if budget.is_some_and(|b| b.is_zero()) {
+        let one_probe = probe_warmup + probe_duration;
+        if budget.is_some_and(|b| b < one_probe) {
             self.problem(
                 "capacity.budget",
-                "a search needs some engine time: give a duration such as 20m, or leave budget out for none",
+                format!("a search needs some engine time: at least one probe's warmup and duration ({}), e.g. 20m; leave budget out for none", humantime::format_duration(one_probe)),
             );
         }
         for (i, node) in nodes.iter().enumerate() {

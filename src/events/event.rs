@@ -514,13 +514,17 @@ pub struct BudgetSpentEvent {
 }
 
 impl BudgetSpentEvent {
-    /// `312 s of the 300 s budget spent; the next probe needed 12 s`.
+    /// `291.4 s of the 300 s budget spent; the next probe needed 12.5 s`.
     pub fn describe(&self) -> String {
+        let seconds = |ms: u64| {
+            let text = format!("{:.1}", ms as f64 / 1e3);
+            text.strip_suffix(".0").map_or(text.clone(), str::to_owned)
+        };
         format!(
-            "{:.0} s of the {:.0} s budget spent; the next probe needed {:.0} s",
-            self.spent_ms as f64 / 1e3,
-            self.budget_ms as f64 / 1e3,
-            self.next_probe_ms as f64 / 1e3
+            "{} s of the {} s budget spent; the next probe needed {} s",
+            seconds(self.spent_ms),
+            seconds(self.budget_ms),
+            seconds(self.next_probe_ms)
         )
     }
 }

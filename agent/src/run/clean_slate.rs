@@ -27,8 +27,9 @@ pub(super) enum SlateWait {
         waited: Duration,
         unknown: Vec<String>,
     },
-    /// Some queue was not empty when the wait ran out: what each engine still held.
-    NotEmpty { held: String },
+    /// Some queue was not empty when the wait ran out (or the run stopped): what each engine
+    /// still held, and how long it was waited for.
+    NotEmpty { held: String, waited: Duration },
 }
 
 impl TrialRunner<'_> {
@@ -60,6 +61,7 @@ impl TrialRunner<'_> {
             if started.elapsed() >= QUEUE_EMPTY_WAIT || self.ctx.run.is_stopping() {
                 return SlateWait::NotEmpty {
                     held: held.join("; "),
+                    waited: started.elapsed(),
                 };
             }
             tokio::time::sleep(POLL).await;

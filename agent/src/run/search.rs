@@ -158,13 +158,9 @@ impl RunContext {
             .map(|(t, s)| (t.name.clone(), *s))
             .collect();
         // A budget spent by the searches before this one leaves its engines unstarted.
-        let first = cap.probe_warmup + cap.probe_duration;
-        if let Some(spent) = self
-            .search_spent
-            .stop_before(first, cap.budget, self.clock.now_ns())
-        {
-            tracing::warn!("{}: not started: {}", search.name, spent.describe());
-            runner.log.append(Event::BudgetSpent(spent))?;
+        let first = capacity::next_probe(&[], &policy).unwrap_or(policy.start);
+        let first = cap.probe_warmup + probe_duration(&runner, &shares, first, cap);
+        if self.budget_spent(&mut runner, search, first, cap)? {
             return runner.finish(Ok(())).await;
         }
         let set_up = runner.set_up().await;
@@ -181,6 +177,27 @@ impl RunContext {
             }
         }
         runner.finish(probed.map(|_| ())).await
+    }
+
+    /// Whether a probe of `next` (its warmup and measured phase) would take the node's
+    /// searches past `capacity.budget`; if so, the search's folder records it, and the search
+    /// ends.
+    fn budget_spent(
+        &self,
+        runner: &mut TrialRunner<'_>,
+        search: &Search,
+        next: Duration,
+        cap: &Capacity,
+    ) -> std::io::Result<bool> {
+        let Some(spent) = self
+            .search_spent
+            .stop_before(next, cap.budget, self.clock.now_ns())
+        else {
+            return Ok(false);
+        };
+        tracing::warn!("{}: ended: {}", search.name, spent.describe());
+        runner.log.append(Event::BudgetSpent(spent))?;
+        Ok(true)
     }
 
     /// Runs probes as the policy asks; returns them.
@@ -259,17 +276,7 @@ impl RunContext {
                     BoundWatch::new(slot.name(), &slot.workload.slo, planned, stop_early.clone())
                         .map(Arc::new);
             }
-            if let Some(spent) = self.search_spent.stop_before(
-                cap.probe_warmup + duration,
-                cap.budget,
-                self.clock.now_ns(),
-            ) {
-                tracing::warn!(
-                    "{}: ended before probe {number}: {}",
-                    search.name,
-                    spent.describe()
-                );
-                runner.log.append(Event::BudgetSpent(spent))?;
+            if self.budget_spent(runner, search, cap.probe_warmup + duration, cap)? {
                 break;
             }
             let probe_started = std::time::Instant::now();
@@ -277,11 +284,8 @@ impl RunContext {
             let slate = runner.wait_for_empty_queues().await;
             let mut probe_log = TrialLog::open(self, &trial, simulated)?;
             let (queue_wait_ms, queue_unknown) = match &slate {
-                SlateWait::Empty { waited, unknown } => (
-                    Some(u64::try_from(waited.as_millis()).unwrap_or(u64::MAX)),
-                    unknown.clone(),
-                ),
-                SlateWait::NotEmpty { .. } => (None, Vec::new()),
+                SlateWait::Empty { waited, unknown } => (Some(millis(*waited)), unknown.clone()),
+                SlateWait::NotEmpty { waited, .. } => (Some(millis(*waited)), Vec::new()),
             };
             probe_log.append(Event::Probe(ProbeEvent {
                 at_ns: self.clock.now_ns(),
@@ -301,7 +305,9 @@ impl RunContext {
                     std::mem::swap(&mut runner.log, &mut probe_log);
                     measured
                 }
-                SlateWait::NotEmpty { held } => Err(TrialFailure::QueueNotEmpty { held }.into()),
+                SlateWait::NotEmpty { held, .. } => {
+                    Err(TrialFailure::QueueNotEmpty { held }.into())
+                }
             };
             let (died, failure) = match measured {
                 Ok(()) => (false, None),

@@ -151,8 +151,9 @@ fn decision_name(decision: multitenant::capacity::SharingDecision) -> &'static s
 
 /// `capacity.csv`: one row per capacity search and tenant (solo searches have one tenant;
 /// shared ones a row per tenant at the search's highest passing total), with the search's
-/// interval, probe count, the engine time its probes took and, for shared searches,
-/// GPU-equivalents. `None` without a search.
+/// interval, probe count, the engine time its probes took (a shared search's on each of its
+/// tenants' rows: sum it per search, not per row) and, for shared searches, GPU-equivalents.
+/// `None` without a search.
 pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
     let capacity = summary.capacity.as_ref()?;
     let mut out = String::from(
