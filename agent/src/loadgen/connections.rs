@@ -46,10 +46,33 @@ impl LoadClient {
     /// Opens `count` connections to `base_url` at once, by as many concurrent
     /// `GET /v1/models`, and leaves them idle in the pool; returns how many were answered.
     /// Failures are not errors: the load then opens its connections itself, and times them.
+    ///
+    /// The first round opens them; the pool can lose one there. Each request races a check
+    /// for an idle connection against a connect of its own, and waits on the pool meanwhile:
+    /// an early connection handed back to a request whose own connect had just won is dropped
+    /// with it (hyper-util's legacy pool, `put` to a waiter that is about to go). CI saw a cold
+    /// closed loop of 32 find 31. So rounds follow, at most [`PREOPEN_CHECKS`], until one
+    /// opens nothing: all `count` checks then found an idle connection and none waited, so
+    /// none was lost.
     pub async fn preopen(&self, base_url: &str, api_key: Option<&str>, count: u32) -> u32 {
         let url = format!("{base_url}/v1/models");
+        let answered = self.preopen_round(&url, api_key, count).await;
+        for _ in 0..PREOPEN_CHECKS {
+            self.connects.forget_all();
+            self.preopen_round(&url, api_key, count).await;
+            if self.connects.is_empty() {
+                break;
+            }
+        }
+        // No request waited for these connects.
+        self.connects.forget_all();
+        answered
+    }
+
+    /// Sends `count` `GET url` at once and reads them all; returns how many were answered.
+    async fn preopen_round(&self, url: &str, api_key: Option<&str>, count: u32) -> u32 {
         let requests = (0..count).map(|_| {
-            let mut request = self.http.get(&url);
+            let mut request = self.http.get(url);
             if let Some(key) = api_key {
                 request = request.bearer_auth(key);
             }
@@ -57,10 +80,10 @@ impl LoadClient {
             // while its answer is held below, and fail the reading of every held body.
             tokio::time::timeout(PREOPEN_TIMEOUT, request.send())
         });
-        // Every answer is held, its body unread, until all have come: a connection goes back
-        // to the pool only once its body is read, so no request can take another's and each
-        // opens one of its own (read as they came, a fast answer's connection served a later
-        // request, and the load found fewer connections than it had asked for).
+        // Every answer is held until all have come, so that no request is answered on another
+        // one's connection after its answer is read (read as they came, a fast answer's
+        // connection served a later request, and the load found fewer connections than it
+        // had asked for).
         let answers: Vec<reqwest::Response> = futures_util::future::join_all(requests)
             .await
             .into_iter()
@@ -74,11 +97,8 @@ impl LoadClient {
             .into_iter()
             .filter(|read| matches!(read, Ok(Ok(_))))
             .count();
-        // A connection goes back to the pool from its own task, after its answer is read:
-        // CI once saw the 32nd first request of a cold closed loop find only 31 idle.
+        // A connection goes back to the pool from its own task.
         tokio::time::sleep(PREOPEN_SETTLE).await;
-        // No request waited for these connects.
-        self.connects.forget_all();
         u32::try_from(answered).unwrap_or(u32::MAX)
     }
 }
@@ -126,6 +146,12 @@ impl ConnectLog {
     /// request waited for.
     pub fn forget_all(&self) {
         self.lock().clear();
+    }
+
+    /// Whether no connect was recorded since the last [`ConnectLog::forget_all`] (or none
+    /// claimed).
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
     }
 
     fn record(&self, local: SocketAddr, connect: Connect) {
@@ -266,6 +292,8 @@ fn busiest_window(
 
 /// How long one pre-opening request may take.
 const PREOPEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Rounds of [`LoadClient::preopen`] after the first that check the pool is full, at most.
+const PREOPEN_CHECKS: u32 = 4;
 /// How long the opened connections are given to return to the pool before the load starts.
 const PREOPEN_SETTLE: std::time::Duration = std::time::Duration::from_millis(10);
 
