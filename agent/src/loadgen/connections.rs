@@ -51,7 +51,7 @@ impl LoadClient {
     /// for an idle connection against a connect of its own, and waits on the pool meanwhile:
     /// an early connection handed back to a request whose own connect had just won is dropped
     /// with it (hyper-util's legacy pool, `put` to a waiter that is about to go). CI saw a cold
-    /// closed loop of 32 find 31. So rounds follow, at most [`PREOPEN_CHECKS`], until one
+    /// closed loop of 32 find 31. So rounds follow, at most four, until one
     /// opens nothing: all `count` checks then found an idle connection and none waited, so
     /// none was lost.
     pub async fn preopen(&self, base_url: &str, api_key: Option<&str>, count: u32) -> u32 {
