@@ -116,6 +116,16 @@ impl RequestLatency {
             RequestLatency::E2e => "e2e_ms",
         }
     }
+
+    /// This latency of `r`, ns, as the summary's histograms take it: `None` for a failed
+    /// request, and for TPOT below two output tokens.
+    pub fn of(self, r: &RequestEvent) -> Option<u64> {
+        match self {
+            RequestLatency::Ttft => r.ttft_ns(),
+            RequestLatency::Tpot => r.tpot_ns(),
+            RequestLatency::E2e => r.e2e_ns(),
+        }
+    }
 }
 
 /// A percentile bound of an SLO on a per-request latency: what the capacity search counts

@@ -888,11 +888,7 @@ fn analyze_trial(
                 .slo
                 .as_ref()
                 .map_or(0, |s| s.requests_needed_for_figures()),
-            tallies: tenant
-                .slo
-                .as_ref()
-                .map(|s| capacity::confidence::tallies(s, &acc))
-                .unwrap_or_default(),
+            tallies: requests.tallies.finish(),
         });
         let checks = load_checks(&metrics, &tenant);
         for check in &checks {
@@ -961,10 +957,6 @@ fn analyze_trial(
             ProbeVerdict::Broken {
                 reason: format!("{}: {}", m.tenant, m.reason),
             }
-        } else if let Some(why) = &life.stopped_early {
-            ProbeVerdict::Fail {
-                missed: vec![why.clone()],
-            }
         } else {
             let judged: Vec<capacity::TenantJudgement<'_>> = tenants
                 .iter()
@@ -979,7 +971,10 @@ fn analyze_trial(
                     }
                 })
                 .collect();
-            capacity::probe_verdict(&judged)
+            match &life.stopped_early {
+                Some(why) => capacity::stopped_probe_verdict(why, &judged),
+                None => capacity::probe_verdict(&judged),
+            }
         };
         // From the start of its wait for empty queues to its end.
         let engine_ms = life

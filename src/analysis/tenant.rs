@@ -6,6 +6,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use crate::capacity::confidence::TallyFold;
 use crate::events::{
     EngineMetrics, Event, Header, Line, Phase, PromptEvent, ReadError, StreamReader,
 };
@@ -41,6 +42,8 @@ pub(super) struct RequestFold {
     pub good: u64,
     pub implausible: Implausible,
     pub timeline: Timeline,
+    /// Its SLO's percentile bounds, counted by slots of time, for a probe's verdict.
+    pub tallies: TallyFold,
 }
 
 /// Reads the tenant stream at `path` and, unless the agent marked the tenant invalid (in
@@ -103,7 +106,10 @@ fn fold_requests(path: &Path, end_ns: Option<u64>) -> Result<(FoldRead, Option<u
     let tenant = reader.header().tenant.as_ref().map(|t| t.name.clone());
     let slo = reader.header().tenant.as_ref().and_then(|t| t.slo.clone());
     let is_tenant = reader.header().stream == crate::events::StreamKind::Tenant;
-    let mut fold = RequestFold::default();
+    let mut fold = RequestFold {
+        tallies: slo.as_ref().map(TallyFold::new).unwrap_or_default(),
+        ..RequestFold::default()
+    };
     let mut first_end = None;
     for line in reader.by_ref() {
         if !is_tenant || tenant.is_none() {
@@ -116,6 +122,7 @@ fn fold_requests(path: &Path, end_ns: Option<u64>) -> Result<(FoldRead, Option<u
                     continue;
                 }
                 fold.acc.request(&r);
+                fold.tallies.record(&r);
                 if r.phase == Phase::Measure {
                     fold.timeline.record(&r);
                     if slo.as_ref().is_some_and(|s| s.request_meets(&r)) {

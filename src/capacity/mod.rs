@@ -21,7 +21,7 @@ use crate::config::SharingMode;
 pub use search::{interval, next_probe, Interval, Probe, ProbeVerdict, SearchEnd, SearchPolicy};
 
 /// How the summary defines its capacity figures.
-pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (each started on empty engine queues; bracket by doubling, bisect to the stated precision, a percentile bound judged at 95% confidence from the count of requests over it, repeat a probe that is not significant, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses; their range, from Σ shared lower_i / solo upper_i to Σ shared upper_i / solo lower_i, decides: sharing wins when all of it is above 1, loses when all of it is below 1, and is undecided otherwise";
+pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (each started on empty engine queues; bracket by doubling, bisect to the stated precision, a percentile bound judged at 95% confidence from the count of requests over it, overall (binomial) and per batch of time (batch means), both tests agreeing; repeat a probe that is not significant at twice its length, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses; their range, from Σ shared lower_i / solo upper_i to Σ shared upper_i / solo lower_i, decides: sharing wins when all of it is above 1, loses when all of it is below 1, and is undecided otherwise";
 
 /// One tenant's part in a probe, as its figures judge it.
 #[derive(Debug, Clone)]
@@ -120,6 +120,26 @@ pub fn probe_verdict(tenants: &[TenantJudgement<'_>]) -> ProbeVerdict {
         }
     } else {
         ProbeVerdict::Pass
+    }
+}
+
+/// The verdict of a probe its early stop ended (`why`): once a bound's requests over it were
+/// more than its planned requests allow, the probe could no longer pass, yet it fails only
+/// where its requests so far fail it at the stated confidence; otherwise it is unsure, and
+/// counts as failed unless a repeat says more.
+pub fn stopped_probe_verdict(why: &str, tenants: &[TenantJudgement<'_>]) -> ProbeVerdict {
+    match probe_verdict(tenants) {
+        ProbeVerdict::Fail { missed } => ProbeVerdict::Fail {
+            missed: std::iter::once(why.to_owned()).chain(missed).collect(),
+        },
+        ProbeVerdict::NotSignificant { reason, .. } => ProbeVerdict::NotSignificant {
+            passed: false,
+            reason: format!("{why}; {reason}"),
+        },
+        ProbeVerdict::Pass | ProbeVerdict::Broken { .. } => ProbeVerdict::NotSignificant {
+            passed: false,
+            reason: why.to_owned(),
+        },
     }
 }
 
@@ -816,6 +836,7 @@ mod tests {
                 limit: 150.0,
                 requests,
                 over,
+                slots: confidence::even_slots(requests, over, 20),
             }];
             probe_verdict(&[TenantJudgement {
                 tenant: "a",

@@ -5,10 +5,12 @@
 //! 1. bracketing: from `start`, doubling after a pass and halving after a fail, until one
 //!    scale passed and a higher one failed (or `max` passed, or even `min` failed);
 //! 2. bisection of [highest pass, lowest fail] until `(fail − pass) / pass ≤ precision`;
-//! 3. a probe whose verdict is not significant (too few requests for the percentile its SLO
-//!    names) is repeated, up to `repeats` times; the final highest pass is repeated once to
-//!    confirm it. A scale with a significant pass and a significant fail *flipped*: it counts
-//!    as failed (conservative), and the search goes on below it.
+//! 3. a probe whose verdict is not significant (too few requests, or its seconds disagree) is
+//!    repeated, up to `repeats` times, each repeat measuring twice as long as the try before;
+//!    the final highest pass is repeated once to confirm it, and a confirmation that is not
+//!    significant is repeated likewise and decides: a pass followed only by unsure probes that
+//!    leaned to failing counts as failed. A scale with a significant pass and a significant
+//!    fail *flipped*: it counts as failed (conservative), and the search goes on below it.
 //!
 //! [`next_probe`] is a pure function of the probes so far, and [`interval`] of the same probes
 //! is what analysis recomputes from the JSONL, so the agent's decisions and the summary can
@@ -189,21 +191,24 @@ fn by_scale(probes: &[Probe]) -> Vec<(f64, ScaleVerdict, bool)> {
                 .iter()
                 .filter(|v| matches!(v, ProbeVerdict::Fail { .. }))
                 .count();
+            // The unsure probes since the last significant one: a pass whose confirmation
+            // was unsure is decided again, by the (longer) repeats.
+            let trailing: Vec<bool> = here
+                .iter()
+                .rev()
+                .map_while(|v| match v {
+                    ProbeVerdict::NotSignificant { passed, .. } => Some(*passed),
+                    _ => None,
+                })
+                .collect();
             let verdict = if fails > 0 {
                 ScaleVerdict::Fail
-            } else if passes > 0 {
+            } else if passes > 0 && trailing.is_empty() {
                 ScaleVerdict::Pass
             } else {
-                let unsure: Vec<bool> = here
-                    .iter()
-                    .filter_map(|v| match v {
-                        ProbeVerdict::NotSignificant { passed, .. } => Some(*passed),
-                        _ => None,
-                    })
-                    .collect();
                 ScaleVerdict::Unsure {
-                    passed: unsure.iter().all(|p| *p),
-                    tries: u32::try_from(unsure.len()).unwrap_or(u32::MAX),
+                    passed: trailing.iter().all(|p| *p),
+                    tries: u32::try_from(trailing.len()).unwrap_or(u32::MAX),
                 }
             };
             (s, verdict, passes > 0 && fails > 0)
@@ -479,6 +484,40 @@ mod tests {
         ];
         let found = interval(&flipped, &p);
         assert_eq!(found.flipped, [4.0]);
+        // A pass whose confirmation came back unsure is probed again; once the repeats are
+        // spent on probes that leaned to failing, the scale counts as failed.
+        let leaning = ProbeVerdict::NotSignificant {
+            passed: false,
+            reason: "a: ttft_ms p90: 24 of 52 over 150 ms: not decided at 95%".into(),
+        };
+        let mut confirming = vec![
+            Probe {
+                scale: 4.0,
+                verdict: ProbeVerdict::Pass,
+            },
+            Probe {
+                scale: 4.4,
+                verdict: ProbeVerdict::Fail {
+                    missed: vec!["x".into()],
+                },
+            },
+            Probe {
+                scale: 4.0,
+                verdict: leaning.clone(),
+            },
+        ];
+        assert_eq!(
+            next_probe(&confirming, &p),
+            Some(4.0),
+            "the confirmation again"
+        );
+        confirming.push(Probe {
+            scale: 4.0,
+            verdict: leaning,
+        });
+        let found = interval(&confirming, &p);
+        assert_eq!((found.passed, found.failed), (None, Some(4.0)), "{found:?}");
+        assert_eq!(next_probe(&confirming, &p), Some(2.0));
         assert_eq!((found.passed, found.failed), (None, Some(4.0)));
         assert_eq!(
             next_probe(&flipped, &p),

@@ -3,8 +3,10 @@
 //! lengthened measure phase (at an overloaded rate, a minute or more of GPU time).
 //!
 //! A percentile bound `p ≤ L` over the probe's requests is missed for certain once so many
-//! requests are over `L` that the probe's 95% test would fail it even if every other request it
-//! can still hold were within `L` ([`certain_fail_count`]). What it can hold is the planned
+//! requests are over `L` that the probe's binomial 95% test would fail it even if every other
+//! request it can still hold were within `L` ([`certain_fail_count`]). Whether the probe then
+//! fails is for its verdict to say: where its seconds disagree (requests over the bound all in
+//! one stall), its batch-means test keeps it unsure. What it can hold is the planned
 //! count (rate × measured time) plus four standard deviations of a Poisson count, so that a
 //! lucky surplus of arrivals cannot turn the verdict; arrivals burstier than Poisson (a gamma
 //! process of cv > 1, a trace) can exceed that margin.
@@ -16,22 +18,6 @@ use multitenant::capacity::confidence::{certain_fail_count, DEFAULT_CONFIDENCE};
 use multitenant::events::RequestEvent;
 use multitenant::slo::{RequestLatency, Slo};
 use tokio_util::sync::CancellationToken;
-
-/// A request's `latency`, in nanoseconds; `None` where it has none.
-fn latency_of(latency: RequestLatency, r: &RequestEvent) -> Option<u64> {
-    match latency {
-        RequestLatency::Ttft => r.first_token_ns.map(|f| f.saturating_sub(r.sent_ns)),
-        RequestLatency::E2e => Some(
-            r.last_token_ns
-                .unwrap_or(r.done_ns)
-                .saturating_sub(r.sent_ns),
-        ),
-        RequestLatency::Tpot => match (r.first_token_ns, r.last_token_ns, r.output_tokens) {
-            (Some(f), Some(l), Some(n)) if n >= 2 => Some(l.saturating_sub(f) / u64::from(n - 1)),
-            _ => None,
-        },
-    }
-}
 
 /// One bound and its count so far.
 #[derive(Debug)]
@@ -84,7 +70,7 @@ impl BoundWatch {
     /// Counts a completed measured request against every bound.
     pub fn record(&self, request: &RequestEvent) {
         for bound in &self.bounds {
-            let Some(value) = latency_of(bound.latency, request) else {
+            let Some(value) = bound.latency.of(request) else {
                 continue;
             };
             if value <= bound.limit_ns {
@@ -103,7 +89,7 @@ impl BoundWatch {
             return;
         }
         let _ = self.reason.set(format!(
-            "{}: {over} requests over {} ms, more than the {} that a 95% test over all the probe's requests could still pass with: stopped early, failed",
+            "{}: {over} requests over {} ms, more than the {} that a 95% test over all the probe's requests could still pass with: stopped early",
             bound.name, bound.limit_ms, bound.most_over
         ));
         self.tripped.cancel();
@@ -169,7 +155,7 @@ mod tests {
         assert!(watch.tripped().is_cancelled());
         assert_eq!(
             watch.reason(),
-            Some("a: ttft_ms p99: 10 requests over 150 ms, more than the 9 that a 95% test over all the probe's requests could still pass with: stopped early, failed")
+            Some("a: ttft_ms p99: 10 requests over 150 ms, more than the 9 that a 95% test over all the probe's requests could still pass with: stopped early")
         );
         // A mean is no percentile: nothing to watch.
         let mean = Slo {

@@ -233,7 +233,9 @@ impl RunContext {
                 tenants: search.tenants.clone(),
                 stage: Stage::new(number),
             };
-            let mut duration = probe_duration(runner, shares, scale, cap);
+            // A repeat of an unsure scale measures twice as long as the try before it.
+            let mut duration = probe_duration(runner, shares, scale, cap)
+                * 2u32.pow(unsure_tries(&history, scale));
             for slot in &mut runner.slots {
                 let share = shares.get(slot.name()).copied().unwrap_or(0.0);
                 let ArrivalPlan::Single(arrival) = slot.workload.arrival else {
@@ -362,6 +364,18 @@ fn replay_left(runner: &TrialRunner<'_>, warmup: Duration) -> Option<Duration> {
         })
         .min()
 }
+
+/// How many probes at `scale` so far were not significant.
+fn unsure_tries(history: &[Probe], scale: f64) -> u32 {
+    let unsure = history
+        .iter()
+        .filter(|p| p.scale == scale && matches!(p.verdict, ProbeVerdict::NotSignificant { .. }))
+        .count();
+    u32::try_from(unsure).unwrap_or(u32::MAX).min(MAX_DOUBLINGS)
+}
+
+/// The most times a repeated probe's length is doubled (`capacity.repeats` allows 5).
+const MAX_DOUBLINGS: u32 = 5;
 
 /// How long a probe at `scale` measures: the configured probe duration, or longer where a
 /// tenant's share of the rate would complete too few requests in it for the percentile its SLO
