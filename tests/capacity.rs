@@ -388,11 +388,12 @@ fn a_probe_whose_failure_is_certain_stops_early_and_fails() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // The first probe offers 240 req/s to an engine that carries about 60: its TTFT is past
     // 50 ms within a second, and a p99 allows only 1% of the probe's planned requests over.
+    // A budget of one probe leaves out the probes below it, which only this test would wait on.
     let dir = run_experiment(
         tmp.path(),
         "early",
         &format!(
-            "name: early\nslo: {{ttft_ms: {{p99: 50}}}}\ncapacity: {{probe: {{warmup: 500ms, duration: 6s}}, precision: 0.25, repeats: 0, max_rate: 240, max_probes: 3}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 240}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 500ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
+            "name: early\nslo: {{ttft_ms: {{p99: 50}}}}\ncapacity: {{probe: {{warmup: 500ms, duration: 6s}}, precision: 0.25, repeats: 0, max_rate: 240, max_probes: 3, budget: 7s}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 240}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 500ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants:\n      - {{name: t, engine: {}, workload: w}}\n",
             engine(6000)
         ),
     );

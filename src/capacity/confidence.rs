@@ -279,12 +279,12 @@ impl TallyFold {
         }
     }
 
-    /// Each bound's tally.
-    pub fn finish(self) -> Vec<BoundTally> {
+    /// Each bound's tally so far.
+    pub fn tallies(&self) -> Vec<BoundTally> {
         self.bounds
-            .into_iter()
+            .iter()
             .map(|(bound, slots)| {
-                let slots: Vec<SlotCount> = slots.into_values().collect();
+                let slots: Vec<SlotCount> = slots.values().copied().collect();
                 BoundTally {
                     bound: bound.name(),
                     quantile: bound.fraction,
@@ -295,6 +295,11 @@ impl TallyFold {
                 }
             })
             .collect()
+    }
+
+    /// Each bound's tally.
+    pub fn finish(self) -> Vec<BoundTally> {
+        self.tallies()
     }
 }
 

@@ -4,9 +4,9 @@
 //!
 //! A percentile bound `p ≤ L` over the probe's requests is missed for certain once so many
 //! requests are over `L` that the probe's binomial 95% test would fail it even if every other
-//! request it can still hold were within `L` ([`certain_fail_count`]). Whether the probe then
-//! fails is for its verdict to say: where its seconds disagree (requests over the bound all in
-//! one stall), its batch-means test keeps it unsure. What it can hold is the planned
+//! request it can still hold were within `L` ([`certain_fail_count`]), and its batch-means
+//! test over the seconds so far fails it too: a stall that put many requests over the bound in
+//! one second, while the others were within it, does not stop the probe. What it can hold is the planned
 //! count (rate × measured time) plus four standard deviations of a Poisson count, so that a
 //! lucky surplus of arrivals cannot turn the verdict; arrivals burstier than Poisson (a gamma
 //! process of cv > 1, a trace) can exceed that margin.
@@ -14,7 +14,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
-use multitenant::capacity::confidence::{certain_fail_count, DEFAULT_CONFIDENCE};
+use multitenant::capacity::confidence::{
+    certain_fail_count, Confidence, TallyFold, DEFAULT_CONFIDENCE,
+};
 use multitenant::events::RequestEvent;
 use multitenant::slo::{RequestLatency, Slo};
 use tokio_util::sync::CancellationToken;
@@ -34,6 +36,8 @@ struct Watched {
 #[derive(Debug)]
 pub struct BoundWatch {
     bounds: Vec<Watched>,
+    /// The same bounds counted by slots of send time, as the probe's verdict counts them.
+    fold: Mutex<TallyFold>,
     tripped: CancellationToken,
     reason: OnceLock<String>,
     /// Serialises the first trip, so that one reason is kept.
@@ -61,15 +65,20 @@ impl BoundWatch {
             .collect();
         (!bounds.is_empty()).then(|| Self {
             bounds,
+            fold: Mutex::new(TallyFold::new(slo)),
             tripped: stop,
             reason: OnceLock::new(),
             trip: Mutex::new(()),
         })
     }
 
-    /// Counts a completed measured request against every bound.
+    /// Counts a completed measured request against every bound; trips once a bound has more
+    /// requests over it than the probe could pass with and its seconds so far fail it (the
+    /// batch-means test of its verdict), so that a probe stopped early is a probe failed.
     pub fn record(&self, request: &RequestEvent) {
-        for bound in &self.bounds {
+        let mut fold = self.fold.lock().unwrap_or_else(|e| e.into_inner());
+        fold.record(request);
+        for (index, bound) in self.bounds.iter().enumerate() {
             let Some(value) = bound.latency.of(request) else {
                 continue;
             };
@@ -77,7 +86,14 @@ impl BoundWatch {
                 continue;
             }
             let over = bound.over.fetch_add(1, Ordering::Relaxed) + 1;
-            if over > bound.most_over {
+            if over <= bound.most_over {
+                continue;
+            }
+            let judged = fold
+                .tallies()
+                .get(index)
+                .map(|t| t.judge(DEFAULT_CONFIDENCE));
+            if judged == Some(Confidence::Fail) {
                 self.trip_on(bound, over);
             }
         }
@@ -89,7 +105,7 @@ impl BoundWatch {
             return;
         }
         let _ = self.reason.set(format!(
-            "{}: {over} requests over {} ms, more than the {} that a 95% test over all the probe's requests could still pass with: stopped early",
+            "{}: {over} requests over {} ms, more than the {} that a 95% test over all the probe's requests could still pass with, and its seconds so far fail it: stopped early",
             bound.name, bound.limit_ms, bound.most_over
         ));
         self.tripped.cancel();
@@ -112,17 +128,19 @@ mod tests {
     use super::*;
     use multitenant::slo::Quantile;
 
-    fn request(ttft_ms: u64) -> RequestEvent {
-        let first = ttft_ms * 1_000_000;
+    /// A request sent `sent_ms` into the probe, its first token `ttft_ms` later.
+    fn request(sent_ms: u64, ttft_ms: u64) -> RequestEvent {
+        let ms = 1_000_000;
+        let first = (sent_ms + ttft_ms) * ms;
         RequestEvent {
-            id: "a-1".into(),
+            id: format!("a-{sent_ms}"),
             phase: multitenant::events::Phase::Measure,
-            scheduled_ns: 0,
-            sent_ns: 0,
+            scheduled_ns: sent_ms * ms,
+            sent_ns: sent_ms * ms,
             connect_ns: None,
             first_token_ns: Some(first),
-            last_token_ns: Some(first + 15_000_000),
-            done_ns: first + 15_000_000,
+            last_token_ns: Some(first + 15 * ms),
+            done_ns: first + 15 * ms,
             chunk_gaps_us: vec![5_000; 3],
             max_tokens: 4,
             prompt_tokens: Some(8),
@@ -135,28 +153,48 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_probe_trips_once_more_are_over_than_its_requests_can_allow() {
+    fn p99_watch() -> BoundWatch {
         let slo = Slo {
             ttft_ms: [(Quantile::P99, 150.0), (Quantile::Mean, 10.0)].into(),
             ..Slo::default()
         };
         // 400 planned: at most 400 + 4 × 20 + 1 = 481 requests, and 10 over a p99 among 481
         // fail it at 95% whatever the others are.
-        let watch = BoundWatch::new("a", &slo, 400.0, CancellationToken::new()).expect("a bound");
-        for _ in 0..100 {
-            watch.record(&request(20));
+        BoundWatch::new("a", &slo, 400.0, CancellationToken::new()).expect("a bound")
+    }
+
+    #[test]
+    fn a_probe_trips_once_more_are_over_than_its_requests_can_allow() {
+        let watch = p99_watch();
+        // Five seconds of requests within the bound, one every 50 ms...
+        for i in 0..100 {
+            watch.record(&request(i * 50, 20));
         }
-        for _ in 0..9 {
-            watch.record(&request(900));
+        // ... and one over it in each of its ten half-second slots.
+        for i in 0..9 {
+            watch.record(&request(i * 500 + 10, 900));
         }
         assert!(!watch.tripped().is_cancelled());
-        watch.record(&request(900));
+        watch.record(&request(4_510, 900));
         assert!(watch.tripped().is_cancelled());
         assert_eq!(
             watch.reason(),
-            Some("a: ttft_ms p99: 10 requests over 150 ms, more than the 9 that a 95% test over all the probe's requests could still pass with: stopped early")
+            Some("a: ttft_ms p99: 10 requests over 150 ms, more than the 9 that a 95% test over all the probe's requests could still pass with, and its seconds so far fail it: stopped early")
         );
+    }
+
+    #[test]
+    fn a_stall_in_one_second_does_not_stop_a_probe() {
+        let watch = p99_watch();
+        for i in 0..100 {
+            watch.record(&request(i * 50, 20));
+        }
+        // Twelve over the bound, all sent in the same half second: more than the 9 allowed, but
+        // the other nine slots had none, so the seconds do not fail it.
+        for i in 0..12 {
+            watch.record(&request(2_000 + i * 10, 900));
+        }
+        assert!(!watch.tripped().is_cancelled(), "{:?}", watch.reason());
         // A mean is no percentile: nothing to watch.
         let mean = Slo {
             ttft_ms: [(Quantile::Mean, 10.0)].into(),
