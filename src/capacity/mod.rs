@@ -33,7 +33,7 @@ pub struct TenantJudgement<'a> {
     /// How many a bound judged on its figure needs (a mean, a maximum, ITL, the error rate;
     /// [`crate::slo::Slo::requests_needed`]).
     pub needed: u64,
-    /// Its percentile bounds over requests, counted ([`confidence::tallies`]): judged at
+    /// Its percentile bounds over requests, counted ([`confidence::TallyFold`]): judged at
     /// [`confidence::DEFAULT_CONFIDENCE`].
     pub tallies: &'a [confidence::BoundTally],
     /// Its SLO, judged; `None` without one.

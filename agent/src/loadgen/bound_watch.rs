@@ -153,6 +153,7 @@ mod tests {
         }
     }
 
+    /// A p99 watch that has seen five seconds of requests within the bound, one every 50 ms.
     fn p99_watch() -> BoundWatch {
         let slo = Slo {
             ttft_ms: [(Quantile::P99, 150.0), (Quantile::Mean, 10.0)].into(),
@@ -160,17 +161,17 @@ mod tests {
         };
         // 400 planned: at most 400 + 4 × 20 + 1 = 481 requests, and 10 over a p99 among 481
         // fail it at 95% whatever the others are.
-        BoundWatch::new("a", &slo, 400.0, CancellationToken::new()).expect("a bound")
+        let watch = BoundWatch::new("a", &slo, 400.0, CancellationToken::new()).expect("a bound");
+        for i in 0..100 {
+            watch.record(&request(i * 50, 20));
+        }
+        watch
     }
 
     #[test]
     fn a_probe_trips_once_more_are_over_than_its_requests_can_allow() {
         let watch = p99_watch();
-        // Five seconds of requests within the bound, one every 50 ms...
-        for i in 0..100 {
-            watch.record(&request(i * 50, 20));
-        }
-        // ... and one over it in each of its ten half-second slots.
+        // One request over the bound in each of the ten half-second slots.
         for i in 0..9 {
             watch.record(&request(i * 500 + 10, 900));
         }
@@ -186,9 +187,6 @@ mod tests {
     #[test]
     fn a_stall_in_one_second_does_not_stop_a_probe() {
         let watch = p99_watch();
-        for i in 0..100 {
-            watch.record(&request(i * 50, 20));
-        }
         // Twelve over the bound, all sent in the same half second: more than the 9 allowed, but
         // the other nine slots had none, so the seconds do not fail it.
         for i in 0..12 {
