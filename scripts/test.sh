@@ -50,6 +50,8 @@ MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration skypilot::th
 MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration lifetimes::
 # Seeded arrival processes, their sends held to the schedule (median 0.25 ms, p99 5 ms).
 MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration load_shapes::seeded_runs
+# Conversation turns sent within 5 ms of their think time after the answer before them.
+cargo test --workspace --test integration conversations:: -- --ignored
 # A 2-minute trace replayed ten times faster: every record at its scaled time, held to 2 ms.
 MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration trace_replay::a_two_minute
 # An agent out of file descriptors, its 300 closed-loop workers failing and backing off.

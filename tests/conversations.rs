@@ -20,7 +20,11 @@ fn prompt_of_turn(k: u32) -> u32 {
     SYSTEM + k * QUESTION + (k - 1) * ANSWER
 }
 
+/// Its turns are held to 5 ms of their due time, which two cores shared with the main suite's
+/// other processes do not always give (5.6 ms once, with neighbours; alone, within it): so it
+/// runs alone, from scripts/test.sh.
 #[test]
+#[ignore = "held to 5 ms: run alone by scripts/test.sh (cargo test --test integration conversations:: -- --ignored)"]
 fn conversations_carry_their_history_on_time_into_the_prefix_cache() {
     let tmp = tempfile::tempdir().expect("tmp");
     // Prefill dominates TTFT: 20 µs a token, so turn 4's 552-token prompt costs 11 ms uncached.
