@@ -5,7 +5,7 @@
 # after the first time), then formatting, lints, docs, the main suite, and the heavy tests
 # each on its own (they time latencies or take both cores; beside other tests they would
 # disturb them). The proto build needs no protoc (pure-Rust protox); tests build the agent and
-# coordinator binaries they drive. About 30 min on two cores once built; building from nothing
+# coordinator binaries they drive. About 34 min on two cores once built; building from nothing
 # adds about 18 min (lints 5, docs 7.5, test profile 5).
 set -euo pipefail
 cd "$(dirname "$0")/.."

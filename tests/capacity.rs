@@ -675,8 +675,8 @@ fn a_capacity_search_speeds_a_shared_trace_up_for_its_tenants_together() {
 /// who runs the default again would see.
 ///
 /// Six minutes of runs, more than CI's time allows beside the other heavy tests: run it with
-/// `--ignored` (last: seeds 1 and 5 "wins" at 1.09–1.49 and 1.18–1.64, seeds 2–4 undecided
-/// between 0.86 and 1.35).
+/// `--ignored` (last, with batch-means verdicts: seeds 1 and 5 "wins" at 1.09–1.49 and
+/// 1.20–1.75, seeds 2–4 undecided at 0.92–1.35; 382 s).
 #[test]
 #[ignore = "six minutes of runs: MULTITENANT_HEAVY_TESTS=1 cargo test --test integration capacity::the_default -- --ignored"]
 fn the_default_verdict_is_repeatable_under_five_seeds() {
