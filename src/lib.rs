@@ -11,6 +11,10 @@
 //! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
 //! - [`slo`]: service-level objectives, judged per tenant and trial, and goodput.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
+//! - [`capacity`]: the SLO capacity search's policy, its probes' verdicts at a stated
+//!   confidence, and the per-node capacity summary and sharing verdict.
+//! - [`trace`]: request traces in the formats public traces come in, read with every unusable
+//!   row counted, for replay.
 //! - [`series`]: the same folder as per-request and per-sample time series, for plots.
 //! - [`tokens`]: prompts of an exact token count from a model's `tokenizer.json`.
 //! - [`auth`]: the bearer token both sides of the gRPC API use.
