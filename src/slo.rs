@@ -147,6 +147,13 @@ impl PercentileBound {
     pub fn name(&self) -> String {
         format!("{} {}", self.latency.name(), self.quantile.name())
     }
+
+    /// Whether `r` took longer than the limit: its latency in µs as the summary's histograms
+    /// round it, against the limit's whole µs; `None` where it has no such latency.
+    pub fn over(&self, r: &RequestEvent) -> Option<bool> {
+        let ns = self.latency.of(r)?;
+        Some(((ns + 500) / 1_000).max(1) > (self.limit_ms * 1000.0).floor() as u64)
+    }
 }
 
 /// The SLO of a tenant: bounds in ms per latency metric and percentile, and a most error rate.

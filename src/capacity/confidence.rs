@@ -268,38 +268,34 @@ impl TallyFold {
         }
         let slot = r.sent_ns / SLOT.as_nanos() as u64;
         for (bound, slots) in &mut self.bounds {
-            let Some(ns) = bound.latency.of(r) else {
+            let Some(over) = bound.over(r) else {
                 continue;
             };
-            // In µs as the summary's histograms round it, against the limit's whole µs.
-            let over = ((ns + 500) / 1_000).max(1) > (bound.limit_ms * 1000.0).floor() as u64;
             let count = slots.entry(slot).or_default();
             count.requests += 1;
             count.over += u64::from(over);
         }
     }
 
-    /// Each bound's tally so far.
-    pub fn tallies(&self) -> Vec<BoundTally> {
-        self.bounds
-            .iter()
-            .map(|(bound, slots)| {
-                let slots: Vec<SlotCount> = slots.values().copied().collect();
-                BoundTally {
-                    bound: bound.name(),
-                    quantile: bound.fraction,
-                    limit: bound.limit_ms,
-                    requests: slots.iter().map(|s| s.requests).sum(),
-                    over: slots.iter().map(|s| s.over).sum(),
-                    slots,
-                }
-            })
-            .collect()
+    /// The tally so far of the `index`th bound (in [`Slo::percentile_bounds`] order).
+    pub fn tally(&self, index: usize) -> Option<BoundTally> {
+        let (bound, slots) = self.bounds.get(index)?;
+        let slots: Vec<SlotCount> = slots.values().copied().collect();
+        Some(BoundTally {
+            bound: bound.name(),
+            quantile: bound.fraction,
+            limit: bound.limit_ms,
+            requests: slots.iter().map(|s| s.requests).sum(),
+            over: slots.iter().map(|s| s.over).sum(),
+            slots,
+        })
     }
 
     /// Each bound's tally.
     pub fn finish(self) -> Vec<BoundTally> {
-        self.tallies()
+        (0..self.bounds.len())
+            .filter_map(|index| self.tally(index))
+            .collect()
     }
 }
 

@@ -18,7 +18,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::config::SharingMode;
-pub use search::{interval, next_probe, Interval, Probe, ProbeVerdict, SearchEnd, SearchPolicy};
+pub use search::{
+    interval, next_probe, unsure_probes_at, Interval, Probe, ProbeVerdict, SearchEnd, SearchPolicy,
+};
 
 /// How the summary defines its capacity figures.
 pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (each started on empty engine queues; bracket by doubling, bisect to the stated precision, a percentile bound judged at 95% confidence from the count of requests over it, overall (binomial) and per batch of time (batch means), both tests agreeing; repeat a probe that is not significant at twice its length, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses; their range, from Σ shared lower_i / solo upper_i to Σ shared upper_i / solo lower_i, decides: sharing wins when all of it is above 1, loses when all of it is below 1, and is undecided otherwise";

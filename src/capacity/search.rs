@@ -216,6 +216,17 @@ fn by_scale(probes: &[Probe]) -> Vec<(f64, ScaleVerdict, bool)> {
         .collect()
 }
 
+/// How many probes at `scale` were not significant: a probe there measures 2 to that power
+/// times its length (the repeats of an unsure scale lengthen).
+pub fn unsure_probes_at(probes: &[Probe], scale: f64) -> u32 {
+    let unsure = probes
+        .iter()
+        .filter(|p| (p.scale - scale).abs() <= SAME)
+        .filter(|p| matches!(p.verdict, ProbeVerdict::NotSignificant { .. }))
+        .count();
+    u32::try_from(unsure).unwrap_or(u32::MAX)
+}
+
 /// The interval the probes prove, with `policy`'s repeats deciding when an unsure scale
 /// stops being retried and counts by what it said.
 pub fn interval(probes: &[Probe], policy: &SearchPolicy) -> Interval {
@@ -465,6 +476,9 @@ mod tests {
             Some(8.0),
             "after the repeats it counts as it said"
         );
+        // Each try there lengthens the next by a doubling; other scales are not counted.
+        assert_eq!(unsure_probes_at(&probes, 4.0), 2);
+        assert_eq!(unsure_probes_at(&probes, 8.0), 0);
         let fail = ProbeVerdict::Fail {
             missed: vec!["x".into()],
         };

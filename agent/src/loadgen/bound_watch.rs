@@ -11,37 +11,32 @@
 //! lucky surplus of arrivals cannot turn the verdict; arrivals burstier than Poisson (a gamma
 //! process of cv > 1, a trace) can exceed that margin.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
 use multitenant::capacity::confidence::{
     certain_fail_count, Confidence, TallyFold, DEFAULT_CONFIDENCE,
 };
 use multitenant::events::RequestEvent;
-use multitenant::slo::{RequestLatency, Slo};
+use multitenant::slo::{PercentileBound, Slo};
 use tokio_util::sync::CancellationToken;
 
-/// One bound and its count so far.
+/// One bound, and the most requests over it that the probe could still pass with.
 #[derive(Debug)]
 struct Watched {
     name: String,
-    latency: RequestLatency,
-    limit_ns: u64,
-    limit_ms: f64,
+    bound: PercentileBound,
     most_over: u64,
-    over: AtomicU64,
 }
 
 /// The percentile bounds of one tenant in one probe.
 #[derive(Debug)]
 pub struct BoundWatch {
     bounds: Vec<Watched>,
-    /// The same bounds counted by slots of send time, as the probe's verdict counts them.
+    /// The same bounds counted by slots of send time, as the probe's verdict counts them; its
+    /// lock also serialises the first trip, so that one reason is kept.
     fold: Mutex<TallyFold>,
     tripped: CancellationToken,
     reason: OnceLock<String>,
-    /// Serialises the first trip, so that one reason is kept.
-    trip: Mutex<()>,
 }
 
 impl BoundWatch {
@@ -55,12 +50,9 @@ impl BoundWatch {
             .into_iter()
             .map(|bound| Watched {
                 name: format!("{tenant}: {}", bound.name()),
-                latency: bound.latency,
-                limit_ns: (bound.limit_ms * 1e6) as u64,
-                limit_ms: bound.limit_ms,
                 most_over: certain_fail_count(most, bound.fraction, DEFAULT_CONFIDENCE)
                     .saturating_sub(1),
-                over: AtomicU64::new(0),
+                bound,
             })
             .collect();
         (!bounds.is_empty()).then(|| Self {
@@ -68,7 +60,6 @@ impl BoundWatch {
             fold: Mutex::new(TallyFold::new(slo)),
             tripped: stop,
             reason: OnceLock::new(),
-            trip: Mutex::new(()),
         })
     }
 
@@ -78,35 +69,28 @@ impl BoundWatch {
     pub fn record(&self, request: &RequestEvent) {
         let mut fold = self.fold.lock().unwrap_or_else(|e| e.into_inner());
         fold.record(request);
-        for (index, bound) in self.bounds.iter().enumerate() {
-            let Some(value) = bound.latency.of(request) else {
+        for (index, watched) in self.bounds.iter().enumerate() {
+            if watched.bound.over(request) != Some(true) {
+                continue;
+            }
+            let Some(tally) = fold.tally(index) else {
                 continue;
             };
-            if value <= bound.limit_ns {
-                continue;
-            }
-            let over = bound.over.fetch_add(1, Ordering::Relaxed) + 1;
-            if over <= bound.most_over {
-                continue;
-            }
-            let judged = fold
-                .tallies()
-                .get(index)
-                .map(|t| t.judge(DEFAULT_CONFIDENCE));
-            if judged == Some(Confidence::Fail) {
-                self.trip_on(bound, over);
+            if tally.over > watched.most_over && tally.judge(DEFAULT_CONFIDENCE) == Confidence::Fail
+            {
+                self.trip_on(watched, tally.over);
             }
         }
     }
 
-    fn trip_on(&self, bound: &Watched, over: u64) {
-        let _first = self.trip.lock().unwrap_or_else(|e| e.into_inner());
+    /// Records why and cancels, once; called under the fold's lock.
+    fn trip_on(&self, watched: &Watched, over: u64) {
         if self.reason.get().is_some() {
             return;
         }
         let _ = self.reason.set(format!(
             "{}: {over} requests over {} ms, more than the {} that a 95% test over all the probe's requests could still pass with, and its seconds so far fail it: stopped early",
-            bound.name, bound.limit_ms, bound.most_over
+            watched.name, watched.bound.limit_ms, watched.most_over
         ));
         self.tripped.cancel();
     }

@@ -234,8 +234,8 @@ impl RunContext {
                 stage: Stage::new(number),
             };
             // A repeat of an unsure scale measures twice as long as the try before it.
-            let mut duration = probe_duration(runner, shares, scale, cap)
-                * 2u32.pow(unsure_tries(&history, scale));
+            let doublings = capacity::unsure_probes_at(&history, scale).min(MAX_DOUBLINGS);
+            let mut duration = probe_duration(runner, shares, scale, cap) * 2u32.pow(doublings);
             for slot in &mut runner.slots {
                 let share = shares.get(slot.name()).copied().unwrap_or(0.0);
                 let ArrivalPlan::Single(arrival) = slot.workload.arrival else {
@@ -363,15 +363,6 @@ fn replay_left(runner: &TrialRunner<'_>, warmup: Duration) -> Option<Duration> {
             Some(lasts.saturating_sub(warmup))
         })
         .min()
-}
-
-/// How many probes at `scale` so far were not significant.
-fn unsure_tries(history: &[Probe], scale: f64) -> u32 {
-    let unsure = history
-        .iter()
-        .filter(|p| p.scale == scale && matches!(p.verdict, ProbeVerdict::NotSignificant { .. }))
-        .count();
-    u32::try_from(unsure).unwrap_or(u32::MAX).min(MAX_DOUBLINGS)
 }
 
 /// The most times a repeated probe's length is doubled (`capacity.repeats` allows 5).
