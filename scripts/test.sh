@@ -5,8 +5,11 @@
 # after the first time), then formatting, lints, docs, the main suite, and the heavy tests
 # each on its own (they time latencies or take both cores; beside other tests they would
 # disturb them). The proto build needs no protoc (pure-Rust protox); tests build the agent and
-# coordinator binaries they drive. About 34 min on two cores once built; building from nothing
-# adds about 18 min (lints 5, docs 7.5, test profile 5).
+# coordinator binaries they drive. About 33 min on two cores once built; building from nothing
+# adds the lints' build and the test build. The docs, binaries and tests share the lints'
+# dependencies: no dev-dependency may switch on a feature of a shared crate (tokio's
+# `test-util` did, and rebuilt tokio and all on it twice; proptest 1.12's rand 0.10 did through
+# getrandom, and rebuilt this workspace's own crates).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
