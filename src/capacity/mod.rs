@@ -564,7 +564,14 @@ fn verdict_line(
         if mixes.iter().any(|s| s.interval.budget_spent.is_some()) {
             return all.join("; ");
         }
-        return format!("sharing does not meet the SLOs: {}", all.join("; "));
+        // Only a shared search that passed no rate says sharing fails; a solo capacity above
+        // the search's range leaves the shared one without a measure, not failed.
+        let words = if mixes.iter().all(|s| s.interval.passed.is_none()) {
+            "sharing does not meet the SLOs"
+        } else {
+            "no verdict"
+        };
+        return format!("{words}: {}", all.join("; "));
     };
     let mut line = describe(best, true);
     if mixes.len() > 1 {
@@ -804,12 +811,21 @@ mod tests {
         let node = node_capacity("n", &searches, &probes).expect("searched");
         assert_eq!(node.shared[0].gpu_equivalents, None);
         assert_eq!(node.best_mode, None);
-        assert!(
-            node.verdict.contains(
-                "no shared rate met every SLO (lowest probe failed: a: ttft_ms p99 9.00 > 5)"
-            ),
-            "{}",
-            node.verdict
+        assert_eq!(
+            node.verdict,
+            "sharing does not meet the SLOs: mps: no shared rate met every SLO (lowest probe failed: a: ttft_ms p99 9.00 > 5)"
+        );
+
+        // A solo capacity above the search's range leaves sharing unmeasured, not failed.
+        let probes = [
+            probe("cap-solo-a", 1, 64.0, true, &[("a", 1.0)]),
+            probe("cap-mps", 1, 4.0, true, &[("a", 0.5), ("b", 0.5)]),
+            probe("cap-mps", 2, 5.0, false, &[("a", 0.5), ("b", 0.5)]),
+        ];
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        assert_eq!(
+            node.verdict,
+            "no verdict: mps: the solo capacity of a is above the search's maximum: raise capacity.max_rate"
         );
     }
 
