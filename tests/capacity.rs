@@ -277,7 +277,7 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     std::fs::write(
         &cfg,
         format!(
-            "name: verdict\nslo: {{ttft_ms: {{p50: 150}}}}\ncapacity: {{probe: {{warmup: 300ms, duration: 1s}}, precision: 0.25, repeats: 0, max_probes: 6, directions: 3}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 20}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 300ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    sim_gpu: {{mps_interference: 0.3}}\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
+            "name: verdict\nslo: {{ttft_ms: {{p50: 150}}}}\ncost: {{gpu_hour: 2.49}}\ncapacity: {{probe: {{warmup: 300ms, duration: 1s}}, precision: 0.25, repeats: 0, max_probes: 6, directions: 3}}\nworkloads:\n  w: {{arrival: {{kind: poisson, rate: 20}}, data: {{prompt_tokens: 64, output_tokens: 16}}, warmup: 300ms, duration: 1s}}\nnodes:\n  - name: n\n    trials: [mps]\n    sim_gpu: {{mps_interference: 0.3}}\n    tenants:\n      - {{name: a, engine: {}, workload: w}}\n      - {{name: b, engine: {}, workload: w}}\n",
             engine(5000),
             engine(8000)
         ),
@@ -343,6 +343,43 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
         .expect("capacity")
         .definition
         .contains("GPU-equivalents"));
+    // Priced at 2.49 USD a GPU-hour: both tenants alone, and the mix at the configured 20 + 20
+    // requests/s, from the output tokens each probe request returned (16 asked).
+    let cost = node.cost.as_ref().expect("priced");
+    assert_eq!((cost.gpu_hour, cost.currency.as_str()), (2.49, "USD"));
+    assert_eq!(cost.solo.len(), 2, "{cost:?}");
+    for s in &cost.solo {
+        assert_eq!(s.output_tokens_per_request, 16.0, "{s:?}");
+        let solo = node
+            .solo
+            .iter()
+            .find(|x| x.tenant == s.tenant)
+            .expect("solo");
+        let expected = 2.49 * 1e6 / (solo.interval.passed.expect("passed") * 16.0 * 3600.0);
+        assert!(
+            (s.per_million_output_tokens - expected).abs() < 0.001,
+            "{s:?}"
+        );
+    }
+    let shared = &cost.shared[0];
+    assert_eq!(shared.mode, multitenant::config::SharingMode::Mps);
+    let traffic = shared
+        .traffic
+        .as_ref()
+        .expect("the configured traffic priced");
+    let in_proportion: f64 = node
+        .solo
+        .iter()
+        .map(|s| 20.0 / s.interval.failed.expect("a failing rate"))
+        .sum();
+    assert!(
+        (traffic.dedicated_gpus - in_proportion).abs() < 0.001,
+        "{traffic:?}"
+    );
+    let lines = cost.lines("n");
+    for line in &lines {
+        assert!(stdout.contains(line.as_str()), "{line}: {stdout}");
+    }
 
     let csv = std::fs::read_to_string(dir.join("capacity.csv")).expect("capacity.csv");
     // Two solo rows, then two tenants in each of three shared searches.
@@ -372,6 +409,7 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
         "no verdict box"
     );
     assert!(dom.contains(&node.verdict), "the verdict in the page");
+    assert!(dom.contains(&lines[0]), "the prices in the page");
     assert!(
         dom.contains(&format!("{} ({})", range.describe(), decision.words())),
         "the range and decision in the capacity table"
@@ -507,8 +545,25 @@ fn capacity_configs_that_cannot_be_searched_are_refused_with_their_path() {
         "slo: {ttft_ms: {p99: 100}}\ncapacity: {precision: 0, max_rate: 0.1, mix: {a: 1, c: 2}, budget: 0s}",
         "{kind: poisson, rate: 2}",
     ));
+    let priced = refused(base(
+        "slo: {ttft_ms: {p99: 100}}\ncapacity: {}\ncost: {gpu_hour: -1, currency: usd}",
+        "{kind: poisson, rate: 2}",
+    ));
     for expected in [
-        "capacity.precision",
+        "cost.gpu_hour: -1 must be the price of one GPU for one hour",
+        "cost.currency: \"usd\" is not a currency code",
+    ] {
+        assert!(priced.contains(expected), "{expected}: {priced}");
+    }
+    let unsearched = refused(base(
+        "slo: {ttft_ms: {p99: 100}}\ncost: {gpu_hour: 2}",
+        "{kind: poisson, rate: 2}",
+    ));
+    assert!(
+        unsearched.contains("cost: prices the SLO capacities, and this config searches none"),
+        "{unsearched}"
+    );
+    for expected in [
         "capacity.max_rate",
         "capacity.mix.c",
         "tenant b of nodes[0] has no weight",

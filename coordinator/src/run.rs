@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context};
 use futures_util::future::join_all;
 use multitenant::analysis::{analyze, Analysis, Summary};
-use multitenant::config::{Experiment, LauncherKind, Node, OnNodeFailure};
+use multitenant::config::{configured_rate, Experiment, LauncherKind, Node, OnNodeFailure};
 use multitenant::layout::{self, ExperimentDir, Plan, PlanNode, PlanTenant, PlanTrial};
 use multitenant::proto::v1::{InfoRequest, StartRunRequest, StopRunRequest};
 use tokio_util::sync::CancellationToken;
@@ -335,6 +335,11 @@ fn write_plan(dir: &Path, experiment: &Experiment, launcher: &str) -> anyhow::Re
         .iter()
         .map(|n| PlanNode {
             node: n.name.clone(),
+            traffic: n
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.name.clone(), configured_rate(experiment, t)?)))
+                .collect(),
             trials: n
                 .trials(&experiment.workloads)
                 .iter()
@@ -361,6 +366,7 @@ fn write_plan(dir: &Path, experiment: &Experiment, launcher: &str) -> anyhow::Re
         experiment: experiment.name.clone(),
         launcher: launcher.to_owned(),
         nodes,
+        cost: experiment.cost.clone(),
     };
     let path = ExperimentDir::new(dir).file(layout::PLAN_FILE);
     std::fs::write(path, plan.to_json()).context("writing plan.json")

@@ -9,6 +9,7 @@
 //! requests. Trial folders, and the tenant streams of each, are read on every core; histograms
 //! merge exactly, so the figures are those of one reader going through the files in order.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use rayon::prelude::*;
@@ -430,9 +431,10 @@ pub fn analyze(dir: &Path) -> Result<Analysis, AnalysisError> {
     }
     // Each node's trial folders, with what the plan expected of each, and the planned trials
     // no folder holds.
+    let cost = plan.as_ref().and_then(|p| p.cost.clone());
     let mut listed = Vec::new();
     for node_dir in experiment.nodes()? {
-        let mut planned = take_planned(&mut plan, &node_dir.name);
+        let (mut planned, traffic) = take_planned(&mut plan, &node_dir.name);
         let trials: Vec<(TrialDir, Option<PlanTrial>)> = node_dir
             .trials_in_run_order()?
             .into_iter()
@@ -444,11 +446,11 @@ pub fn analyze(dir: &Path) -> Result<Analysis, AnalysisError> {
                 (trial_dir, expected)
             })
             .collect();
-        listed.push((node_dir, trials, planned));
+        listed.push((node_dir, trials, planned, traffic));
     }
     let analysed: Vec<Vec<Result<TrialAnalysis, AnalysisError>>> = listed
         .par_iter()
-        .map(|(_, trials, _)| {
+        .map(|(_, trials, _, _)| {
             trials
                 .par_iter()
                 .map(|(trial_dir, expected)| analyze_trial(trial_dir, expected.clone()))
@@ -458,7 +460,7 @@ pub fn analyze(dir: &Path) -> Result<Analysis, AnalysisError> {
     let mut series = ExperimentSeries::default();
     // Per trial name, in first-seen order: the nodes, their summaries and histograms.
     let mut by_trial: Vec<TrialOnNodes> = Vec::new();
-    for ((node_dir, _, planned), results) in listed.into_iter().zip(analysed) {
+    for ((node_dir, _, planned, traffic), results) in listed.into_iter().zip(analysed) {
         let node = node_dir.name.clone();
         let mut trials = Vec::new();
         let mut searches = Vec::new();
@@ -508,7 +510,13 @@ pub fn analyze(dir: &Path) -> Result<Analysis, AnalysisError> {
         );
         compare_with_solo(&mut trials);
         let probes: Vec<ProbeSummary> = trials.iter().filter_map(|t| t.probe.clone()).collect();
-        capacities.extend(capacity::node_capacity(&node, &searches, &probes));
+        if let Some(mut found) = capacity::node_capacity(&node, &searches, &probes) {
+            if let Some(cost) = &cost {
+                let tokens = output_tokens_per_request(&trials);
+                found.cost = Some(capacity::cost::node_cost(&found, cost, &traffic, &tokens));
+            }
+            capacities.push(found);
+        }
         summary.nodes.push(NodeSummary { node, trials });
         node_series.gpu.sort_by_key(|s| (s.at_ns, s.gpu));
         series.nodes.push(node_series);
@@ -1267,14 +1275,36 @@ fn read_plan(experiment: &ExperimentDir, warnings: &mut Vec<String>) -> Option<P
 
 /// Takes node `node`'s planned trials out of `plan`, so that the nodes left over are the
 /// planned nodes that never reported.
-fn take_planned(plan: &mut Option<Plan>, node: &str) -> Vec<PlanTrial> {
+fn take_planned(plan: &mut Option<Plan>, node: &str) -> (Vec<PlanTrial>, BTreeMap<String, f64>) {
     let Some(plan) = plan else {
-        return Vec::new();
+        return Default::default();
     };
     match plan.nodes.iter().position(|n| n.node == node) {
-        Some(i) => plan.nodes.remove(i).trials,
-        None => Vec::new(),
+        Some(i) => {
+            let planned = plan.nodes.remove(i);
+            (planned.trials, planned.traffic)
+        }
+        None => Default::default(),
     }
+}
+
+/// Each tenant's output tokens per completed request over the node's capacity probes, the
+/// requests the capacities count.
+fn output_tokens_per_request(trials: &[TrialSummary]) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    for tenant in trials
+        .iter()
+        .filter(|t| t.probe.is_some())
+        .flat_map(|t| &t.tenants)
+    {
+        let sum = sums.entry(tenant.tenant.clone()).or_default();
+        sum.0 += tenant.metrics.output_tokens;
+        sum.1 += tenant.metrics.completed;
+    }
+    sums.into_iter()
+        .filter(|(_, (_, completed))| *completed > 0)
+        .map(|(tenant, (tokens, completed))| (tenant, tokens as f64 / completed as f64))
+        .collect()
 }
 
 #[cfg(test)]

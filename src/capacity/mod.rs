@@ -3,6 +3,8 @@
 //! GPUs' worth of SLO-meeting traffic one shared GPU carries.
 //!
 //! - [`search`]: the probing policy and the interval its probes prove.
+//! - [`confidence`]: a percentile bound judged at a stated confidence.
+//! - [`cost`]: the capacities priced, when the config prices a GPU-hour.
 //! - this module: a probe's verdict from its tenants' figures, and the per-node summary.
 //!
 //! Definitions (also in every summary.json): a tenant's **solo capacity** `C_i` is the highest
@@ -11,6 +13,7 @@
 //! Σ_i shared rate_i / C_i at those highest passing rates.
 
 pub mod confidence;
+pub mod cost;
 pub mod search;
 
 use std::collections::BTreeMap;
@@ -212,6 +215,9 @@ pub struct NodeCapacity {
     /// How long all its searches' probes held the engines, seconds.
     #[serde(default)]
     pub engine_seconds: f64,
+    /// The capacities priced, when the config priced a GPU-hour (`cost:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<cost::CapacityCost>,
 }
 
 /// One tenant's capacity alone.
@@ -520,6 +526,7 @@ pub fn node_capacity(
         best_mode,
         verdict,
         engine_seconds: round3(engine_seconds),
+        cost: None,
     })
 }
 

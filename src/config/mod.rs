@@ -6,6 +6,7 @@
 
 pub mod accelerators;
 mod capacity;
+mod cost;
 mod error;
 mod launcher;
 pub mod memory_fit;
@@ -35,6 +36,7 @@ pub use capacity::{
     configured_rate, open_loop_rate, probe_trial_name, rescalable, with_rate, Capacity, Direction,
     Search,
 };
+pub use cost::{Cost, HOURS_PER_MONTH};
 pub use error::{ConfigError, Problem};
 pub use launcher::{
     AgentAddress, AgentInstall, Launcher, LauncherKind, OnNodeFailure, Platform, SkyPilotSettings,
@@ -58,6 +60,8 @@ pub struct Experiment {
     pub nodes: Vec<Node>,
     /// The SLO capacity search, when the config asks for one (`capacity:`).
     pub capacity: Option<Capacity>,
+    /// What a GPU-hour costs, to price the capacities (`cost:`).
+    pub cost: Option<Cost>,
 }
 
 /// Which OpenAI API a workload calls.

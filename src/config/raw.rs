@@ -15,6 +15,7 @@ pub struct RawExperiment {
     pub launcher: Option<RawLauncher>,
     pub slo: Option<RawSlo>,
     pub capacity: Option<RawCapacity>,
+    pub cost: Option<RawCost>,
     pub workloads: Option<BTreeMap<String, RawWorkload>>,
     pub nodes: Option<Vec<RawNode>>,
 }
@@ -31,6 +32,13 @@ pub struct RawCapacity {
     pub mix: Option<BTreeMap<String, f64>>,
     pub directions: Option<u32>,
     pub budget: Option<String>,
+}
+
+/// `cost:`.
+#[derive(Debug, Deserialize)]
+pub struct RawCost {
+    pub gpu_hour: Option<f64>,
+    pub currency: Option<String>,
 }
 
 /// `capacity.probe:`.

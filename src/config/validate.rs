@@ -264,9 +264,11 @@ impl Checker {
         }
         self.tenant_maps_match(&nodes, &workloads);
         let launcher = self.launcher(raw.launcher, &nodes);
+        let searched = raw.capacity.is_some();
         let capacity = raw
             .capacity
             .and_then(|c| self.capacity(c, &nodes, &workloads));
+        let cost = raw.cost.and_then(|c| self.cost(c, searched));
         Some(Experiment {
             name: name?,
             output_dir: PathBuf::from(raw.output_dir.unwrap_or_else(|| "runs".into())),
@@ -275,6 +277,7 @@ impl Checker {
             workloads,
             nodes,
             capacity,
+            cost,
         })
     }
 

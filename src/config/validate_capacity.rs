@@ -4,11 +4,40 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::capacity::{rescalable, Capacity};
-use super::raw::RawCapacity;
+use super::cost::Cost;
+use super::raw::{RawCapacity, RawCost};
 use super::validate::Checker;
 use super::{ArrivalPlan, Node, Workload};
 
 impl Checker {
+    /// `cost:`: a positive price per GPU-hour in a three-letter currency; it prices capacity
+    /// figures, so it needs a `capacity:` search beside it.
+    pub(super) fn cost(&mut self, raw: RawCost, searched: bool) -> Option<Cost> {
+        if !searched {
+            self.problem(
+                "cost",
+                "prices the SLO capacities, and this config searches none: add a capacity: block or remove cost:",
+            );
+        }
+        let gpu_hour = self.required(raw.gpu_hour, "cost.gpu_hour")?;
+        if !(gpu_hour.is_finite() && gpu_hour > 0.0 && gpu_hour <= 1_000.0) {
+            self.problem(
+                "cost.gpu_hour",
+                format!(
+                    "{gpu_hour} must be the price of one GPU for one hour: above 0, at most 1000"
+                ),
+            );
+        }
+        let currency = raw.currency.unwrap_or_else(|| "USD".into());
+        if !(currency.len() == 3 && currency.bytes().all(|b| b.is_ascii_uppercase())) {
+            self.problem(
+                "cost.currency",
+                format!("{currency:?} is not a currency code: write three capital letters, e.g. USD or EUR"),
+            );
+        }
+        Some(Cost { gpu_hour, currency })
+    }
+
     pub(super) fn capacity(
         &mut self,
         raw: RawCapacity,

@@ -2,11 +2,12 @@
 //! read by analysis through the same types, so that analysis can name the trial folders and
 //! tenant streams that are missing instead of silently reporting less.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::SharingMode;
+use crate::config::{Cost, SharingMode};
 
 /// The whole plan of an experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -19,6 +20,9 @@ pub struct Plan {
     pub launcher: String,
     /// Per node, in config order.
     pub nodes: Vec<PlanNode>,
+    /// What a GPU-hour costs, when the config priced it (`cost:`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<Cost>,
 }
 
 /// One node's planned trials.
@@ -28,6 +32,10 @@ pub struct PlanNode {
     pub node: String,
     /// Its trials, in run order.
     pub trials: Vec<PlanTrial>,
+    /// The traffic the config sends each tenant, requests/s: its open-loop or replay rate
+    /// (closed-loop tenants have none).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub traffic: BTreeMap<String, f64>,
 }
 
 /// One planned trial.
@@ -172,7 +180,12 @@ mod tests {
                         arrival: Some("constant 2/s".into()),
                     }],
                 }],
+                traffic: BTreeMap::from([("a".into(), 2.0)]),
             }],
+            cost: Some(Cost {
+                gpu_hour: 2.49,
+                currency: "USD".into(),
+            }),
         };
         let text = plan.to_json();
         assert!(text.starts_with("{\n  \"experiment\": \"e\",\n  \"launcher\": \"static\","));

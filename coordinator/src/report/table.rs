@@ -3,6 +3,7 @@
 use comfy_table::presets::UTF8_FULL_CONDENSED;
 use comfy_table::{Cell, CellAlignment, Table};
 use multitenant::analysis::{Summary, TenantSummary, TrialSummary};
+use multitenant::capacity::NodeCapacity;
 use multitenant::metrics::Percentiles;
 
 /// How the terminal shows a figure or verdict that has no data.
@@ -194,10 +195,17 @@ fn render_capacity(summary: &Summary) -> Option<String> {
         }
     }
     align_numbers(&mut table, 5);
+    let prices: String = capacity.nodes.iter().filter_map(render_cost).collect();
     Some(format!(
-        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\nengine time the searches took: {}\n",
+        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\nengine time the searches took: {}\n{prices}",
         cost.join(", ")
     ))
+}
+
+/// A node's capacities priced, a line each, when the config priced a GPU-hour.
+fn render_cost(node: &NodeCapacity) -> Option<String> {
+    let lines = node.cost.as_ref()?.lines(&node.node);
+    Some(lines.iter().map(|l| format!("{l}\n")).collect())
 }
 
 /// `4 min 12 s`, or `38 s` under a minute.

@@ -364,6 +364,11 @@ fn capacity_section(out: &mut String, summary: &Summary) {
             escape(&node.verdict)
         );
     }
+    for node in &capacity.nodes {
+        for line in node.cost.iter().flat_map(|c| c.lines(&node.node)) {
+            let _ = writeln!(out, "<p class=\"cost\">{}</p>", escape(&line));
+        }
+    }
     let _ = writeln!(
         out,
         "<p class=\"definition\">{}</p></div>",
