@@ -7,6 +7,7 @@
 
 use std::path::Path;
 
+use coordinator::bench_capacity::{CLIFF, GRADUAL};
 use multitenant::analysis::Summary;
 use multitenant::capacity::{NodeCapacity, SearchEnd, SharingDecision};
 use multitenant::config::Experiment;
@@ -26,14 +27,6 @@ fn node_capacity(summary: &Summary) -> &NodeCapacity {
         .expect("capacity in summary.json")
         .nodes[0]
 }
-
-/// configs/local.yaml's chat-small: a cliff. Its output saturates near 60 req/s, and past
-/// that its queue, and TTFT with it, grows without bound.
-const CLIFF: &str = "{kind: simulated, timing: {max_batch: 32, prefill_us_per_token: 15, decode_step_us: 9000, decode_step_us_per_seq: 120}}";
-
-/// A gradual engine: every prefill (26 ms for 256 tokens) stalls the batch's decode, so TPOT
-/// rises smoothly with the rate, and TTFT later.
-const GRADUAL: &str = "{kind: simulated, timing: {max_batch: 32, prefill_us_per_token: 100, decode_step_us: 4000, decode_step_us_per_seq: 50}}";
 
 /// How far outside a search's interval the long runs stand, 6% and 15%: a run below the
 /// interval's lower end must pass and one above its upper end must fail (the interval itself
@@ -119,8 +112,9 @@ fn assert_long_runs_agree(what: &str, pass: f64, fail: f64, verdicts: &[(f64, bo
     }
 }
 
-/// A solo search of `engine` under `slo`, then 15 s runs around its interval.
-fn solo_search_agrees_with_long_runs(what: &str, engine: &str, slo: &str) {
+/// A solo search of `engine` under `slo`, then 15 s runs around its interval; `cliff`: whether
+/// the engine's latency jumps at its capacity, as the search's fit must say.
+fn solo_search_agrees_with_long_runs(what: &str, engine: &str, slo: &str, cliff: bool) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let searched = run_experiment(
         tmp.path(),
@@ -138,6 +132,21 @@ fn solo_search_agrees_with_long_runs(what: &str, engine: &str, slo: &str) {
         &grid_config("runs", slo, "solo", &[("t", engine, Some(&rates))]),
     );
     assert_long_runs_agree(what, pass, fail, &long_run_verdicts(&read_summary(&runs)));
+    // The fit through all the probes names the one bound as binding, crossing it between the
+    // long runs that passed and failed, and says whether it is a cliff.
+    let fit = node_capacity(&summary).solo[0].fit.as_ref().expect("a fit");
+    let bound = fit.bounds.first().expect("the bound fitted");
+    assert_eq!(
+        fit.binding.as_deref(),
+        Some(bound.bound.as_str()),
+        "{fit:?}"
+    );
+    let at = fit.crosses_at.expect("crosses");
+    assert!(
+        at > rates[0] && at < rates[3],
+        "{what}: the fit crosses at {at}, outside the long runs {rates:?}: {fit:?}"
+    );
+    assert_eq!(bound.cliff.is_some(), cliff, "{what}: {fit:?}");
     // Every probe is a trial of its own in the folder, and analysis gave each its verdict.
     let probes: Vec<_> = summary.probes().collect();
     assert_eq!(probes.len() as u32, solo.probes);
@@ -156,7 +165,7 @@ fn a_solo_search_of_a_cliff_agrees_with_long_fixed_rate_runs() {
     if !heavy("the cliff grid test") {
         return;
     }
-    solo_search_agrees_with_long_runs("cliff", CLIFF, "{ttft_ms: {p90: 150}}");
+    solo_search_agrees_with_long_runs("cliff", CLIFF, "{ttft_ms: {p90: 150}}", true);
 }
 
 /// The probes' binomial verdicts alone took requests as independent draws, and on this engine
@@ -168,7 +177,7 @@ fn a_solo_search_of_a_gradual_engine_agrees_with_long_fixed_rate_runs() {
     if !heavy("the gradual grid test") {
         return;
     }
-    solo_search_agrees_with_long_runs("gradual", GRADUAL, "{tpot_ms: {p90: 25}}");
+    solo_search_agrees_with_long_runs("gradual", GRADUAL, "{tpot_ms: {p90: 25}}", false);
 }
 
 /// Fails today (issue 32), and the search may not be what is wrong. On this code it gives
@@ -380,6 +389,17 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     for line in &lines {
         assert!(stdout.contains(line.as_str()), "{line}: {stdout}");
     }
+    // Every search that found a failing rate names its binding bound, fitted through its
+    // probes: a's TTFT p50 (each tenant has only that bound).
+    let fits = node.fit_lines();
+    assert!(
+        fits.iter()
+            .any(|l| l.starts_with("n cap-solo-a: binding: a: ttft_ms p50 (crosses 150 at ")),
+        "{fits:?}"
+    );
+    for line in &fits {
+        assert!(stdout.contains(line.as_str()), "{line}: {stdout}");
+    }
 
     let csv = std::fs::read_to_string(dir.join("capacity.csv")).expect("capacity.csv");
     // Two solo rows, then two tenants in each of three shared searches.
@@ -410,6 +430,7 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     );
     assert!(dom.contains(&node.verdict), "the verdict in the page");
     assert!(dom.contains(&lines[0]), "the prices in the page");
+    assert!(dom.contains(&fits[0]), "the binding bounds in the page");
     assert!(
         dom.contains(&format!("{} ({})", range.describe(), decision.words())),
         "the range and decision in the capacity table"

@@ -106,6 +106,17 @@ pub enum Command {
         #[arg(long)]
         output: Option<PathBuf>,
     },
+    /// Measure what capacity searches cost to reach their verdict: probes and probe-seconds
+    /// per search, with the interval and decision each reached (by default on a cliff-shaped
+    /// and a gradual simulated engine, alone and under MPS).
+    BenchCapacity {
+        /// Search this config's capacity instead of the built-in shapes.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Keep the experiment folder here (default: a temporary folder, removed after).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
     /// Measure analysis on a seeded synthetic experiment: requests/s and peak memory of the
     /// summary, of the summary with its report, and of the Parquet export.
     BenchAnalysis {

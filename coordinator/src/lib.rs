@@ -12,10 +12,12 @@
 //!   `report.html` with its plots, and comparisons; one module per format.
 //! - [`paired`]: daemon agents paired with `coordinator pair`, and `coordinator agents`.
 //! - [`tls`]: the experiment CA and the certificates of coordinator and agents.
+//! - [`mod@bench`] and [`bench_capacity`]: what analysis and the capacity searches cost, printed.
 
 pub mod agent_client;
 pub mod attach;
 pub mod bench;
+pub mod bench_capacity;
 pub mod cli;
 pub mod collect;
 pub mod console;
@@ -418,6 +420,13 @@ pub async fn execute(command: cli::Command) -> anyhow::Result<Verdict> {
             }),
         }
         .map(|()| Verdict::Done),
+        Command::BenchCapacity { config, output_dir } => {
+            let cancel = CancellationToken::new();
+            tokio::spawn(cancel_on_ctrl_c(cancel.clone()));
+            bench_capacity::run(config.as_deref(), output_dir.as_deref(), cancel)
+                .await
+                .map(|()| Verdict::Done)
+        }
         Command::Plan { config, output_dir } => plan(&config, &output_dir).map(|()| Verdict::Done),
         Command::Down { dir } => down(&dir).await.map(|()| Verdict::Done),
         Command::Pair {

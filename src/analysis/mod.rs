@@ -28,6 +28,7 @@ use crate::metrics::slowdown::{colocation_gain, Slowdown};
 use crate::metrics::{Definitions, TenantAccumulator, TenantMetrics, LATE_SEND_MS};
 use crate::series::{ExperimentSeries, NodeSeries, TenantSeries, TrialSeries};
 
+mod probes;
 mod tenant;
 
 /// Version of the summary.json layout (1.1 added `missing` streams per trial and `quality` of
@@ -511,8 +512,9 @@ pub fn analyze(dir: &Path) -> Result<Analysis, AnalysisError> {
         compare_with_solo(&mut trials);
         let probes: Vec<ProbeSummary> = trials.iter().filter_map(|t| t.probe.clone()).collect();
         if let Some(mut found) = capacity::node_capacity(&node, &searches, &probes) {
+            probes::fit_searches(&mut found, &trials);
             if let Some(cost) = &cost {
-                let tokens = output_tokens_per_request(&trials);
+                let tokens = probes::output_tokens_per_request(&trials);
                 found.cost = Some(capacity::cost::node_cost(&found, cost, &traffic, &tokens));
             }
             capacities.push(found);
@@ -1286,25 +1288,6 @@ fn take_planned(plan: &mut Option<Plan>, node: &str) -> (Vec<PlanTrial>, BTreeMa
         }
         None => Default::default(),
     }
-}
-
-/// Each tenant's output tokens per completed request over the node's capacity probes, the
-/// requests the capacities count.
-fn output_tokens_per_request(trials: &[TrialSummary]) -> BTreeMap<String, f64> {
-    let mut sums: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for tenant in trials
-        .iter()
-        .filter(|t| t.probe.is_some())
-        .flat_map(|t| &t.tenants)
-    {
-        let sum = sums.entry(tenant.tenant.clone()).or_default();
-        sum.0 += tenant.metrics.output_tokens;
-        sum.1 += tenant.metrics.completed;
-    }
-    sums.into_iter()
-        .filter(|(_, (_, completed))| *completed > 0)
-        .map(|(tenant, (tokens, completed))| (tenant, tokens as f64 / completed as f64))
-        .collect()
 }
 
 #[cfg(test)]

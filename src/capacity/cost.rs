@@ -228,6 +228,7 @@ mod tests {
             search: format!("cap-solo-{tenant}"),
             interval: interval(c, c * 1.1),
             engine_seconds: 10.0,
+            fit: None,
         };
         let tenant = |name: &str, rate: f64| SharedTenant {
             tenant: name.into(),
@@ -253,6 +254,7 @@ mod tests {
                 at_least: false,
                 gpus_saved: Some(0.2),
                 no_verdict: None,
+                fit: None,
             }],
             best_mode: Some(SharingMode::Mps),
             verdict: String::new(),

@@ -4,6 +4,8 @@
 //!
 //! - [`search`]: the probing policy and the interval its probes prove.
 //! - [`confidence`]: a percentile bound judged at a stated confidence.
+//! - [`fit`]: every probe of a search at once: each bound's curve against the rate, the
+//!   binding bound and any cliff.
 //! - [`cost`]: the capacities priced, when the config prices a GPU-hour.
 //! - this module: a probe's verdict from its tenants' figures, and the per-node summary.
 //!
@@ -14,6 +16,7 @@
 
 pub mod confidence;
 pub mod cost;
+pub mod fit;
 pub mod search;
 
 use std::collections::BTreeMap;
@@ -220,6 +223,21 @@ pub struct NodeCapacity {
     pub cost: Option<cost::CapacityCost>,
 }
 
+impl NodeCapacity {
+    /// A line per search whose fit names a binding bound (`n cap-solo-a: binding: a: ttft_ms
+    /// p90 (crosses 150 at 54.100 req/s)`), as the terminal and report.html give them.
+    pub fn fit_lines(&self) -> Vec<String> {
+        let solo = self.solo.iter().map(|s| (&s.search, &s.fit));
+        let shared = self.shared.iter().map(|s| (&s.search, &s.fit));
+        solo.chain(shared)
+            .filter_map(|(search, fit)| {
+                let words = fit.as_ref()?.describe()?;
+                Some(format!("{} {search}: {words}", self.node))
+            })
+            .collect()
+    }
+}
+
 /// One tenant's capacity alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SoloCapacity {
@@ -232,6 +250,9 @@ pub struct SoloCapacity {
     /// How long its probes held the engines, seconds (what the search cost).
     #[serde(default)]
     pub engine_seconds: f64,
+    /// Each bound fitted through all its probes, and the binding one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit: Option<fit::SearchFit>,
 }
 
 /// The tenants' capacity together along one mix.
@@ -274,6 +295,9 @@ pub struct SharedCapacity {
     /// Why there are no GPU-equivalents, when there are none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub no_verdict: Option<String>,
+    /// Each bound fitted through all its probes, and the binding one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit: Option<fit::SearchFit>,
 }
 
 /// The range GPU-equivalents lie in. Each capacity is only known to an interval, [highest
@@ -426,6 +450,7 @@ pub fn node_capacity(
                 search: record.search.clone(),
                 interval: found,
                 engine_seconds,
+                fit: None,
             });
         } else {
             shared.push((record, found, shares, engine_seconds));
@@ -507,6 +532,7 @@ pub fn node_capacity(
                 decision: gpu_equivalents_range.map(GpuEquivalentsRange::decision),
                 gpu_equivalents_range,
                 no_verdict,
+                fit: None,
             }
         })
         .collect();

@@ -196,8 +196,14 @@ fn render_capacity(summary: &Summary) -> Option<String> {
     }
     align_numbers(&mut table, 5);
     let prices: String = capacity.nodes.iter().filter_map(render_cost).collect();
+    let fits: String = capacity
+        .nodes
+        .iter()
+        .flat_map(NodeCapacity::fit_lines)
+        .map(|line| format!("{line}\n"))
+        .collect();
     Some(format!(
-        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\nengine time the searches took: {}\n{prices}",
+        "{verdict}\nSLO capacity, requests/s [highest rate that passed, lowest that failed]; shared rows give each tenant's rate at the highest passing total\n{table}\n{fits}engine time the searches took: {}\n{prices}",
         cost.join(", ")
     ))
 }

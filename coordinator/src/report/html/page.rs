@@ -365,6 +365,9 @@ fn capacity_section(out: &mut String, summary: &Summary) {
         );
     }
     for node in &capacity.nodes {
+        for line in node.fit_lines() {
+            let _ = writeln!(out, "<p class=\"fit\">{}</p>", escape(&line));
+        }
         for line in node.cost.iter().flat_map(|c| c.lines(&node.node)) {
             let _ = writeln!(out, "<p class=\"cost\">{}</p>", escape(&line));
         }
