@@ -29,7 +29,7 @@ pub use search::{
 };
 
 /// How the summary defines its capacity figures.
-pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (each started on empty engine queues; bracket by doubling, bisect to the stated precision, a percentile bound judged at 95% confidence from the count of requests over it, overall (binomial) and per batch of time (batch means), both tests agreeing; repeat a probe that is not significant at twice its length, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses; their range, from Σ shared lower_i / solo upper_i to Σ shared upper_i / solo lower_i, decides: sharing wins when all of it is above 1, loses when all of it is below 1, and is undecided otherwise";
+pub const DEFINITION: &str = "solo capacity C_i: highest request rate at which tenant i alone met every bound of its SLO; shared capacity: highest total rate, split by the mix, at which every tenant met its own SLO together; both found by probes (each started on empty engine queues; bracket by doubling, bisect to the stated precision, a percentile bound judged at 95% confidence from the count of requests over it, overall (binomial) and per batch of time (batch means), both tests agreeing; repeat a probe that is not significant at twice its length, confirm the highest pass) and given as [highest rate that passed, lowest rate that failed]; GPU-equivalents = Σ_i shared rate_i / C_i at the highest passing rates: above 1 one shared GPU carries more SLO-meeting traffic than GPUs dedicated in proportion, below 1 sharing loses; their range, from Σ shared lower_i / solo upper_i to Σ shared upper_i / solo lower_i, decides: sharing wins when all of it is above 1, loses when all of it is below 1, and is undecided otherwise; a shared search along the mix stops once its range decides, before its interval is as narrow as asked";
 
 /// One tenant's part in a probe, as its figures judge it.
 #[derive(Debug, Clone)]
@@ -358,6 +358,23 @@ impl SharingDecision {
 
 /// The range of GPU-equivalents of a shared search whose capacity lies in `shared` and whose
 /// tenants (name, share) have the solo intervals `solo_of` gives.
+/// What a shared search along the mix has decided while it is still running: its
+/// GPU-equivalents range against the solo intervals (`solo_of`: each tenant's highest passing
+/// and lowest failing rate) already lies all above 1 or all below. Narrowing the shared
+/// interval further only narrows that range within itself, so the search may stop; `None`
+/// while the range straddles 1 or the search has ended by its policy.
+pub fn decided(
+    shared: &Interval,
+    shares: &BTreeMap<String, f64>,
+    solo_of: impl Fn(&str) -> Option<(f64, Option<f64>)>,
+) -> Option<SharingDecision> {
+    if shared.end != SearchEnd::Unfinished {
+        return None;
+    }
+    let decision = gpu_equivalents_range(shared, shares, solo_of)?.decision();
+    (decision != SharingDecision::Undecided).then_some(decision)
+}
+
 fn gpu_equivalents_range(
     shared: &Interval,
     shares: &BTreeMap<String, f64>,
@@ -461,9 +478,18 @@ pub fn node_capacity(
             .find(|s| s.tenant == tenant)
             .map(|s| &s.interval)
     };
+    let solo_ends = |t: &str| {
+        let solo = solo_of(t)?;
+        Some((solo.passed?, solo.failed))
+    };
     let shared: Vec<SharedCapacity> = shared
         .into_iter()
-        .map(|(record, found, shares, engine_seconds)| {
+        .map(|(record, mut found, shares, engine_seconds)| {
+            // The agent stops a search along the mix once its range decides the verdict.
+            let stops = record.policy.stop_when_decided && record.direction <= 1;
+            if stops && decided(&found, &shares, solo_ends).is_some() {
+                found.end = SearchEnd::Decided;
+            }
             let tenants: Vec<SharedTenant> = record
                 .tenants
                 .iter()
@@ -511,12 +537,8 @@ pub fn node_capacity(
             let gpu_equivalents = no_verdict
                 .is_none()
                 .then(|| round3(tenants.iter().filter_map(|t| t.of_solo).sum()));
-            let gpu_equivalents_range = gpu_equivalents.and_then(|_| {
-                gpu_equivalents_range(&found, &shares, |t| {
-                    let solo = solo_of(t)?;
-                    Some((solo.passed?, solo.failed))
-                })
-            });
+            let gpu_equivalents_range =
+                gpu_equivalents.and_then(|_| gpu_equivalents_range(&found, &shares, solo_ends));
             SharedCapacity {
                 mode: record.mode,
                 search: record.search.clone(),
@@ -676,6 +698,7 @@ mod tests {
             precision: 0.1,
             repeats: 0,
             max_probes: 16,
+            stop_when_decided: true,
         }
     }
 
@@ -766,6 +789,48 @@ mod tests {
             "{}",
             node.verdict
         );
+    }
+
+    #[test]
+    fn a_shared_search_whose_range_decides_ends_decided_and_only_then() {
+        let searches = [
+            record("cap-solo-a", SharingMode::Solo, &["a"]),
+            record("cap-solo-b", SharingMode::Solo, &["b"]),
+            record("cap-mps", SharingMode::Mps, &["a", "b"]),
+        ];
+        let ab = [("a", 0.5), ("b", 0.5)];
+        let solo = [
+            probe("cap-solo-a", 1, 10.0, true, &[("a", 1.0)]),
+            probe("cap-solo-a", 2, 11.0, false, &[("a", 1.0)]),
+            probe("cap-solo-b", 1, 20.0, true, &[("b", 1.0)]),
+            probe("cap-solo-b", 2, 21.0, false, &[("b", 1.0)]),
+        ];
+        // One pass at 16 proves at least 8/11 + 8/21 = 1.11 GPU-equivalents: decided, with no
+        // failing rate yet.
+        let mut probes = solo.to_vec();
+        probes.push(probe("cap-mps", 1, 16.0, true, &ab));
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        let mps = &node.shared[0];
+        assert_eq!(mps.interval.end, SearchEnd::Decided);
+        assert_eq!(mps.decision, Some(SharingDecision::Wins));
+        assert_eq!(mps.interval.describe(), "≥ 16.000; stopped once decided");
+        // A search asked to run to its precision (until: precision) is not over.
+        let mut to_precision = searches.clone();
+        to_precision[2].policy.stop_when_decided = false;
+        let node = node_capacity("n", &to_precision, &probes).expect("searched");
+        assert_eq!(node.shared[0].interval.end, SearchEnd::Unfinished);
+        // A pass at 12 proves only 0.83: not decided, the search goes on.
+        let mut probes = solo.to_vec();
+        probes.push(probe("cap-mps", 1, 12.0, true, &ab));
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        assert_eq!(node.shared[0].interval.end, SearchEnd::Unfinished);
+        // A fail at 10 and a pass at 5: at most 5/10 + 5/20 = 0.75 of a GPU: sharing loses.
+        let mut probes = solo.to_vec();
+        probes.push(probe("cap-mps", 1, 10.0, false, &ab));
+        probes.push(probe("cap-mps", 2, 5.0, true, &ab));
+        let node = node_capacity("n", &searches, &probes).expect("searched");
+        assert_eq!(node.shared[0].interval.end, SearchEnd::Decided);
+        assert_eq!(node.shared[0].decision, Some(SharingDecision::Loses));
     }
 
     #[test]

@@ -33,6 +33,11 @@ pub struct SearchPolicy {
     pub repeats: u32,
     /// Probes at most, repeats included.
     pub max_probes: u32,
+    /// Whether a shared search along the mix stops once its GPU-equivalents range decides
+    /// the verdict ([`crate::capacity::decided`]); searches recorded before this existed ran
+    /// to their precision.
+    #[serde(default)]
+    pub stop_when_decided: bool,
 }
 
 /// What one probe showed.
@@ -85,6 +90,9 @@ pub enum SearchEnd {
     /// The probe budget (`max_probes`) or the node's engine-time budget (`capacity.budget`)
     /// ran out first.
     Budget,
+    /// A shared search along the mix whose GPU-equivalents range decided the verdict before
+    /// its interval was as narrow as asked ([`crate::capacity::decided`]).
+    Decided,
     /// Probes still to come (a search read while it runs, or cut off without an end).
     Unfinished,
 }
@@ -98,6 +106,7 @@ impl SearchEnd {
             SearchEnd::NoneMeets => "none_meets",
             SearchEnd::Cut => "cut",
             SearchEnd::Budget => "budget",
+            SearchEnd::Decided => "decided",
             SearchEnd::Unfinished => "unfinished",
         }
     }
@@ -146,6 +155,7 @@ impl Interval {
             (Some(reason), _, _) => format!("{text}; cut: {reason}"),
             (None, SearchEnd::Budget, Some(_)) => format!("{text}; engine-time budget spent"),
             (None, SearchEnd::Budget, None) => format!("{text}; probe budget spent"),
+            (None, SearchEnd::Decided, _) => format!("{text}; stopped once decided"),
             _ => text,
         }
     }
@@ -398,6 +408,7 @@ mod tests {
             max: 64.0,
             precision: 0.1,
             repeats: 1,
+            stop_when_decided: true,
             max_probes: 30,
         }
     }

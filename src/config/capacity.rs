@@ -33,6 +33,20 @@ pub struct Capacity {
     /// search ends with what it knew. The probes' waits for empty queues and drains count once
     /// they have happened (so the last probe may overrun by those); engine start-ups do not.
     pub budget: Option<Duration>,
+    /// When a shared search along the mix stops (`until:`).
+    pub until: SearchUntil,
+}
+
+/// When a shared search along the mix stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchUntil {
+    /// Once its GPU-equivalents range decides the verdict, or its interval is as narrow as
+    /// asked, whichever comes first (`until: decided`, the default).
+    #[default]
+    Decided,
+    /// Only once its interval is as narrow as asked (`until: precision`): a shared capacity
+    /// to the precision, for sizing, at the cost of the probes a decision did not need.
+    Precision,
 }
 
 /// Which way a shared search scales its tenants.

@@ -34,7 +34,7 @@ use std::time::Duration;
 
 pub use capacity::{
     configured_rate, open_loop_rate, probe_trial_name, rescalable, with_rate, Capacity, Direction,
-    Search,
+    Search, SearchUntil,
 };
 pub use cost::{Cost, HOURS_PER_MONTH};
 pub use error::{ConfigError, Problem};

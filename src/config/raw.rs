@@ -32,6 +32,7 @@ pub struct RawCapacity {
     pub mix: Option<BTreeMap<String, f64>>,
     pub directions: Option<u32>,
     pub budget: Option<String>,
+    pub until: Option<String>,
 }
 
 /// `cost:`.

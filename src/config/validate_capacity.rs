@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::capacity::{rescalable, Capacity};
+use super::capacity::{rescalable, Capacity, SearchUntil};
 use super::cost::Cost;
 use super::raw::{RawCapacity, RawCost};
 use super::validate::Checker;
@@ -106,6 +106,17 @@ impl Checker {
             self.capacity_mix(mix, nodes);
         }
         let budget = self.duration(raw.budget, "capacity.budget");
+        let until = match raw.until.as_deref() {
+            None | Some("decided") => SearchUntil::Decided,
+            Some("precision") => SearchUntil::Precision,
+            Some(other) => {
+                self.problem(
+                    "capacity.until",
+                    format!("{other:?}: use decided (stop a shared search once the verdict is decided) or precision (search to the precision)"),
+                );
+                SearchUntil::Decided
+            }
+        };
         let one_probe = probe_warmup + probe_duration;
         if budget.is_some_and(|b| b < one_probe) {
             self.problem(
@@ -149,6 +160,7 @@ impl Checker {
             mix: raw.mix,
             directions,
             budget,
+            until,
         })
     }
 

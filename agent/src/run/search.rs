@@ -12,7 +12,7 @@ use multitenant::analysis::analyze_trial_folder;
 use multitenant::capacity::{self, Probe, ProbeVerdict, SearchPolicy};
 use multitenant::config::{
     configured_rate, probe_trial_name, rescalable, with_rate, ArrivalPlan, Capacity, Direction,
-    Search, Stage, Trial,
+    Search, SearchUntil, Stage, Trial,
 };
 use multitenant::events::{BudgetSpentEvent, Event, ProbeEvent, SearchEvent};
 use multitenant::layout::TrialDir;
@@ -26,12 +26,19 @@ use crate::loadgen::bound_watch::BoundWatch;
 use crate::loadgen::prompts::PromptFactory;
 
 /// What the solo searches of a run found: each tenant's highest passing rate, which the
-/// shared searches start from and region directions are drawn in.
+/// shared searches start from and region directions are drawn in, and its lowest failing
+/// one, with which a shared search along the mix sees when its verdict is decided.
 #[derive(Debug, Default)]
-pub(super) struct SoloCapacities(Mutex<HashMap<String, f64>>);
+pub(super) struct SoloCapacities(Mutex<HashMap<String, (f64, Option<f64>)>>);
 
 impl SoloCapacities {
+    /// The highest rate at which `tenant` passed alone.
     fn get(&self, tenant: &str) -> Option<f64> {
+        self.ends(tenant).map(|(passed, _)| passed)
+    }
+
+    /// `tenant`'s highest passing and lowest failing rate alone.
+    fn ends(&self, tenant: &str) -> Option<(f64, Option<f64>)> {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -39,11 +46,11 @@ impl SoloCapacities {
             .copied()
     }
 
-    fn set(&self, tenant: &str, rate: f64) {
+    fn set(&self, tenant: &str, passed: f64, failed: Option<f64>) {
         self.0
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(tenant.to_owned(), rate);
+            .insert(tenant.to_owned(), (passed, failed));
     }
 }
 
@@ -134,6 +141,7 @@ impl RunContext {
             precision: cap.precision,
             repeats: cap.repeats,
             max_probes: cap.max_probes,
+            stop_when_decided: cap.until == SearchUntil::Decided,
         };
         let trial = Trial {
             name: search.name.clone(),
@@ -172,8 +180,9 @@ impl RunContext {
             Err(halt) => Err(halt),
         };
         if let (Ok(history), [tenant]) = (&probed, tenants.as_slice()) {
-            if let Some(rate) = capacity::interval(history, &policy).passed {
-                self.solo.set(&tenant.name, rate);
+            let found = capacity::interval(history, &policy);
+            if let Some(passed) = found.passed {
+                self.solo.set(&tenant.name, passed, found.failed);
             }
         }
         runner.finish(probed.map(|_| ())).await
@@ -198,6 +207,23 @@ impl RunContext {
         tracing::warn!("{}: ended: {}", search.name, spent.describe());
         runner.log.append(Event::BudgetSpent(spent))?;
         Ok(true)
+    }
+
+    /// What a shared search along the mix has decided with the probes in `history`, against
+    /// the solo searches before it ([`capacity::decided`]); `None` for any other search.
+    fn decided(
+        &self,
+        search: &Search,
+        history: &[Probe],
+        policy: &SearchPolicy,
+        shares: &BTreeMap<String, f64>,
+    ) -> Option<capacity::SharingDecision> {
+        let along_mix = search.tenants.len() > 1 && matches!(search.direction, Direction::Mix);
+        if !(policy.stop_when_decided && along_mix) {
+            return None;
+        }
+        let so_far = capacity::interval(history, policy);
+        capacity::decided(&so_far, shares, |tenant| self.solo.ends(tenant))
     }
 
     /// Runs probes as the policy asks; returns them.
@@ -338,6 +364,14 @@ impl RunContext {
             history.push(Probe { scale, verdict });
             if died {
                 // An engine that exited leaves nothing to probe with.
+                break;
+            }
+            if let Some(decision) = self.decided(search, &history, policy, shares) {
+                tracing::info!(
+                    "{}: {} after {number} probes: stopped",
+                    search.name,
+                    decision.words()
+                );
                 break;
             }
         }
