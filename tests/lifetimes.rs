@@ -3,8 +3,8 @@
 //! seconds with its prompt record kept, SIGTERM stops an experiment as Ctrl-C
 //! does (exit 4), a run where no trial finished exits 5 with each reason in the terminal, and
 //! a config named without a folder runs. They start, signal and kill whole coordinators with
-//! their agents, whose start-ups compete for the cores with the timing tests: heavy tests
-//! ([`heavy`]), run alone.
+//! their agents, whose start-ups compete for the cores with the timing tests: ignored by the
+//! main suite and run alone by scripts/test.sh (`--ignored`).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::{binaries, heavy, read_summary, results_dir};
+use crate::support::{binaries, read_summary, results_dir};
 
 /// `coordinator run <cfg> --output-dir <runs>` to its end, which must be exit code 5 (no trial
 /// finished); its stdout and stderr.
@@ -97,10 +97,8 @@ fn start_run(tmp: &Path, cfg: &Path) -> Child {
 }
 
 #[test]
+#[ignore = "heavy: starts, signals and kills coordinators and agents; scripts/test.sh runs it alone"]
 fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
-    if !heavy("a coordinator killed by sigkill takes its local agent with it") {
-        return;
-    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = long_config(tmp.path(), "60s");
     let mut coordinator = start_run(tmp.path(), &cfg);
@@ -183,10 +181,8 @@ fn a_coordinator_killed_by_sigkill_takes_its_local_agent_with_it() {
 }
 
 #[test]
+#[ignore = "heavy: starts, signals and kills coordinators and agents; scripts/test.sh runs it alone"]
 fn an_agent_killed_by_sigkill_is_reported_within_5_s_and_its_prompts_are_kept() {
-    if !heavy("an agent killed by sigkill is reported within 5 s and its prompts are kept") {
-        return;
-    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = long_config(tmp.path(), "60s");
     let mut coordinator = start_run(tmp.path(), &cfg);
@@ -254,10 +250,8 @@ fn an_agent_killed_by_sigkill_is_reported_within_5_s_and_its_prompts_are_kept() 
 }
 
 #[test]
+#[ignore = "heavy: starts, signals and kills coordinators and agents; scripts/test.sh runs it alone"]
 fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
-    if !heavy("sigterm stops the experiment like ctrl c and exits 4") {
-        return;
-    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let cfg = long_config(tmp.path(), "60s");
     let coordinator = start_run(tmp.path(), &cfg);
@@ -322,10 +316,8 @@ fn sigterm_stops_the_experiment_like_ctrl_c_and_exits_4() {
 }
 
 #[test]
+#[ignore = "heavy: starts, signals and kills coordinators and agents; scripts/test.sh runs it alone"]
 fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
-    if !heavy("a run where no trial finished exits 5 and prints each reason") {
-        return;
-    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let (agent, coordinator) = binaries();
     let fake = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/fake-vllm.sh");
@@ -348,10 +340,8 @@ fn a_run_where_no_trial_finished_exits_5_and_prints_each_reason() {
 }
 
 #[test]
+#[ignore = "heavy: starts, signals and kills coordinators and agents; scripts/test.sh runs it alone"]
 fn an_unreachable_external_endpoint_exits_5_with_its_reason_in_the_terminal() {
-    if !heavy("an unreachable external endpoint exits 5 with its reason in the terminal") {
-        return;
-    }
     let tmp = tempfile::tempdir().expect("tempdir");
     let (_, coordinator) = binaries();
     // Nothing listens on the discard port of loopback.
@@ -373,10 +363,8 @@ fn an_unreachable_external_endpoint_exits_5_with_its_reason_in_the_terminal() {
 }
 
 #[test]
+#[ignore = "heavy: starts, signals and kills coordinators and agents; scripts/test.sh runs it alone"]
 fn a_config_named_without_a_folder_runs() {
-    if !heavy("a config named without a folder runs") {
-        return;
-    }
     let tmp = tempfile::tempdir().expect("tempdir");
     long_config(tmp.path(), "1s");
     let (_, coordinator) = binaries();

@@ -3,8 +3,8 @@
 //! coordinator. The client's TTFT and inter-token latency are held against each server's own
 //! `/metrics` histograms.
 //!
-//! Runs only with MULTITENANT_VLLM_TESTS=1 (set by .ci/run, with MULTITENANT_VLLM_BIN and
-//! MULTITENANT_VLLM_MODEL from the setup script); plain `cargo test` skips it.
+//! Ignored by the main suite: scripts/test.sh runs them (`--ignored`) with MULTITENANT_VLLM_BIN
+//! and MULTITENANT_VLLM_MODEL from the setup script.
 //!
 //! Tolerance: vLLM times TTFT from when its engine core gets the request and stamps tokens as
 //! its scheduler outputs them; the client adds HTTP, tokenisation and detokenisation in the API
@@ -24,20 +24,17 @@ use multitenant::events::{read_stream, Event};
 use crate::support::{request_events, InProcessAgent};
 use multitenant::analysis::TrialStatus;
 
-/// vLLM's executable and the tiny model's folder, when the real vLLM tests run; `None`, saying
-/// so, when they do not.
-fn real_vllm(test: &str) -> Option<(String, String)> {
-    if std::env::var("MULTITENANT_VLLM_TESTS").as_deref() != Ok("1") {
-        eprintln!("{test} skipped: set MULTITENANT_VLLM_TESTS=1 (see scripts/vllm-cpu-setup.sh)");
-        return None;
-    }
+/// vLLM's executable and the tiny model's folder, from scripts/vllm-cpu-setup.sh.
+fn real_vllm() -> (String, String) {
     let from_setup = |key: &str| {
-        std::env::var(key).unwrap_or_else(|_| panic!("{key} (from scripts/vllm-cpu-setup.sh)"))
+        std::env::var(key).unwrap_or_else(|_| {
+            panic!("{key} is not set: run scripts/vllm-cpu-setup.sh and export what it prints")
+        })
     };
-    Some((
+    (
         from_setup("MULTITENANT_VLLM_BIN"),
         from_setup("MULTITENANT_VLLM_MODEL"),
-    ))
+    )
 }
 
 /// Writes `config` to `<tmp>/<name>.yaml` and runs it on an agent in this process (its folder
@@ -61,10 +58,9 @@ fn tenant(name: &str, core: u32, bin: &str, model: &str) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real vLLM: needs scripts/vllm-cpu-setup.sh; scripts/test.sh runs it"]
 async fn two_real_vllm_servers_agree_with_the_clients_measurements() {
-    let Some((bin, model)) = real_vllm("real vLLM test") else {
-        return;
-    };
+    let (bin, model) = real_vllm();
     let tmp = tempfile::tempdir().expect("tempdir");
     let config = format!(
         "name: real-vllm\nworkloads:\n  w: {{api: completions, arrival: {{kind: concurrency, n: 4}}, data: {{prompt_tokens: 32, output_tokens: 128, tokenizer: {model}/tokenizer.json}}, warmup: 0s, duration: 15s, keep_responses: 2}}\nnodes:\n  - name: n\n    trials: [timeslice]\n    tenants:\n{}{}",
@@ -183,10 +179,9 @@ fn per_token_latency_ms(stream: &Path) -> f64 {
 /// searches for both and a time-sliced shared search finish, with intervals, GPU-equivalents
 /// (or the reason there are none) and a verdict that analysis reproduces from the JSONL alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real vLLM: needs scripts/vllm-cpu-setup.sh; scripts/test.sh runs it"]
 async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_by_analysis() {
-    let Some((bin, model)) = real_vllm("real vLLM capacity test") else {
-        return;
-    };
+    let (bin, model) = real_vllm();
     let tmp = tempfile::tempdir().expect("tempdir");
     // Short outputs and median bounds: p50 needs only 10 completed requests per probe. A CPU
     // server met these bounds at 64 requests/s, so the search spans 2 to 8 in a few probes: the
@@ -242,10 +237,9 @@ async fn a_capacity_search_on_two_real_vllm_servers_finishes_and_is_reproduced_b
 /// client's latency is at least the server's own end-to-end latency. Measured on the dev box:
 /// 2,297 requests in 8 s at concurrency 2, latency 6.75 ms by the client, 4.71 ms by vLLM.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real vLLM: needs scripts/vllm-cpu-setup.sh; scripts/test.sh runs it"]
 async fn a_real_vllm_embedding_server_is_loaded_through_the_embeddings_api() {
-    let Some((bin, model)) = real_vllm("real vLLM embeddings test") else {
-        return;
-    };
+    let (bin, model) = real_vllm();
     let tmp = tempfile::tempdir().expect("tempdir");
     let tenant = tenant("e", 0, &bin, &model).replace(
         "--enforce-eager]",
@@ -284,10 +278,9 @@ async fn a_real_vllm_embedding_server_is_loaded_through_the_embeddings_api() {
 /// prompt tokens and almost none of the unique prompts'. Measured on the dev box: 0.584 and
 /// 0.000.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real vLLM: needs scripts/vllm-cpu-setup.sh; scripts/test.sh runs it"]
 async fn real_vllm_serves_conversations_from_its_prefix_cache_and_unique_prompts_not() {
-    let Some((bin, model)) = real_vllm("real vLLM prefix-cache test") else {
-        return;
-    };
+    let (bin, model) = real_vllm();
     let tmp = tempfile::tempdir().expect("tempdir");
     let tokenizer = format!("{model}/tokenizer.json");
     let config = format!(
@@ -369,10 +362,9 @@ fn write_random_adapter(dir: &Path, seed: u64) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "real vLLM: needs scripts/vllm-cpu-setup.sh; scripts/test.sh runs it"]
 async fn real_vllm_serves_lora_adapter_tenants_from_one_engine() {
-    let Some((bin, model)) = real_vllm("real vLLM LoRA test") else {
-        return;
-    };
+    let (bin, model) = real_vllm();
     let tmp = tempfile::tempdir().expect("tempdir");
     let (sql, chat) = (tmp.path().join("sql-lora"), tmp.path().join("chat-lora"));
     write_random_adapter(&sql, 1);

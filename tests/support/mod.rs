@@ -25,17 +25,6 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// Whether the heavy tests run: those that time latencies or take both cores, which
-/// `scripts/test.sh` runs alone with MULTITENANT_HEAVY_TESTS=1 (beside the other tests they
-/// would measure the machine's load, and disturb the timing tests). Says so when they do not.
-pub fn heavy(test: &str) -> bool {
-    let on = std::env::var("MULTITENANT_HEAVY_TESTS").as_deref() == Ok("1");
-    if !on {
-        eprintln!("{test} skipped: set MULTITENANT_HEAVY_TESTS=1 to run it alone");
-    }
-    on
-}
-
 /// The token the in-process agents of these tests accept.
 pub fn test_token() -> BearerToken {
     BearerToken::new("integration-test-token-0123456789").expect("valid token")
