@@ -8,7 +8,7 @@
 //! - [`events`]: the JSONL event format (the spec is in that module's docs), its writer and reader.
 //! - [`layout`]: the experiment folder: every path and file name, the one walker of its trial
 //!   streams, and `plan.json`.
-//! - [`metrics`]: metric definitions of DESIGN.md §6 on HDR histograms.
+//! - [`metrics`]: metric definitions of docs/metrics.md on HDR histograms.
 //! - [`slo`]: service-level objectives, judged per tenant and trial, and goodput.
 //! - [`analysis`]: a folder of JSONL streams in, a [`analysis::Summary`] out; a pure function.
 //! - [`capacity`]: the SLO capacity search's policy, its probes' verdicts at a stated

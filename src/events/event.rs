@@ -323,7 +323,7 @@ impl RequestEvent {
         None
     }
 
-    /// TTFT (DESIGN.md §6): first content chunk − sent; `None` for a failed request or one
+    /// TTFT (docs/metrics.md): first content chunk − sent; `None` for a failed request or one
     /// without content.
     pub fn ttft_ns(&self) -> Option<u64> {
         self.succeeded()?;

@@ -1,4 +1,4 @@
-//! Metric definitions of DESIGN.md §6, computed on HDR histograms.
+//! Metric definitions of docs/metrics.md, computed on HDR histograms.
 //!
 //! Latencies are recorded in microseconds with 3 significant digits; histograms merge across
 //! tenants and nodes, percentiles are never averaged. A metric with no samples is `None`, never

@@ -1,4 +1,4 @@
-//! What sharing cost each tenant and what it gained the node (DESIGN.md §6): per tenant,
+//! What sharing cost each tenant and what it gained the node (docs/metrics.md): per tenant,
 //! shared-trial figure / solo-trial figure; per node and trial, aggregate throughput / Σ of the
 //! tenants' solo throughputs. A ratio needs both figures; without one it is absent.
 

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use super::{LatencyHistogram, Percentiles};
 use crate::events::{Phase, RequestEvent, TokenSource};
 
-/// The names of the definitions used, written beside the numbers (DESIGN.md §6).
+/// The names of the definitions used, written beside the numbers (docs/metrics.md).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Definitions {
     /// TTFT.

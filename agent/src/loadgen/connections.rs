@@ -9,7 +9,7 @@
 //! times every connect the client makes (a tower layer around reqwest's connector), keyed by
 //! the connection's local address, so the first request on a new connection records the
 //! connect it waited for (`connect_ns`) and its `sent_ns` is the instant the connection was
-//! ready, the instant just before the request could be written (DESIGN.md §6).
+//! ready, the instant just before the request could be written (docs/metrics.md).
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -255,7 +255,7 @@ fn definitions_table(out: &mut String, summary: &Summary) {
     .into_iter()
     .map(|(name, text)| ("", vec![Cell::Text(name.into()), Cell::Text(text.clone())]))
     .collect();
-    table(out, &["figure", "definition (DESIGN.md §6)"], &rows);
+    table(out, &["figure", "definition (docs/metrics.md)"], &rows);
 }
 
 fn plots_section(out: &mut String, plots: &Plots) {
