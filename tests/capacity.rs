@@ -402,7 +402,10 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
     // Two solo rows, then two tenants in each of three shared searches.
     assert_eq!(csv.lines().count(), 1 + 2 + 6, "{csv}");
     assert!(
-        csv.starts_with("node,") && csv.lines().next().is_some_and(|h| h.ends_with(",engine_s")),
+        csv.starts_with("node,")
+            && csv.lines().next().is_some_and(|h| {
+                h.ends_with(",engine_s,binding,binding_crosses_rps,per_1m_output_tokens,currency")
+            }),
         "{csv}"
     );
     assert!(
@@ -410,6 +413,21 @@ fn the_verdict_is_in_the_terminal_the_summary_and_the_page() {
             .nth(3)
             .is_some_and(|l| l.starts_with("n,cap-mps,mps,a,")),
         "{csv}"
+    );
+    // a's solo row: its binding bound and the price of its output at capacity.
+    let solo_a = csv
+        .lines()
+        .find(|l| l.starts_with("n,cap-solo-a,solo,a,"))
+        .expect("a's solo row");
+    let price = cost
+        .solo
+        .iter()
+        .find(|s| s.tenant == "a")
+        .expect("a priced");
+    assert!(
+        solo_a.contains(",a: ttft_ms p50,")
+            && solo_a.ends_with(&format!(",{},USD", price.per_million_output_tokens)),
+        "{solo_a}"
     );
     let region = dir.join("plots/n-capacity-region.svg");
     let svg = std::fs::read_to_string(&region).expect("capacity region plot");

@@ -103,12 +103,13 @@ impl BoundFit {
     /// The isotonic fit of `readings` against `limit`.
     pub fn of(bound: String, limit: f64, readings: Vec<Reading>) -> Self {
         let curve = isotonic(readings);
+        let round3 = crate::metrics::round3;
         Self {
             bound,
             limit,
-            crosses_at: crossing(&curve, limit),
+            crosses_at: crossing(&curve, limit).map(round3),
             cliff: cliff(&curve, limit),
-            curve: curve.iter().map(|p| [p.rate, p.value]).collect(),
+            curve: curve.iter().map(|p| [p.rate, round3(p.value)]).collect(),
         }
     }
 }
@@ -277,7 +278,7 @@ mod tests {
         ]);
         // TTFT crosses 150 a tenth of the way from 30 (60 ms) to 32 (1,300 ms); TPOT at 35.
         let ttft = &fit.bounds[0];
-        assert!((ttft.crosses_at.expect("crosses") - 30.145).abs() < 0.001);
+        assert_eq!(ttft.crosses_at, Some(30.145));
         assert_eq!(ttft.cliff, Some([30.0, 32.0]));
         assert_eq!(fit.bounds[1].crosses_at, Some(35.0));
         assert_eq!(fit.bounds[1].cliff, None);

@@ -152,12 +152,14 @@ fn decision_name(decision: multitenant::capacity::SharingDecision) -> &'static s
 /// `capacity.csv`: one row per capacity search and tenant (solo searches have one tenant;
 /// shared ones a row per tenant at the search's highest passing total), with the search's
 /// interval, probe count, the engine time its probes took (a shared search's on each of its
-/// tenants' rows: sum it per search, not per row) and, for shared searches, GPU-equivalents.
+/// tenants' rows: sum it per search, not per row), for shared searches GPU-equivalents, the
+/// search's binding bound and where its fit crosses the limit, and, when the config priced a
+/// GPU-hour, the price of 1M output tokens at capacity (a shared mode's on each of its rows).
 /// `None` without a search.
 pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
     let capacity = summary.capacity.as_ref()?;
     let mut out = String::from(
-        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved,gpu_equivalents_low,gpu_equivalents_high,decision,engine_s\n",
+        "node,search,mode,tenant,share,passed_rps,failed_rps,end,probes,not_significant,of_solo,gpu_equivalents,gpus_saved,gpu_equivalents_low,gpu_equivalents_high,decision,engine_s,binding,binding_crosses_rps,per_1m_output_tokens,currency\n",
     );
     for node in &capacity.nodes {
         for s in &node.solo {
@@ -181,6 +183,12 @@ pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
                 NO_DATA.into(),
                 number(Some(s.engine_seconds)),
             ];
+            let price = node
+                .cost
+                .as_ref()
+                .and_then(|c| c.solo.iter().find(|x| x.tenant == s.tenant))
+                .map(|x| x.per_million_output_tokens);
+            let row = [&row[..], &fit_and_price(s.fit.as_ref(), price, node)].concat();
             out.push_str(&row.join(","));
             out.push('\n');
         }
@@ -206,12 +214,39 @@ pub fn render_capacity_csv(summary: &Summary) -> Option<String> {
                     s.decision.map_or(NO_DATA, decision_name).into(),
                     number(Some(s.engine_seconds)),
                 ];
+                let price = node
+                    .cost
+                    .as_ref()
+                    .and_then(|c| {
+                        c.shared
+                            .iter()
+                            .find(|x| x.mode == s.mode && s.mix_direction)
+                    })
+                    .map(|x| x.per_million_output_tokens);
+                let row = [&row[..], &fit_and_price(s.fit.as_ref(), price, node)].concat();
                 out.push_str(&row.join(","));
                 out.push('\n');
             }
         }
     }
     Some(out)
+}
+
+/// A search's binding bound, where its fit crosses the limit, and its price with the currency.
+fn fit_and_price(
+    fit: Option<&multitenant::capacity::fit::SearchFit>,
+    price: Option<f64>,
+    node: &multitenant::capacity::NodeCapacity,
+) -> [String; 4] {
+    [
+        fit.and_then(|f| f.binding.as_deref())
+            .map_or_else(|| NO_DATA.into(), field),
+        number(fit.and_then(|f| f.crosses_at)),
+        number(price),
+        price
+            .and(node.cost.as_ref())
+            .map_or_else(|| NO_DATA.into(), |c| field(&c.currency)),
+    ]
 }
 
 #[cfg(test)]
