@@ -43,17 +43,9 @@ async fn a_request_that_opened_a_connection_records_the_connect_outside_ttft() {
     let mut measured = Vec::new();
     for id in ["first", "second"] {
         let before_ns = clock.now_ns();
-        let m = client::execute(
-            &http,
-            &target,
-            id,
-            &four_word_prompt(),
-            &[],
-            &clock,
-            &abort,
-            false,
-        )
-        .await;
+        let prompt = four_word_prompt();
+        let request = client::Outgoing::alone(id, &prompt);
+        let m = client::execute(&http, &target, request, &clock, &abort).await;
         assert!(m.error.is_none(), "{id}: {:?}", m.error);
         let truth = engine.truth(id).expect("the engine recorded it");
         let received_ns = clock.ns_at(truth.received);

@@ -155,7 +155,8 @@ async fn every_sse_crasher_ends_its_request_as_recorded() {
             ignore_eos: true,
             request_fields: serde_json::Map::new(),
         };
-        let m = client::execute(&http, &target, &name, &prompt, &[], &clock, &abort, false).await;
+        let request = client::Outgoing::alone(&name, &prompt);
+        let m = client::execute(&http, &target, request, &clock, &abort).await;
         match (outcome, &m.error) {
             ("ok", None) => assert!(m.first_token_ns.is_some(), "{name}: {m:?}"),
             ("ok", Some(e)) => panic!("{name}: failed: {e:?}"),

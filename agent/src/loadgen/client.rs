@@ -175,25 +175,50 @@ fn fail(m: &mut Measured, clock: &RunClock, kind: ErrorKind, message: impl Into<
     });
 }
 
-/// Sends `prompt` after `history` (the earlier messages of its conversation; empty for a
-/// request of its own) as request `id` and measures it. Never fails: errors are in the
+/// One request to send: what [`execute`] sends, apart from where and on which clock.
+#[derive(Debug, Clone, Copy)]
+pub struct Outgoing<'a> {
+    /// Its id, sent as `x-request-id`.
+    pub id: &'a str,
+    /// The prompt.
+    pub prompt: &'a Prompt,
+    /// The earlier messages of its conversation; empty for a request of its own.
+    pub history: &'a [Message],
+    /// Whether the generated text is collected into [`Measured::text`].
+    pub keep_text: bool,
+}
+
+impl<'a> Outgoing<'a> {
+    /// A request of its own: no conversation before it, its text not kept.
+    pub fn alone(id: &'a str, prompt: &'a Prompt) -> Self {
+        Self {
+            id,
+            prompt,
+            history: &[],
+            keep_text: false,
+        }
+    }
+}
+
+/// Sends `request` to `target` and measures it on `clock`. Never fails: errors are in the
 /// result. When `abort` fires, the request ends as `cancelled` with what it received so far.
-/// With `keep_text`, the generated text is collected into [`Measured::text`].
 ///
 /// The chat API gets the history as messages; the completions API gets one text, the
 /// messages' contents joined by blank lines, so that each turn's text begins with the whole
 /// of the turn before it.
-#[allow(clippy::too_many_arguments)]
 pub async fn execute(
     client: &LoadClient,
     target: &Target,
-    id: &str,
-    prompt: &Prompt,
-    history: &[Message],
+    request: Outgoing<'_>,
     clock: &RunClock,
     abort: &CancellationToken,
-    keep_text: bool,
 ) -> Measured {
+    let Outgoing {
+        id,
+        prompt,
+        history,
+        keep_text,
+    } = request;
     let (path, mut body) = match target.api {
         Api::Completions if history.is_empty() => (
             "/v1/completions",

@@ -242,17 +242,13 @@ impl Shared {
         let mut measured = if before >= cap {
             client::not_sent(clock, format!("not sent: {cap} requests of this tenant were already in flight, the load generator's cap; the server is not keeping up with the offered load"))
         } else {
-            client::execute(
-                &self.http,
-                &self.load.target,
-                &id,
-                &prompt,
+            let request = client::Outgoing {
+                id: &id,
+                prompt: &prompt,
                 history,
-                clock,
-                &self.abort,
-                keeps || turn.is_some(),
-            )
-            .await
+                keep_text: keeps || turn.is_some(),
+            };
+            client::execute(&self.http, &self.load.target, request, clock, &self.abort).await
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
         let text = measured.text.take().filter(|_| measured.error.is_none());
