@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use multitenant::events::{read_stream, ErrorKind, Event, TrialState};
 use multitenant::proto::v1::agent_client::AgentClient;
-use multitenant::proto::v1::{GetRunRequest, StartRunRequest, StopRunRequest};
+use multitenant::proto::v1::{GetRunRequest, RunStatus, StartRunRequest, StopRunRequest};
 use tonic::Code;
 
 use crate::support::{request_events, test_token, InProcessAgent};
@@ -106,7 +106,7 @@ async fn bad_calls_are_refused_with_reasons_and_a_stopped_run_records_its_end() 
         .await
         .expect("stop")
         .into_inner();
-    assert_eq!(stopped.state, "stopped");
+    assert_eq!(stopped.status(), RunStatus::Stopped);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let run = loop {
         let run = client
@@ -116,7 +116,7 @@ async fn bad_calls_are_refused_with_reasons_and_a_stopped_run_records_its_end() 
             .await
             .expect("get")
             .into_inner();
-        if run.state != "running" {
+        if run.status() != RunStatus::Running {
             break run;
         }
         assert!(
@@ -125,7 +125,7 @@ async fn bad_calls_are_refused_with_reasons_and_a_stopped_run_records_its_end() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(run.state, "stopped");
+    assert_eq!(run.status(), RunStatus::Stopped);
     assert!(
         run.streams
             .iter()
@@ -201,8 +201,8 @@ async fn an_exclusive_trial_loads_one_tenant_at_a_time() {
             .await
             .expect("get")
             .into_inner();
-        if run.state != "running" {
-            assert_eq!(run.state, "finished");
+        if run.status() != RunStatus::Running {
+            assert_eq!(run.status(), RunStatus::Finished);
             break;
         }
         assert!(

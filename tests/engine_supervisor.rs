@@ -13,6 +13,7 @@ use crate::support::engines::{
     start_run_at, AgentProcess, FakeTenant,
 };
 use crate::support::InProcessAgent;
+use multitenant::proto::v1::RunStatus;
 
 fn tenant<'a>(name: &'a str, model: &'a str, args: &'a str) -> FakeTenant<'a> {
     FakeTenant::new(name, model).args(args)
@@ -30,7 +31,10 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
         "1s",
         "",
     );
-    assert_eq!(run_to_end(&agent, "bad-flag", &bad_flag).await, "finished");
+    assert_eq!(
+        run_to_end(&agent, "bad-flag", &bad_flag).await,
+        RunStatus::Finished
+    );
     let (story, end) = engine_story(&tmp.path().join("bad-flag/timeslice/agent.jsonl"));
     let (_, state, detail) = story.last().expect("engine events");
     assert_eq!(*state, EngineState::Failed);
@@ -43,7 +47,7 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
 
     // Never healthy: the startup deadline passes, the process group is ended.
     let hung = config(&[tenant("a", "never-healthy", "")], "[timeslice]", "1s", "");
-    assert_eq!(run_to_end(&agent, "hung", &hung).await, "finished");
+    assert_eq!(run_to_end(&agent, "hung", &hung).await, RunStatus::Finished);
     let (story, end) = engine_story(&tmp.path().join("hung/timeslice/agent.jsonl"));
     let (_, state, detail) = story.last().expect("engine events");
     assert_eq!(*state, EngineState::Failed);
@@ -73,7 +77,10 @@ async fn failed_unhealthy_and_crashed_engines_are_reported_and_leave_nothing_beh
         "4s",
         "",
     );
-    assert_eq!(run_to_end(&agent, "crash", &crash).await, "finished");
+    assert_eq!(
+        run_to_end(&agent, "crash", &crash).await,
+        RunStatus::Finished
+    );
     let (story, end) = engine_story(&tmp.path().join("crash/timeslice/agent.jsonl"));
     let died = story.iter().find(|(t, s, d)| {
         t == "a" && *s == EngineState::Exited && d.starts_with("exited during the trial")
@@ -217,7 +224,7 @@ async fn a_run_nobody_calls_about_stops_when_its_lease_lapses_and_an_idle_agent_
         .await
         .expect("get")
         .into_inner();
-    assert_eq!(run.state, "stopped");
+    assert_eq!(run.status(), RunStatus::Stopped);
     assert!(run.error.contains("lease lapsed"), "{}", run.error);
     // No run and no call for 15 s: the agent exits by itself, cleanly. (Longer than the
     // lease plus the wait for the engine's end above, so the idle clock, which counts from the
@@ -245,7 +252,10 @@ async fn a_port_in_use_or_a_missing_model_is_refused_before_any_engine_starts() 
         FakeTenant::new("c", "/no/such/model"),
     ];
     let text = config(&tenants, "[timeslice]", "1s", "");
-    assert_eq!(run_to_end(&agent, "preflight", &text).await, "finished");
+    assert_eq!(
+        run_to_end(&agent, "preflight", &text).await,
+        RunStatus::Finished
+    );
     let (engines, end) = engine_story(&tmp.path().join("preflight/timeslice/agent.jsonl"));
     assert!(engines.is_empty(), "no engine may start: {engines:?}");
     let (state, reason) = end.expect("end");
@@ -287,7 +297,10 @@ async fn an_s3_model_is_synced_to_local_disk_before_vllm_starts() {
         "1s",
         "",
     );
-    assert_eq!(run_to_end_at(&url, "synced", &synced).await, "finished");
+    assert_eq!(
+        run_to_end_at(&url, "synced", &synced).await,
+        RunStatus::Finished
+    );
     let (_, end) = engine_story(&data.join("synced/timeslice/agent.jsonl"));
     assert_eq!(end.expect("end").0, TrialState::Finished);
     let local = data.join(".models/s3___bucket_tiny");
@@ -314,7 +327,10 @@ async fn an_s3_model_is_synced_to_local_disk_before_vllm_starts() {
         "1s",
         "",
     );
-    assert_eq!(run_to_end_at(&url, "missing", &missing).await, "finished");
+    assert_eq!(
+        run_to_end_at(&url, "missing", &missing).await,
+        RunStatus::Finished
+    );
     let (engines, end) = engine_story(&data.join("missing/timeslice/agent.jsonl"));
     let (state, reason) = end.expect("end");
     assert_eq!(state, TrialState::Invalid);

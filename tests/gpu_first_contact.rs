@@ -12,6 +12,7 @@ use crate::support::fake_gpu::{
     build_fake_nvml, compute_mode_story, fake_torch, make_executable, FakeGpu,
 };
 use crate::support::{binaries, InProcessAgent};
+use multitenant::proto::v1::RunStatus;
 
 const KV_8G: &str = "kv_cache_memory_bytes: 8589934592";
 
@@ -47,7 +48,7 @@ async fn run_pair(
     prepare(&gpu);
     let agent = agent_on(tmp.path(), &gpu).await;
     let text = gpu.config(&[("a", KV_8G), ("b", KV_8G)], trials, "gpu_memory: 80G");
-    assert_eq!(run_to_end(&agent, run, &text).await, "finished");
+    assert_eq!(run_to_end(&agent, run, &text).await, RunStatus::Finished);
     agent.stop().await;
     (tmp, gpu)
 }
@@ -184,7 +185,10 @@ async fn a_timeslice_trial_is_kept_off_an_mps_daemon_on_the_default_pipe() {
         "[timeslice]",
         "gpu_memory: 80G",
     );
-    assert_eq!(run_to_end(&agent, "stray", &text).await, "finished");
+    assert_eq!(
+        run_to_end(&agent, "stray", &text).await,
+        RunStatus::Finished
+    );
     let (state, reason) = trial_end(tmp.path(), "stray", "timeslice");
     assert_eq!(state, TrialState::Finished, "{reason:?}");
     let clients = std::fs::read_to_string(gpu.default_pipe.join("clients")).unwrap_or_default();

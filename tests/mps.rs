@@ -5,6 +5,7 @@ use multitenant::events::{read_stream, Event, MpsState, TrialState};
 
 use crate::support::engines::{config, engine_story, run_to_end, FakeTenant};
 use crate::support::InProcessAgent;
+use multitenant::proto::v1::RunStatus;
 
 /// The MPS events of a trial's agent stream: `(state, detail)`.
 fn mps_story(path: &std::path::Path) -> Vec<(MpsState, String)> {
@@ -34,7 +35,10 @@ async fn an_mps_trial_sets_defaults_first_verifies_every_client_and_quits() {
         "2s",
         "mps: {default_active_thread_percentage: 50}",
     );
-    assert_eq!(run_to_end(&agent, "shared", &text).await, "finished");
+    assert_eq!(
+        run_to_end(&agent, "shared", &text).await,
+        RunStatus::Finished
+    );
 
     let trial = tmp.path().join("shared/mps");
     let (_, end) = engine_story(&trial.join("agent.jsonl"));
@@ -100,7 +104,10 @@ async fn an_engine_outside_mps_or_a_node_without_mps_is_never_measured() {
         FakeTenant::new("stray", "no-mps-client"),
     ];
     let text = config(&tenants, "[mps]", "2s", "");
-    assert_eq!(run_to_end(&agent, "stray", &text).await, "finished");
+    assert_eq!(
+        run_to_end(&agent, "stray", &text).await,
+        RunStatus::Finished
+    );
     let trial = tmp.path().join("stray/mps");
     let (_, end) = engine_story(&trial.join("agent.jsonl"));
     let (state, reason) = end.expect("end");

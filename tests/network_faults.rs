@@ -354,8 +354,8 @@ async fn a_partition_shorter_than_the_lease_loses_nothing() {
     let outcome = outcome.expect("the experiment");
     let (node, report) = &outcome.nodes[0];
     assert_eq!(
-        (node.as_str(), report.state.as_str()),
-        ("node-a", "finished")
+        (node.as_str(), report.status),
+        ("node-a", multitenant::proto::v1::RunStatus::Finished)
     );
     let run_id = dir.file_name().expect("name");
     let copies = streams(&agent_dir.join(run_id), &dir.join("nodes/node-a"));
@@ -416,7 +416,10 @@ async fn a_partition_longer_than_the_lease_stops_the_run_as_the_lease_says() {
     }
     // And the coordinator says what happened to the node, whichever way it learnt it.
     match outcome {
-        Ok(outcome) => assert_eq!(outcome.nodes[0].1.state, "stopped"),
+        Ok(outcome) => assert_eq!(
+            outcome.nodes[0].1.status,
+            multitenant::proto::v1::RunStatus::Stopped
+        ),
         Err(e) => assert!(e.contains("node-a"), "{e}"),
     }
 }
@@ -445,7 +448,10 @@ async fn a_slow_lossy_link_loses_nothing() {
     .await;
     let took = started.elapsed();
     let outcome = outcome.expect("the experiment");
-    assert_eq!(outcome.nodes[0].1.state, "finished");
+    assert_eq!(
+        outcome.nodes[0].1.status,
+        multitenant::proto::v1::RunStatus::Finished
+    );
     let run_id = dir.file_name().expect("name");
     let copies = streams(&agent_dir.join(run_id), &dir.join("nodes/node-a"));
     let bytes: usize = copies.iter().map(|(_, theirs, _)| theirs.len()).sum();

@@ -84,8 +84,8 @@ async fn an_agent_out_of_file_descriptors_records_client_errors_not_engine_failu
     // costs two descriptors here: the load's socket and the in-process engine's).
     let agent = AgentProcess::spawn_limited(tmp.path(), None, &[], Some(96)).await;
     let config = "name: fds\nworkloads:\n  w: {arrival: {kind: concurrency, n: 300}, data: {prompt_tokens: 8, output_tokens: 64}, warmup: 0s, duration: 2s}\nnodes:\n  - name: n\n    trials: [solo]\n    tenants: [{name: t, engine: {kind: simulated}, workload: w}]\n";
-    let state = run_to_end_at(&agent.url, "fds", config).await;
-    assert_eq!(state, "finished");
+    let status = run_to_end_at(&agent.url, "fds", config).await;
+    assert_eq!(status, multitenant::proto::v1::RunStatus::Finished);
     let trial = multitenant::layout::TrialDir {
         name: "solo-t".into(),
         path: tmp.path().join("fds/solo-t"),

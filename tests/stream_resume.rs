@@ -43,7 +43,7 @@ async fn a_broken_event_stream_resumes_with_nothing_lost_or_doubled() {
     let outcome = run.await.expect("join").expect("experiment");
     let (node, report) = &outcome.nodes[0];
     assert_eq!(node, "node-a");
-    assert_eq!(report.state, "finished");
+    assert_eq!(report.status, multitenant::proto::v1::RunStatus::Finished);
     assert!(
         report.resumes >= 2,
         "the stream was cut twice, resumed {} times",

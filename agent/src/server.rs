@@ -13,7 +13,7 @@ use multitenant::proto::v1::pairing_server::{Pairing, PairingServer};
 use multitenant::proto::v1::{
     ConfirmRunRequest, ConfirmRunResponse, DoctorCheck, DoctorRequest, DoctorResponse,
     EnrollRequest, EnrollResponse, EventChunk, GetRunRequest, GetRunResponse, GpuInfo, InfoRequest,
-    InfoResponse, StartRunRequest, StartRunResponse, StopRunRequest, StopRunResponse,
+    InfoResponse, RunStatus, StartRunRequest, StartRunResponse, StopRunRequest, StopRunResponse,
     StreamEventsRequest, StreamState, TrialRefusal,
 };
 use tokio::sync::mpsc;
@@ -299,7 +299,7 @@ impl Agent for AgentService {
             .collect();
         Ok(Response::new(GetRunResponse {
             run_id: run.id.clone(),
-            state: state.name().into(),
+            status: RunStatus::from(&state).into(),
             error: match state {
                 RunState::Failed(e) => e,
                 _ => run.stop_reason().unwrap_or_default(),
@@ -315,11 +315,13 @@ impl Agent for AgentService {
     ) -> Result<Response<StopRunResponse>, Status> {
         let run = self.run(&request.into_inner().run_id)?;
         run.stop();
-        let state = match run.state() {
-            RunState::Running => "stopped".to_owned(),
-            other => other.name().to_owned(),
+        let status = match run.state() {
+            RunState::Running => RunStatus::Stopped,
+            other => RunStatus::from(&other),
         };
-        Ok(Response::new(StopRunResponse { state }))
+        Ok(Response::new(StopRunResponse {
+            status: status.into(),
+        }))
     }
 
     async fn confirm_run(
@@ -537,8 +539,8 @@ mod properties {
                 let get = GetRunRequest { run_id: "p".into() };
                 let run = service.get_run(Request::new(get)).await.expect("get");
                 let run = run.into_inner();
-                if run.state != "running" {
-                    assert_eq!(run.state, "finished", "{}", run.error);
+                if run.status() != RunStatus::Running {
+                    assert_eq!(run.status(), RunStatus::Finished, "{}", run.error);
                     return;
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -13,8 +13,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use multitenant::events::Line;
 use multitenant::proto::v1::{
-    ConfirmRunRequest, EventChunk, GetRunRequest, GetRunResponse, StreamCursor, StreamDigest,
-    StreamEventsRequest,
+    ConfirmRunRequest, EventChunk, GetRunRequest, GetRunResponse, RunStatus, StreamCursor,
+    StreamDigest, StreamEventsRequest,
 };
 use sha2::{Digest, Sha256};
 
@@ -32,8 +32,8 @@ const CONFIRM_WITHIN: Duration = Duration::from_secs(30);
 /// What collecting a run took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CollectReport {
-    /// The run's final state on the agent.
-    pub state: String,
+    /// Where the run stands on the agent, as its last answer said.
+    pub status: RunStatus,
     /// The run's error, if it failed.
     pub error: String,
     /// Streams copied and verified.
@@ -151,15 +151,34 @@ impl<'a> Collector<'a> {
             .into_inner();
         let digests = self.verify(&run)?;
         let streams = run.streams.len();
-        if run.state != "running" && digests.len() == streams {
+        let status = self.status_of(run.status)?;
+        if status != RunStatus::Running && digests.len() == streams {
             self.confirm(client, run_id, digests).await;
         }
         Ok(CollectReport {
-            state: run.state,
+            status,
             error: run.error,
             streams,
             resumes,
         })
+    }
+
+    /// The run status an agent answered, read at the edge: an unknown or missing one is an
+    /// agent of another version, said so.
+    fn status_of(&self, wire: i32) -> anyhow::Result<RunStatus> {
+        match RunStatus::try_from(wire) {
+            Ok(RunStatus::Unspecified) => bail!(
+                "node {}: the agent gave no run status: it is older than this coordinator ({}); install the agent of this version on the node",
+                self.node,
+                multitenant::TOOL_VERSION
+            ),
+            Ok(status) => Ok(status),
+            Err(_) => bail!(
+                "node {}: the agent gave run status {wire}, which this coordinator ({}) does not know: use the coordinator of the agent's version",
+                self.node,
+                multitenant::TOOL_VERSION
+            ),
+        }
     }
 
     /// Appends one chunk, skipping lines already held.

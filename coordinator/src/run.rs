@@ -13,7 +13,7 @@ use futures_util::future::join_all;
 use multitenant::analysis::{analyze, Analysis, Summary};
 use multitenant::config::{configured_rate, Experiment, LauncherKind, Node, OnNodeFailure};
 use multitenant::layout::{self, ExperimentDir, Plan, PlanNode, PlanTenant, PlanTrial};
-use multitenant::proto::v1::{InfoRequest, StartRunRequest, StopRunRequest};
+use multitenant::proto::v1::{InfoRequest, RunStatus, StartRunRequest, StopRunRequest};
 use tokio_util::sync::CancellationToken;
 
 use crate::agent_client;
@@ -322,7 +322,7 @@ async fn drive_node(
         let _ = stop_on_failure.stop_run(stop).await;
     }
     let report = report?;
-    if report.state == "failed" {
+    if report.status == RunStatus::Failed {
         bail!("the run failed on the agent: {}", report.error);
     }
     Ok(report)

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use multitenant::events::{read_stream, EngineState, Event, TrialState};
 use multitenant::proto::v1::agent_client::AgentClient;
-use multitenant::proto::v1::{GetRunRequest, StartRunRequest};
+use multitenant::proto::v1::{GetRunRequest, RunStatus, StartRunRequest};
 use std::process::Stdio;
 
 use multitenant::auth::TOKEN_ENV;
@@ -80,7 +80,7 @@ pub fn config(tenants: &[FakeTenant<'_>], trials: &str, duration: &str, node_key
 
 /// Starts run `run_id` of node `n` and waits (at most 90 s) until it is no longer running;
 /// returns its final state.
-pub async fn run_to_end(agent: &InProcessAgent, run_id: &str, config: &str) -> String {
+pub async fn run_to_end(agent: &InProcessAgent, run_id: &str, config: &str) -> RunStatus {
     run_to_end_at(&agent.url, run_id, config).await
 }
 
@@ -103,7 +103,7 @@ pub async fn start_run_at(url: &str, run_id: &str, config: &str) {
 }
 
 /// [`run_to_end`] on the agent at `url`.
-pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
+pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> RunStatus {
     start_run_at(url, run_id, config).await;
     let mut client = AgentClient::connect(url.to_owned()).await.expect("connect");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
@@ -120,8 +120,8 @@ pub async fn run_to_end_at(url: &str, run_id: &str, config: &str) -> String {
             .await
             .expect("get")
             .into_inner();
-        if run.state != "running" {
-            return run.state;
+        if run.status() != RunStatus::Running {
+            return run.status();
         }
         assert!(
             tokio::time::Instant::now() < deadline,

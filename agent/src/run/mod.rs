@@ -66,8 +66,19 @@ pub enum RunState {
     Stopped,
 }
 
+impl From<&RunState> for multitenant::proto::v1::RunStatus {
+    fn from(state: &RunState) -> Self {
+        match state {
+            RunState::Running => Self::Running,
+            RunState::Finished => Self::Finished,
+            RunState::Failed(_) => Self::Failed,
+            RunState::Stopped => Self::Stopped,
+        }
+    }
+}
+
 impl RunState {
-    /// The name used on the wire.
+    /// The name the run record on disk keeps.
     pub fn name(&self) -> &'static str {
         match self {
             RunState::Running => "running",
@@ -86,11 +97,21 @@ use multitenant::layout::RUN_RECORD_FILE as RUN_RECORD;
 struct RunRecord {
     config_sha256: String,
     trials: Vec<String>,
-    /// `None` while the run runs; its end state's name and reason after.
-    ended: Option<(String, String)>,
+    /// `None` while the run runs; how it ended and why after (the reason is empty unless it
+    /// failed). Written as `["finished", ""]`, as records always were.
+    ended: Option<(RunEnd, String)>,
     /// When and whether it ended and was confirmed (absent in records of older agents).
     #[serde(default, flatten)]
     times: RunTimes,
+}
+
+/// How a run ended, as its record on disk names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum RunEnd {
+    Finished,
+    Failed,
+    Stopped,
 }
 
 /// When a run ended and when a coordinator confirmed its copy, in seconds since the Unix
@@ -116,9 +137,9 @@ impl RunRecord {
             None => RunState::Failed(
                 "interrupted: the agent ended (crash, kill or restart) while this run was running; every whole line recorded until then is kept".into(),
             ),
-            Some((name, _)) if name == "finished" => RunState::Finished,
-            Some((name, _)) if name == "stopped" => RunState::Stopped,
-            Some((_, reason)) => RunState::Failed(reason.clone()),
+            Some((RunEnd::Finished, _)) => RunState::Finished,
+            Some((RunEnd::Stopped, _)) => RunState::Stopped,
+            Some((RunEnd::Failed, reason)) => RunState::Failed(reason.clone()),
         }
     }
 }
@@ -195,13 +216,12 @@ impl Run {
             config_sha256: self.config_sha256.clone(),
             trials: self.trials.clone(),
             times,
-            ended: (*state != RunState::Running).then(|| {
-                let reason = match state {
-                    RunState::Failed(reason) => reason.clone(),
-                    _ => String::new(),
-                };
-                (state.name().to_owned(), reason)
-            }),
+            ended: match state {
+                RunState::Running => None,
+                RunState::Finished => Some((RunEnd::Finished, String::new())),
+                RunState::Stopped => Some((RunEnd::Stopped, String::new())),
+                RunState::Failed(reason) => Some((RunEnd::Failed, reason.clone())),
+            },
         }
     }
 
@@ -603,6 +623,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_run_record_names_its_end_as_records_always_did() {
+        let older = r#"{"config_sha256":"x","trials":[],"ended":["stopped",""]}"#;
+        let record: RunRecord = serde_json::from_str(older).expect("an older agent's record");
+        assert_eq!(record.state(), RunState::Stopped);
+        let failed = RunRecord {
+            config_sha256: "x".into(),
+            trials: Vec::new(),
+            ended: Some((RunEnd::Failed, "why".into())),
+            times: RunTimes::default(),
+        };
+        let text = serde_json::to_string(&failed).expect("json");
+        assert!(text.contains(r#""ended":["failed","why"]"#), "{text}");
+    }
+
+    #[test]
     fn a_run_that_was_running_when_its_agent_died_is_taken_up_as_interrupted() {
         let dir = tempfile::tempdir().expect("tempdir");
         let record = RunRecord {
@@ -616,7 +651,7 @@ mod tests {
         record.write(&root).expect("record");
         std::fs::write(root.join("mps/agent.jsonl"), "{\"a\":1}\n{\"a\"").expect("stream");
         let finished = RunRecord {
-            ended: Some(("finished".into(), String::new())),
+            ended: Some((RunEnd::Finished, String::new())),
             ..record
         };
         let done = dir.path().join("r2");

@@ -225,7 +225,7 @@ pub(super) fn last_change(root: &Path) -> Option<u64> {
 mod tests {
     use sha2::{Digest, Sha256};
 
-    use super::super::RunRecord;
+    use super::super::{RunEnd, RunRecord};
     use super::*;
     use crate::gpu::NodeGpus;
 
@@ -238,7 +238,7 @@ mod tests {
         RunRecord {
             config_sha256: "abc".into(),
             trials: vec!["solo".into()],
-            ended: Some(("finished".into(), String::new())),
+            ended: Some((RunEnd::Finished, String::new())),
             times: RunTimes {
                 ended_unix_s: Some(unix_now() - days_ago * 24 * 3600),
                 confirmed_unix_s: None,
