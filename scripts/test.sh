@@ -5,7 +5,7 @@
 # after the first time), then formatting, lints, docs, the main suite, and the heavy tests
 # each on its own (they time latencies or take both cores; beside other tests they would
 # disturb them). The proto build needs no protoc (pure-Rust protox); tests build the agent and
-# coordinator binaries they drive. About 33 min on two cores once built; building from nothing
+# coordinator binaries they drive. About 25 min on two cores once built; building from nothing
 # adds the lints' build and the test build. The docs, binaries and tests share the lints'
 # dependencies: no dev-dependency may switch on a feature of a shared crate (tokio's
 # `test-util` did, and rebuilt tokio and all on it twice; proptest 1.12's rand 0.10 did through
@@ -79,11 +79,17 @@ while IFS='=' read -r key value; do export "$key=$value"; done <<< "$vllm_env"
 # One at a time: each test starts two vLLM servers, one per core.
 run_tests --test integration real_vllm -- --ignored --test-threads=1
 
-# What ran: the passes each report counts, and every test ignored everywhere it was listed.
+# What ran: the passes each report counts, and every test ignored everywhere it was listed. A
+# test that prints its own lines (the real vLLM ones) has its "ok" alone on a later line.
 awk '
-  /^test result:/ { passed += $4; failed += $6 }
-  / \.\.\. ok$/ { ran[$2] = 1 }
-  / \.\.\. ignored/ { ignored[$2] = 1 }
+  /^test result:/ { passed += $4; failed += $6; next }
+  /^test .* \.\.\. / {
+    name = $2
+    if ($0 ~ / \.\.\. ok$/) ran[name] = 1
+    if ($0 ~ / \.\.\. ignored/) ignored[name] = 1
+    next
+  }
+  /^ok$/ && name != "" { ran[name] = 1 }
   END {
     printf "tests: %d ran and passed, %d failed\n", passed, failed
     for (t in ignored) if (!(t in ran)) printf "not run: %s\n", t
