@@ -12,6 +12,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::round3;
+
 /// The widest ratio of rates over which a fitted curve going from half its limit or less to
 /// over the limit is a cliff.
 ///
@@ -103,7 +105,6 @@ impl BoundFit {
     /// The isotonic fit of `readings` against `limit`.
     pub fn of(bound: String, limit: f64, readings: Vec<Reading>) -> Self {
         let curve = isotonic(readings);
-        let round3 = crate::metrics::round3;
         Self {
             bound,
             limit,
